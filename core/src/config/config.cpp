@@ -1,0 +1,386 @@
+#include "config/config.hpp"
+
+#include <cctype>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace glmp::core::config {
+namespace {
+
+std::string where(const std::string& file, const toml::source_region& src) {
+  std::string out = file;
+  if (src.begin.line > 0) out += ":" + std::to_string(src.begin.line);
+  return out;
+}
+
+// Reads one TOML table with strict key checking and precise, located errors.
+class TableReader {
+public:
+  TableReader(const std::string& file, const toml::table& table, std::string path)
+      : file_(file), table_(table), path_(std::move(path)) {}
+
+  [[noreturn]] void fail(const toml::node* node, std::string_view key, const std::string& msg) const {
+    const auto& src = node ? node->source() : table_.source();
+    std::string dotted = path_.empty() ? std::string(key) : path_ + (key.empty() ? "" : "." + std::string(key));
+    throw ConfigError(where(file_, src) + ": " + dotted + ": " + msg);
+  }
+
+  // Every key present must be one of `allowed`.
+  void allow_only(std::initializer_list<std::string_view> allowed) const {
+    for (const auto& [k, v] : table_) {
+      bool ok = false;
+      for (auto a : allowed) ok = ok || a == k.str();
+      if (!ok) {
+        std::string list;
+        for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+        fail(&v, k.str(), "unknown key (allowed: " + list + ")");
+      }
+    }
+  }
+
+  const toml::node* node(std::string_view key) const { return table_.get(key); }
+
+  // String with ${ENV} interpolation. `missing` receives unset variables; when null they are an error.
+  bool get_string(std::string_view key, std::string& out, std::vector<std::string>* missing = nullptr) const {
+    const toml::node* n = node(key);
+    if (!n) return false;
+    const auto* s = n->as_string();
+    if (!s) fail(n, key, std::string("expected a string, got ") + type_name(*n));
+    std::vector<std::string> unset;
+    try {
+      out = interpolate_env(s->get(), &unset);
+    } catch (const std::invalid_argument& e) {
+      fail(n, key, e.what());
+    }
+    if (!unset.empty()) {
+      if (!missing) fail(n, key, "environment variable " + unset.front() + " is not set (write ${" + unset.front() + ":-default} to give a default)");
+      missing->insert(missing->end(), unset.begin(), unset.end());
+    }
+    return true;
+  }
+
+  bool get_bool(std::string_view key, bool& out) const {
+    const toml::node* n = node(key);
+    if (!n) return false;
+    if (const auto* b = n->as_boolean()) { out = b->get(); return true; }
+    fail(n, key, std::string("expected true or false, got ") + type_name(*n));
+  }
+
+  template <class Int>
+  bool get_int(std::string_view key, Int& out, int64_t min, int64_t max) const {
+    const toml::node* n = node(key);
+    if (!n) return false;
+    const auto* i = n->as_integer();
+    if (!i) fail(n, key, std::string("expected an integer, got ") + type_name(*n));
+    int64_t v = i->get();
+    if (v < min || v > max) fail(n, key, "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " + std::to_string(v));
+    out = static_cast<Int>(v);
+    return true;
+  }
+
+  bool get_duration(std::string_view key, Duration& out, bool allow_zero = false) const {
+    std::string text;
+    const toml::node* n = node(key);
+    if (!n) return false;
+    if (!n->is_string()) fail(n, key, std::string("expected a duration string such as \"10s\" or \"250ms\", got ") + type_name(*n));
+    get_string(key, text);
+    try {
+      out = parse_duration(text);
+    } catch (const std::invalid_argument& e) {
+      fail(n, key, e.what());
+    }
+    if (!allow_zero && out.count() <= 0) fail(n, key, "must be greater than zero");
+    return true;
+  }
+
+  bool get_size(std::string_view key, uint64_t& out) const {
+    const toml::node* n = node(key);
+    if (!n) return false;
+    if (const auto* i = n->as_integer()) {
+      if (i->get() < 0) fail(n, key, "must not be negative");
+      out = static_cast<uint64_t>(i->get());
+      return true;
+    }
+    std::string text;
+    if (!n->is_string()) fail(n, key, std::string("expected a size such as \"32MiB\", got ") + type_name(*n));
+    get_string(key, text);
+    try {
+      out = parse_size(text);
+    } catch (const std::invalid_argument& e) {
+      fail(n, key, e.what());
+    }
+    return true;
+  }
+
+  const toml::table* get_table(std::string_view key) const {
+    const toml::node* n = node(key);
+    if (!n) return nullptr;
+    if (const auto* t = n->as_table()) return t;
+    fail(n, key, std::string("expected a table, got ") + type_name(*n));
+  }
+
+  const std::string& file() const { return file_; }
+  const std::string& path() const { return path_; }
+  const toml::table& table() const { return table_; }
+
+  static const char* type_name(const toml::node& n) {
+    switch (n.type()) {
+      case toml::node_type::string: return "a string";
+      case toml::node_type::integer: return "an integer";
+      case toml::node_type::floating_point: return "a float";
+      case toml::node_type::boolean: return "a boolean";
+      case toml::node_type::array: return "an array";
+      case toml::node_type::table: return "a table";
+      default: return "a date/time";
+    }
+  }
+
+private:
+  const std::string& file_;
+  const toml::table& table_;
+  std::string path_;
+};
+
+void read_server(const TableReader& r, ServerConfig& s) {
+  r.allow_only({"listen", "max_threads", "thread_stack_size", "max_queued", "max_request_body", "header_timeout",
+                "keepalive_timeout", "drain_timeout"});
+  std::string listen;
+  if (r.get_string("listen", listen)) {
+    auto colon = listen.rfind(':');
+    if (colon == std::string::npos || colon + 1 == listen.size())
+      r.fail(r.node("listen"), "listen", "expected \"host:port\", got \"" + listen + "\"");
+    std::string host = listen.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    const std::string port_text = listen.substr(colon + 1);
+    char* end = nullptr;
+    long port = std::strtol(port_text.c_str(), &end, 10);
+    if (*end != '\0' || port < 0 || port > 65535)
+      r.fail(r.node("listen"), "listen", "invalid port \"" + port_text + "\"");
+    s.host = host.empty() ? "0.0.0.0" : host;
+    s.port = static_cast<uint16_t>(port);
+  }
+  r.get_int("max_threads", s.max_threads, 2, 65535);
+  r.get_int("max_queued", s.max_queued, 1, 1 << 20);
+  uint64_t size = 0;
+  if (r.get_size("thread_stack_size", size)) {
+    if (size < 64 * 1024) r.fail(r.node("thread_stack_size"), "thread_stack_size", "must be at least 64KiB");
+    s.thread_stack_size = size;
+  }
+  if (r.get_size("max_request_body", size)) {
+    if (size == 0) r.fail(r.node("max_request_body"), "max_request_body", "must be greater than zero");
+    s.max_request_body = size;
+  }
+  r.get_duration("header_timeout", s.header_timeout);
+  r.get_duration("keepalive_timeout", s.keepalive_timeout);
+  r.get_duration("drain_timeout", s.drain_timeout, true);
+}
+
+void read_proxy(const TableReader& r, ProxyConfig& p) {
+  r.allow_only({"model", "stream_usage", "chunk_size"});
+  r.get_string("model", p.model);
+  r.get_bool("stream_usage", p.stream_usage);
+  uint64_t size = 0;
+  if (r.get_size("chunk_size", size)) {
+    if (size < 1024 || size > (16u << 20)) r.fail(r.node("chunk_size"), "chunk_size", "must be between 1KiB and 16MiB");
+    p.chunk_size = size;
+  }
+}
+
+void read_upstream(const TableReader& r, UpstreamConfig& u) {
+  r.allow_only({"base_url", "auth_header", "auth_value", "min_connections", "max_connections", "warm", "connect_timeout",
+                "read_timeout", "acquire_timeout", "idle_timeout", "health_interval", "ca_file"});
+  if (!r.get_string("base_url", u.base_url)) r.fail(nullptr, "base_url", "is required");
+  if (u.base_url.rfind("http://", 0) != 0 && u.base_url.rfind("https://", 0) != 0)
+    r.fail(r.node("base_url"), "base_url", "must start with http:// or https://, got \"" + u.base_url + "\"");
+  while (u.base_url.size() > 1 && u.base_url.back() == '/') u.base_url.pop_back();
+  r.get_string("auth_header", u.auth_header);
+  std::vector<std::string> missing;
+  r.get_string("auth_value", u.auth_value, &missing);
+  if (!missing.empty()) {
+    u.auth_error = "upstream '" + u.name + "' has no credential: environment variable " + missing.front() + " is not set";
+    u.auth_value.clear();
+  }
+  if (!u.auth_value.empty() && u.auth_header.empty())
+    r.fail(r.node("auth_value"), "auth_value", "is set but auth_header is empty");
+  r.get_int("min_connections", u.min_connections, 0, 65535);
+  r.get_int("max_connections", u.max_connections, 1, 65535);
+  if (u.min_connections > u.max_connections)
+    r.fail(r.node("min_connections"), "min_connections", "must not exceed max_connections (" + std::to_string(u.max_connections) + ")");
+  r.get_bool("warm", u.warm);
+  r.get_duration("connect_timeout", u.connect_timeout);
+  r.get_duration("read_timeout", u.read_timeout);
+  r.get_duration("acquire_timeout", u.acquire_timeout);
+  r.get_duration("idle_timeout", u.idle_timeout);
+  r.get_duration("health_interval", u.health_interval, true);
+  r.get_string("ca_file", u.ca_file);
+  if (!u.ca_file.empty() && !std::ifstream(u.ca_file))
+    r.fail(r.node("ca_file"), "ca_file", "cannot read \"" + u.ca_file + "\"");
+}
+
+void read_route(const TableReader& r, RouteConfig& route) {
+  r.allow_only({"prefix", "flavour", "upstream", "strip_prefix"});
+  if (!r.get_string("prefix", route.prefix)) r.fail(nullptr, "prefix", "is required");
+  if (route.prefix.empty() || route.prefix.front() != '/') r.fail(r.node("prefix"), "prefix", "must start with '/'");
+  std::string flavour;
+  if (!r.get_string("flavour", flavour)) r.fail(nullptr, "flavour", "is required (\"openai\" or \"anthropic\")");
+  if (flavour == "openai") route.flavour = pipeline::Flavour::OpenAI;
+  else if (flavour == "anthropic") route.flavour = pipeline::Flavour::Anthropic;
+  else r.fail(r.node("flavour"), "flavour", "must be \"openai\" or \"anthropic\", got \"" + flavour + "\"");
+  if (!r.get_string("upstream", route.upstream)) r.fail(nullptr, "upstream", "is required");
+  r.get_string("strip_prefix", route.strip_prefix);
+  if (!route.strip_prefix.empty() && route.prefix.rfind(route.strip_prefix, 0) != 0)
+    r.fail(r.node("strip_prefix"), "strip_prefix", "\"" + route.strip_prefix + "\" is not a prefix of \"" + route.prefix + "\"");
+}
+
+void read_log(const TableReader& r, LogConfig& l) {
+  r.allow_only({"level", "access_log"});
+  r.get_string("level", l.level);
+  static const std::set<std::string> levels{"fatal", "critical", "error", "warning", "notice", "information", "debug", "trace"};
+  if (!levels.count(l.level)) r.fail(r.node("level"), "level", "must be one of fatal, critical, error, warning, notice, information, debug, trace");
+  r.get_string("access_log", l.access_log);
+}
+
+}  // namespace
+
+std::string interpolate_env(std::string_view text, std::vector<std::string>* missing) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c != '$') { out.push_back(c); continue; }
+    if (i + 1 < text.size() && text[i + 1] == '$') { out.push_back('$'); ++i; continue; }
+    if (i + 1 >= text.size() || text[i + 1] != '{') { out.push_back(c); continue; }
+    size_t close = text.find('}', i + 2);
+    if (close == std::string_view::npos) throw std::invalid_argument("unterminated ${ in \"" + std::string(text) + "\"");
+    std::string_view ref = text.substr(i + 2, close - i - 2);
+    std::string_view name = ref, fallback;
+    bool has_default = false;
+    if (auto p = ref.find(":-"); p != std::string_view::npos) {
+      name = ref.substr(0, p);
+      fallback = ref.substr(p + 2);
+      has_default = true;
+    }
+    if (name.empty()) throw std::invalid_argument("empty variable name in ${}");
+    for (char n : name)
+      if (!(std::isalnum(static_cast<unsigned char>(n)) || n == '_'))
+        throw std::invalid_argument("invalid variable name \"" + std::string(name) + "\"");
+    const char* value = std::getenv(std::string(name).c_str());
+    if (value && *value) out += value;
+    else if (has_default) out += fallback;
+    else if (missing) missing->emplace_back(name);
+    i = close;
+  }
+  return out;
+}
+
+Duration parse_duration(std::string_view text) {
+  if (text.empty()) throw std::invalid_argument("empty duration");
+  int64_t total_ms = 0;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t start = i;
+    int64_t value = 0;
+    while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+      value = value * 10 + (text[i] - '0');
+      if (value > (int64_t{1} << 40)) throw std::invalid_argument("duration \"" + std::string(text) + "\" is too large");
+      ++i;
+    }
+    if (i == start) throw std::invalid_argument("invalid duration \"" + std::string(text) + "\" (examples: \"250ms\", \"10s\", \"5m\", \"1h\")");
+    size_t unit_start = i;
+    while (i < text.size() && std::isalpha(static_cast<unsigned char>(text[i]))) ++i;
+    std::string_view unit = text.substr(unit_start, i - unit_start);
+    if (unit == "ms") total_ms += value;
+    else if (unit == "s") total_ms += value * 1000;
+    else if (unit == "m") total_ms += value * 60'000;
+    else if (unit == "h") total_ms += value * 3'600'000;
+    else throw std::invalid_argument("invalid duration \"" + std::string(text) + "\": unit must be ms, s, m or h");
+  }
+  return Duration(total_ms);
+}
+
+uint64_t parse_size(std::string_view text) {
+  size_t i = 0;
+  uint64_t value = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+    value = value * 10 + static_cast<uint64_t>(text[i] - '0');
+    if (value > (uint64_t{1} << 50)) throw std::invalid_argument("size \"" + std::string(text) + "\" is too large");
+    ++i;
+  }
+  if (i == 0) throw std::invalid_argument("invalid size \"" + std::string(text) + "\" (examples: \"32MiB\", \"512KiB\", \"1000\")");
+  std::string_view unit = text.substr(i);
+  while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
+  uint64_t mult = 0;
+  if (unit.empty() || unit == "B") mult = 1;
+  else if (unit == "KiB") mult = 1024;
+  else if (unit == "MiB") mult = 1024 * 1024;
+  else if (unit == "GiB") mult = 1024ull * 1024 * 1024;
+  else if (unit == "KB" || unit == "kB") mult = 1000;
+  else if (unit == "MB") mult = 1000 * 1000;
+  else if (unit == "GB") mult = 1000ull * 1000 * 1000;
+  else throw std::invalid_argument("invalid size unit in \"" + std::string(text) + "\": use B, KiB, MiB, GiB, KB, MB or GB");
+  return value * mult;
+}
+
+Config parse_config(std::string_view toml_text, const std::string& source_name) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& e) {
+    throw ConfigError(where(source_name, e.source()) + ": " + std::string(e.description()));
+  }
+
+  Config cfg;
+  cfg.source_path = source_name;
+  TableReader top(source_name, root, "");
+  top.allow_only({"server", "proxy", "upstreams", "routes", "log"});
+
+  if (const auto* t = top.get_table("server")) read_server(TableReader(source_name, *t, "server"), cfg.server);
+  if (const auto* t = top.get_table("proxy")) read_proxy(TableReader(source_name, *t, "proxy"), cfg.proxy);
+  if (const auto* t = top.get_table("log")) read_log(TableReader(source_name, *t, "log"), cfg.log);
+
+  if (const auto* ups = top.get_table("upstreams")) {
+    for (const auto& [name, node] : *ups) {
+      const auto* t = node.as_table();
+      if (!t) TableReader(source_name, *ups, "upstreams").fail(&node, name.str(), "expected a table [upstreams." + std::string(name.str()) + "]");
+      UpstreamConfig u;
+      u.name = std::string(name.str());
+      read_upstream(TableReader(source_name, *t, "upstreams." + u.name), u);
+      cfg.upstreams.emplace(u.name, std::move(u));
+    }
+  }
+
+  if (const toml::node* rn = root.get("routes")) {
+    const auto* arr = rn->as_array();
+    if (!arr) top.fail(rn, "routes", "expected an array of tables [[routes]]");
+    size_t index = 0;
+    for (const auto& node : *arr) {
+      const std::string path = "routes[" + std::to_string(index++) + "]";
+      const auto* t = node.as_table();
+      if (!t) top.fail(&node, path, "expected a table");
+      RouteConfig route;
+      TableReader rr(source_name, *t, path);
+      read_route(rr, route);
+      if (!cfg.upstreams.count(route.upstream))
+        rr.fail(rr.node("upstream"), "upstream", "unknown upstream \"" + route.upstream + "\" (define [upstreams." + route.upstream + "])");
+      for (const auto& other : cfg.routes)
+        if (other.prefix == route.prefix) rr.fail(rr.node("prefix"), "prefix", "duplicate route prefix \"" + route.prefix + "\"");
+      cfg.routes.push_back(std::move(route));
+    }
+  }
+  if (cfg.routes.empty()) throw ConfigError(source_name + ": routes: at least one [[routes]] entry is required");
+  return cfg;
+}
+
+Config load_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot open config file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path);
+}
+
+}  // namespace glmp::core::config

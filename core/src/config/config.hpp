@@ -1,0 +1,93 @@
+#pragma once
+// The proxy's configuration: the TOML file (toml++) turned into typed, validated structs.
+// Every error names the file, the line and the dotted key, so an operator can fix it at once.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "pipeline/usage.hpp"  // Flavour
+
+namespace glmp::core::config {
+
+using Duration = std::chrono::milliseconds;
+
+class ConfigError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";
+  uint16_t port = 3000;
+  int max_threads = 512;                 // dedicated Poco::ThreadPool capacity (= max concurrent connections)
+  size_t thread_stack_size = 256 * 1024; // small stacks: 512 threads must not cost 4 GiB of address space
+  int max_queued = 1024;                 // accepted connections waiting for a thread
+  size_t max_request_body = 32u << 20;   // larger -> 413
+  Duration header_timeout{10'000};       // slowloris guard: per read while receiving a request
+  Duration keepalive_timeout{10'000};    // idle keep-alive connections close after this
+  Duration drain_timeout{30'000};        // SIGTERM: how long in-flight requests may take to finish
+};
+
+struct ProxyConfig {
+  std::string model = "glm-4.7";  // forced on every proxied body that has a "model"; "" = pass through
+  bool stream_usage = true;       // ask OpenAI upstreams for usage in streams; hide it from clients that did not ask
+  size_t chunk_size = 32 * 1024;  // response relay buffer (STREAM_RESPONSE_CHUNK_SIZE in the old proxy)
+};
+
+struct UpstreamConfig {
+  std::string name;
+  std::string base_url;
+  std::string auth_header;        // e.g. "Authorization" or "x-api-key"; "" = no credential added
+  std::string auth_value;         // secret: never logged, never shown
+  std::string auth_error;         // non-empty when auth_value could not be built (e.g. unset env var)
+  int min_connections = 2;
+  int max_connections = 256;
+  bool warm = true;
+  Duration connect_timeout{5'000};
+  Duration read_timeout{300'000};   // longest silence allowed between two reads (incl. before headers)
+  Duration acquire_timeout{5'000};  // pool exhausted past this -> 503
+  Duration idle_timeout{60'000};    // idle pooled connections older than this are closed
+  Duration health_interval{30'000}; // background TCP health check; 0 = off
+  std::string ca_file;              // extra PEM CA bundle for HTTPS upstreams
+};
+
+struct RouteConfig {
+  std::string prefix;
+  pipeline::Flavour flavour = pipeline::Flavour::OpenAI;
+  std::string upstream;
+  std::string strip_prefix;
+};
+
+struct LogConfig {
+  std::string level = "information";  // Poco levels: fatal … trace
+  std::string access_log = "stdout";   // "stdout", "stderr", "off", or a file path (appended)
+};
+
+struct Config {
+  std::string source_path;
+  ServerConfig server;
+  ProxyConfig proxy;
+  std::map<std::string, UpstreamConfig> upstreams;
+  std::vector<RouteConfig> routes;
+  LogConfig log;
+};
+
+// Loads and validates a config file. Throws ConfigError("file:line: key: message").
+Config load_config(const std::string& path);
+// Same, from a string (tests); `source_name` stands for the file name in messages.
+Config parse_config(std::string_view toml_text, const std::string& source_name);
+
+// "${VAR}" / "${VAR:-default}" / "$$" (a literal '$'). Unset variables without a default are
+// collected in `missing` and expand to "". Throws std::invalid_argument on a malformed reference.
+std::string interpolate_env(std::string_view text, std::vector<std::string>* missing);
+
+// "250ms", "10s", "5m", "1h" (also combined: "1m30s"). Throws std::invalid_argument.
+Duration parse_duration(std::string_view text);
+// "32MiB", "512KiB", "1GB", "100" (bytes). Throws std::invalid_argument.
+uint64_t parse_size(std::string_view text);
+
+}  // namespace glmp::core::config

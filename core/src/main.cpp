@@ -1,0 +1,114 @@
+// glm-proxy: command line, logging, signals. Everything else lives in glmp_core.
+//
+//   glm-proxy --config PATH          run the server
+//   glm-proxy --check-config PATH    validate the config and exit (0, or 1 with the error)
+//   glm-proxy --version
+
+#include <csignal>
+#include <cstring>
+#include <iostream>
+#include <pthread.h>
+
+#include <Poco/AutoPtr.h>
+#include <Poco/ConsoleChannel.h>
+#include <Poco/FormattingChannel.h>
+#include <Poco/Logger.h>
+#include <Poco/Net/NetSSL.h>
+#include <Poco/PatternFormatter.h>
+
+#include "config/config.hpp"
+#include "server/server.hpp"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: glm-proxy --config PATH | --check-config PATH | --version | --help\n";
+
+void setup_logging(const std::string& level) {
+  Poco::AutoPtr<Poco::PatternFormatter> fmt(new Poco::PatternFormatter("%Y-%m-%dT%H:%M:%S.%iZ %p %s: %t"));
+  Poco::AutoPtr<Poco::ConsoleChannel> console(new Poco::ConsoleChannel(std::cerr));
+  Poco::AutoPtr<Poco::FormattingChannel> channel(new Poco::FormattingChannel(fmt, console));
+  Poco::Logger::root().setChannel(channel);
+  Poco::Logger::root().setLevel(level);
+}
+
+int run(const std::string& path) {
+  glmp::core::config::Config cfg;
+  try {
+    cfg = glmp::core::config::load_config(path);
+  } catch (const glmp::core::config::ConfigError& e) {
+    std::cerr << "glm-proxy: config error: " << e.what() << "\n";
+    return 1;
+  }
+  setup_logging(cfg.log.level);
+  auto& log = Poco::Logger::get("glm-proxy");
+
+  // Signals are taken synchronously by this thread; every other thread inherits the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a client that left must surface as a write error, not kill us
+
+  Poco::Net::initializeSSL();
+  int rc = 0;
+  try {
+    glmp::core::server::Server server(std::move(cfg));
+    server.start();
+    log.information("glm-proxy %s listening on %s:%hu", std::string(GLMP_VERSION), server.config().server.host,
+                    server.port());
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&signals, &sig) != 0) continue;
+      if (sig == SIGHUP) {
+        log.information("SIGHUP received: nothing to reload yet (no plugin chain configured)");
+        continue;
+      }
+      log.information("%s received: draining (up to %ld ms)", std::string(strsignal(sig)),
+                      static_cast<long>(server.config().server.drain_timeout.count()));
+      if (!server.drain(server.config().server.drain_timeout))
+        log.warning("drain timeout: %d request(s) still in flight are being aborted", server.in_flight());
+      server.stop();
+      break;
+    }
+  } catch (const Poco::Exception& e) {
+    log.fatal("cannot start: %s", e.displayText());
+    rc = 1;
+  } catch (const std::exception& e) {
+    log.fatal("cannot start: %s", std::string(e.what()));
+    rc = 1;
+  }
+  Poco::Net::uninitializeSSL();
+  log.information("stopped");
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 2 && (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "-V") == 0)) {
+    std::cout << "glm-proxy " << GLMP_VERSION << "\n";
+    return 0;
+  }
+  if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+    std::cout << kUsage;
+    return 0;
+  }
+  if (argc == 3 && std::strcmp(argv[1], "--check-config") == 0) {
+    try {
+      auto cfg = glmp::core::config::load_config(argv[2]);
+      std::cout << argv[2] << ": OK (" << cfg.routes.size() << " routes, " << cfg.upstreams.size() << " upstreams)\n";
+      for (const auto& [name, u] : cfg.upstreams)
+        if (!u.auth_error.empty()) std::cout << "warning: " << u.auth_error << "\n";
+      return 0;
+    } catch (const glmp::core::config::ConfigError& e) {
+      std::cerr << "glm-proxy: config error: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  if (argc == 3 && std::strcmp(argv[1], "--config") == 0) return run(argv[2]);
+  std::cerr << kUsage;
+  return 2;
+}

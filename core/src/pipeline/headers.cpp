@@ -1,0 +1,134 @@
+#include "pipeline/headers.hpp"
+
+#include <atomic>
+#include <cctype>
+#include <random>
+
+#include <Poco/URI.h>
+
+namespace glmp::core::pipeline {
+namespace {
+
+constexpr std::string_view kHopByHop[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                                          "transfer-encoding", "upgrade", "proxy-authenticate"};
+
+// Client credentials for the proxy itself: they must never reach the upstream.
+constexpr std::string_view kClientCredentials[] = {"authorization", "x-api-key", "proxy-authorization"};
+
+template <size_t N>
+bool in_list(std::string_view name, const std::string_view (&list)[N]) {
+  for (auto item : list)
+    if (iequals(name, item)) return true;
+  return false;
+}
+
+// True when `name` appears as a token of a Connection header value ("close, x-foo").
+bool named_in_connection(const Poco::Net::NameValueCollection& headers, std::string_view name) {
+  for (auto it = headers.find("Connection"); it != headers.end() && iequals(it->first, "Connection"); ++it) {
+    std::string_view v = it->second;
+    size_t pos = 0;
+    while (pos <= v.size()) {
+      size_t comma = v.find(',', pos);
+      if (comma == std::string_view::npos) comma = v.size();
+      std::string_view token = v.substr(pos, comma - pos);
+      while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front()))) token.remove_prefix(1);
+      while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.remove_suffix(1);
+      if (iequals(token, name)) return true;
+      pos = comma + 1;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
+bool is_hop_by_hop(std::string_view name) { return in_list(name, kHopByHop); }
+
+void map_request_headers(const Poco::Net::NameValueCollection& client, Poco::Net::NameValueCollection& out) {
+  for (const auto& [name, value] : client) {
+    if (is_hop_by_hop(name) || in_list(name, kClientCredentials) || iequals(name, "host") ||
+        iequals(name, "content-length") || iequals(name, "accept-encoding") || iequals(name, "expect") ||
+        named_in_connection(client, name))
+      continue;
+    out.add(name, value);
+  }
+}
+
+void map_response_headers(const Poco::Net::NameValueCollection& upstream, Poco::Net::NameValueCollection& out) {
+  for (const auto& [name, value] : upstream) {
+    if (is_hop_by_hop(name) || iequals(name, "content-length") || named_in_connection(upstream, name)) continue;
+    out.add(name, value);
+  }
+}
+
+std::string remove_query_param(std::string_view query, std::string_view name) {
+  std::string out;
+  out.reserve(query.size());
+  size_t pos = 0;
+  while (pos <= query.size()) {
+    size_t amp = query.find('&', pos);
+    if (amp == std::string_view::npos) amp = query.size();
+    std::string_view part = query.substr(pos, amp - pos);
+    std::string_view key = part.substr(0, part.find('='));
+    if (!part.empty() && key != name) {
+      if (!out.empty()) out.push_back('&');
+      out.append(part);
+    }
+    pos = amp + 1;
+  }
+  return out;
+}
+
+std::string query_param(std::string_view query, std::string_view name) {
+  size_t pos = 0;
+  while (pos <= query.size()) {
+    size_t amp = query.find('&', pos);
+    if (amp == std::string_view::npos) amp = query.size();
+    std::string_view part = query.substr(pos, amp - pos);
+    size_t eq = part.find('=');
+    if (part.substr(0, eq) == name) {
+      std::string decoded;
+      if (eq != std::string_view::npos) {
+        std::string raw(part.substr(eq + 1));
+        for (auto& c : raw)
+          if (c == '+') c = ' ';
+        Poco::URI::decode(raw, decoded);
+      }
+      return decoded;
+    }
+    pos = amp + 1;
+  }
+  return {};
+}
+
+bool is_sane_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
+  return true;
+}
+
+std::string generate_request_id() {
+  static const uint64_t prefix = [] {
+    std::random_device rd;
+    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  }();
+  static std::atomic<uint64_t> counter{0};
+  const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed);
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string id(32, '0');
+  for (int i = 0; i < 16; ++i) {
+    id[15 - i] = hex[(prefix >> (i * 4)) & 0xf];
+    id[31 - i] = hex[(n >> (i * 4)) & 0xf];
+  }
+  return id;
+}
+
+}  // namespace glmp::core::pipeline

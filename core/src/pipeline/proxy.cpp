@@ -1,0 +1,390 @@
+#include "pipeline/proxy.hpp"
+
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPResponse.h>
+#include <Poco/Net/HTTPServerRequestImpl.h>
+#include <Poco/Net/NetException.h>
+#include <Poco/Net/SSLException.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/JSON/Stringifier.h>
+#include <Poco/Timespan.h>
+
+#include <sstream>
+
+#include "pipeline/headers.hpp"
+#include "pipeline/json_body.hpp"
+#include "pipeline/router.hpp"
+
+namespace glmp::core::pipeline {
+namespace {
+
+using Poco::Net::HTTPResponse;
+
+struct Stopwatch {
+  Clock::duration& sink;
+  Clock::time_point t0 = Clock::now();
+  ~Stopwatch() { sink += Clock::now() - t0; }
+};
+
+bool is_json_content_type(const std::string& ct) { return ct.find("json") != std::string::npos; }
+
+// The first non-blank byte opens a JSON object or array (curl -d sends JSON as form data).
+bool looks_like_json(std::string_view body) {
+  size_t i = body.find_first_not_of(" \t\r\n");
+  return i != std::string_view::npos && (body[i] == '{' || body[i] == '[');
+}
+
+bool is_event_stream(const std::string& ct) { return ct.rfind("text/event-stream", 0) == 0; }
+
+// The client connection can't carry a valid end any more (e.g. a Content-Length body cut short):
+// close it so the client sees an error instead of a silently truncated body.
+void abort_client(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) {
+  resp.setKeepAlive(false);
+  if (auto* impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&req)) {
+    try {
+      impl->socket().shutdown();
+    } catch (...) {
+    }
+  }
+}
+
+enum class Phase { Connect, Wait };
+
+}  // namespace
+
+void send_json(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int status, const std::string& body) {
+  ctx.status = status;
+  resp.setStatusAndReason(static_cast<HTTPResponse::HTTPStatus>(status));
+  resp.setContentType("application/json");
+  resp.setContentLength64(static_cast<Poco::Int64>(body.size()));
+  try {
+    resp.sendBuffer(body.data(), body.size());
+    ctx.bytes_out += body.size();
+    if (!ctx.ttfb) ctx.ttfb = Clock::now() - ctx.start;
+  } catch (const Poco::Exception&) {
+    ctx.client_gone = true;
+  }
+}
+
+void send_error(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, const ApiError& error) {
+  if (ctx.error.empty()) ctx.error = error.message;
+  send_json(resp, ctx, error.status, error_body(ctx.flavour, error));
+}
+
+Proxy::Proxy(const config::Config& cfg, Pools& pools, plugins::ChainHolder& chain, pool::BufferPool& buffers)
+    : cfg_(cfg), pools_(pools), chain_(chain), buffers_(buffers) {}
+
+bool Proxy::read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) {
+  const uint64_t limit = cfg_.server.max_request_body;
+  const std::string limit_text = std::to_string(limit) + " bytes";
+  if (req.hasContentLength()) {
+    const auto length = req.getContentLength64();
+    if (length < 0) {
+      resp.setKeepAlive(false);
+      send_error(resp, ctx, {400, "invalid Content-Length"});
+      return false;
+    }
+    if (static_cast<uint64_t>(length) > limit) {
+      resp.setKeepAlive(false);  // the unread body must not be parsed as the next request
+      send_error(resp, ctx, {413, "request body of " + std::to_string(length) + " bytes exceeds the limit of " + limit_text});
+      return false;
+    }
+    ctx.body.resize(static_cast<size_t>(length));
+    std::istream& in = req.stream();
+    in.read(ctx.body.data(), length);
+    if (in.gcount() != length) {
+      resp.setKeepAlive(false);
+      ctx.client_gone = true;
+      send_error(resp, ctx, {400, "request body ended after " + std::to_string(in.gcount()) + " of " + std::to_string(length) + " bytes"});
+      return false;
+    }
+  } else if (req.getChunkedTransferEncoding()) {
+    std::istream& in = req.stream();
+    char block[16384];
+    while (in) {
+      in.read(block, sizeof block);
+      ctx.body.append(block, static_cast<size_t>(in.gcount()));
+      if (ctx.body.size() > limit) {
+        resp.setKeepAlive(false);
+        send_error(resp, ctx, {413, "request body exceeds the limit of " + limit_text});
+        return false;
+      }
+    }
+    if (in.bad()) {
+      resp.setKeepAlive(false);
+      send_error(resp, ctx, {400, "malformed chunked request body"});
+      return false;
+    }
+  }
+  ctx.bytes_in = ctx.body.size();
+  return true;
+}
+
+bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) {
+  if (ctx.body.empty()) return true;
+  const std::string& content_type = req.getContentType();
+  const bool declared_json = is_json_content_type(content_type);
+  // Multipart uploads and other declared non-JSON bodies pass through untouched.
+  if (!declared_json && (content_type.rfind("multipart/", 0) == 0 || !looks_like_json(ctx.body))) return true;
+  TopLevelScan scan = scan_top_level(ctx.body);
+  if (!scan.ok && !declared_json) return true;
+  if (!scan.ok) {
+    send_error(resp, ctx, {400, "malformed JSON in request body: " + scan.error});
+    return false;
+  }
+  ctx.body_is_json_object = scan.is_object;
+  if (!scan.is_object) return true;
+  if (const JsonMember* m = scan.find("stream")) ctx.streaming = json_bool_value(ctx.body, *m).value_or(false);
+  if (const JsonMember* m = scan.find("model")) {
+    ctx.client_model = json_string_value(ctx.body, *m).value_or("");
+    if (!cfg_.proxy.model.empty()) ctx.model = cfg_.proxy.model;
+  }
+  return true;
+}
+
+bool Proxy::finalize_body(RequestContext& ctx) {
+  if (!ctx.body_is_json_object) return false;
+  const bool want_model = ctx.model && *ctx.model != ctx.client_model;
+  const bool openai_stream = ctx.flavour == Flavour::OpenAI && ctx.streaming && cfg_.proxy.stream_usage;
+  if (!want_model && !openai_stream) return false;
+
+  TopLevelScan scan = scan_top_level(ctx.body);  // plugins may have replaced the body
+  if (!scan.ok || !scan.is_object) return false;
+  std::vector<TopLevelEdit> edits;
+  bool hide_usage_chunk = false;
+  if (want_model) edits.push_back({"model", json_quote(*ctx.model), TopLevelEdit::Mode::Upsert});
+  if (openai_stream) {
+    // Ask for usage in the stream so streamed tokens are counted; hide the extra chunk from clients
+    // that did not ask for it, so they still receive exactly the stream they expect.
+    const JsonMember* so = scan.find("stream_options");
+    Poco::JSON::Object::Ptr options = new Poco::JSON::Object;
+    bool client_asked = false;
+    if (so) {
+      try {
+        Poco::Dynamic::Var parsed = Poco::JSON::Parser().parse(ctx.body.substr(so->value_begin, so->value_end - so->value_begin));
+        if (auto obj = parsed.extract<Poco::JSON::Object::Ptr>()) {
+          options = obj;
+          client_asked = options->optValue<bool>("include_usage", false);
+        }
+      } catch (const Poco::Exception&) {
+      } catch (const std::exception&) {  // not an object (e.g. null): replaced below
+      }
+    }
+    if (!client_asked) {
+      options->set("include_usage", true);
+      std::ostringstream os;
+      Poco::JSON::Stringifier::stringify(options, os);
+      edits.push_back({"stream_options", os.str(), TopLevelEdit::Mode::Upsert});
+      hide_usage_chunk = true;
+    }
+  }
+  if (!edits.empty()) ctx.body = apply_top_level_edits(ctx.body, scan, edits);
+  return hide_usage_chunk;
+}
+
+void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) {
+  const config::RouteConfig& route = *ctx.route;
+  ctx.flavour = route.flavour;
+  if (!read_body(req, resp, ctx)) return;
+  if (!inspect_body(req, resp, ctx)) return;
+
+  auto pool_it = pools_.find(route.upstream);
+  upstream::Pool& pool = *pool_it->second;
+  if (!pool.config().auth_error.empty()) {
+    send_error(resp, ctx, {503, "proxy configuration error: " + pool.config().auth_error, "", "upstream_not_configured"});
+    return;
+  }
+
+  map_request_headers(req, ctx.upstream_headers);
+
+  plugins::ChainRun run(chain_.snapshot());
+  try {
+    const plugins::HookResult r = run.request(ctx);
+    if (r == plugins::HookResult::Continue) {
+      const bool hide_usage_chunk = finalize_body(ctx);
+      forward(req, resp, ctx, run, pool, hide_usage_chunk);
+    } else if (ctx.early_response) {
+      const EarlyResponse& early = *ctx.early_response;
+      for (const auto& [k, v] : early.headers) resp.add(k, v);
+      send_json(resp, ctx, early.status, early.body);
+    } else {
+      send_error(resp, ctx, {500, "a plugin failed the request without a response"});
+    }
+  } catch (const std::exception& e) {
+    if (!resp.sent()) send_error(resp, ctx, {500, std::string("internal error: ") + e.what()});
+    else abort_client(req, resp);
+    if (ctx.error.empty()) ctx.error = e.what();
+  }
+  run.complete(ctx);
+}
+
+void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
+                    plugins::ChainRun& run, upstream::Pool& pool, bool hide_usage_chunk) {
+  const config::RouteConfig& route = *ctx.route;
+  const auto& ucfg = pool.config();
+
+  // Upstream request line and headers.
+  std::string query = remove_query_param(ctx.query, "api_key");
+  std::string uri = pool.base_path() + Router::upstream_path(route, ctx.path);
+  if (!query.empty()) uri += "?" + query;
+  Poco::Net::HTTPRequest up(ctx.method, uri, Poco::Net::HTTPMessage::HTTP_1_1);
+  for (const auto& [k, v] : ctx.upstream_headers) up.add(k, v);
+  up.setHost(pool.host_header());
+  up.set("X-Request-ID", ctx.request_id);
+  up.set("Accept-Encoding", "identity");
+  if (!ucfg.auth_header.empty()) up.set(ucfg.auth_header, ucfg.auth_value);
+  if (!ctx.body.empty() || ctx.method == "POST" || ctx.method == "PUT" || ctx.method == "PATCH")
+    up.setContentLength64(static_cast<Poco::Int64>(ctx.body.size()));
+
+  upstream::Pool::Lease lease;
+  try {
+    Stopwatch sw{ctx.upstream_time};
+    lease = pool.acquire();
+  } catch (const upstream::PoolExhausted& e) {
+    send_error(resp, ctx, {503, std::string("upstream busy: ") + e.what(), "", "upstream_pool_exhausted"});
+    return;
+  }
+
+  // Send, then wait for the first response byte. A kept-alive socket that turns out to be closed
+  // before any byte arrived is retried once on a fresh connection; nothing else is ever retried.
+  Poco::Net::HTTPResponse uresp;
+  std::istream* body_in = nullptr;
+  for (int attempt = 0;; ++attempt) {
+    Phase phase = Phase::Connect;
+    bool retry = false;
+    std::string failure;
+    int status = 502;
+    try {
+      Stopwatch sw{ctx.upstream_time};
+      auto& http = lease->http();
+      std::ostream& os = http.sendRequest(up);
+      os.write(ctx.body.data(), static_cast<std::streamsize>(ctx.body.size()));
+      os.flush();
+      if (!os) throw Poco::Net::NetException("write to upstream failed");
+      phase = Phase::Wait;
+      if (!lease->wait_first_byte()) {
+        retry = lease->reused && attempt == 0;
+        failure = "upstream closed the connection without responding";
+      } else {
+        body_in = &http.receiveResponse(uresp);
+      }
+    } catch (const Poco::TimeoutException&) {
+      status = phase == Phase::Connect ? 502 : 504;
+      failure = phase == Phase::Connect
+                    ? "could not connect to upstream '" + ucfg.name + "': timed out after " + std::to_string(ucfg.connect_timeout.count()) + " ms"
+                    : "upstream '" + ucfg.name + "' did not respond within " + std::to_string(ucfg.read_timeout.count()) + " ms";
+    } catch (const Poco::Net::ConnectionRefusedException&) {
+      failure = "upstream '" + ucfg.name + "' refused the connection";
+    } catch (const Poco::Net::HostNotFoundException&) {
+      failure = "upstream '" + ucfg.name + "' host not found";
+    } catch (const Poco::Net::NoAddressFoundException&) {
+      failure = "upstream '" + ucfg.name + "' host has no address";
+    } catch (const Poco::Net::SSLException& e) {
+      failure = "TLS error with upstream '" + ucfg.name + "': " + e.displayText();
+    } catch (const Poco::Net::MessageException& e) {
+      failure = "invalid response from upstream '" + ucfg.name + "': " + e.message();
+    } catch (const Poco::Exception& e) {
+      // Reset/abort/EPIPE on a reused socket before any byte was read: the stale-socket race.
+      retry = lease->reused && attempt == 0 && body_in == nullptr;
+      failure = "upstream '" + ucfg.name + "' connection failed: " + e.displayText();
+    }
+    if (body_in) break;
+    if (retry) {
+      lease->http().reset();  // fresh connection on the same session object
+      lease->reused = false;
+      continue;
+    }
+    lease.discard(true);
+    ctx.upstream_status = 0;
+    send_error(resp, ctx, {status, failure, "", status == 504 ? "upstream_timeout" : "upstream_unavailable"});
+    return;
+  }
+
+  ctx.upstream_status = uresp.getStatus();
+  map_response_headers(uresp, ctx.response_headers);
+  run.response_headers(ctx);
+
+  const bool success = ctx.upstream_status >= 200 && ctx.upstream_status < 300;
+  const bool sse = is_event_stream(uresp.getContentType());
+  hide_usage_chunk = hide_usage_chunk && sse && success;
+  UsageExtractor usage(ctx.flavour, sse, hide_usage_chunk);
+
+  resp.setStatusAndReason(static_cast<HTTPResponse::HTTPStatus>(ctx.upstream_status), uresp.getReason());
+  for (const auto& [k, v] : ctx.response_headers) resp.add(k, v);
+  resp.set("X-Request-ID", ctx.request_id);
+  const bool known_length = uresp.hasContentLength() && !hide_usage_chunk;
+  const Poco::Int64 expected = uresp.hasContentLength() ? uresp.getContentLength64() : -1;
+  if (known_length) resp.setContentLength64(expected);
+  else resp.setChunkedTransferEncoding(true);
+  ctx.status = ctx.upstream_status;
+
+  std::ostream& out = resp.send();
+  out.flush();
+  ctx.ttfb = Clock::now() - ctx.start;
+  if (!out) ctx.client_gone = true;
+
+  // Relay: each read from the upstream is written and flushed at once (SSE events reach the
+  // client as they are produced); one pooled buffer per request, so memory stays flat.
+  pool::BufferPool::Buffer buffer = buffers_.acquire();
+  body_in->exceptions(std::ios::badbit);
+  Poco::Int64 received = 0;
+  std::string upstream_error;
+  auto emit = [&](std::string_view bytes, bool end) {
+    if (!bytes.empty() || end) run.response_body(ctx, bytes, end);
+    if (bytes.empty() || ctx.client_gone) return;
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) ctx.client_gone = true;
+    else ctx.bytes_out += bytes.size();
+  };
+  while (!ctx.client_gone) {
+    std::streamsize n = 0;
+    try {
+      Stopwatch sw{ctx.upstream_time};
+      if (body_in->peek() == std::char_traits<char>::eof()) break;
+      n = body_in->readsome(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    } catch (const Poco::TimeoutException&) {
+      upstream_error = "upstream '" + ucfg.name + "' stalled for more than " + std::to_string(ucfg.read_timeout.count()) + " ms mid-response";
+      break;
+    } catch (const Poco::Exception& e) {
+      upstream_error = "upstream '" + ucfg.name + "' failed mid-response: " + e.displayText();
+      break;
+    } catch (const std::exception& e) {
+      upstream_error = "upstream '" + ucfg.name + "' failed mid-response: " + e.what();
+      break;
+    }
+    received += n;
+    emit(usage.feed(std::string_view(buffer.data(), static_cast<size_t>(n))), false);
+  }
+  if (upstream_error.empty() && !ctx.client_gone && expected >= 0 && received != expected)
+    upstream_error = "upstream '" + ucfg.name + "' closed the response after " + std::to_string(received) + " of " +
+                     std::to_string(expected) + " bytes";
+
+  if (!ctx.client_gone) emit(usage.finish(), upstream_error.empty());
+  ctx.usage = usage.usage();
+
+  if (ctx.client_gone) {
+    lease.discard(false);  // the upstream may still be sending: never reuse that socket
+    if (ctx.error.empty()) ctx.error = "client disconnected";
+    return;
+  }
+  if (!upstream_error.empty()) {
+    lease.discard(true);
+    ctx.error = upstream_error;
+    if (sse && !known_length) {
+      // End the stream with an error event in the caller's flavour so SDKs raise instead of hanging.
+      emit(sse_error_event(ctx.flavour, {502, upstream_error}), true);
+      try {
+        out.flush();
+      } catch (...) {
+      }
+    } else {
+      abort_client(req, resp);
+    }
+    return;
+  }
+  if (uresp.getKeepAlive()) lease.release();
+  else lease.discard(false);
+}
+
+}  // namespace glmp::core::pipeline

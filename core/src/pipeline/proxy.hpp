@@ -1,0 +1,52 @@
+#pragma once
+// The per-request proxy pipeline (ARCHITECTURE.md, "Request flow"):
+// read body → inspect JSON (stream flag, model) → on_request hooks → body edits (model rewrite,
+// stream usage) → upstream pool (stale retry) → on_response_headers → relay chunks with usage
+// extraction (on_response_body, write + flush each) → on_complete, exactly once.
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+
+#include "config/config.hpp"
+#include "pipeline/errors.hpp"
+#include "pipeline/request_context.hpp"
+#include "plugins/chain.hpp"
+#include "pool/buffer_pool.hpp"
+#include "upstream/pool.hpp"
+
+namespace glmp::core::pipeline {
+
+using Pools = std::map<std::string, std::unique_ptr<upstream::Pool>, std::less<>>;
+
+class Proxy {
+public:
+  Proxy(const config::Config& cfg, Pools& pools, plugins::ChainHolder& chain, pool::BufferPool& buffers);
+
+  // Proxies a request whose route is ctx.route. Never throws; fills ctx for the access log.
+  void handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
+
+private:
+  bool read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
+  bool inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
+  // Body edits decided by the core and the chain; returns true when the usage-only stream chunk
+  // must be hidden from the client (the proxy asked for it, the client did not).
+  bool finalize_body(RequestContext& ctx);
+  void forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
+               plugins::ChainRun& run, upstream::Pool& pool, bool hide_usage_chunk);
+
+  const config::Config& cfg_;
+  Pools& pools_;
+  plugins::ChainHolder& chain_;
+  pool::BufferPool& buffers_;
+};
+
+// Sends a proxy-generated error in the request's flavour (JSON, Content-Length, X-Request-ID kept).
+void send_error(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, const ApiError& error);
+// Sends a JSON body with a status.
+void send_json(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int status, const std::string& body);
+
+}  // namespace glmp::core::pipeline

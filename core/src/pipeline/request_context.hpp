@@ -1,0 +1,69 @@
+#pragma once
+// Everything the core and the plugin chain know about one request, from arrival to on_complete.
+// Owned by the connection's thread for the request's whole life; never shared between threads.
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <Poco/Net/NameValueCollection.h>
+
+#include "config/config.hpp"
+#include "pipeline/usage.hpp"
+
+namespace glmp::core::pipeline {
+
+using Clock = std::chrono::steady_clock;
+
+struct EarlyResponse {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+struct RequestContext {
+  // Request
+  std::string request_id;
+  std::string method;
+  std::string path;   // raw path, no query
+  std::string query;  // raw query, no '?'
+  const config::RouteConfig* route = nullptr;
+  Flavour flavour = Flavour::OpenAI;
+  bool streaming = false;       // top-level "stream": true
+  std::string body;             // whole request body (<= server.max_request_body)
+  bool body_is_json_object = false;
+  Poco::Net::NameValueCollection upstream_headers;  // what goes upstream (after mapping); plugins may edit
+  std::string client_model;     // the model the client asked for ("" if none)
+  std::optional<std::string> model;  // the model to send upstream; set by [proxy] model, then plugins
+  std::vector<std::pair<std::string, std::string>> attributes;  // "auth.key_id" → …
+
+  // Outcome
+  std::optional<EarlyResponse> early_response;  // a plugin answered; no upstream call
+  int status = 0;              // status sent to the client
+  int upstream_status = 0;     // 0 = no upstream response
+  Poco::Net::NameValueCollection response_headers;  // upstream response headers as sent to the client
+  Usage usage;
+  bool client_gone = false;
+  std::string error;           // why the proxy failed the request, for the log ("" = no error)
+  uint64_t bytes_in = 0, bytes_out = 0;
+
+  // Timing
+  Clock::time_point start = Clock::now();
+  Clock::duration upstream_time{};    // time blocked on the upstream (connect, send, waits for bytes)
+  std::optional<Clock::duration> ttfb;  // start → first response byte flushed to the client
+
+  const std::string* attribute(std::string_view name) const {
+    for (const auto& [k, v] : attributes)
+      if (k == name) return &v;
+    return nullptr;
+  }
+  void set_attribute(std::string_view name, std::string value) {
+    for (auto& [k, v] : attributes)
+      if (k == name) { v = std::move(value); return; }
+    attributes.emplace_back(std::string(name), std::move(value));
+  }
+};
+
+}  // namespace glmp::core::pipeline

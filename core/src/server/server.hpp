@@ -1,0 +1,62 @@
+#pragma once
+// The listener: Poco::Net::HTTPServer on a dedicated Poco::ThreadPool (server.max_threads, small
+// stacks), the request dispatch (/health, proxied routes, 404), and graceful drain on SIGTERM.
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include <Poco/Net/HTTPServer.h>
+#include <Poco/ThreadPool.h>
+
+#include "config/config.hpp"
+#include "pipeline/access_log.hpp"
+#include "pipeline/proxy.hpp"
+#include "pipeline/router.hpp"
+#include "plugins/chain.hpp"
+#include "pool/buffer_pool.hpp"
+
+namespace glmp::core::server {
+
+class Server {
+public:
+  explicit Server(config::Config cfg);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds the listening socket and starts serving. Throws Poco::Exception when it cannot bind.
+  void start();
+  // Stops accepting connections; requests in flight continue, kept-alive connections close after
+  // their current request. Returns true when all in-flight requests finished within `timeout`.
+  bool drain(std::chrono::milliseconds timeout);
+  // Stops everything now (after drain): aborts what is left, stops pools.
+  void stop();
+
+  uint16_t port() const;
+  const config::Config& config() const { return cfg_; }
+  int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  bool draining() const { return draining_.load(std::memory_order_relaxed); }
+
+  // Used by the request handler.
+  void handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp);
+
+private:
+  void handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
+
+  config::Config cfg_;
+  pipeline::Pools pools_;
+  pipeline::Router router_;
+  plugins::ChainHolder chain_;
+  pool::BufferPool buffers_;
+  pipeline::AccessLog access_log_;
+  pipeline::Proxy proxy_;
+  std::unique_ptr<Poco::ThreadPool> threads_;
+  std::unique_ptr<Poco::Net::HTTPServer> http_;
+  std::atomic<int> in_flight_{0};
+  std::atomic<bool> draining_{false};
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  bool stopped_ = false;
+};
+
+}  // namespace glmp::core::server
