@@ -194,10 +194,10 @@ Proxy::Proxy(const TempDir& dir, const Mock* mock, ProxyOptions opts) {
            "\n[proxy]\nmodel = \"" + opts.model + "\"\n" + opts.proxy_extra +
            "\n[log]\nlevel = \"information\"\naccess_log = \"" + dir.file("access.log") + "\"\n" +
            "\n[upstreams.openai]\nbase_url = \"" + openai + "\"\nauth_header = \"Authorization\"\nauth_value = \"" +
-           opts.auth_value_openai + "\"\nmin_connections = 0\nmax_connections = 32\nread_timeout = \"10s\"\n" +
+           opts.auth_value_openai + "\"\nmin_connections = 0\nmax_connections = 32\nread_timeout = \"10s\"\nhealth_interval = \"0s\"\n" +
            opts.upstream_extra + "\n[upstreams.anthropic]\nbase_url = \"" + anthropic +
            "\"\nauth_header = \"x-api-key\"\nauth_value = \"" + opts.auth_value_anthropic +
-           "\"\nmin_connections = 0\nmax_connections = 32\nread_timeout = \"10s\"\n" + opts.upstream_extra +
+           "\"\nmin_connections = 0\nmax_connections = 32\nread_timeout = \"10s\"\nhealth_interval = \"0s\"\n" + opts.upstream_extra +
            "\n[[routes]]\nprefix = \"/v1/messages\"\nflavour = \"anthropic\"\nupstream = \"anthropic\"\n"
            "\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\nstrip_prefix = \"/v1\"\n";
   }
