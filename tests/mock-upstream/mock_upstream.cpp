@@ -1,0 +1,218 @@
+// mock-upstream: a deterministic fake of Z.AI's OpenAI-compatible and Anthropic-compatible APIs,
+// used by the integration tests, the e2e SDK tests and the benchmarks. See README.md.
+
+#include <Poco/Exception.h>
+#include <Poco/Net/Context.h>
+#include <Poco/Net/HTTPServer.h>
+#include <Poco/Net/HTTPServerParams.h>
+#include <Poco/Net/NetSSL.h>
+#include <Poco/Net/SecureServerSocket.h>
+#include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/ThreadPool.h>
+#include <Poco/Timespan.h>
+#include <semaphore.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "mock_handler.hpp"
+
+namespace {
+
+using glmp::mock::Options;
+
+sem_t g_stop_sem;
+volatile sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+  sem_post(&g_stop_sem);  // async-signal-safe
+}
+
+void usage(std::FILE* to) {
+  std::fputs(
+      "usage: mock-upstream [--host 127.0.0.1] [--port 0] [--api-key KEY]\n"
+      "                     [--https --cert FILE --key FILE] [--keepalive-timeout-ms 10000]\n"
+      "                     [--threads 256] [--fast] [--verbose]\n"
+      "Prints 'LISTENING <port>' on stdout once it accepts connections.\n",
+      to);
+}
+
+[[noreturn]] void die(const std::string& message) {
+  std::fprintf(stderr, "mock-upstream: %s\n", message.c_str());
+  usage(stderr);
+  std::exit(2);
+}
+
+long parse_long(const std::string& flag, const std::string& value, long min, long max) {
+  try {
+    std::size_t used = 0;
+    const long v = std::stol(value, &used);
+    if (used != value.size() || v < min || v > max) throw std::out_of_range(flag);
+    return v;
+  } catch (const std::exception&) {
+    die("invalid value for " + flag + ": '" + value + "' (expected " + std::to_string(min) + ".." +
+        std::to_string(max) + ")");
+  }
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::optional<std::string> inline_value;
+    if (arg.rfind("--", 0) == 0) {
+      const auto eq = arg.find('=');
+      if (eq != std::string::npos) {
+        inline_value = arg.substr(eq + 1);
+        arg = arg.substr(0, eq);
+      }
+    }
+    const auto value = [&]() -> std::string {
+      if (inline_value) return *inline_value;
+      if (i + 1 >= argc) die("missing value for " + arg);
+      return argv[++i];
+    };
+    const auto no_value = [&] {
+      if (inline_value) die(arg + " takes no value");
+    };
+    if (arg == "--host") {
+      o.host = value();
+    } else if (arg == "--port") {
+      o.port = static_cast<std::uint16_t>(parse_long(arg, value(), 0, 65535));
+    } else if (arg == "--api-key") {
+      o.api_key = value();
+    } else if (arg == "--https") {
+      no_value();
+      o.https = true;
+    } else if (arg == "--cert") {
+      o.cert_file = value();
+    } else if (arg == "--key") {
+      o.key_file = value();
+    } else if (arg == "--keepalive-timeout-ms") {
+      o.keepalive_timeout_ms = parse_long(arg, value(), 1, 86400000);
+    } else if (arg == "--threads") {
+      o.threads = static_cast<int>(parse_long(arg, value(), 1, 100000));
+    } else if (arg == "--fast") {
+      no_value();
+      o.fast = true;
+    } else if (arg == "--verbose" || arg == "-v") {
+      no_value();
+      o.verbose = true;
+    } else if (arg == "--help" || arg == "-h") {
+      usage(stdout);
+      std::exit(0);
+    } else {
+      die("unknown argument '" + arg + "'");
+    }
+  }
+  if (o.https && (o.cert_file.empty() || o.key_file.empty())) die("--https needs --cert and --key");
+  if (!o.https && (!o.cert_file.empty() || !o.key_file.empty())) die("--cert/--key need --https");
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options opt = parse_args(argc, argv);
+
+  // Writes to a peer that went away must fail with EPIPE, not kill the process (OpenSSL writes
+  // without MSG_NOSIGNAL). SIGTERM/SIGINT post a semaphore that main waits on (a handler rather
+  // than sigwait, so it works whichever thread the signal lands on).
+  ::signal(SIGPIPE, SIG_IGN);
+  sem_init(&g_stop_sem, 0, 0);
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+
+  glmp::mock::Stats stats;
+  int exit_code = 0;
+  if (opt.https) Poco::Net::initializeSSL();
+  try {
+    const Poco::Net::SocketAddress address(opt.host, opt.port);
+    constexpr int kBacklog = 1024;
+    std::unique_ptr<Poco::Net::ServerSocket> socket;
+    if (opt.https) {
+      Poco::Net::Context::Ptr context =
+          new Poco::Net::Context(Poco::Net::Context::SERVER_USE, opt.key_file, opt.cert_file, "",
+                                 Poco::Net::Context::VERIFY_NONE);
+      socket = std::make_unique<Poco::Net::SecureServerSocket>(address, kBacklog, context);
+    } else {
+      socket = std::make_unique<Poco::Net::ServerSocket>(address, kBacklog);
+    }
+    socket->setNoDelay(true);
+    const std::uint16_t port = socket->address().port();
+
+    // Poco's default pool has 16 threads; every connection holds a thread for its whole life.
+    Poco::ThreadPool pool(2, opt.threads, 60, 1024 * 1024);
+    Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
+    params->setMaxThreads(opt.threads);
+    params->setMaxQueued(16384);
+    params->setKeepAlive(true);
+    params->setKeepAliveTimeout(
+        Poco::Timespan(static_cast<Poco::Timespan::TimeDiff>(opt.keepalive_timeout_ms) * 1000));
+    params->setMaxKeepAliveRequests(0);  // unlimited
+    // Poco waits getTimeout() for the first request on a new connection and getKeepAliveTimeout()
+    // for the next ones; both are the keep-alive timeout, so an idle connection is closed after
+    // that long whether or not it has carried a request (pool warm-up sockets go stale too).
+    // The same value is the socket receive timeout while a request is being read.
+    params->setTimeout(params->getKeepAliveTimeout());
+
+    auto* server = new Poco::Net::HTTPServer(new glmp::mock::MockHandlerFactory(opt, stats), pool,
+                                             *socket, params);
+    std::unique_ptr<Poco::Net::HTTPServer> server_owner(server);
+    server->setConnectionFilter(new glmp::mock::CountingFilter(stats));
+    stats.server.store(server);
+    server->start();
+
+    std::cout << "LISTENING " << port << std::endl;
+    if (opt.verbose) {
+      std::fprintf(stderr, "mock-upstream: listening on %s:%u (%s, %d threads%s)\n",
+                   opt.host.c_str(), port, opt.https ? "https" : "http", opt.threads,
+                   opt.fast ? ", fast" : "");
+    }
+
+    while (sem_wait(&g_stop_sem) != 0) {
+    }
+    if (opt.verbose) {
+      std::fprintf(stderr, "mock-upstream: signal %d, stopping\n", static_cast<int>(g_stop_signal));
+    }
+
+    glmp::mock::request_stop();  // wakes handlers that sleep (delays, stalls)
+    stats.server.store(nullptr);
+    server->stopAll(true);  // stop accepting and shut down the open connections
+
+    // Wait for the connection threads to finish; never hang the test run on a stuck peer.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (pool.used() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (pool.used() > 0) {
+      std::fflush(nullptr);
+      std::_Exit(0);
+    }
+    server_owner.reset();
+    pool.joinAll();
+  } catch (const Poco::Exception& e) {
+    std::fprintf(stderr, "mock-upstream: %s\n", e.displayText().c_str());
+    exit_code = 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mock-upstream: %s\n", e.what());
+    exit_code = 1;
+  }
+  if (opt.https) Poco::Net::uninitializeSSL();
+  return exit_code;
+}
