@@ -312,10 +312,19 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   resp.setStatusAndReason(static_cast<HTTPResponse::HTTPStatus>(ctx.upstream_status), uresp.getReason());
   for (const auto& [k, v] : ctx.response_headers) resp.add(k, v);
   resp.set("X-Request-ID", ctx.request_id);
+  // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay or to check.
+  const bool no_body = ctx.method == "HEAD" || ctx.upstream_status == 204 || ctx.upstream_status == 304 ||
+                       ctx.upstream_status < 200;
   const bool known_length = uresp.hasContentLength() && !hide_usage_chunk;
-  const Poco::Int64 expected = uresp.hasContentLength() ? uresp.getContentLength64() : -1;
-  if (known_length) resp.setContentLength64(expected);
-  else resp.setChunkedTransferEncoding(true);
+  const Poco::Int64 expected = uresp.hasContentLength() && !no_body ? uresp.getContentLength64() : -1;
+  if (no_body) {
+    if (uresp.hasContentLength()) resp.setContentLength64(uresp.getContentLength64());
+    else resp.setContentLength64(0);
+  } else if (known_length) {
+    resp.setContentLength64(expected);
+  } else {
+    resp.setChunkedTransferEncoding(true);
+  }
   ctx.status = ctx.upstream_status;
 
   std::ostream& out = resp.send();
