@@ -91,6 +91,9 @@ TEST_F(Mapping, ResponseHeadersPassBackWithoutHopByHop) {
   EXPECT_EQ(r.header("x-mock-error"), "1");
   EXPECT_EQ(r.header("retry-after"), "7");
   EXPECT_TRUE(r.header("keep-alive").empty());
+  // One Date header, not Poco's plus the upstream's.
+  Response ok = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false));
+  EXPECT_EQ(ok.header("date").find(", ", 5), std::string::npos) << ok.header("date");
 }
 
 TEST_F(Mapping, RequestIdIsKeptWhenSaneAndGeneratedOtherwise) {

@@ -154,8 +154,9 @@ bool Proxy::finalize_body(RequestContext& ctx) {
   bool hide_usage_chunk = false;
   if (want_model) edits.push_back({"model", json_quote(*ctx.model), TopLevelEdit::Mode::Upsert});
   if (openai_stream) {
-    // Ask for usage in the stream so streamed tokens are counted; hide the extra chunk from clients
-    // that did not ask for it, so they still receive exactly the stream they expect.
+    // Ask for usage in the stream so streamed tokens are counted; hide the extra usage-only chunk
+    // from clients that did not ask for it (the other chunks may then carry "usage":null, as
+    // OpenAI's own API sends them with include_usage; SDKs ignore it).
     const JsonMember* so = scan.find("stream_options");
     Poco::JSON::Object::Ptr options = new Poco::JSON::Object;
     bool client_asked = false;
@@ -310,6 +311,8 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   UsageExtractor usage(ctx.flavour, sse, hide_usage_chunk);
 
   resp.setStatusAndReason(static_cast<HTTPResponse::HTTPStatus>(ctx.upstream_status), uresp.getReason());
+  // Poco already stamped Date (and the upstream's is the one to keep): never send it twice.
+  if (ctx.response_headers.has("Date")) resp.erase("Date");
   for (const auto& [k, v] : ctx.response_headers) resp.add(k, v);
   resp.set("X-Request-ID", ctx.request_id);
   // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay or to check.
