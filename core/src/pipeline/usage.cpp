@@ -1,0 +1,565 @@
+#include "pipeline/usage.hpp"
+
+#include "pipeline/json_body.hpp"
+
+#include <Poco/Dynamic/Var.h>
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+
+namespace glmp::core::pipeline {
+
+namespace {
+
+constexpr size_t kUnknown = static_cast<size_t>(-1);
+// Buffers that grew past this (a huge event or line) are released instead of kept for reuse.
+constexpr size_t kShrinkAbove = size_t{64} << 10;
+// Longest event type / top-level key worth remembering; longer ones cannot match what we look for.
+constexpr size_t kMaxNameBytes = 64;
+
+// Position of `c` in s[from, n), or s.size() when absent.
+inline size_t find_byte(std::string_view s, char c, size_t from) {
+  const void* p = std::memchr(s.data() + from, c, s.size() - from);
+  return p == nullptr ? s.size() : static_cast<size_t>(static_cast<const char*>(p) - s.data());
+}
+
+inline size_t find_sub(std::string_view hay, std::string_view needle, size_t from = 0) {
+  if (from >= hay.size()) return std::string_view::npos;
+  const void* p = ::memmem(hay.data() + from, hay.size() - from, needle.data(), needle.size());
+  return p == nullptr ? std::string_view::npos : static_cast<size_t>(static_cast<const char*>(p) - hay.data());
+}
+
+inline bool contains(std::string_view hay, std::string_view needle) {
+  return find_sub(hay, needle) != std::string_view::npos;
+}
+
+inline bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+inline void release_if_big(std::string& s) {
+  if (s.capacity() > kShrinkAbove) std::string().swap(s);
+}
+
+// True when `json` has a member named by `quoted_key` (e.g. "\"usage\"") whose value is not null.
+// A quoted key can only appear unescaped in JSON text as a real string token, so this is a cheap and
+// safe pre-filter before a real parse.
+bool has_non_null_member(std::string_view json, std::string_view quoted_key) {
+  size_t p = 0;
+  while ((p = find_sub(json, quoted_key, p)) != std::string_view::npos) {
+    size_t k = p + quoted_key.size();
+    while (k < json.size() && is_ws(json[k])) ++k;
+    if (k < json.size() && json[k] == ':') {
+      ++k;
+      while (k < json.size() && is_ws(json[k])) ++k;
+      if (k < json.size() && json[k] != 'n') return true;
+    }
+    p += quoted_key.size();
+  }
+  return false;
+}
+
+Poco::JSON::Object::Ptr parse_object(std::string_view json) {
+  Poco::JSON::Parser parser;
+  const Poco::Dynamic::Var v = parser.parse(std::string(json));
+  if (v.type() != typeid(Poco::JSON::Object::Ptr)) return {};
+  return v.extract<Poco::JSON::Object::Ptr>();
+}
+
+std::optional<int64_t> int_field(const Poco::JSON::Object& o, const std::string& key) {
+  if (!o.has(key) || o.isNull(key)) return std::nullopt;
+  try {
+    const Poco::Dynamic::Var v = o.get(key);
+    if (v.isBoolean() || v.isString()) return std::nullopt;
+    if (v.isInteger()) return v.convert<Poco::Int64>();
+    if (v.isNumeric()) {
+      const double d = v.convert<double>();
+      if (std::isfinite(d) && d >= -9.0e18 && d <= 9.0e18) return static_cast<int64_t>(d);
+    }
+  } catch (const Poco::Exception&) {
+  }
+  return std::nullopt;
+}
+
+// OpenAI: a usage object is a complete set of totals; the latest one replaces the previous.
+void apply_openai_usage(const Poco::JSON::Object& u, Usage& usage) {
+  Usage fresh;
+  fresh.input_tokens = int_field(u, "prompt_tokens").value_or(0);
+  fresh.output_tokens = int_field(u, "completion_tokens").value_or(0);
+  fresh.total_tokens = int_field(u, "total_tokens").value_or(0);
+  if (const auto details = u.getObject("prompt_tokens_details")) {
+    fresh.cache_read_input_tokens = int_field(*details, "cached_tokens").value_or(0);
+  }
+  fresh.seen = true;
+  usage = fresh;
+}
+
+// Anthropic: every field present overrides the one seen before (all of them are cumulative).
+void apply_anthropic_usage(const Poco::JSON::Object& u, Usage& usage) {
+  if (auto v = int_field(u, "input_tokens")) usage.input_tokens = *v;
+  if (auto v = int_field(u, "output_tokens")) usage.output_tokens = *v;
+  if (auto v = int_field(u, "cache_read_input_tokens")) usage.cache_read_input_tokens = *v;
+  if (auto v = int_field(u, "cache_creation_input_tokens")) usage.cache_creation_input_tokens = *v;
+  usage.seen = true;
+}
+
+}  // namespace
+
+int64_t Usage::total() const { return total_tokens > 0 ? total_tokens : input_tokens + output_tokens; }
+
+UsageExtractor::UsageExtractor(Flavour flavour, bool sse, bool suppress_usage_only_chunks)
+    : flavour_(flavour), sse_(sse), suppress_(suppress_usage_only_chunks && sse && flavour == Flavour::OpenAI) {}
+
+std::string_view UsageExtractor::feed(std::string_view chunk) noexcept {
+  if (finished_ || disabled_) return chunk;
+  if (!suppress_) {
+    try {
+      if (sse_) {
+        sse_feed(chunk);
+      } else {
+        plain_feed(chunk);
+      }
+    } catch (...) {
+      disabled_ = true;  // only allocation failures get here; usage stays what it was
+    }
+    return chunk;
+  }
+  try {
+    out_.clear();
+    if (out_.capacity() > kMaxEventBytes + chunk.size()) std::string().swap(out_);
+    sse_feed(chunk);
+    return out_;
+  } catch (...) {
+    // Forward everything not yet released and pass through from now on.
+    disabled_ = true;
+    try {
+      out_.append(pending_);
+      pending_.clear();
+      out_.append(chunk.substr(std::min(seg_start_, chunk.size())));
+      return out_;
+    } catch (...) {
+      return chunk;
+    }
+  }
+}
+
+std::string_view UsageExtractor::finish() noexcept {
+  if (finished_) return {};
+  finished_ = true;
+  if (!disabled_) {
+    try {
+      if (!sse_) {
+        if (capturing_ && !capture_overflow_) parse_usage_value(capture_);
+        capturing_ = false;
+      } else {
+        if (line_partial_) {
+          sse_line(line_buf_, line_truncated_);
+          line_buf_.clear();
+          line_partial_ = false;
+        }
+        // A trailing event without its blank line: examined (not counted, never dropped).
+        if (data_lines_ > 0) {
+          if (flavour_ == Flavour::Anthropic && event_type_ == "error") {
+            saw_error_ = true;
+          } else if (!event_oversize_) {
+            (void)sse_examine();
+          }
+        }
+      }
+    } catch (...) {
+    }
+  }
+  if (!suppress_) return {};
+  return pending_;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// SSE
+
+void UsageExtractor::sse_feed(std::string_view chunk) {
+  const size_t n = chunk.size();
+  size_t i = 0;
+  seg_start_ = 0;
+
+  if (!bom_done_) {  // WHATWG: one leading U+FEFF is ignored
+    static constexpr char kBom[3] = {'\xEF', '\xBB', '\xBF'};
+    while (i < n && bom_matched_ < 3 && chunk[i] == kBom[bom_matched_]) {
+      ++i;
+      ++bom_matched_;
+    }
+    if (bom_matched_ == 3) {
+      bom_done_ = true;
+    } else if (i < n) {
+      bom_done_ = true;  // not a BOM: the bytes matched so far start the first line
+      if (bom_matched_ > 0) append_line_part(std::string_view(kBom, bom_matched_));
+    }
+  }
+
+  if (after_cr_ && i < n) {
+    after_cr_ = false;
+    if (chunk[i] == '\n') {  // second half of a "\r\n" split across chunks
+      ++i;
+      if (cr_was_boundary_ && suppress_) {
+        // It ends the event released (or dropped) with the previous chunk: it goes the same way.
+        if (!last_dropped_) out_.push_back('\n');
+        seg_start_ = i;
+      }
+    }
+  }
+
+  size_t lf_at = kUnknown;
+  size_t cr_at = kUnknown;
+  while (i < n) {
+    if (lf_at == kUnknown || lf_at < i) lf_at = find_byte(chunk, '\n', i);
+    if (cr_at == kUnknown || cr_at < i) cr_at = find_byte(chunk, '\r', i);
+    const size_t eol = std::min(lf_at, cr_at);
+    if (eol >= n) {
+      append_line_part(chunk.substr(i));
+      break;
+    }
+    size_t next = eol + 1;
+    if (chunk[eol] == '\r') {
+      if (next < n) {
+        if (chunk[next] == '\n') ++next;
+      } else {
+        after_cr_ = true;
+      }
+    }
+    std::string_view line = chunk.substr(i, eol - i);
+    bool truncated = false;
+    if (line_partial_) {
+      append_line_part(line);
+      line = line_buf_;
+      truncated = line_truncated_;
+    }
+    const bool blank = line.empty();
+    if (!blank) sse_line(line, truncated);
+    if (line_partial_) {
+      line_buf_.clear();
+      release_if_big(line_buf_);
+      line_partial_ = false;
+      line_truncated_ = false;
+    }
+    if (blank) {
+      const bool drop = sse_dispatch();
+      if (suppress_) release(chunk, next, drop);
+    }
+    cr_was_boundary_ = blank;
+    i = next;
+  }
+  if (suppress_) hold(chunk.substr(seg_start_));
+}
+
+void UsageExtractor::append_line_part(std::string_view part) {
+  line_partial_ = true;
+  if (line_truncated_) return;
+  const size_t room = kMaxEventBytes - line_buf_.size();
+  if (part.size() > room) {
+    line_buf_.append(part.substr(0, room));
+    line_truncated_ = true;
+  } else {
+    line_buf_.append(part);
+  }
+}
+
+bool UsageExtractor::wants_data() const {
+  if (flavour_ == Flavour::OpenAI || event_type_.empty()) return true;
+  return event_type_ == "message_start" || event_type_ == "message_delta";
+}
+
+void UsageExtractor::sse_line(std::string_view line, bool truncated) {
+  if (line.empty() || line[0] == ':') return;  // dispatch is the caller's; ':' starts a comment
+  if (truncated) event_oversize_ = true;
+  const size_t colon = line.find(':');
+  const std::string_view field = line.substr(0, colon);
+  std::string_view value = colon == std::string_view::npos ? std::string_view() : line.substr(colon + 1);
+  if (!value.empty() && value[0] == ' ') value.remove_prefix(1);
+
+  if (field == "data") {
+    ++data_lines_;
+    if (event_oversize_) return;
+    if (!wants_data()) {
+      // Not an event that can carry usage: skip the copy. Should a later `event:` line make it one,
+      // its data is incomplete and it is treated like an oversize event.
+      event_oversize_ = true;
+      data_buf_.clear();
+      return;
+    }
+    const size_t sep = data_lines_ > 1 ? 1 : 0;
+    if (data_buf_.size() + sep + value.size() > kMaxEventBytes) {
+      event_oversize_ = true;
+      data_buf_.clear();
+      return;
+    }
+    if (sep != 0) data_buf_.push_back('\n');
+    data_buf_.append(value);
+  } else if (field == "event") {
+    event_type_.assign(value.substr(0, std::min(value.size(), kMaxNameBytes + 1)));
+  }
+  // "id", "retry" and unknown fields carry nothing we need.
+}
+
+bool UsageExtractor::sse_dispatch() {
+  bool drop = false;
+  if (data_lines_ > 0) {  // WHATWG: an event without data is not dispatched
+    ++events_;
+    if (flavour_ == Flavour::Anthropic && event_type_ == "error") {
+      saw_error_ = true;
+    } else if (!event_oversize_) {
+      drop = sse_examine();
+    }
+  }
+  data_buf_.clear();
+  release_if_big(data_buf_);
+  data_lines_ = 0;
+  event_oversize_ = false;
+  event_type_.clear();
+  return drop && !event_passthrough_;
+}
+
+bool UsageExtractor::sse_examine() {
+  const std::string_view data = data_buf_;
+  if (flavour_ == Flavour::OpenAI) {
+    if (data == "[DONE]") return false;
+    if (!has_non_null_member(data, "\"usage\"") && !contains(data, "\"error\"")) return false;
+  } else {
+    if (event_type_.empty()) {
+      if (!contains(data, "message_start") && !contains(data, "message_delta") && !contains(data, "\"error\"")) {
+        return false;
+      }
+    } else if (event_type_ != "message_start" && event_type_ != "message_delta") {
+      return false;
+    }
+  }
+  bool drop = false;
+  parse_event_json(data, &drop);
+  return drop;
+}
+
+void UsageExtractor::parse_event_json(std::string_view json, bool* drop) {
+  *drop = false;
+  try {
+    const Poco::JSON::Object::Ptr obj = parse_object(json);
+    if (!obj) return;
+    if (flavour_ == Flavour::OpenAI) {
+      if (obj->has("error") && !obj->isNull("error")) saw_error_ = true;
+      const Poco::JSON::Object::Ptr u = obj->getObject("usage");
+      if (!u) return;
+      apply_openai_usage(*u, usage_);
+      if (suppress_) {
+        const Poco::JSON::Array::Ptr choices = obj->getArray("choices");
+        *drop = choices && choices->size() == 0;
+      }
+      return;
+    }
+    std::string type = event_type_;
+    if (type.empty() && obj->has("type")) {
+      const Poco::Dynamic::Var t = obj->get("type");
+      if (t.isString()) type = t.toString();
+    }
+    if (type == "error") {
+      saw_error_ = true;
+    } else if (type == "message_start") {
+      if (const auto message = obj->getObject("message")) {
+        if (const auto u = message->getObject("usage")) apply_anthropic_usage(*u, usage_);
+      }
+    } else if (type == "message_delta") {
+      if (const auto u = obj->getObject("usage")) apply_anthropic_usage(*u, usage_);
+    }
+  } catch (const Poco::Exception&) {
+    // Not JSON (or not the JSON we expect): no usage from this event.
+  } catch (const std::exception&) {
+  }
+}
+
+void UsageExtractor::hold(std::string_view raw) {
+  if (raw.empty()) return;
+  if (event_passthrough_) {
+    out_.append(raw);
+    return;
+  }
+  if (pending_.size() + raw.size() > kMaxEventBytes) {
+    // Too big to hold back: release what we have and let the rest of this event flow.
+    out_.append(pending_);
+    out_.append(raw);
+    pending_.clear();
+    release_if_big(pending_);
+    event_passthrough_ = true;
+    return;
+  }
+  pending_.append(raw);
+}
+
+void UsageExtractor::release(std::string_view chunk, size_t end, bool drop) {
+  if (!drop) {
+    out_.append(pending_);
+    out_.append(chunk.substr(seg_start_, end - seg_start_));
+  }
+  pending_.clear();
+  release_if_big(pending_);
+  seg_start_ = end;
+  last_dropped_ = drop;
+  event_passthrough_ = false;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Plain JSON body
+
+void UsageExtractor::plain_feed(std::string_view c) {
+  if (phase_ == Phase::Done) return;
+  const size_t n = c.size();
+  size_t i = 0;
+  capture_from_ = 0;
+  size_t quote_at = kUnknown;
+  size_t bslash_at = kUnknown;
+  auto key_append = [this](std::string_view bytes) {
+    if (key_.size() <= kMaxNameBytes) key_.append(bytes.substr(0, kMaxNameBytes + 1 - key_.size()));
+  };
+
+  while (i < n) {
+    if (in_string_) {
+      if (escape_) {  // the byte after a backslash never ends the string
+        escape_ = false;
+        if (phase_ == Phase::InKey) key_append(c.substr(i, 1));
+        ++i;
+        continue;
+      }
+      if (quote_at == kUnknown || quote_at < i) quote_at = find_byte(c, '"', i);
+      if (bslash_at == kUnknown || bslash_at < i) bslash_at = find_byte(c, '\\', i);
+      const size_t j = std::min(quote_at, bslash_at);
+      if (phase_ == Phase::InKey) key_append(c.substr(i, j - i));
+      if (j >= n) break;
+      if (c[j] == '\\') {
+        escape_ = true;
+        if (phase_ == Phase::InKey) key_append("\\");
+        i = j + 1;
+        continue;
+      }
+      in_string_ = false;
+      i = j + 1;
+      if (phase_ == Phase::InKey) {
+        phase_ = Phase::ExpectColon;
+        if (key_.size() > kMaxNameBytes) {
+          key_is_usage_ = false;
+        } else if (key_.find('\\') == std::string::npos) {
+          key_is_usage_ = key_ == "usage";
+        } else {
+          const auto unescaped = json_unescape(key_);
+          key_is_usage_ = unescaped && *unescaped == "usage";
+        }
+      }
+      continue;
+    }
+
+    const char ch = c[i];
+    if (phase_ == Phase::Start) {
+      if (!is_ws(ch)) {
+        if (ch != '{') {  // not a JSON object: no usage in this body
+          phase_ = Phase::Done;
+          return;
+        }
+        phase_ = Phase::ExpectKey;
+        depth_ = 1;
+      }
+      ++i;
+      continue;
+    }
+    switch (ch) {
+      case '"':
+        in_string_ = true;
+        if (depth_ == 1) {
+          if (phase_ == Phase::ExpectKey) {
+            phase_ = Phase::InKey;
+            key_.clear();
+          } else if (phase_ == Phase::ExpectValue) {
+            plain_begin_value(i);
+          }
+        }
+        break;
+      case '{':
+      case '[':
+        if (depth_ == 1 && phase_ == Phase::ExpectValue) plain_begin_value(i);
+        ++depth_;
+        break;
+      case '}':
+      case ']':
+        if (--depth_ == 0) {  // the top-level object closed: nothing after it matters
+          if (ch == ']') capturing_ = false;  // "{...]" is not an object: drop a pending capture
+          plain_end_value(c, i);
+          phase_ = Phase::Done;
+          return;
+        }
+        break;
+      case ',':
+        if (depth_ == 1) {
+          plain_end_value(c, i);
+          phase_ = Phase::ExpectKey;
+        }
+        break;
+      case ':':
+        if (depth_ == 1 && phase_ == Phase::ExpectColon) phase_ = Phase::ExpectValue;
+        break;
+      case ' ':
+      case '\t':
+      case '\n':
+      case '\r':
+        break;
+      default:  // numbers and literals
+        if (depth_ == 1 && phase_ == Phase::ExpectValue) plain_begin_value(i);
+        break;
+    }
+    ++i;
+  }
+  if (capturing_) capture_append(c.substr(capture_from_));
+}
+
+void UsageExtractor::plain_begin_value(size_t at) {
+  phase_ = Phase::InValue;
+  if (!key_is_usage_) return;
+  capturing_ = true;
+  capture_overflow_ = false;
+  capture_.clear();
+  capture_from_ = at;
+}
+
+void UsageExtractor::plain_end_value(std::string_view chunk, size_t at) {
+  key_is_usage_ = false;
+  if (!capturing_) return;
+  capturing_ = false;
+  capture_append(chunk.substr(capture_from_, at - capture_from_));
+  if (!capture_overflow_) parse_usage_value(capture_);
+  capture_.clear();
+  release_if_big(capture_);
+}
+
+void UsageExtractor::capture_append(std::string_view bytes) {
+  if (capture_overflow_) return;
+  if (capture_.size() + bytes.size() > kMaxUsageValueBytes) {
+    capture_overflow_ = true;  // not a usage object we want to parse
+    capture_.clear();
+    release_if_big(capture_);
+    return;
+  }
+  capture_.append(bytes);
+}
+
+bool UsageExtractor::parse_usage_value(std::string_view json) {
+  try {
+    const Poco::JSON::Object::Ptr u = parse_object(json);
+    if (!u) return false;
+    if (flavour_ == Flavour::OpenAI) {
+      apply_openai_usage(*u, usage_);
+    } else {
+      apply_anthropic_usage(*u, usage_);
+    }
+    return true;
+  } catch (const Poco::Exception&) {
+  } catch (const std::exception&) {
+  }
+  return false;
+}
+
+}  // namespace glmp::core::pipeline
