@@ -6,7 +6,7 @@ JOBS="${GLMP_JOBS:-2}"
 # Debian packages the build, tests and benchmarks need. Installed only when missing.
 GLMP_BUILD_PACKAGES=(build-essential cmake ninja-build ccache pkg-config libpoco-dev libboost-dev
   libboost-filesystem-dev libtomlplusplus-dev prometheus-cpp-dev libssl-dev)
-GLMP_TEST_PACKAGES=(libgtest-dev libgmock-dev libbenchmark-dev openssl nodejs npm curl)
+GLMP_TEST_PACKAGES=(libgtest-dev libgmock-dev libbenchmark-dev openssl nodejs curl wrk nginx-light python3)
 
 ensure_packages() {
   local missing=()
@@ -19,6 +19,11 @@ ensure_packages() {
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# npm comes with some nodejs builds (NodeSource) and is a separate Debian package otherwise.
+ensure_npm() {
+  command -v npm >/dev/null 2>&1 || ensure_packages npm
 }
 
 # build PRESET [extra cmake args...]
