@@ -6,6 +6,8 @@
 #include <set>
 #include <sstream>
 
+#include <Poco/Exception.h>
+#include <Poco/URI.h>
 #include <toml++/toml.h>
 
 namespace glmp::core::config {
@@ -196,6 +198,11 @@ void read_upstream(const TableReader& r, UpstreamConfig& u) {
   if (!r.get_string("base_url", u.base_url)) r.fail(nullptr, "base_url", "is required");
   if (u.base_url.rfind("http://", 0) != 0 && u.base_url.rfind("https://", 0) != 0)
     r.fail(r.node("base_url"), "base_url", "must start with http:// or https://, got \"" + u.base_url + "\"");
+  try {
+    if (Poco::URI(u.base_url).getHost().empty()) r.fail(r.node("base_url"), "base_url", "has no host: \"" + u.base_url + "\"");
+  } catch (const Poco::SyntaxException& e) {
+    r.fail(r.node("base_url"), "base_url", "is not a valid URL: " + e.message());
+  }
   while (u.base_url.size() > 1 && u.base_url.back() == '/') u.base_url.pop_back();
   r.get_string("auth_header", u.auth_header);
   std::vector<std::string> missing;
@@ -277,6 +284,9 @@ std::string interpolate_env(std::string_view text, std::vector<std::string>* mis
   return out;
 }
 
+// About 100 years: larger durations are configuration mistakes, and stay far from int64 overflow.
+constexpr int64_t kMaxDurationMs = int64_t{100} * 365 * 24 * 3'600'000;
+
 Duration parse_duration(std::string_view text) {
   if (text.empty()) throw std::invalid_argument("empty duration");
   int64_t total_ms = 0;
@@ -293,11 +303,14 @@ Duration parse_duration(std::string_view text) {
     size_t unit_start = i;
     while (i < text.size() && std::isalpha(static_cast<unsigned char>(text[i]))) ++i;
     std::string_view unit = text.substr(unit_start, i - unit_start);
-    if (unit == "ms") total_ms += value;
-    else if (unit == "s") total_ms += value * 1000;
-    else if (unit == "m") total_ms += value * 60'000;
-    else if (unit == "h") total_ms += value * 3'600'000;
+    int64_t mult = 0;
+    if (unit == "ms") mult = 1;
+    else if (unit == "s") mult = 1000;
+    else if (unit == "m") mult = 60'000;
+    else if (unit == "h") mult = 3'600'000;
     else throw std::invalid_argument("invalid duration \"" + std::string(text) + "\": unit must be ms, s, m or h");
+    total_ms += value * mult;  // value <= 2^40 and mult < 2^22: no overflow here
+    if (total_ms > kMaxDurationMs) throw std::invalid_argument("duration \"" + std::string(text) + "\" is too large");
   }
   return Duration(total_ms);
 }
@@ -322,6 +335,7 @@ uint64_t parse_size(std::string_view text) {
   else if (unit == "MB") mult = 1000 * 1000;
   else if (unit == "GB") mult = 1000ull * 1000 * 1000;
   else throw std::invalid_argument("invalid size unit in \"" + std::string(text) + "\": use B, KiB, MiB, GiB, KB, MB or GB");
+  if (value > (uint64_t{1} << 60) / mult) throw std::invalid_argument("size \"" + std::string(text) + "\" is too large");
   return value * mult;
 }
 

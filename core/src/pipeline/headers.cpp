@@ -99,7 +99,11 @@ std::string query_param(std::string_view query, std::string_view name) {
         std::string raw(part.substr(eq + 1));
         for (auto& c : raw)
           if (c == '+') c = ' ';
-        Poco::URI::decode(raw, decoded);
+        try {
+          Poco::URI::decode(raw, decoded);
+        } catch (const Poco::SyntaxException&) {
+          decoded = raw;  // a malformed %-escape is taken literally, never an exception
+        }
       }
       return decoded;
     }

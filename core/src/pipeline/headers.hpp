@@ -30,7 +30,8 @@ void map_response_headers(const Poco::Net::NameValueCollection& upstream, Poco::
 // (without '?'), keeping the other parameters byte for byte and in order.
 std::string remove_query_param(std::string_view query, std::string_view name);
 
-// The value of the first `name=` parameter, percent-decoded ("" when absent).
+// The value of the first `name=` parameter, percent-decoded ("" when absent; a malformed escape
+// leaves the value as it is). Never throws.
 std::string query_param(std::string_view query, std::string_view name);
 
 // A client-supplied X-Request-ID is kept when it is 1..128 characters of [A-Za-z0-9._:-].

@@ -349,7 +349,16 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
     if (!out) ctx.client_gone = true;
     else ctx.bytes_out += bytes.size();
   };
-  while (!ctx.client_gone) {
+  // The upstream connection goes back to the pool the moment its response is fully read — before
+  // the last bytes reach the client — so a client's next request finds it idle.
+  bool upstream_done = false;
+  auto finish_upstream = [&] {
+    upstream_done = true;
+    if (uresp.getKeepAlive()) lease.release();
+    else lease.discard(false);
+  };
+  if (expected == 0 || no_body) finish_upstream();
+  while (!ctx.client_gone && !upstream_done) {
     std::streamsize n = 0;
     try {
       Stopwatch sw{ctx.upstream_time};
@@ -366,6 +375,7 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
       break;
     }
     received += n;
+    if (expected >= 0 && received >= expected) finish_upstream();  // body_in is not touched again
     emit(usage.feed(std::string_view(buffer.data(), static_cast<size_t>(n))), false);
   }
   if (upstream_error.empty() && !ctx.client_gone && expected >= 0 && received != expected)
@@ -376,7 +386,7 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   ctx.usage = usage.usage();
 
   if (ctx.client_gone) {
-    lease.discard(false);  // the upstream may still be sending: never reuse that socket
+    if (!upstream_done) lease.discard(false);  // the upstream may still be sending: never reuse that socket
     if (ctx.error.empty()) ctx.error = "client disconnected";
     return;
   }
@@ -395,8 +405,7 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
     }
     return;
   }
-  if (uresp.getKeepAlive()) lease.release();
-  else lease.discard(false);
+  if (!upstream_done) finish_upstream();
 }
 
 }  // namespace glmp::core::pipeline

@@ -214,7 +214,9 @@ void Pool::health_check() {
 }
 
 void Pool::maintenance_loop() {
+  constexpr auto kWarmRetry = std::chrono::seconds(2);
   auto next_health = Clock::now();
+  auto next_warm = Clock::now();
   std::unique_lock stop_lock(stop_mutex_);
   while (!stopping_) {
     stop_lock.unlock();
@@ -241,13 +243,13 @@ void Pool::maintenance_loop() {
       }
     }
     if (!expired.empty()) available_.notify_all();
-    // 2. Warm: keep at least min_connections open and idle.
-    if (cfg_.warm) {
+    // 2. Warm: keep at least min_connections open and idle. After a failed dial, back off
+    //    (kWarmRetry) instead of hammering a down upstream; a success marks the upstream healthy.
+    if (cfg_.warm && Clock::now() >= next_warm) {
       for (;;) {
         {
           std::lock_guard lock(mutex_);
-          // After a failure, wait for the next successful health check before dialling again.
-          if (!healthy_ || size_ >= static_cast<size_t>(cfg_.min_connections)) break;
+          if (size_ >= static_cast<size_t>(cfg_.min_connections)) break;
           ++size_;
           ++created_;
         }
@@ -255,11 +257,15 @@ void Pool::maintenance_loop() {
           auto conn = make_connection();
           conn->open();
           give_back(std::move(conn));
+          std::lock_guard lock(mutex_);
+          healthy_ = true;
+          last_error_.clear();
         } catch (const Poco::Exception& e) {
           drop(true);
           std::lock_guard lock(mutex_);
           healthy_ = false;
           last_error_ = e.displayText();
+          next_warm = Clock::now() + kWarmRetry;
           break;
         }
       }
