@@ -1,5 +1,7 @@
 #include "upstream/pool.hpp"
 
+#include <algorithm>
+
 #include <Poco/Net/HTTPSClientSession.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SocketAddress.h>
@@ -217,6 +219,10 @@ void Pool::maintenance_loop() {
   constexpr auto kWarmRetry = std::chrono::seconds(2);
   auto next_health = Clock::now();
   auto next_warm = Clock::now();
+  // Wake often enough for the shortest configured period (between 50 ms and 1 s).
+  std::chrono::milliseconds tick = std::min<std::chrono::milliseconds>(std::chrono::seconds(1), cfg_.idle_timeout / 2);
+  if (cfg_.health_interval.count() > 0) tick = std::min(tick, cfg_.health_interval);
+  tick = std::max(tick, std::chrono::milliseconds(50));
   std::unique_lock stop_lock(stop_mutex_);
   while (!stopping_) {
     stop_lock.unlock();
@@ -276,7 +282,7 @@ void Pool::maintenance_loop() {
       next_health = Clock::now() + cfg_.health_interval;
     }
     stop_lock.lock();
-    stop_cv_.wait_for(stop_lock, std::chrono::seconds(1), [&] { return stopping_; });
+    stop_cv_.wait_for(stop_lock, tick, [&] { return stopping_; });
   }
 }
 

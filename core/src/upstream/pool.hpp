@@ -41,7 +41,7 @@ struct PoolStats {
   size_t waiting = 0;   // requests waiting for a connection
   size_t max = 0;
   uint64_t created = 0; // sessions created
-  uint64_t reused = 0;  // acquisitions served by an idle kept-alive session
+  uint64_t reused = 0;  // acquisitions served by an already open session (kept alive or warmed)
   uint64_t failed = 0;  // connections discarded after an error
   uint64_t expired = 0; // idle connections closed for age or staleness
   uint64_t timeouts = 0;// acquisitions that gave up after acquire_timeout
