@@ -50,11 +50,21 @@ void abort_client(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespon
 
 enum class Phase { Connect, Wait };
 
+// Sets any status code, including ones Poco's HTTPStatus enum does not list (e.g. 529): casting
+// those to the enum would be undefined behaviour, so the string setters are used.
+void set_status(Poco::Net::HTTPServerResponse& resp, int status, std::string reason = {}) {
+  if (reason.empty())
+    reason = status >= 100 && status <= 511 ? HTTPResponse::getReasonForStatus(static_cast<HTTPResponse::HTTPStatus>(status))
+                                            : std::string("Unknown");
+  resp.setStatus(std::to_string(status));
+  resp.setReason(reason);
+}
+
 }  // namespace
 
 void send_json(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int status, const std::string& body) {
   ctx.status = status;
-  resp.setStatusAndReason(static_cast<HTTPResponse::HTTPStatus>(status));
+  set_status(resp, status);
   resp.setContentType("application/json");
   resp.setContentLength64(static_cast<Poco::Int64>(body.size()));
   try {
@@ -310,7 +320,7 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   hide_usage_chunk = hide_usage_chunk && sse && success;
   UsageExtractor usage(ctx.flavour, sse, hide_usage_chunk);
 
-  resp.setStatusAndReason(static_cast<HTTPResponse::HTTPStatus>(ctx.upstream_status), uresp.getReason());
+  set_status(resp, ctx.upstream_status, uresp.getReason());
   // Poco already stamped Date (and the upstream's is the one to keep): never send it twice.
   if (ctx.response_headers.has("Date")) resp.erase("Date");
   for (const auto& [k, v] : ctx.response_headers) resp.add(k, v);

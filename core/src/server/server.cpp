@@ -173,7 +173,7 @@ void Server::handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::Reques
 void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) {
   in_flight_.fetch_add(1, std::memory_order_relaxed);
   pipeline::RequestContext ctx;
-  const std::string& client_id = req.get("X-Request-ID", "");
+  const std::string client_id = req.get("X-Request-ID", std::string());  // by value: get() may return its default
   ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
   ctx.method = req.getMethod();
   split_target(req.getURI(), ctx.path, ctx.query);
