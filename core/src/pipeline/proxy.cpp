@@ -341,9 +341,13 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   ctx.status = ctx.upstream_status;
 
   std::ostream& out = resp.send();
-  out.flush();
-  ctx.ttfb = Clock::now() - ctx.start;
-  if (!out) ctx.client_gone = true;
+  if (!known_length) {
+    // Streams: the client sees the status at once, before the first event. (With a known length,
+    // Poco buffers the headers with the body, so headers and first chunk leave in one send.)
+    out.flush();
+    ctx.ttfb = Clock::now() - ctx.start;
+    if (!out) ctx.client_gone = true;
+  }
 
   // Relay: each read from the upstream is written and flushed at once (SSE events reach the
   // client as they are produced); one pooled buffer per request, so memory stays flat.
@@ -356,6 +360,7 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
     if (bytes.empty() || ctx.client_gone) return;
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     out.flush();
+    if (!ctx.ttfb) ctx.ttfb = Clock::now() - ctx.start;
     if (!out) ctx.client_gone = true;
     else ctx.bytes_out += bytes.size();
   };

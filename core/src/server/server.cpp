@@ -13,6 +13,7 @@
 #include <Poco/Timestamp.h>
 
 #include "pipeline/headers.hpp"
+#include "server/listen_socket.hpp"
 
 namespace glmp::core::server {
 namespace {
@@ -94,8 +95,7 @@ Server::~Server() { stop(); }
 
 void Server::start() {
   Poco::Net::SocketAddress address(cfg_.server.host, cfg_.server.port);
-  Poco::Net::ServerSocket socket(address, 1024);
-  socket.setReuseAddress(true);
+  ListenSocket socket(address, 1024);
 
   auto params = new Poco::Net::HTTPServerParams;
   params->setMaxThreads(cfg_.server.max_threads);

@@ -8,6 +8,8 @@
 #include <Poco/Net/StreamSocket.h>
 #include <Poco/URI.h>
 
+#include "server/listen_socket.hpp"  // poll_socket
+
 namespace glmp::core::upstream {
 namespace {
 
@@ -28,7 +30,9 @@ bool Connection::idle_looks_stale() {
   auto& s = http();
   if (!s.connected()) return false;  // not opened yet: nothing can be stale
   try {
-    return s.socket().poll(Poco::Timespan(0), Poco::Net::Socket::SELECT_READ | Poco::Net::Socket::SELECT_ERROR);
+    // One poll(2): Poco's own poll costs four syscalls (a fresh epoll instance per call).
+    return server::poll_socket(s.socket().impl()->sockfd(), Poco::Timespan(0),
+                               Poco::Net::Socket::SELECT_READ | Poco::Net::Socket::SELECT_ERROR);
   } catch (const Poco::Exception&) {
     return true;
   }
