@@ -15,6 +15,8 @@ namespace {
 
 Poco::Timespan to_timespan(std::chrono::milliseconds ms) { return Poco::Timespan(ms.count() * 1000); }
 
+constexpr auto kStaleCheckAfter = std::chrono::milliseconds(20);
+
 template <class Base>
 class SessionConnection final : public Base, public Connection {
 public:
@@ -109,9 +111,12 @@ Pool::Lease Pool::acquire() {
     while (!idle_.empty()) {
       std::unique_ptr<Connection> conn = std::move(idle_.back());
       idle_.pop_back();
-      const bool too_old = Clock::now() - conn->idle_since > cfg_.idle_timeout;
+      const auto idle_for = Clock::now() - conn->idle_since;
+      const bool too_old = idle_for > cfg_.idle_timeout;
       lock.unlock();
-      const bool stale = too_old || conn->idle_looks_stale();
+      // A socket idle for a few milliseconds is not checked (one poll(2) saved per request under
+      // load); should the upstream have closed it in that instant, the stale-socket retry covers it.
+      const bool stale = too_old || (idle_for > kStaleCheckAfter && conn->idle_looks_stale());
       if (!stale) {
         conn->reused = conn->http().connected();
         lock.lock();
