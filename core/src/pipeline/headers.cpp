@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cctype>
 #include <random>
+#include <vector>
 
 #include <Poco/URI.h>
 
@@ -22,8 +23,10 @@ bool in_list(std::string_view name, const std::string_view (&list)[N]) {
   return false;
 }
 
-// True when `name` appears as a token of a Connection header value ("close, x-foo").
-bool named_in_connection(const Poco::Net::NameValueCollection& headers, std::string_view name) {
+// The tokens of every Connection header ("close, x-foo" → {"close", "x-foo"}), read once per message.
+// Views into `headers`; a message names a handful at most.
+std::vector<std::string_view> connection_tokens(const Poco::Net::NameValueCollection& headers) {
+  std::vector<std::string_view> tokens;
   for (auto it = headers.find("Connection"); it != headers.end() && iequals(it->first, "Connection"); ++it) {
     std::string_view v = it->second;
     size_t pos = 0;
@@ -31,39 +34,49 @@ bool named_in_connection(const Poco::Net::NameValueCollection& headers, std::str
       size_t comma = v.find(',', pos);
       if (comma == std::string_view::npos) comma = v.size();
       std::string_view token = v.substr(pos, comma - pos);
-      while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front()))) token.remove_prefix(1);
-      while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.remove_suffix(1);
-      if (iequals(token, name)) return true;
+      while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
+      while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+      if (!token.empty()) tokens.push_back(token);
       pos = comma + 1;
     }
   }
+  return tokens;
+}
+
+bool in_tokens(std::string_view name, const std::vector<std::string_view>& tokens) {
+  for (auto t : tokens)
+    if (iequals(name, t)) return true;
   return false;
 }
+
+constexpr char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
 
 }  // namespace
 
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
   return true;
 }
 
 bool is_hop_by_hop(std::string_view name) { return in_list(name, kHopByHop); }
 
 void map_request_headers(const Poco::Net::NameValueCollection& client, Poco::Net::NameValueCollection& out) {
+  const auto named = connection_tokens(client);
   for (const auto& [name, value] : client) {
     if (is_hop_by_hop(name) || in_list(name, kClientCredentials) || iequals(name, "host") ||
         iequals(name, "content-length") || iequals(name, "accept-encoding") || iequals(name, "expect") ||
-        named_in_connection(client, name))
+        in_tokens(name, named))
       continue;
     out.add(name, value);
   }
 }
 
 void map_response_headers(const Poco::Net::NameValueCollection& upstream, Poco::Net::NameValueCollection& out) {
+  const auto named = connection_tokens(upstream);
   for (const auto& [name, value] : upstream) {
-    if (is_hop_by_hop(name) || iequals(name, "content-length") || named_in_connection(upstream, name)) continue;
+    if (is_hop_by_hop(name) || iequals(name, "content-length") || in_tokens(name, named)) continue;
     out.add(name, value);
   }
 }

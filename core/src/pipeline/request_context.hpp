@@ -34,7 +34,7 @@ struct RequestContext {
   bool streaming = false;       // top-level "stream": true
   std::string body;             // whole request body (<= server.max_request_body)
   bool body_is_json_object = false;
-  Poco::Net::NameValueCollection upstream_headers;  // what goes upstream (after mapping); plugins may edit
+  Poco::Net::NameValueCollection upstream_headers;  // what goes upstream (after mapping); plugins may edit; moved into the upstream request when it is sent
   std::string client_model;     // the model the client asked for ("" if none)
   std::optional<std::string> model;  // the model to send upstream; set by [proxy] model, then plugins
   std::vector<std::pair<std::string, std::string>> attributes;  // "auth.key_id" → …
