@@ -14,6 +14,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include <gtest/gtest.h>
+
 #include <Poco/Dynamic/Var.h>
 #include <Poco/File.h>
 #include <Poco/JSON/Object.h>
@@ -169,6 +171,27 @@ Mock::Mock(const TempDir& dir, MockOptions opts, const std::string& name) : opts
   if (opts_.fast) argv.push_back("--fast");
   child_ = std::make_unique<Child>(argv, dir.file(name + ".out"), dir.file(name + ".err"));
   port_ = static_cast<uint16_t>(std::stoi(child_->wait_for(false, "LISTENING ")));
+}
+
+namespace {
+
+// A child that died on its own (not by our SIGKILL/SIGTERM) or printed a sanitizer report fails
+// the test that was using it, with its stderr attached.
+void check_child(Child& child, const char* what) {
+  const std::string err = child.err();
+  const bool sanitizer = err.find("Sanitizer") != std::string::npos || err.find("runtime error:") != std::string::npos;
+  const bool died = !child.running() && child.wait(0ms) != 0 && child.wait(0ms) != 128 + SIGTERM;
+  if (sanitizer || died) ADD_FAILURE() << what << (died ? " exited unexpectedly" : " reported a sanitizer error") << ":\n" << err;
+}
+
+}  // namespace
+
+Mock::~Mock() {
+  if (child_) check_child(*child_, "mock-upstream");
+}
+
+Proxy::~Proxy() {
+  if (child_) check_child(*child_, "glm-proxy");
 }
 
 std::string Mock::base_url(const std::string& path) const {

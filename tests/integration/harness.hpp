@@ -70,6 +70,7 @@ struct MockOptions {
 class Mock {
 public:
   explicit Mock(const TempDir& dir, MockOptions opts = {}, const std::string& name = "mock");
+  ~Mock();  // fails the running test if the mock reported a sanitizer error or crashed
   uint16_t port() const { return port_; }
   std::string base_url(const std::string& path = "") const;
   Child& process() { return *child_; }
@@ -99,6 +100,7 @@ struct ProxyOptions {
 class Proxy {
 public:
   Proxy(const TempDir& dir, const Mock* mock, ProxyOptions opts = {});
+  ~Proxy();  // fails the running test if the proxy reported a sanitizer error or crashed
   uint16_t port() const { return port_; }
   Child& process() { return *child_; }
   const std::string& config_path() const { return config_path_; }

@@ -26,8 +26,8 @@ public:
   }
   ~ScriptedUpstream() {
     stop_ = true;
+    thread_.join();  // the accept loop polls with a short timeout and sees stop_
     server_.close();
-    thread_.join();
     for (auto& t : workers_) t.join();
   }
   uint16_t port() const { return server_.address().port(); }
@@ -39,16 +39,17 @@ private:
     while (!stop_) {
       try {
         if (!server_.poll(Poco::Timespan(0, 50'000), Poco::Net::Socket::SELECT_READ)) continue;
-        Poco::Net::StreamSocket s = server_.acceptConnection();
+        // One owner per connection, handed to its worker: no Poco socket object is shared.
+        auto sock = std::make_shared<Poco::Net::StreamSocket>(server_.acceptConnection());
         ++connections_;
         std::lock_guard lock(mutex_);
-        workers_.emplace_back([this, s]() mutable { serve(s); });
+        workers_.emplace_back([this, sock] { serve(*sock); });
       } catch (...) {
         return;
       }
     }
   }
-  void serve(Poco::Net::StreamSocket s) {
+  void serve(Poco::Net::StreamSocket& s) {
     s.setReceiveTimeout(Poco::Timespan(5, 0));
     std::string buf;
     char tmp[4096];
