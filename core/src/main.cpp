@@ -63,7 +63,8 @@ int run(const std::string& path) {
       int sig = 0;
       if (sigwait(&signals, &sig) != 0) continue;
       if (sig == SIGHUP) {
-        log.information("SIGHUP received: nothing to reload yet (no plugin chain configured)");
+        log.information("SIGHUP received: reloading the plugin chain");
+        server.reload();  // logs the outcome; a failure keeps the running chain
         continue;
       }
       log.information("%s received: draining (up to %ld ms)", std::string(strsignal(sig)),

@@ -251,6 +251,57 @@ void read_log(const TableReader& r, LogConfig& l) {
   r.get_string("access_log", l.access_log);
 }
 
+void read_admin(const TableReader& r, AdminConfig& a) {
+  r.allow_only({"token"});
+  r.get_string("token", a.token);
+}
+
+void read_loader(const TableReader& r, LoaderConfig& l) {
+  r.allow_only({"dir", "runtime_dir", "watch", "watch_interval"});
+  r.get_string("dir", l.dir);
+  r.get_string("runtime_dir", l.runtime_dir);
+  r.get_bool("watch", l.watch);
+  r.get_duration("watch_interval", l.watch_interval);
+}
+
+// Settings values may use ${ENV} too: interpolate every string inside the table, then format it as
+// JSON for the plugin.
+void interpolate_strings(const TableReader& r, toml::node& node, const std::string& path) {
+  if (auto* str = node.as_string()) {
+    std::vector<std::string> unset;
+    try {
+      str->get() = interpolate_env(str->get(), &unset);
+    } catch (const std::invalid_argument& e) {
+      r.fail(&node, path, e.what());
+    }
+    if (!unset.empty()) r.fail(&node, path, "environment variable " + unset.front() + " is not set");
+  } else if (auto* tbl = node.as_table()) {
+    for (auto& [k, v] : *tbl) interpolate_strings(r, v, path + "." + std::string(k.str()));
+  } else if (auto* arr = node.as_array()) {
+    for (size_t i = 0; i < arr->size(); ++i) interpolate_strings(r, *arr->get(i), path + "[" + std::to_string(i) + "]");
+  }
+}
+
+void read_plugin(const TableReader& r, PluginConfig& p) {
+  r.allow_only({"name", "path", "enabled", "settings"});
+  if (!r.get_string("name", p.name) || p.name.empty()) r.fail(r.node("name"), "name", "is required");
+  for (char c : p.name)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'))
+      r.fail(r.node("name"), "name", "must be letters, digits, '_' or '-', got \"" + p.name + "\"");
+  r.get_string("path", p.path);
+  r.get_bool("enabled", p.enabled);
+  p.line = static_cast<int>(r.table().source().begin.line);
+  if (const toml::table* settings = r.get_table("settings")) {
+    toml::table copy = *settings;
+    interpolate_strings(r, copy, r.path() + ".settings");
+    std::ostringstream os;
+    os << toml::json_formatter(copy);
+    p.settings_json = os.str();
+  } else {
+    p.settings_json = "{}";
+  }
+}
+
 }  // namespace
 
 std::string interpolate_env(std::string_view text, std::vector<std::string>* missing) {
@@ -350,11 +401,29 @@ Config parse_config(std::string_view toml_text, const std::string& source_name) 
   Config cfg;
   cfg.source_path = source_name;
   TableReader top(source_name, root, "");
-  top.allow_only({"server", "proxy", "upstreams", "routes", "log"});
+  top.allow_only({"server", "proxy", "upstreams", "routes", "log", "admin", "loader", "plugins"});
 
   if (const auto* t = top.get_table("server")) read_server(TableReader(source_name, *t, "server"), cfg.server);
   if (const auto* t = top.get_table("proxy")) read_proxy(TableReader(source_name, *t, "proxy"), cfg.proxy);
   if (const auto* t = top.get_table("log")) read_log(TableReader(source_name, *t, "log"), cfg.log);
+  if (const auto* t = top.get_table("admin")) read_admin(TableReader(source_name, *t, "admin"), cfg.admin);
+  if (const auto* t = top.get_table("loader")) read_loader(TableReader(source_name, *t, "loader"), cfg.loader);
+  if (const toml::node* pn = root.get("plugins")) {
+    const auto* arr = pn->as_array();
+    if (!arr) top.fail(pn, "plugins", "expected an array of tables [[plugins]]");
+    size_t index = 0;
+    for (const auto& node : *arr) {
+      const std::string path = "plugins[" + std::to_string(index++) + "]";
+      const auto* t = node.as_table();
+      if (!t) top.fail(&node, path, "expected a table");
+      PluginConfig plugin;
+      TableReader pr(source_name, *t, path);
+      read_plugin(pr, plugin);
+      for (const auto& other : cfg.plugins)
+        if (other.name == plugin.name) pr.fail(pr.node("name"), "name", "plugin \"" + plugin.name + "\" is listed twice");
+      cfg.plugins.push_back(std::move(plugin));
+    }
+  }
 
   if (const auto* ups = top.get_table("upstreams")) {
     for (const auto& [name, node] : *ups) {

@@ -67,8 +67,33 @@ struct LogConfig {
   std::string access_log = "stdout";   // "stdout", "stderr", "off", or a file path (appended)
 };
 
+struct AdminConfig {
+  std::string token;  // "" = admin API disabled (403); compared in constant time; never logged
+};
+
+// The plugin loader: where plugins live and how reloads are triggered besides POST /admin/reload
+// and SIGHUP.
+struct LoaderConfig {
+  std::string dir;          // where "<name>.so" is looked up; "" = <binary dir>/../plugins
+  std::string runtime_dir;  // private copies of loaded .so files; "" = /tmp/glm-proxy-<pid>
+  bool watch = false;       // poll the config file and the .so files, reload on change
+  Duration watch_interval{1'000};
+};
+
+// One [[plugins]] entry, in chain order.
+struct PluginConfig {
+  std::string name;
+  std::string path;           // "" = <loader.dir>/<name>.so; relative paths are relative to the config file
+  bool enabled = true;
+  std::string settings_json;  // [plugins.settings] as JSON ("{}" when absent)
+  int line = 0;               // where the entry starts, for error messages
+};
+
 struct Config {
   std::string source_path;
+  AdminConfig admin;
+  LoaderConfig loader;
+  std::vector<PluginConfig> plugins;
   ServerConfig server;
   ProxyConfig proxy;
   std::map<std::string, UpstreamConfig> upstreams;

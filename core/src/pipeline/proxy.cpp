@@ -50,9 +50,9 @@ void abort_client(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespon
 
 enum class Phase { Connect, Wait };
 
-// Sets any status code, including ones Poco's HTTPStatus enum does not list (e.g. 529): casting
-// those to the enum would be undefined behaviour, so the string setters are used.
-void set_status(Poco::Net::HTTPServerResponse& resp, int status, std::string reason = {}) {
+}  // namespace
+
+void set_status(Poco::Net::HTTPServerResponse& resp, int status, std::string reason) {
   if (reason.empty())
     reason = status >= 100 && status <= 511 ? HTTPResponse::getReasonForStatus(static_cast<HTTPResponse::HTTPStatus>(status))
                                             : std::string("Unknown");
@@ -60,12 +60,11 @@ void set_status(Poco::Net::HTTPServerResponse& resp, int status, std::string rea
   resp.setReason(reason);
 }
 
-}  // namespace
-
-void send_json(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int status, const std::string& body) {
+void send_body(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int status, const std::string& content_type,
+               const std::string& body) {
   ctx.status = status;
   set_status(resp, status);
-  resp.setContentType("application/json");
+  resp.setContentType(content_type);
   resp.setContentLength64(static_cast<Poco::Int64>(body.size()));
   try {
     resp.sendBuffer(body.data(), body.size());
@@ -74,6 +73,17 @@ void send_json(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int sta
   } catch (const Poco::Exception&) {
     ctx.client_gone = true;
   }
+}
+
+void send_json(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int status, const std::string& body) {
+  send_body(resp, ctx, status, "application/json", body);
+}
+
+void send_early(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) {
+  const EarlyResponse& early = *ctx.early_response;
+  for (const auto& [k, v] : ctx.extra_response_headers) resp.add(k, v);
+  for (const auto& [k, v] : early.headers) resp.add(k, v);
+  send_body(resp, ctx, early.status, early.content_type, early.body);
 }
 
 void send_error(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, const ApiError& error) {
@@ -214,10 +224,10 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
     if (r == plugins::HookResult::Continue) {
       const bool hide_usage_chunk = finalize_body(ctx);
       forward(req, resp, ctx, run, pool, hide_usage_chunk);
+    } else if (ctx.plugin_stream) {
+      ctx.status = ctx.status ? ctx.status : 200;  // a plugin streamed the response itself
     } else if (ctx.early_response) {
-      const EarlyResponse& early = *ctx.early_response;
-      for (const auto& [k, v] : early.headers) resp.add(k, v);
-      send_json(resp, ctx, early.status, early.body);
+      send_early(resp, ctx);
     } else {
       send_error(resp, ctx, {500, "a plugin failed the request without a response"});
     }
@@ -324,6 +334,7 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   // Poco already stamped Date (and the upstream's is the one to keep): never send it twice.
   if (ctx.response_headers.has("Date")) resp.erase("Date");
   for (const auto& [k, v] : ctx.response_headers) resp.add(k, v);
+  for (const auto& [k, v] : ctx.extra_response_headers) resp.add(k, v);
   resp.set("X-Request-ID", ctx.request_id);
   // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay or to check.
   const bool no_body = ctx.method == "HEAD" || ctx.upstream_status == 204 || ctx.upstream_status == 304 ||

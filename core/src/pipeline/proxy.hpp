@@ -46,6 +46,14 @@ private:
 
 // Sends a proxy-generated error in the request's flavour (JSON, Content-Length, X-Request-ID kept).
 void send_error(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, const ApiError& error);
+// Sets any status code, including ones Poco's HTTPStatus enum lacks (e.g. 529): casting those to
+// the enum would be undefined behaviour, so the string setters are used. reason "" = standard text.
+void set_status(Poco::Net::HTTPServerResponse& resp, int status, std::string reason = {});
+// Sends ctx.early_response (a plugin's answer) with the headers plugins added.
+void send_early(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
+// Sends a complete body with a status and content type.
+void send_body(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int status, const std::string& content_type,
+               const std::string& body);
 // Sends a JSON body with a status.
 void send_json(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, int status, const std::string& body);
 

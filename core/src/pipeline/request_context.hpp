@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/NameValueCollection.h>
 
 #include "config/config.hpp"
@@ -19,6 +20,7 @@ using Clock = std::chrono::steady_clock;
 
 struct EarlyResponse {
   int status = 200;
+  std::string content_type = "application/json";
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
 };
@@ -38,6 +40,11 @@ struct RequestContext {
   std::string client_model;     // the model the client asked for ("" if none)
   std::optional<std::string> model;  // the model to send upstream; set by [proxy] model, then plugins
   std::vector<std::pair<std::string, std::string>> attributes;  // "auth.key_id" → …
+
+  // Plugins
+  Poco::Net::HTTPServerResponse* response = nullptr;  // the client response, for plugins that stream one
+  std::ostream* plugin_stream = nullptr;              // set by stream_begin
+  std::vector<std::pair<std::string, std::string>> extra_response_headers;  // added in on_request, sent on any response
 
   // Outcome
   std::optional<EarlyResponse> early_response;  // a plugin answered; no upstream call

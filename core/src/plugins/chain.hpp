@@ -4,6 +4,7 @@
 // changes the chain under a running request. The C ABI (plugin-api/) binds to this interface.
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -29,9 +30,27 @@ public:
   virtual void on_complete(pipeline::RequestContext&) {}
 };
 
+// An HTTP route a plugin registered ("/plugins/x/stats", "/admin/keys/" as a prefix, …).
+struct Route {
+  std::string method;  // "" = any
+  std::string path;
+  bool prefix = false;
+  enum class Access { Public, Admin, Key } access = Access::Public;
+  std::string plugin;  // owner's name
+  std::function<void(pipeline::RequestContext&)> serve;
+};
+
 struct Chain {
   std::vector<std::shared_ptr<Plugin>> plugins;
+  std::vector<Route> routes;
   uint64_t generation = 0;
+  const Route* find_route(std::string_view method, std::string_view path) const {
+    for (const auto& r : routes) {
+      if (!r.method.empty() && r.method != method) continue;
+      if (r.prefix ? path.substr(0, r.path.size()) == r.path : path == r.path) return &r;
+    }
+    return nullptr;
+  }
 };
 
 class ChainHolder {

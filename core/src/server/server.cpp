@@ -4,7 +4,10 @@
 
 #include <Poco/DateTimeFormat.h>
 #include <Poco/DateTimeFormatter.h>
+#include <boost/filesystem.hpp>
+#include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
+#include <Poco/Logger.h>
 #include <Poco/JSON/Stringifier.h>
 #include <Poco/Net/HTTPRequestHandler.h>
 #include <Poco/Net/HTTPRequestHandlerFactory.h>
@@ -13,6 +16,7 @@
 #include <Poco/Timestamp.h>
 
 #include "pipeline/headers.hpp"
+#include "plugins/chain_builder.hpp"
 #include "server/listen_socket.hpp"
 
 namespace glmp::core::server {
@@ -87,8 +91,64 @@ Server::Server(config::Config cfg)
       router_(cfg_.routes),
       buffers_(cfg_.proxy.chunk_size, static_cast<size_t>(cfg_.server.max_threads)),
       access_log_(cfg_.log.access_log),
-      proxy_(cfg_, pools_, chain_, buffers_) {
+      proxy_(cfg_, pools_, chain_, buffers_),
+      plugin_cfg_(cfg_) {
   for (const auto& [name, ucfg] : cfg_.upstreams) pools_.emplace(name, std::make_unique<upstream::Pool>(ucfg));
+  chain_.publish(plugins::build_chain(cfg_, ++generation_));  // throws: a broken chain never starts
+}
+
+Server::ReloadResult Server::reload() {
+  std::lock_guard lock(reload_mutex_);
+  ReloadResult result;
+  try {
+    config::Config fresh = config::load_config(cfg_.source_path);
+    auto chain = plugins::build_chain(fresh, generation_ + 1);
+    chain_.publish(std::move(chain));  // requests in flight keep the snapshot they started with
+    plugin_cfg_ = std::move(fresh);
+    result.ok = true;
+    result.generation = ++generation_;
+    result.message = "reloaded: generation " + std::to_string(generation_) + ", " + std::to_string(chain_.snapshot()->plugins.size()) + " plugin(s)";
+    Poco::Logger::get("glm-proxy").information("%s", result.message);
+  } catch (const std::exception& e) {
+    result.generation = generation_;
+    result.message = std::string("reload failed, keeping generation ") + std::to_string(generation_) + ": " + e.what();
+    Poco::Logger::get("glm-proxy").error("%s", result.message);
+  }
+  return result;
+}
+
+// Polls the config file and the plugin libraries; any change (mtime or size) triggers a reload.
+void Server::watch_loop() {
+  auto fingerprint = [this] {
+    std::string fp;
+    std::vector<std::string> files{cfg_.source_path};
+    {
+      std::lock_guard lock(reload_mutex_);
+      for (const auto& p : plugin_cfg_.plugins) files.push_back(plugins::plugin_path(plugin_cfg_, p));
+    }
+    for (const auto& f : files) {
+      boost::system::error_code ec;
+      fp += f + ":" + std::to_string(boost::filesystem::last_write_time(f, ec)) + ":" +
+            std::to_string(boost::filesystem::file_size(f, ec)) + ";";
+    }
+    return fp;
+  };
+  std::string last = fingerprint();
+  std::unique_lock lock(watch_mutex_);
+  while (!watch_stop_) {
+    watch_cv_.wait_for(lock, cfg_.loader.watch_interval, [&] { return watch_stop_; });
+    if (watch_stop_) break;
+    lock.unlock();
+    std::string now = fingerprint();
+    if (now != last) {
+      // Let a writer finish (a compiler writes the .so in several steps), then reload.
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      now = fingerprint();
+      reload();
+      last = now;
+    }
+    lock.lock();
+  }
 }
 
 Server::~Server() { stop(); }
@@ -112,6 +172,7 @@ void Server::start() {
   http_ = std::make_unique<Poco::Net::HTTPServer>(new Factory(*this), *threads_, socket, params);
   for (auto& [name, pool] : pools_) pool->start();
   http_->start();
+  if (cfg_.loader.watch) watcher_ = std::thread([this] { watch_loop(); });
 }
 
 uint16_t Server::port() const { return http_ ? http_->port() : 0; }
@@ -129,9 +190,102 @@ void Server::stop() {
   if (stopped_) return;
   stopped_ = true;
   draining_ = true;
+  {
+    std::lock_guard lock(watch_mutex_);
+    watch_stop_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
   if (http_) http_->stopAll(true);  // aborts idle keep-alive connections and whatever is left
   if (threads_) threads_->joinAll();
   for (auto& [name, pool] : pools_) pool->stop();
+}
+
+bool Server::admin_allowed(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
+                           pipeline::RequestContext& ctx) {
+  const std::string& token = cfg_.admin.token;
+  if (token.empty()) {
+    pipeline::send_error(resp, ctx, {403, "admin API disabled (set [admin] token)", "", "admin_disabled"});
+    return false;
+  }
+  std::string given = req.get("X-Admin-Token", std::string());
+  const std::string auth = req.get("Authorization", std::string());
+  if (given.empty() && auth.rfind("Bearer ", 0) == 0) given = auth.substr(7);
+  // Constant time in the token's length: every byte is compared whatever the first mismatch.
+  unsigned char diff = given.size() == token.size() ? 0 : 1;
+  for (size_t i = 0; i < token.size(); ++i)
+    diff |= static_cast<unsigned char>(token[i] ^ (i < given.size() ? given[i] : 0));
+  if (diff != 0) {
+    pipeline::send_error(resp, ctx, {401, "admin token required: Authorization: Bearer <token> or X-Admin-Token", "", "admin_unauthorized"});
+    return false;
+  }
+  return true;
+}
+
+void Server::handle_admin(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
+                          pipeline::RequestContext& ctx) {
+  if (!admin_allowed(req, resp, ctx)) return;
+  if (ctx.path == "/admin/reload") {
+    if (ctx.method != "POST") return pipeline::send_error(resp, ctx, {405, "use POST /admin/reload"});
+    const ReloadResult r = reload();
+    Poco::JSON::Object body;
+    body.set("status", r.ok ? "reloaded" : "failed");
+    body.set("generation", r.generation);
+    body.set("message", r.message);
+    std::ostringstream os;
+    body.stringify(os);
+    if (!r.ok) ctx.error = r.message;
+    return pipeline::send_json(resp, ctx, r.ok ? 200 : 500, os.str());
+  }
+  if (ctx.method != "GET") return pipeline::send_error(resp, ctx, {405, "use GET /admin/plugins"});
+  auto chain = chain_.snapshot();
+  std::vector<plugins::PluginInfo> infos;
+  {
+    std::lock_guard lock(reload_mutex_);
+    infos = plugins::describe_chain(*chain, plugin_cfg_);
+  }
+  Poco::JSON::Array list;
+  for (const auto& i : infos) {
+    Poco::JSON::Object o;
+    o.set("name", i.name);
+    o.set("enabled", i.enabled);
+    o.set("path", i.path);
+    if (!i.version.empty()) {
+      o.set("version", i.version);
+      o.set("abi", std::to_string(i.abi_major) + "." + std::to_string(i.abi_minor));
+      o.set("sha256", i.sha256);
+      o.set("loaded_at", i.loaded_at);
+      o.set("position", i.position);
+    }
+    list.add(o);
+  }
+  Poco::JSON::Object body;
+  body.set("generation", chain->generation);
+  body.set("plugins", list);
+  std::ostringstream os;
+  body.stringify(os);
+  pipeline::send_json(resp, ctx, 200, os.str());
+}
+
+void Server::serve_plugin_route(const plugins::Route& route, std::shared_ptr<const plugins::Chain> chain,
+                                Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
+                                pipeline::RequestContext& ctx) {
+  if (route.access == plugins::Route::Access::Admin && !admin_allowed(req, resp, ctx)) return;
+  plugins::ChainRun run(chain);
+  if (route.access == plugins::Route::Access::Key) {
+    // The chain's on_request hooks (auth, …) run first; a refusal answers instead of the route.
+    if (run.request(ctx) != plugins::HookResult::Continue) {
+      if (!ctx.plugin_stream && ctx.early_response) pipeline::send_early(resp, ctx);
+      run.complete(ctx);
+      return;
+    }
+  }
+  route.serve(ctx);
+  if (!ctx.plugin_stream) {
+    if (ctx.early_response) pipeline::send_early(resp, ctx);
+    else pipeline::send_error(resp, ctx, {500, "plugin '" + route.plugin + "' did not answer " + ctx.path, "", "plugin_error"});
+  }
+  run.complete(ctx);
 }
 
 void Server::handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx) {
@@ -176,6 +330,7 @@ void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   const std::string client_id = req.get("X-Request-ID", std::string());  // by value: get() may return its default
   ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
   ctx.method = req.getMethod();
+  ctx.response = &resp;
   split_target(req.getURI(), ctx.path, ctx.query);
   resp.set("X-Request-ID", ctx.request_id);
   if (draining()) resp.setKeepAlive(false);
@@ -184,6 +339,10 @@ void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
     if (is_unsafe_path(ctx.path)) {
       ctx.flavour = pipeline::Router::guess_flavour(ctx.path);
       pipeline::send_error(resp, ctx, {400, "invalid request path"});
+    } else if (ctx.path == "/admin/reload" || ctx.path == "/admin/plugins") {
+      handle_admin(req, resp, ctx);
+    } else if (auto chain = chain_.snapshot(); const plugins::Route* route = chain->find_route(ctx.method, ctx.path)) {
+      serve_plugin_route(*route, chain, req, resp, ctx);
     } else if (ctx.path == "/health") {
       if (ctx.method == "GET" || ctx.method == "HEAD") handle_health(resp, ctx);
       else pipeline::send_error(resp, ctx, {405, "method " + ctx.method + " not allowed on /health"});

@@ -3,6 +3,9 @@
 // stacks), the request dispatch (/health, proxied routes, 404), and graceful drain on SIGTERM.
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <memory>
 #include <string>
 
@@ -34,6 +37,16 @@ public:
   void stop();
 
   uint16_t port() const;
+
+  // Re-reads the config file and swaps in a new plugin chain built off to the side ([[plugins]] and
+  // [loader]; other sections need a restart). On failure the old chain keeps running and the error
+  // is returned. Serialised: one reload at a time.
+  struct ReloadResult {
+    bool ok = false;
+    std::string message;
+    uint64_t generation = 0;
+  };
+  ReloadResult reload();
   const config::Config& config() const { return cfg_; }
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
@@ -42,6 +55,11 @@ public:
   void handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp);
 
 private:
+  void handle_admin(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
+  bool admin_allowed(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
+  void serve_plugin_route(const plugins::Route& route, std::shared_ptr<const plugins::Chain> chain,
+                          Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
+  void watch_loop();
   void handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
 
   config::Config cfg_;
@@ -57,6 +75,14 @@ private:
   std::atomic<bool> draining_{false};
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   bool stopped_ = false;
+
+  std::mutex reload_mutex_;
+  config::Config plugin_cfg_;  // the config the live chain was built from (guarded by reload_mutex_)
+  uint64_t generation_ = 0;
+  std::thread watcher_;
+  std::mutex watch_mutex_;
+  std::condition_variable watch_cv_;
+  bool watch_stop_ = false;
 };
 
 }  // namespace glmp::core::server

@@ -1,0 +1,219 @@
+// The glmp_host_api table: every host function a plugin can call, implemented over the request's
+// RequestContext. Request handles are RequestContext pointers; instance handles NativePlugin pointers.
+#include <cstring>
+
+#include <Poco/Message.h>
+
+#include "pipeline/errors.hpp"
+#include "pipeline/headers.hpp"
+#include "pipeline/proxy.hpp"
+#include "plugins/native_plugin.hpp"
+
+namespace glmp::core::plugins {
+namespace {
+
+using pipeline::RequestContext;
+
+RequestContext& C(glmp_request_host_ptr* r) { return *reinterpret_cast<RequestContext*>(r); }
+NativePlugin& P(glmp_instance_host_ptr* i) { return *reinterpret_cast<NativePlugin*>(i); }
+std::string S(const char* p, size_t n) { return p ? std::string(p, n) : std::string(); }
+void out(const std::string& s, const char** data, size_t* len) {
+  *data = s.data();
+  *len = s.size();
+}
+
+// The index-th value of `name` in a header collection.
+int header_at(const Poco::Net::NameValueCollection& headers, const char* name, size_t name_len, size_t index,
+              const char** value, size_t* value_len) {
+  const std::string_view wanted(name, name_len);
+  size_t seen = 0;
+  for (const auto& [k, v] : headers) {
+    if (!pipeline::iequals(k, wanted)) continue;
+    if (seen++ == index) {
+      out(v, value, value_len);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+void log(glmp_instance_host_ptr* instance, glmp_log_level level, const char* msg, size_t len) {
+  auto& logger = P(instance).logger();
+  const std::string text = S(msg, len);
+  switch (level) {
+    case GLMP_LOG_TRACE: logger.trace(text); break;
+    case GLMP_LOG_DEBUG: logger.debug(text); break;
+    case GLMP_LOG_INFO: logger.information(text); break;
+    case GLMP_LOG_WARNING: logger.warning(text); break;
+    default: logger.error(text); break;
+  }
+}
+
+void request_id(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r).request_id, d, n); }
+void request_method(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r).method, d, n); }
+void request_path(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r).path, d, n); }
+void request_query(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r).query, d, n); }
+glmp_flavour request_flavour(glmp_request_host_ptr* r) {
+  return C(r).flavour == pipeline::Flavour::Anthropic ? GLMP_FLAVOUR_ANTHROPIC : GLMP_FLAVOUR_OPENAI;
+}
+int request_streaming(glmp_request_host_ptr* r) { return C(r).streaming ? 1 : 0; }
+void request_model(glmp_request_host_ptr* r, const char** d, size_t* n) {
+  auto& ctx = C(r);
+  out(ctx.model ? *ctx.model : ctx.client_model, d, n);
+}
+void request_set_model(glmp_request_host_ptr* r, const char* m, size_t n) {
+  auto& ctx = C(r);
+  ctx.model = S(m, n);
+  // A body without "model" gets one inserted when a plugin sets it (the core's rewrite upserts).
+}
+
+int request_header(glmp_request_host_ptr* r, const char* name, size_t nl, size_t index, const char** v, size_t* vl) {
+  return header_at(C(r).upstream_headers, name, nl, index, v, vl);
+}
+void request_remove_header(glmp_request_host_ptr* r, const char* name, size_t nl) { C(r).upstream_headers.erase(S(name, nl)); }
+void request_set_header(glmp_request_host_ptr* r, const char* name, size_t nl, const char* v, size_t vl) {
+  auto& h = C(r).upstream_headers;
+  h.erase(S(name, nl));
+  h.add(S(name, nl), S(v, vl));
+}
+
+void request_body(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r).body, d, n); }
+void request_set_body(glmp_request_host_ptr* r, const char* d, size_t n) { C(r).body.assign(d ? d : "", n); }
+
+int get_attribute(glmp_request_host_ptr* r, const char* name, size_t nl, const char** v, size_t* vl) {
+  const std::string* value = C(r).attribute(std::string_view(name, nl));
+  if (!value) return 0;
+  out(*value, v, vl);
+  return 1;
+}
+void set_attribute(glmp_request_host_ptr* r, const char* name, size_t nl, const char* v, size_t vl) {
+  C(r).set_attribute(std::string_view(name, nl), S(v, vl));
+}
+
+int response_status(glmp_request_host_ptr* r) {
+  auto& ctx = C(r);
+  return ctx.status ? ctx.status : ctx.upstream_status;
+}
+int response_header(glmp_request_host_ptr* r, const char* name, size_t nl, size_t index, const char** v, size_t* vl) {
+  return header_at(C(r).response_headers, name, nl, index, v, vl);
+}
+// Before the upstream answered (on_request) headers go to whatever response the request gets;
+// afterwards (on_response_headers) they edit the upstream's headers before they are sent.
+void response_set_header(glmp_request_host_ptr* r, const char* name, size_t nl, const char* v, size_t vl) {
+  auto& ctx = C(r);
+  const std::string key = S(name, nl);
+  if (ctx.upstream_status == 0) {
+    std::erase_if(ctx.extra_response_headers, [&](const auto& kv) { return pipeline::iequals(kv.first, key); });
+    ctx.extra_response_headers.emplace_back(key, S(v, vl));
+  } else {
+    ctx.response_headers.erase(key);
+    ctx.response_headers.add(key, S(v, vl));
+  }
+}
+void response_remove_header(glmp_request_host_ptr* r, const char* name, size_t nl) {
+  auto& ctx = C(r);
+  const std::string key = S(name, nl);
+  std::erase_if(ctx.extra_response_headers, [&](const auto& kv) { return pipeline::iequals(kv.first, key); });
+  ctx.response_headers.erase(key);
+}
+void response_usage(glmp_request_host_ptr* r, glmp_usage* u) {
+  if (!u || u->struct_size < sizeof(uint32_t)) return;
+  const auto& src = C(r).usage;
+  glmp_usage full{};
+  full.struct_size = sizeof(glmp_usage);
+  full.seen = src.seen ? 1 : 0;
+  full.input_tokens = src.input_tokens;
+  full.output_tokens = src.output_tokens;
+  full.cache_read_input_tokens = src.cache_read_input_tokens;
+  full.cache_creation_input_tokens = src.cache_creation_input_tokens;
+  full.total_tokens = src.total_tokens;
+  const uint32_t n = std::min<uint32_t>(u->struct_size, sizeof(glmp_usage));
+  std::memcpy(reinterpret_cast<char*>(u) + sizeof(uint32_t), reinterpret_cast<const char*>(&full) + sizeof(uint32_t),
+              n - sizeof(uint32_t));
+}
+
+void respond(glmp_request_host_ptr* r, int status, const char* ct, size_t ctl, const char* body, size_t bl) {
+  pipeline::EarlyResponse early;
+  early.status = status;
+  if (ct && ctl) early.content_type = S(ct, ctl);
+  early.body = S(body, bl);
+  C(r).early_response = std::move(early);
+}
+void respond_error(glmp_request_host_ptr* r, int status, const char* type, size_t tl, const char* msg, size_t ml) {
+  auto& ctx = C(r);
+  pipeline::EarlyResponse early;
+  early.status = status;
+  early.body = pipeline::error_body(ctx.flavour, {status, S(msg, ml), S(type, tl), ""});
+  ctx.early_response = std::move(early);
+}
+
+void stream_begin(glmp_request_host_ptr* r, int status, const char* ct, size_t ctl) {
+  auto& ctx = C(r);
+  if (!ctx.response || ctx.plugin_stream || ctx.response->sent()) return;
+  auto& resp = *ctx.response;
+  pipeline::set_status(resp, status);
+  resp.setContentType(ct && ctl ? S(ct, ctl) : std::string("text/event-stream"));
+  resp.setChunkedTransferEncoding(true);
+  for (const auto& [k, v] : ctx.extra_response_headers) resp.add(k, v);
+  ctx.status = status;
+  try {
+    ctx.plugin_stream = &resp.send();
+    ctx.plugin_stream->flush();
+    ctx.ttfb = pipeline::Clock::now() - ctx.start;
+  } catch (const Poco::Exception&) {
+    ctx.client_gone = true;
+  }
+}
+int stream_write(glmp_request_host_ptr* r, const char* d, size_t n) {
+  auto& ctx = C(r);
+  if (!ctx.plugin_stream || ctx.client_gone) return -1;
+  ctx.plugin_stream->write(d, static_cast<std::streamsize>(n));
+  ctx.plugin_stream->flush();
+  if (!*ctx.plugin_stream) {
+    ctx.client_gone = true;
+    return -1;
+  }
+  ctx.bytes_out += n;
+  return 0;
+}
+void stream_end(glmp_request_host_ptr* r) {
+  auto& ctx = C(r);
+  if (ctx.plugin_stream) ctx.plugin_stream->flush();
+}
+
+int register_route(glmp_instance_host_ptr* instance, const char* method, size_t ml, const char* path, size_t pl,
+                   glmp_route_access access, glmp_route_handler handler, void* user_data) {
+  auto& plugin = P(instance);
+  if (!plugin.configuring() || !handler || !path || pl == 0 || path[0] != '/') return -1;
+  PluginRoute route;
+  route.method = S(method, ml);
+  route.path = S(path, pl);
+  if (route.path.back() == '*') {
+    route.prefix = true;
+    route.path.pop_back();
+  }
+  // Core routes stay the core's.
+  if (route.path == "/health" || route.path == "/admin/reload" || route.path == "/admin/plugins" ||
+      route.path.rfind("/v1/", 0) == 0)
+    return -1;
+  route.access = access;
+  route.handler = handler;
+  route.user_data = user_data;
+  route.plugin = &plugin;
+  plugin.add_route(std::move(route));
+  return 0;
+}
+
+const glmp_host_api kHostApi = {
+    sizeof(glmp_host_api), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, log,
+    request_id, request_method, request_path, request_query, request_flavour, request_streaming, request_model,
+    request_set_model, request_header, request_set_header, request_remove_header, request_body, request_set_body,
+    get_attribute, set_attribute, response_status, response_header, response_set_header, response_remove_header,
+    response_usage, respond, respond_error, stream_begin, stream_write, stream_end, register_route,
+};
+
+}  // namespace
+
+const glmp_host_api& host_api() { return kHostApi; }
+
+}  // namespace glmp::core::plugins

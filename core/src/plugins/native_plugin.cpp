@@ -1,0 +1,75 @@
+#include "plugins/native_plugin.hpp"
+
+#include "pipeline/errors.hpp"
+
+namespace glmp::core::plugins {
+namespace {
+
+glmp_request_host_ptr* handle(pipeline::RequestContext& ctx) { return reinterpret_cast<glmp_request_host_ptr*>(&ctx); }
+
+void fail_request(pipeline::RequestContext& ctx, const std::string& plugin) {
+  pipeline::EarlyResponse early;
+  early.status = 500;
+  early.body = pipeline::error_body(ctx.flavour, {500, "plugin '" + plugin + "' failed to handle the request", "", "plugin_error"});
+  ctx.early_response = std::move(early);
+  if (ctx.error.empty()) ctx.error = "plugin '" + plugin + "' failed";
+}
+
+}  // namespace
+
+NativePlugin::NativePlugin(std::shared_ptr<Library> library, const config::PluginConfig& cfg, size_t position)
+    : library_(std::move(library)),
+      name_(cfg.name),
+      position_(position),
+      logger_(Poco::Logger::get("plugin." + cfg.name)) {
+  const glmp_plugin_descriptor* d = library_->descriptor;
+  if (!d->on_config_new) return;
+  char error[1024] = {0};
+  configuring_ = true;
+  state_ = d->on_config_new(&host_api(), reinterpret_cast<glmp_instance_host_ptr*>(this), cfg.settings_json.data(),
+                            cfg.settings_json.size(), error, sizeof error);
+  configuring_ = false;
+  if (!state_) {
+    error[sizeof error - 1] = '\0';
+    throw LoadError("plugin '" + name_ + "' (" + library_->path + ") refused its settings: " +
+                    (error[0] ? std::string(error) : std::string("no reason given")));
+  }
+}
+
+NativePlugin::~NativePlugin() {
+  if (state_ && library_->descriptor->on_config_destroy) library_->descriptor->on_config_destroy(state_);
+}
+
+HookResult NativePlugin::on_request(pipeline::RequestContext& ctx) {
+  const auto* d = library_->descriptor;
+  if (!d->on_request) return HookResult::Continue;
+  switch (d->on_request(state_, handle(ctx))) {
+    case GLMP_CONTINUE: return HookResult::Continue;
+    case GLMP_RESPONDED:
+      if (ctx.early_response || ctx.plugin_stream) return HookResult::Responded;
+      fail_request(ctx, name_);  // claimed to respond but did not
+      return HookResult::Error;
+    default:
+      fail_request(ctx, name_);
+      return HookResult::Error;
+  }
+}
+
+void NativePlugin::on_response_headers(pipeline::RequestContext& ctx) {
+  if (library_->descriptor->on_response_headers) library_->descriptor->on_response_headers(state_, handle(ctx));
+}
+
+void NativePlugin::on_response_body(pipeline::RequestContext& ctx, std::string_view chunk, bool end_of_stream) {
+  if (library_->descriptor->on_response_body)
+    library_->descriptor->on_response_body(state_, handle(ctx), chunk.data(), chunk.size(), end_of_stream ? 1 : 0);
+}
+
+void NativePlugin::on_complete(pipeline::RequestContext& ctx) {
+  if (library_->descriptor->on_complete) library_->descriptor->on_complete(state_, handle(ctx));
+}
+
+void NativePlugin::serve_route(const PluginRoute& route, pipeline::RequestContext& ctx) {
+  route.handler(state_, handle(ctx), route.user_data);
+}
+
+}  // namespace glmp::core::plugins

@@ -1,0 +1,219 @@
+/*
+ * GLM Proxy plugin ABI — THE stable C contract between the core and every plugin.
+ *
+ * Rules (see README "Plugin SDK" and ARCHITECTURE.md "The plugin ABI"):
+ *  - Pure C. No C++ types, exceptions or allocators cross this boundary.
+ *  - Versioning: a plugin built for ABI major M, minor N loads on a host whose major is M and whose
+ *    minor is >= N. Structs only ever grow at their end; every struct starts with `struct_size`, so
+ *    each side can tell which fields the other knows. Changing anything already here is a major bump.
+ *    tests/unit/test_abi.cpp hashes this file: the hash changes only together with the version.
+ *  - Names: hooks are glmp_on_*-style members of glmp_plugin_descriptor; host functions live in
+ *    glmp_host_api; opaque handles end in _host_ptr (owned by the core) or _plugin_ptr (owned by the
+ *    plugin).
+ *  - Strings and buffers travel as pointer + length and are not NUL-terminated unless stated.
+ *    Host-owned data handed to a plugin is valid only until the call (hook or host function) that
+ *    produced it returns; copy what you keep.
+ *  - Threading: hooks run on the connection's thread. Different requests run concurrently on
+ *    different threads, so a plugin's state must be thread-safe; a single request's hooks never run
+ *    concurrently with each other. Plugins keep no thread_local state (it breaks unloading).
+ *  - Errors: hooks never unwind (no exceptions, no longjmp). The C++ SDK catches everything at the
+ *    boundary and turns it into GLMP_ERROR.
+ */
+#ifndef GLMPROXY_PLUGIN_API_H
+#define GLMPROXY_PLUGIN_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GLMP_ABI_MAJOR 1u
+#define GLMP_ABI_MINOR 0u
+
+/* ---------------------------------------------------------------------------------------------
+ * Opaque handles
+ * ------------------------------------------------------------------------------------------- */
+
+/* One plugin instance as the core sees it (one per chain it is part of). Core-owned; valid from
+ * on_config_new until on_config_destroy returns. */
+typedef struct glmp_instance_host_ptr glmp_instance_host_ptr;
+
+/* One request in flight. Core-owned; valid during the hook or route handler it is passed to. */
+typedef struct glmp_request_host_ptr glmp_request_host_ptr;
+
+/* The plugin's own state for one configuration, returned by on_config_new and passed back to
+ * every hook. Plugin-owned; freed by the plugin in on_config_destroy. */
+typedef struct glmp_config_plugin_ptr glmp_config_plugin_ptr;
+
+/* ---------------------------------------------------------------------------------------------
+ * Plain values
+ * ------------------------------------------------------------------------------------------- */
+
+typedef enum glmp_status {
+  GLMP_CONTINUE = 0,  /* go on with the next plugin / the upstream */
+  GLMP_RESPONDED = 1, /* the plugin answered (respond/respond_error/stream_*); the upstream is skipped */
+  GLMP_ERROR = 2      /* the plugin failed: the request gets a 500 naming the plugin */
+} glmp_status;
+
+typedef enum glmp_flavour { GLMP_FLAVOUR_OPENAI = 0, GLMP_FLAVOUR_ANTHROPIC = 1 } glmp_flavour;
+
+typedef enum glmp_log_level {
+  GLMP_LOG_TRACE = 0,
+  GLMP_LOG_DEBUG = 1,
+  GLMP_LOG_INFO = 2,
+  GLMP_LOG_WARNING = 3,
+  GLMP_LOG_ERROR = 4
+} glmp_log_level;
+
+typedef enum glmp_route_access {
+  GLMP_ACCESS_PUBLIC = 0, /* anyone */
+  GLMP_ACCESS_ADMIN = 1,  /* needs the admin token ([admin] token), compared in constant time */
+  GLMP_ACCESS_KEY = 2     /* goes through the chain's on_request hooks first (so auth has run) */
+} glmp_route_access;
+
+/* Token usage of a response, as extracted by the core (valid in on_complete). */
+typedef struct glmp_usage {
+  uint32_t struct_size;
+  int32_t seen; /* 1 when the upstream reported usage */
+  int64_t input_tokens;
+  int64_t output_tokens;
+  int64_t cache_read_input_tokens;
+  int64_t cache_creation_input_tokens;
+  int64_t total_tokens; /* OpenAI total_tokens when given, else 0 */
+} glmp_usage;
+
+/* A route handler registered with register_route. Runs on the connection's thread; answers with
+ * respond / respond_error / stream_* on `request`. */
+typedef void (*glmp_route_handler)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request, void* user_data);
+
+/* ---------------------------------------------------------------------------------------------
+ * The host function table, passed to on_config_new. Core-owned, valid until on_config_destroy
+ * returns. Append-only: check struct_size before using a member added after your ABI minor.
+ * Unless stated otherwise a function may be called from any hook of any thread, with the request
+ * handle of the hook being run.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct glmp_host_api {
+  uint32_t struct_size;
+  uint32_t abi_major;
+  uint32_t abi_minor;
+
+  /* Logs a message under the plugin's name. Any thread, any time. */
+  void (*log)(glmp_instance_host_ptr* instance, glmp_log_level level, const char* msg, size_t msg_len);
+
+  /* --- request line and route (any hook) --- */
+  /* The request id (X-Request-ID): host-owned bytes, valid during the call. */
+  void (*request_id)(glmp_request_host_ptr* request, const char** data, size_t* len);
+  void (*request_method)(glmp_request_host_ptr* request, const char** data, size_t* len);
+  /* Path without the query, as the client sent it. */
+  void (*request_path)(glmp_request_host_ptr* request, const char** data, size_t* len);
+  /* Raw query string without '?' ("" if none). */
+  void (*request_query)(glmp_request_host_ptr* request, const char** data, size_t* len);
+  glmp_flavour (*request_flavour)(glmp_request_host_ptr* request);
+  /* 1 when the request body has a top-level "stream": true. */
+  int (*request_streaming)(glmp_request_host_ptr* request);
+  /* The model that will be sent upstream ("" if the body has none and none was set). */
+  void (*request_model)(glmp_request_host_ptr* request, const char** data, size_t* len);
+  /* Sets the model sent upstream: the core rewrites (or inserts) the body's top-level "model"
+   * once, just before forwarding. on_request only. */
+  void (*request_set_model)(glmp_request_host_ptr* request, const char* model, size_t len);
+
+  /* --- request headers (on_request; the headers that will go upstream) --- */
+  /* The index-th value (0-based) of header `name` (case-insensitive). Returns 0 when absent. */
+  int (*request_header)(glmp_request_host_ptr* request, const char* name, size_t name_len, size_t index,
+                        const char** value, size_t* value_len);
+  /* Replaces every value of `name` with `value`. */
+  void (*request_set_header)(glmp_request_host_ptr* request, const char* name, size_t name_len, const char* value,
+                             size_t value_len);
+  void (*request_remove_header)(glmp_request_host_ptr* request, const char* name, size_t name_len);
+
+  /* --- request body (on_request) --- */
+  void (*request_body)(glmp_request_host_ptr* request, const char** data, size_t* len);
+  /* Replaces the body; the core copies it. Content-Length is recomputed. */
+  void (*request_set_body)(glmp_request_host_ptr* request, const char* data, size_t len);
+
+  /* --- per-request attributes: how plugins talk to each other ("auth.key_id", …) --- */
+  /* Returns 0 when the attribute is not set. */
+  int (*get_attribute)(glmp_request_host_ptr* request, const char* name, size_t name_len, const char** value,
+                       size_t* value_len);
+  void (*set_attribute)(glmp_request_host_ptr* request, const char* name, size_t name_len, const char* value,
+                        size_t value_len);
+
+  /* --- response (on_response_headers, on_response_body, on_complete) --- */
+  /* The status sent to the client (0 before it is known). */
+  int (*response_status)(glmp_request_host_ptr* request);
+  int (*response_header)(glmp_request_host_ptr* request, const char* name, size_t name_len, size_t index,
+                         const char** value, size_t* value_len);
+  /* In on_request these add headers to the response the request will get, whoever produces it;
+   * in on_response_headers they edit the upstream's headers before they are sent. */
+  void (*response_set_header)(glmp_request_host_ptr* request, const char* name, size_t name_len, const char* value,
+                              size_t value_len);
+  void (*response_remove_header)(glmp_request_host_ptr* request, const char* name, size_t name_len);
+  /* Token usage extracted by the core; meaningful in on_complete. `out->struct_size` must be set
+   * by the caller; the host fills what both sides know. */
+  void (*response_usage)(glmp_request_host_ptr* request, glmp_usage* out);
+
+  /* --- answering early (on_request, or a route handler) --- */
+  /* A complete response; the body is copied. Return GLMP_RESPONDED from on_request afterwards. */
+  void (*respond)(glmp_request_host_ptr* request, int status, const char* content_type, size_t content_type_len,
+                  const char* body, size_t body_len);
+  /* An error in the caller's API flavour: OpenAI {"error":{message,type,code}} or Anthropic
+   * {"type":"error","error":{type,message}}. type "" = the flavour's default for the status. */
+  void (*respond_error)(glmp_request_host_ptr* request, int status, const char* type, size_t type_len,
+                        const char* message, size_t message_len);
+  /* A streamed response: begin once, write any number of times (each write is flushed to the
+   * client at once), end once. stream_write returns 0, or -1 when the client has gone. */
+  void (*stream_begin)(glmp_request_host_ptr* request, int status, const char* content_type, size_t content_type_len);
+  int (*stream_write)(glmp_request_host_ptr* request, const char* data, size_t len);
+  void (*stream_end)(glmp_request_host_ptr* request);
+
+  /* --- HTTP routes (on_config_new only) --- */
+  /* Serves METHOD PATH with `handler` while this plugin's chain is live. `path` ending in '*' is a
+   * prefix (e.g. "/admin/keys/" followed by a star). method "" = any. Returns 0, or -1 if the route clashes with a core
+   * route or another plugin's. */
+  int (*register_route)(glmp_instance_host_ptr* instance, const char* method, size_t method_len, const char* path,
+                        size_t path_len, glmp_route_access access, glmp_route_handler handler, void* user_data);
+} glmp_host_api;
+
+/* ---------------------------------------------------------------------------------------------
+ * The plugin descriptor, returned by glmp_plugin_init. Plugin-owned, static storage: it must stay
+ * valid while the library is loaded. A NULL hook means "not implemented".
+ * ------------------------------------------------------------------------------------------- */
+typedef struct glmp_plugin_descriptor {
+  uint32_t struct_size;
+  uint32_t abi_major; /* GLMP_ABI_MAJOR the plugin was built with */
+  uint32_t abi_minor; /* GLMP_ABI_MINOR the plugin was built with */
+  const char* name;    /* NUL-terminated, e.g. "auth" */
+  const char* version; /* NUL-terminated, e.g. "1.2.0" */
+
+  /* The plugin's [plugins.settings] table, as JSON (valid during the call). Returns the plugin's
+   * state, or NULL to refuse the configuration, with a NUL-terminated reason written to `error`
+   * (at most error_cap bytes). `host` stays valid until on_config_destroy. Called once per chain
+   * build, on the reload thread, before any request can reach the new chain. */
+  glmp_config_plugin_ptr* (*on_config_new)(const glmp_host_api* host, glmp_instance_host_ptr* instance,
+                                           const char* config_json, size_t config_len, char* error, size_t error_cap);
+  /* Frees what on_config_new returned. Called when the last request using the chain has finished. */
+  void (*on_config_destroy)(glmp_config_plugin_ptr* plugin);
+
+  /* In configured order, before the upstream call. */
+  glmp_status (*on_request)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request);
+  /* In reverse order, when the upstream response headers are known. */
+  void (*on_response_headers)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request);
+  /* In reverse order, for every chunk relayed to the client (host-owned bytes). */
+  void (*on_response_body)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request, const char* chunk,
+                           size_t chunk_len, int end_of_stream);
+  /* In reverse order, exactly once for every on_request that ran — also when the client went away
+   * or the upstream failed. Usage is final here. */
+  void (*on_complete)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request);
+} glmp_plugin_descriptor;
+
+/* The one symbol a plugin exports. Returns NULL to refuse the host (e.g. a major mismatch). */
+typedef const glmp_plugin_descriptor* (*glmp_plugin_init_fn)(uint32_t host_abi_major, uint32_t host_abi_minor);
+#define GLMP_PLUGIN_INIT_SYMBOL "glmp_plugin_init"
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GLMPROXY_PLUGIN_API_H */
