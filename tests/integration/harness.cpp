@@ -222,7 +222,8 @@ Proxy::Proxy(const TempDir& dir, const Mock* mock, ProxyOptions opts) {
            "\"\nauth_header = \"x-api-key\"\nauth_value = \"" + opts.auth_value_anthropic +
            "\"\nmin_connections = 0\nmax_connections = 32\nread_timeout = \"10s\"\nhealth_interval = \"0s\"\n" + opts.upstream_extra +
            "\n[[routes]]\nprefix = \"/v1/messages\"\nflavour = \"anthropic\"\nupstream = \"anthropic\"\n"
-           "\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\nstrip_prefix = \"/v1\"\n";
+           "\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\nstrip_prefix = \"/v1\"\n" +
+           opts.extra_toml;
   }
   write_file(config_path_, toml);
   child_ = std::make_unique<Child>(std::vector<std::string>{GLMP_PROXY_BIN, "--config", config_path_},

@@ -93,6 +93,7 @@ struct ProxyOptions {
   std::string anthropic_base;        // default: mock base_url("/api/anthropic")
   std::string auth_value_openai = "Bearer test-upstream-key";
   std::string auth_value_anthropic = "test-upstream-key";
+  std::string extra_toml;            // appended after the generated config ([admin], [[plugins]], …)
   std::string custom_toml;           // if set, used as the whole config (with @PORT@ etc. left to the caller)
   std::map<std::string, std::string> env;
 };

@@ -2,9 +2,10 @@
 
 #include <thread>
 
+#include <sys/stat.h>
+
 #include <Poco/DateTimeFormat.h>
 #include <Poco/DateTimeFormatter.h>
-#include <boost/filesystem.hpp>
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/Logger.h>
@@ -127,9 +128,14 @@ void Server::watch_loop() {
       for (const auto& p : plugin_cfg_.plugins) files.push_back(plugins::plugin_path(plugin_cfg_, p));
     }
     for (const auto& f : files) {
-      boost::system::error_code ec;
-      fp += f + ":" + std::to_string(boost::filesystem::last_write_time(f, ec)) + ":" +
-            std::to_string(boost::filesystem::file_size(f, ec)) + ";";
+      struct stat st {};
+      if (::stat(f.c_str(), &st) != 0) {
+        fp += f + ":missing;";
+        continue;
+      }
+      // inode (a rename replaces it), nanosecond mtime and size.
+      fp += f + ":" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+            std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_size) + ";";
     }
     return fp;
   };

@@ -1,0 +1,164 @@
+// The plugin system through the real binary, with tiny raw-C-ABI plugins (tests/plugins/):
+// loading, hooks, failure isolation, admin token, /admin/plugins, and reload (HTTP, SIGHUP, watch).
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "harness.hpp"
+
+using namespace glmp::test;
+
+namespace {
+
+const std::string kPlugins = GLMP_TEST_PLUGIN_DIR;
+
+std::string plugin_entry(const std::string& name, const std::string& path, const std::string& settings = "") {
+  return "\n[[plugins]]\nname = \"" + name + "\"\npath = \"" + path + "\"\n" +
+         (settings.empty() ? "" : "[plugins.settings]\n" + settings + "\n");
+}
+
+const std::string kAdmin = "\n[admin]\ntoken = \"s3cret-admin\"\n";
+const std::map<std::string, std::string> kAdminHeader{{"Authorization", "Bearer s3cret-admin"}};
+
+class Plugins : public ::testing::Test {
+protected:
+  TempDir dir;
+  std::unique_ptr<Mock> mock;
+  std::unique_ptr<Proxy> proxy;
+  std::string live_so;  // a copy the tests overwrite to simulate a rebuilt plugin
+
+  void start(const std::string& extra) {
+    mock = std::make_unique<Mock>(dir);
+    ProxyOptions opts;
+    opts.extra_toml = extra;
+    proxy = std::make_unique<Proxy>(dir, mock.get(), opts);
+  }
+  void swap_plugin(const std::string& so) {
+    std::filesystem::copy_file(kPlugins + "/" + so, live_so + ".tmp", std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::rename(live_so + ".tmp", live_so);
+  }
+  void SetUp() override {
+    live_so = dir.file("live.so");
+    std::filesystem::copy_file(kPlugins + "/c_ok.so", live_so);
+  }
+};
+
+TEST_F(Plugins, HooksRunAndStampResponses) {
+  start(kAdmin + plugin_entry("c_plugin", live_so));
+  Response r = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-c-plugin"), "c1");
+  Response t = http(proxy->port(), "POST", "/v1/messages", anthropic_body(false), {{"x-c-teapot", "1"}});
+  EXPECT_EQ(t.status, 418);
+  EXPECT_EQ(json_get(t.body, "type"), "error");  // respond_error uses the caller's flavour
+  EXPECT_EQ(json_get(t.body, "error.message"), "teapot");
+  Response f = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false), {{"x-c-fail", "1"}});
+  EXPECT_EQ(f.status, 500);
+  EXPECT_NE(json_get(f.body, "error.message").find("c_plugin"), std::string::npos) << f.body;
+  EXPECT_EQ(json_get(health(proxy->port()), "status"), "ok");
+}
+
+TEST_F(Plugins, AdminApiNeedsTheToken) {
+  start(plugin_entry("c_plugin", live_so));  // no [admin] token
+  Response disabled = http(proxy->port(), "GET", "/admin/plugins");
+  EXPECT_EQ(disabled.status, 403);
+  EXPECT_NE(json_get(disabled.body, "error.message").find("admin API disabled"), std::string::npos);
+  proxy.reset();
+  start(kAdmin + plugin_entry("c_plugin", live_so));
+  EXPECT_EQ(http(proxy->port(), "GET", "/admin/plugins").status, 401);
+  EXPECT_EQ(http(proxy->port(), "GET", "/admin/plugins", "", {{"Authorization", "Bearer wrong"}}).status, 401);
+  Response ok = http(proxy->port(), "GET", "/admin/plugins", "", kAdminHeader);
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  EXPECT_EQ(json_get(ok.body, "plugins.0.name"), "c_plugin");
+  EXPECT_EQ(json_get(ok.body, "plugins.0.version"), "c1");
+  EXPECT_EQ(json_get(ok.body, "plugins.0.abi"), "1.0");
+  EXPECT_EQ(json_get(ok.body, "plugins.0.position"), "0");
+  EXPECT_EQ(json_get(ok.body, "plugins.0.sha256").size(), 64u);
+  EXPECT_EQ(ok.body.find("s3cret-admin"), std::string::npos);
+}
+
+TEST_F(Plugins, BrokenPluginsRefuseToStartWithPreciseErrors) {
+  struct Case { std::string so, settings, expect; };
+  const std::vector<Case> cases{
+      {"c_major.so", "", "ABI major 2"},
+      {"c_newer_minor.so", "", "newer than the host's"},
+      {"c_null.so", "", "refused host ABI"},
+      {"c_no_symbol.so", "", "missing symbol glmp_plugin_init"},
+      {"does_not_exist.so", "", "file not found"},
+      {"c_ok.so", "refuse = true", "refused its settings: settings say refuse"},
+  };
+  mock = std::make_unique<Mock>(dir);
+  for (const auto& c : cases) {
+    const std::string cfg = dir.file("bad.toml");
+    write_file(cfg, "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.openai]\nbase_url = \"" + mock->base_url() +
+                        "\"\nmin_connections = 0\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\n" +
+                        plugin_entry("p", kPlugins + "/" + c.so, c.settings));
+    Child child({GLMP_PROXY_BIN, "--config", cfg}, dir.file("b.out"), dir.file("b.err"));
+    EXPECT_EQ(child.wait(10s), 1) << c.so;
+    EXPECT_NE(child.err().find(c.expect), std::string::npos) << c.so << ": " << child.err();
+    EXPECT_NE(child.err().find("plugin 'p'"), std::string::npos) << child.err();
+  }
+}
+
+TEST_F(Plugins, ReloadSwapsBuildsAndKeepsTheOldChainOnFailure) {
+  start(kAdmin + plugin_entry("c_plugin", live_so));
+  EXPECT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).header("x-c-plugin"), "c1");
+  // A stream in flight keeps the chain it started with.
+  StreamedResponse during;
+  std::thread streaming([&] {
+    during = http_stream(proxy->port(), "POST", "/v1/chat/completions", openai_body(true),
+                         {{"x-mock-chunks", "5"}, {"x-mock-delay-ms", "150"}});
+  });
+  std::this_thread::sleep_for(200ms);
+  swap_plugin("c_ok2.so");
+  Response r = http(proxy->port(), "POST", "/admin/reload", "", kAdminHeader);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json_get(r.body, "generation"), "2");
+  EXPECT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).header("x-c-plugin"), "c2");
+  streaming.join();
+  EXPECT_EQ(during.headers["x-c-plugin"], "c1");
+  EXPECT_NE(during.body().find("[DONE]"), std::string::npos);
+
+  // A broken build: the reload fails, the running chain (c2) stays.
+  swap_plugin("c_major.so");
+  Response bad = http(proxy->port(), "POST", "/admin/reload", "", kAdminHeader);
+  EXPECT_EQ(bad.status, 500);
+  EXPECT_NE(json_get(bad.body, "message").find("ABI major"), std::string::npos) << bad.body;
+  EXPECT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).header("x-c-plugin"), "c2");
+  // A broken TOML, likewise.
+  swap_plugin("c_ok.so");
+  const std::string good = read_file(proxy->config_path());
+  write_file(proxy->config_path(), good + "\n[[[broken");
+  EXPECT_EQ(http(proxy->port(), "POST", "/admin/reload", "", kAdminHeader).status, 500);
+  EXPECT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).header("x-c-plugin"), "c2");
+  write_file(proxy->config_path(), good);
+  // SIGHUP reloads too.
+  proxy->process().signal(SIGHUP);
+  bool swapped = false;
+  for (int i = 0; i < 200 && !swapped; ++i) {
+    swapped = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).header("x-c-plugin") == "c1";
+    if (!swapped) std::this_thread::sleep_for(25ms);
+  }
+  EXPECT_TRUE(swapped) << "SIGHUP reload";
+}
+
+TEST_F(Plugins, FileWatchReloadsOnChange) {
+  start(kAdmin + "\n[loader]\nwatch = true\nwatch_interval = \"100ms\"\n" + plugin_entry("c_plugin", live_so));
+  EXPECT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).header("x-c-plugin"), "c1");
+  std::this_thread::sleep_for(150ms);
+  swap_plugin("c_ok2.so");
+  bool swapped = false;
+  for (int i = 0; i < 200 && !swapped; ++i) {
+    swapped = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).header("x-c-plugin") == "c2";
+    if (!swapped) std::this_thread::sleep_for(25ms);
+  }
+  EXPECT_TRUE(swapped) << "watch reload";
+  // Runtime copies are unlinked once loaded: nothing accumulates on disk.
+  const std::string maps = read_file("/proc/" + std::to_string(proxy->process().pid()) + "/maps");
+  EXPECT_NE(maps.find("(deleted)"), std::string::npos);
+}
+
+}  // namespace
