@@ -1,0 +1,43 @@
+// Keeps the plugin ABI header honest: its hash may change only together with the ABI version.
+// When you change plugin_api.h: bump GLMP_ABI_MINOR (append-only change) or GLMP_ABI_MAJOR
+// (anything else), then add the new version's hash below. Never edit an existing line.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <Poco/DigestEngine.h>
+#include <Poco/SHA2Engine.h>
+
+#include "glmproxy/plugin_api.h"
+
+namespace {
+
+const std::map<std::string, std::string> kHeaderHashes = {
+    {"1.0", "cbfca1201e216e51a092dd5b6b758663e00f9d6140a1fbb7d59e878deb13a48a"},
+};
+
+TEST(Abi, HeaderHashMatchesItsVersion) {
+  std::ifstream in(std::string(GLMP_SOURCE_DIR) + "/plugin-api/include/glmproxy/plugin_api.h", std::ios::binary);
+  ASSERT_TRUE(in) << "cannot read plugin_api.h";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  Poco::SHA2Engine engine(Poco::SHA2Engine::SHA_256);
+  engine.update(ss.str());
+  const std::string hash = Poco::DigestEngine::digestToHex(engine.digest());
+  const std::string version = std::to_string(GLMP_ABI_MAJOR) + "." + std::to_string(GLMP_ABI_MINOR);
+  auto it = kHeaderHashes.find(version);
+  ASSERT_NE(it, kHeaderHashes.end()) << "ABI " << version << " has no recorded hash; add {\"" << version << "\", \"" << hash << "\"}";
+  EXPECT_EQ(hash, it->second) << "plugin_api.h changed but GLMP_ABI_MAJOR/MINOR did not: bump the version "
+                                 "(minor for appended members, major otherwise) and record the new hash";
+}
+
+TEST(Abi, StructsStartWithTheirSize) {
+  // struct_size first, so each side can tell which members the other knows.
+  EXPECT_EQ(offsetof(glmp_host_api, struct_size), 0u);
+  EXPECT_EQ(offsetof(glmp_plugin_descriptor, struct_size), 0u);
+  EXPECT_EQ(offsetof(glmp_usage, struct_size), 0u);
+}
+
+}  // namespace
