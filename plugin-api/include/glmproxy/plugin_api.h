@@ -11,8 +11,8 @@
  *    glmp_host_api; opaque handles end in _host_ptr (owned by the core) or _plugin_ptr (owned by the
  *    plugin).
  *  - Strings and buffers travel as pointer + length and are not NUL-terminated unless stated.
- *    Host-owned data handed to a plugin is valid only until the call (hook or host function) that
- *    produced it returns; copy what you keep.
+ *    Host-owned data handed to a plugin (hook arguments, getter out-pointers) is valid during the
+ *    current hook or route handler, until a host call changes the same item; copy what you keep.
  *  - Threading: hooks run on the connection's thread. Different requests run concurrently on
  *    different threads, so a plugin's state must be thread-safe; a single request's hooks never run
  *    concurrently with each other. Plugins keep no thread_local state (it breaks unloading).
@@ -208,7 +208,9 @@ typedef struct glmp_plugin_descriptor {
   void (*on_complete)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request);
 } glmp_plugin_descriptor;
 
-/* The one symbol a plugin exports. Returns NULL to refuse the host (e.g. a major mismatch). */
+/* The one symbol a plugin exports (with default visibility). Returns NULL to refuse the host (e.g.
+ * a major mismatch). Called once per load, on the reload thread. */
+const glmp_plugin_descriptor* glmp_plugin_init(uint32_t host_abi_major, uint32_t host_abi_minor);
 typedef const glmp_plugin_descriptor* (*glmp_plugin_init_fn)(uint32_t host_abi_major, uint32_t host_abi_minor);
 #define GLMP_PLUGIN_INIT_SYMBOL "glmp_plugin_init"
 

@@ -1,0 +1,722 @@
+// GLM Proxy plugin SDK: a header-only C++20 wrapper over the C ABI in <glmproxy/plugin_api.h>.
+//
+// A plugin is one class plus one macro:
+//
+//   #include <glmproxy/sdk.hpp>
+//
+//   class MyPlugin final : public glmp::Plugin {
+//    public:
+//     MyPlugin(const glmp::Settings& settings, glmp::Host host)
+//         : Plugin(host), greeting_(settings.get_string("greeting", "hello")) {}
+//     glmp::Status on_request(glmp::Request& request) override {
+//       request.set_response_header("X-Greeting", greeting_);
+//       return glmp::Status::Continue;
+//     }
+//    private:
+//     const std::string greeting_;
+//   };
+//
+//   GLMP_PLUGIN(MyPlugin, "my_plugin", "1.0.0");
+//
+// Build it with glmp_add_plugin() (find_package(GlmProxySDK)): that gives the flags the ABI needs
+// (-fvisibility=hidden, -fno-gnu-unique, only glmp_plugin_init exported).
+//
+// Lifetime. The core calls on_config_new once per chain build (on the reload thread): the SDK parses
+// the settings, constructs your class, and hands the object back to the core. The object lives
+// until the chain is retired, when the core calls on_config_destroy (after the last request that
+// used the chain has finished) and the SDK deletes it. A reload builds a NEW object from the new
+// settings; the old one keeps serving the requests that started on it. State that must survive a
+// reload does not belong in the object (nor in globals): keep it in the core's state store.
+//
+// Threading. One object serves all requests of its chain, and different requests run concurrently
+// on different threads, so every hook must be thread-safe (std::atomic, a mutex, or immutable
+// state set in the constructor). The hooks of a single request never run concurrently with each
+// other. No thread_local: it keeps the library from being unloaded.
+//
+// Exceptions never reach the core. The SDK catches everything at the boundary:
+//   - constructor (on_config_new): the configuration is refused; the exception's what() is the
+//     reason the core reports (a reload then keeps the old chain);
+//   - on_request: the request fails with a 500 naming the plugin (GLMP_ERROR), and the exception
+//     is logged;
+//   - on_response_headers / on_response_body / on_complete: swallowed and logged;
+//   - route handlers: logged; if the handler had not answered yet, the client gets a 500.
+// Destructors must not throw (they are noexcept; a throw there terminates the process).
+//
+// Data lifetime. Every std::string_view the SDK returns from a Request (method(), header(),
+// body(), attribute(), ...) points at host-owned bytes. It is valid only during the hook or route
+// handler that obtained it, and only until a call that changes the same item (set_header on that
+// header, set_body, set_model, set_attribute on that name, ...). Copy into a std::string to keep.
+#pragma once
+
+#include <glmproxy/plugin_api.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if GLMP_ABI_MAJOR != 1
+#error "this glmproxy/sdk.hpp is written for plugin ABI major 1"
+#endif
+
+namespace glmp {
+
+// ---------------------------------------------------------------------------------------------
+// Plain values (mirror the C enums one to one)
+// ---------------------------------------------------------------------------------------------
+
+// What on_request tells the core.
+enum class Status : int {
+  Continue = GLMP_CONTINUE,    // go on with the next plugin / the upstream
+  Responded = GLMP_RESPONDED,  // the plugin answered (respond / respond_error / stream_*)
+  Error = GLMP_ERROR           // the request fails with a 500 naming the plugin
+};
+
+enum class Flavour : int { OpenAI = GLMP_FLAVOUR_OPENAI, Anthropic = GLMP_FLAVOUR_ANTHROPIC };
+
+enum class LogLevel : int {
+  Trace = GLMP_LOG_TRACE,
+  Debug = GLMP_LOG_DEBUG,
+  Info = GLMP_LOG_INFO,
+  Warning = GLMP_LOG_WARNING,
+  Error = GLMP_LOG_ERROR
+};
+
+// Who may call a route registered with Host::register_route.
+enum class Access : int {
+  Public = GLMP_ACCESS_PUBLIC,  // anyone
+  Admin = GLMP_ACCESS_ADMIN,    // needs the admin token
+  Key = GLMP_ACCESS_KEY         // runs the chain's on_request hooks first (so auth has run)
+};
+
+// Token usage of a response as extracted by the core; final in on_complete.
+struct Usage {
+  bool seen = false;  // true when the upstream reported usage
+  std::int64_t input_tokens = 0;
+  std::int64_t output_tokens = 0;
+  std::int64_t cache_read_input_tokens = 0;
+  std::int64_t cache_creation_input_tokens = 0;
+  std::int64_t total_tokens = 0;  // OpenAI total_tokens when given, else 0
+};
+
+class Request;
+class Host;
+class Plugin;
+
+// A route handler: answers with request.respond / respond_error / stream_*. Runs on the
+// connection's thread, concurrently with other requests: it must be thread-safe.
+using RouteHandler = std::function<void(Request& request)>;
+
+namespace detail {
+
+inline std::string_view view(const char* data, std::size_t len) noexcept {
+  return (data != nullptr && len != 0) ? std::string_view(data, len) : std::string_view();
+}
+
+// Never hand the host a null pointer, even for an empty string.
+inline const char* ptr(std::string_view s) noexcept { return s.data() != nullptr ? s.data() : ""; }
+
+// Appends `text` to buf[pos..cap-1) without allocating; returns the new position.
+inline std::size_t append(char* buf, std::size_t cap, std::size_t pos, std::string_view text) noexcept {
+  if (pos + 1 >= cap) return pos;
+  const std::size_t n = std::min(text.size(), cap - 1 - pos);
+  std::memcpy(buf + pos, text.data(), n);
+  return pos + n;
+}
+
+// Copies `message` into the host's error buffer: NUL-terminated, truncated to error_cap - 1 bytes
+// without cutting a UTF-8 sequence in half.
+inline void write_error(char* error, std::size_t error_cap, std::string_view message) noexcept {
+  if (error == nullptr || error_cap == 0) return;
+  std::size_t n = std::min(message.size(), error_cap - 1);
+  if (n < message.size()) {
+    while (n > 0 && (static_cast<unsigned char>(message[n]) & 0xC0u) == 0x80u) --n;
+  }
+  if (n != 0) std::memcpy(error, message.data(), n);
+  error[n] = '\0';
+}
+
+struct HostState;
+
+// One registered route: the handler and the instance it belongs to. Owned by HostState; the host
+// gets a pointer to it as user_data, valid until on_config_destroy.
+struct Route {
+  RouteHandler handler;
+  HostState* state;
+};
+
+// What the SDK keeps per plugin instance besides the plugin object itself.
+struct HostState {
+  const glmp_host_api* api = nullptr;
+  glmp_instance_host_ptr* instance = nullptr;
+  const char* plugin_name = "";
+  bool routes_open = true;  // register_route is allowed only during construction (on_config_new)
+  std::vector<std::unique_ptr<Route>> routes;
+
+  void log(glmp_log_level level, std::string_view message) const noexcept {
+    if (api != nullptr && api->log != nullptr) api->log(instance, level, ptr(message), message.size());
+  }
+
+  // Logs "<where> failed: <what>" without allocating (it may run after a std::bad_alloc).
+  void log_failure(std::string_view where, const char* what) const noexcept {
+    char buf[1024];
+    std::size_t pos = append(buf, sizeof buf, 0, where);
+    pos = append(buf, sizeof buf, pos, " failed: ");
+    pos = append(buf, sizeof buf, pos, what != nullptr ? std::string_view(what) : "unknown exception (not std::exception)");
+    log(GLMP_LOG_ERROR, std::string_view(buf, pos));
+  }
+};
+
+inline void route_trampoline(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request, void* user_data) noexcept;
+
+template <class Info>
+struct Adapter;
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Settings: the plugin's [plugins.settings] TOML table, which the core hands over as JSON.
+// Immutable after construction; safe to read from any thread. Copyable.
+// ---------------------------------------------------------------------------------------------
+
+// Thrown for invalid settings (not JSON, not an object, a value of the wrong type). Let it escape
+// the plugin's constructor: the configuration is refused with its message.
+class SettingsError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Settings {
+ public:
+  // Empty settings ({}).
+  Settings() : json_(nlohmann::json::object()) {}
+
+  // Parses `json_text`. Empty or blank text means {}. Throws SettingsError when the text is not
+  // JSON or not a JSON object.
+  explicit Settings(std::string_view json_text) : raw_(json_text) {
+    if (raw_.find_first_not_of(" \t\r\n") == std::string::npos) {
+      json_ = nlohmann::json::object();
+      return;
+    }
+    try {
+      json_ = nlohmann::json::parse(raw_.begin(), raw_.end());
+    } catch (const nlohmann::json::exception& e) {
+      throw SettingsError(std::string("settings are not valid JSON: ") + e.what());
+    }
+    if (!json_.is_object()) {
+      throw SettingsError(std::string("settings must be a JSON object, not ") + json_.type_name());
+    }
+  }
+
+  // True when the top-level key is present and not null.
+  bool has(std::string_view key) const { return find(key) != nullptr; }
+
+  // Typed getters for top-level keys. An absent (or null) key yields `fallback`; a key of the wrong
+  // type throws SettingsError naming the key, so a typo in the config is reported, not ignored.
+  std::string get_string(std::string_view key, std::string_view fallback = {}) const {
+    const nlohmann::json* v = find(key);
+    if (v == nullptr) return std::string(fallback);
+    if (!v->is_string()) throw wrong_type(key, "a string", *v);
+    return v->get<std::string>();
+  }
+
+  // Integers only (1.5 or "1" throw); unsigned values above INT64_MAX throw.
+  std::int64_t get_int(std::string_view key, std::int64_t fallback = 0) const {
+    const nlohmann::json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_number_integer()) throw wrong_type(key, "an integer", *v);
+    if (v->is_number_unsigned() &&
+        v->get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      throw SettingsError("setting \"" + std::string(key) + "\" is out of range");
+    }
+    return v->get<std::int64_t>();
+  }
+
+  bool get_bool(std::string_view key, bool fallback = false) const {
+    const nlohmann::json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_boolean()) throw wrong_type(key, "a boolean", *v);
+    return v->get<bool>();
+  }
+
+  // Any number (integers convert).
+  double get_double(std::string_view key, double fallback = 0.0) const {
+    const nlohmann::json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_number()) throw wrong_type(key, "a number", *v);
+    return v->get<double>();
+  }
+
+  // An array of strings; absent -> empty.
+  std::vector<std::string> get_string_list(std::string_view key) const {
+    const nlohmann::json* v = find(key);
+    std::vector<std::string> out;
+    if (v == nullptr) return out;
+    if (!v->is_array()) throw wrong_type(key, "an array of strings", *v);
+    out.reserve(v->size());
+    for (const nlohmann::json& item : *v) {
+      if (!item.is_string()) throw wrong_type(key, "an array of strings", item);
+      out.push_back(item.get<std::string>());
+    }
+    return out;
+  }
+
+  // The whole settings object, for nested tables and arrays (nlohmann::json, read-only).
+  const nlohmann::json& json() const noexcept { return json_; }
+
+  // The JSON text exactly as the core passed it.
+  std::string_view raw() const noexcept { return raw_; }
+
+ private:
+  const nlohmann::json* find(std::string_view key) const {
+    auto it = json_.find(std::string(key));
+    if (it == json_.end() || it->is_null()) return nullptr;
+    return &*it;
+  }
+
+  static SettingsError wrong_type(std::string_view key, const char* expected, const nlohmann::json& v) {
+    return SettingsError("setting \"" + std::string(key) + "\" must be " + expected + ", not " + v.type_name());
+  }
+
+  std::string raw_;
+  nlohmann::json json_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Request: a view of one request in flight, valid during the hook or route handler it is passed to.
+// Not copyable; never store it (nor the host handle inside it) beyond that call. Which accessors
+// are meaningful in which hook is stated per group (and in plugin_api.h).
+// ---------------------------------------------------------------------------------------------
+class Request {
+ public:
+  Request(const glmp_host_api* api, glmp_request_host_ptr* handle) noexcept : api_(api), handle_(handle) {}
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+
+  // --- request line and route (any hook) ---
+  std::string_view id() const { return get(api_->request_id); }  // X-Request-ID
+  std::string_view method() const { return get(api_->request_method); }
+  std::string_view path() const { return get(api_->request_path); }    // without the query
+  std::string_view query() const { return get(api_->request_query); }  // raw, without '?'
+  Flavour flavour() const { return static_cast<Flavour>(api_->request_flavour(handle_)); }
+  bool streaming() const { return api_->request_streaming(handle_) != 0; }  // top-level "stream": true
+  std::string_view model() const { return get(api_->request_model); }       // "" if none
+  // on_request only: the model sent upstream (the core rewrites the body's top-level "model").
+  void set_model(std::string_view model) { api_->request_set_model(handle_, detail::ptr(model), model.size()); }
+
+  // --- request headers (on_request: the headers that will go upstream) ---
+  // The index-th value of `name` (case-insensitive), or nullopt.
+  std::optional<std::string_view> header(std::string_view name, std::size_t index = 0) const {
+    const char* value = nullptr;
+    std::size_t len = 0;
+    if (api_->request_header(handle_, detail::ptr(name), name.size(), index, &value, &len) == 0) return std::nullopt;
+    return detail::view(value, len);
+  }
+  // Replaces every value of `name`.
+  void set_header(std::string_view name, std::string_view value) {
+    api_->request_set_header(handle_, detail::ptr(name), name.size(), detail::ptr(value), value.size());
+  }
+  void remove_header(std::string_view name) { api_->request_remove_header(handle_, detail::ptr(name), name.size()); }
+
+  // --- request body (on_request) ---
+  std::string_view body() const { return get(api_->request_body); }
+  // The core copies the body and recomputes Content-Length.
+  void set_body(std::string_view body) { api_->request_set_body(handle_, detail::ptr(body), body.size()); }
+
+  // --- per-request attributes: how plugins talk to each other ("auth.key_id", ...) ---
+  std::optional<std::string_view> attribute(std::string_view name) const {
+    const char* value = nullptr;
+    std::size_t len = 0;
+    if (api_->get_attribute(handle_, detail::ptr(name), name.size(), &value, &len) == 0) return std::nullopt;
+    return detail::view(value, len);
+  }
+  void set_attribute(std::string_view name, std::string_view value) {
+    api_->set_attribute(handle_, detail::ptr(name), name.size(), detail::ptr(value), value.size());
+  }
+
+  // --- response (on_response_headers, on_response_body, on_complete) ---
+  int response_status() const { return api_->response_status(handle_); }  // 0 before it is known
+  std::optional<std::string_view> response_header(std::string_view name, std::size_t index = 0) const {
+    const char* value = nullptr;
+    std::size_t len = 0;
+    if (api_->response_header(handle_, detail::ptr(name), name.size(), index, &value, &len) == 0) return std::nullopt;
+    return detail::view(value, len);
+  }
+  // In on_request: adds the header to whatever response this request gets. In
+  // on_response_headers: edits the upstream's headers before they are sent.
+  void set_response_header(std::string_view name, std::string_view value) {
+    api_->response_set_header(handle_, detail::ptr(name), name.size(), detail::ptr(value), value.size());
+  }
+  void remove_response_header(std::string_view name) {
+    api_->response_remove_header(handle_, detail::ptr(name), name.size());
+  }
+  // Final in on_complete.
+  Usage usage() const {
+    glmp_usage raw{};
+    raw.struct_size = static_cast<std::uint32_t>(sizeof raw);
+    api_->response_usage(handle_, &raw);
+    Usage u;
+    u.seen = raw.seen != 0;
+    u.input_tokens = raw.input_tokens;
+    u.output_tokens = raw.output_tokens;
+    u.cache_read_input_tokens = raw.cache_read_input_tokens;
+    u.cache_creation_input_tokens = raw.cache_creation_input_tokens;
+    u.total_tokens = raw.total_tokens;
+    return u;
+  }
+
+  // --- answering (on_request, then return Status::Responded; or in a route handler) ---
+  // A complete response; the core copies the body.
+  void respond(int status, std::string_view content_type, std::string_view body) {
+    answer_ = Answer::Responded;
+    api_->respond(handle_, status, detail::ptr(content_type), content_type.size(), detail::ptr(body), body.size());
+  }
+  // An error shaped for the caller's API flavour. type "" = the flavour's default for the status.
+  void respond_error(int status, std::string_view message, std::string_view type = {}) {
+    answer_ = Answer::Responded;
+    api_->respond_error(handle_, status, detail::ptr(type), type.size(), detail::ptr(message), message.size());
+  }
+  // A streamed response: begin once, write any number of times (each write is flushed), end once.
+  void stream_begin(int status, std::string_view content_type) {
+    answer_ = Answer::Streaming;
+    api_->stream_begin(handle_, status, detail::ptr(content_type), content_type.size());
+  }
+  // false when the client has gone (stop writing, still call stream_end).
+  bool stream_write(std::string_view data) {
+    return api_->stream_write(handle_, detail::ptr(data), data.size()) == 0;
+  }
+  void stream_end() {
+    answer_ = Answer::Responded;
+    api_->stream_end(handle_);
+  }
+  // True once this view answered (respond, respond_error or stream_begin).
+  bool answered() const noexcept { return answer_ != Answer::None; }
+
+  // Escape hatch: the raw C handles (for host functions added in later ABI minors).
+  const glmp_host_api* api() const noexcept { return api_; }
+  glmp_request_host_ptr* handle() const noexcept { return handle_; }
+
+ private:
+  friend void detail::route_trampoline(glmp_config_plugin_ptr*, glmp_request_host_ptr*, void*) noexcept;
+  enum class Answer : unsigned char { None, Streaming, Responded };
+
+  std::string_view get(void (*fn)(glmp_request_host_ptr*, const char**, std::size_t*)) const {
+    const char* data = nullptr;
+    std::size_t len = 0;
+    fn(handle_, &data, &len);
+    return detail::view(data, len);
+  }
+
+  const glmp_host_api* api_;
+  glmp_request_host_ptr* handle_;
+  Answer answer_ = Answer::None;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Host: a cheap copyable handle to the core for one plugin instance. Valid from construction of
+// the plugin until its destruction (don't keep copies beyond that, e.g. in detached threads).
+// ---------------------------------------------------------------------------------------------
+class Host {
+ public:
+  // Logs under the plugin's name. Any thread, any time; never throws.
+  void log(LogLevel level, std::string_view message) const noexcept {
+    state_->log(static_cast<glmp_log_level>(level), message);
+  }
+  void log_trace(std::string_view message) const noexcept { log(LogLevel::Trace, message); }
+  void log_debug(std::string_view message) const noexcept { log(LogLevel::Debug, message); }
+  void log_info(std::string_view message) const noexcept { log(LogLevel::Info, message); }
+  void log_warning(std::string_view message) const noexcept { log(LogLevel::Warning, message); }
+  void log_error(std::string_view message) const noexcept { log(LogLevel::Error, message); }
+
+  // Serves METHOD PATH with `handler` while this plugin's chain is live. method "" = any; a path
+  // ending in '*' is a prefix. Only from the plugin's constructor (the ABI allows it in
+  // on_config_new only): later calls throw std::logic_error. Throws std::runtime_error when the
+  // host refuses the route (a clash with a core route, a path not starting with '/'); escaping
+  // the constructor, that refuses the configuration. A clash with another plugin's route is
+  // reported by the core when it builds the chain.
+  // The handler is kept until the plugin is destroyed; it may capture `this`.
+  void register_route(std::string_view method, std::string_view path, Access access, RouteHandler handler) const {
+    if (!state_->routes_open) {
+      throw std::logic_error("register_route is allowed only in the plugin's constructor (on_config_new)");
+    }
+    if (!handler) throw std::invalid_argument("register_route: empty handler");
+    state_->routes.push_back(std::make_unique<detail::Route>(detail::Route{std::move(handler), state_}));
+    detail::Route* route = state_->routes.back().get();
+    const int rc = state_->api->register_route(state_->instance, detail::ptr(method), method.size(),
+                                               detail::ptr(path), path.size(),
+                                               static_cast<glmp_route_access>(access), &detail::route_trampoline,
+                                               route);
+    if (rc != 0) {
+      state_->routes.pop_back();
+      throw std::runtime_error("the host refused route " + std::string(method.empty() ? "*" : method) + " " +
+                               std::string(path) + " (it clashes with a core route, or the path is invalid)");
+    }
+  }
+
+  // The name given to GLMP_PLUGIN.
+  std::string_view plugin_name() const noexcept { return state_->plugin_name; }
+  // The host's ABI version (>= the plugin's; a higher minor may offer more host functions).
+  std::uint32_t host_abi_major() const noexcept { return state_->api->abi_major; }
+  std::uint32_t host_abi_minor() const noexcept { return state_->api->abi_minor; }
+
+  // Escape hatch: the raw C handles.
+  const glmp_host_api* api() const noexcept { return state_->api; }
+  glmp_instance_host_ptr* instance() const noexcept { return state_->instance; }
+
+ private:
+  template <class Info>
+  friend struct detail::Adapter;
+  explicit Host(detail::HostState* state) noexcept : state_(state) {}
+
+  detail::HostState* state_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Plugin: derive from it, override the hooks you need, and name the class in GLMP_PLUGIN.
+//
+// The derived class must be constructible as T(const glmp::Settings&, glmp::Host) and pass the
+// Host to this base. Hooks you don't override are not even called: GLMP_PLUGIN leaves them NULL
+// in the descriptor. All hooks may run concurrently for different requests (see the top of the
+// file); they run on the connection's thread and may block, always with a timeout.
+// ---------------------------------------------------------------------------------------------
+class Plugin {
+ public:
+  explicit Plugin(Host host) noexcept : host_(host) {}
+  virtual ~Plugin() = default;
+  Plugin(const Plugin&) = delete;
+  Plugin& operator=(const Plugin&) = delete;
+  Plugin(Plugin&&) = delete;
+  Plugin& operator=(Plugin&&) = delete;
+
+  // In configured order, before the upstream call. Continue, or Responded after answering with
+  // request.respond / respond_error / stream_*; Error fails the request with a 500. Default: Continue.
+  virtual Status on_request(Request& /*request*/) { return Status::Continue; }
+
+  // In reverse order, when the upstream's response headers are known (edit them here).
+  virtual void on_response_headers(Request& /*request*/) {}
+
+  // In reverse order, for every chunk relayed to the client. `chunk` is host-owned: copy what you keep.
+  virtual void on_response_body(Request& /*request*/, std::string_view /*chunk*/, bool /*end_of_stream*/) {}
+
+  // In reverse order, exactly once for every on_request that ran (also when the client went away
+  // or the upstream failed). Usage is final here.
+  virtual void on_complete(Request& /*request*/) {}
+
+  const Host& host() const noexcept { return host_; }
+
+ private:
+  Host host_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Boundary: the C hooks behind GLMP_PLUGIN. Nothing below is API.
+// ---------------------------------------------------------------------------------------------
+namespace detail {
+
+inline void route_trampoline(glmp_config_plugin_ptr* /*plugin*/, glmp_request_host_ptr* handle,
+                             void* user_data) noexcept {
+  // The route's own instance state travels in user_data, so the `plugin` argument is not needed.
+  const Route* route = static_cast<const Route*>(user_data);
+  const HostState& state = *route->state;
+  Request request(state.api, handle);
+  const char* failure = nullptr;
+  try {
+    route->handler(request);
+  } catch (const std::exception& e) {
+    state.log_failure("route handler", e.what());
+    failure = "internal error in plugin route handler";
+  } catch (...) {
+    state.log_failure("route handler", nullptr);
+    failure = "internal error in plugin route handler";
+  }
+  if (request.answer_ == Request::Answer::Streaming) {
+    if (failure == nullptr) state.log(GLMP_LOG_ERROR, "route handler returned without ending its stream");
+    state.api->stream_end(handle);  // the handler threw (or forgot) mid-stream: close it
+  } else if (request.answer_ == Request::Answer::None) {
+    if (failure == nullptr) {
+      state.log(GLMP_LOG_ERROR, "route handler returned without answering");
+      failure = "plugin route handler did not answer";
+    }
+    const std::string_view message(failure);
+    state.api->respond_error(handle, 500, "", 0, message.data(), message.size());
+  }
+}
+
+inline bool host_accepted(std::uint32_t host_abi_major, std::uint32_t host_abi_minor) noexcept {
+  constexpr std::uint32_t plugin_major = GLMP_ABI_MAJOR;
+  constexpr std::uint32_t plugin_minor = GLMP_ABI_MINOR;
+  return host_abi_major == plugin_major && std::cmp_greater_equal(host_abi_minor, plugin_minor);
+}
+
+// Whether T declares its own override of a hook (so the descriptor gets a non-NULL pointer). When
+// the name is not usable from here (overloaded, private), assume it is overridden.
+#define GLMP_DETAIL_OVERRIDES(hook)                                                             \
+  template <class T>                                                                            \
+  constexpr bool overrides_##hook() {                                                           \
+    if constexpr (requires { &T::hook; }) {                                                     \
+      return !std::is_same_v<decltype(&T::hook), decltype(&Plugin::hook)>;                      \
+    } else {                                                                                    \
+      return true;                                                                              \
+    }                                                                                           \
+  }
+GLMP_DETAIL_OVERRIDES(on_request)
+GLMP_DETAIL_OVERRIDES(on_response_headers)
+GLMP_DETAIL_OVERRIDES(on_response_body)
+GLMP_DETAIL_OVERRIDES(on_complete)
+#undef GLMP_DETAIL_OVERRIDES
+
+// Info (made by GLMP_PLUGIN): `using type = T;` plus `name` and `version` (const char*).
+template <class Info>
+struct Adapter {
+  using T = typename Info::type;
+
+  struct Instance {
+    HostState state;           // declared first: destroyed after the plugin (its routes may refer to it)
+    std::unique_ptr<T> plugin;
+  };
+
+  static Instance* self(glmp_config_plugin_ptr* p) noexcept { return reinterpret_cast<Instance*>(p); }
+
+  static glmp_config_plugin_ptr* config_new(const glmp_host_api* api, glmp_instance_host_ptr* instance,
+                                            const char* config_json, std::size_t config_len, char* error,
+                                            std::size_t error_cap) noexcept {
+    try {
+      if (api == nullptr || api->struct_size < sizeof(glmp_host_api) || api->abi_major != GLMP_ABI_MAJOR) {
+        write_error(error, error_cap, "host API table is missing, too small or of another ABI major");
+        return nullptr;
+      }
+      auto inst = std::make_unique<Instance>();
+      inst->state.api = api;
+      inst->state.instance = instance;
+      inst->state.plugin_name = Info::name;
+      const Settings settings(detail::view(config_json, config_len));
+      inst->plugin = std::make_unique<T>(settings, Host(&inst->state));
+      inst->state.routes_open = false;
+      return reinterpret_cast<glmp_config_plugin_ptr*>(inst.release());
+    } catch (const std::exception& e) {
+      write_error(error, error_cap, e.what());
+    } catch (...) {
+      write_error(error, error_cap, "unknown exception (not std::exception) in the plugin's constructor");
+    }
+    return nullptr;
+  }
+
+  static void config_destroy(glmp_config_plugin_ptr* p) noexcept { delete self(p); }
+
+  static glmp_status on_request(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) noexcept {
+    Instance* inst = self(p);
+    try {
+      Request request(inst->state.api, r);
+      const Status status = inst->plugin->on_request(request);
+      switch (status) {
+        case Status::Continue:
+        case Status::Responded:
+        case Status::Error:
+          return static_cast<glmp_status>(status);
+      }
+      inst->state.log(GLMP_LOG_ERROR, "on_request returned an invalid glmp::Status");
+    } catch (const std::exception& e) {
+      inst->state.log_failure("on_request", e.what());
+    } catch (...) {
+      inst->state.log_failure("on_request", nullptr);
+    }
+    return GLMP_ERROR;
+  }
+
+  static void on_response_headers(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) noexcept {
+    Instance* inst = self(p);
+    try {
+      Request request(inst->state.api, r);
+      inst->plugin->on_response_headers(request);
+    } catch (const std::exception& e) {
+      inst->state.log_failure("on_response_headers", e.what());
+    } catch (...) {
+      inst->state.log_failure("on_response_headers", nullptr);
+    }
+  }
+
+  static void on_response_body(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r, const char* chunk,
+                               std::size_t chunk_len, int end_of_stream) noexcept {
+    Instance* inst = self(p);
+    try {
+      Request request(inst->state.api, r);
+      inst->plugin->on_response_body(request, detail::view(chunk, chunk_len), end_of_stream != 0);
+    } catch (const std::exception& e) {
+      inst->state.log_failure("on_response_body", e.what());
+    } catch (...) {
+      inst->state.log_failure("on_response_body", nullptr);
+    }
+  }
+
+  static void on_complete(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) noexcept {
+    Instance* inst = self(p);
+    try {
+      Request request(inst->state.api, r);
+      inst->plugin->on_complete(request);
+    } catch (const std::exception& e) {
+      inst->state.log_failure("on_complete", e.what());
+    } catch (...) {
+      inst->state.log_failure("on_complete", nullptr);
+    }
+  }
+
+  static constexpr glmp_plugin_descriptor descriptor() noexcept {
+    glmp_plugin_descriptor d{};
+    d.struct_size = static_cast<std::uint32_t>(sizeof(glmp_plugin_descriptor));
+    d.abi_major = GLMP_ABI_MAJOR;
+    d.abi_minor = GLMP_ABI_MINOR;
+    d.name = Info::name;
+    d.version = Info::version;
+    d.on_config_new = &config_new;
+    d.on_config_destroy = &config_destroy;
+    d.on_request = overrides_on_request<T>() ? &on_request : nullptr;
+    d.on_response_headers = overrides_on_response_headers<T>() ? &on_response_headers : nullptr;
+    d.on_response_body = overrides_on_response_body<T>() ? &on_response_body : nullptr;
+    d.on_complete = overrides_on_complete<T>() ? &on_complete : nullptr;
+    return d;
+  }
+};
+
+}  // namespace detail
+}  // namespace glmp
+
+// GLMP_PLUGIN(Class, "name", "version");  — once per plugin, at global scope, in one .cpp file.
+//
+// Defines the plugin's static descriptor and the one exported symbol,
+//   extern "C" const glmp_plugin_descriptor* glmp_plugin_init(uint32_t host_abi_major, uint32_t host_abi_minor);
+// which returns NULL when the host's ABI major differs from the plugin's or its minor is older.
+// `name` and `version` must be string literals. Class must derive from glmp::Plugin and be
+// constructible from (const glmp::Settings&, glmp::Host).
+#define GLMP_PLUGIN(Class, plugin_name_literal, plugin_version_literal)                                    \
+  static_assert(std::is_base_of_v<::glmp::Plugin, Class>, "GLMP_PLUGIN: the class must derive from glmp::Plugin"); \
+  static_assert(!std::is_abstract_v<Class>, "GLMP_PLUGIN: the class must not be abstract");                 \
+  static_assert(std::is_constructible_v<Class, const ::glmp::Settings&, ::glmp::Host>,                     \
+                "GLMP_PLUGIN: the class needs a constructor (const glmp::Settings&, glmp::Host)");          \
+  namespace {                                                                                               \
+  struct glmp_plugin_info_ {                                                                                \
+    using type = Class;                                                                                     \
+    static constexpr const char* name = "" plugin_name_literal;                                             \
+    static constexpr const char* version = "" plugin_version_literal;                                       \
+  };                                                                                                        \
+  constexpr glmp_plugin_descriptor glmp_plugin_descriptor_ = ::glmp::detail::Adapter<glmp_plugin_info_>::descriptor(); \
+  }                                                                                                         \
+  extern "C" __attribute__((visibility("default"))) const glmp_plugin_descriptor* glmp_plugin_init(         \
+      std::uint32_t host_abi_major, std::uint32_t host_abi_minor);                                          \
+  extern "C" __attribute__((visibility("default"))) const glmp_plugin_descriptor* glmp_plugin_init(         \
+      std::uint32_t host_abi_major, std::uint32_t host_abi_minor) {                                         \
+    return ::glmp::detail::host_accepted(host_abi_major, host_abi_minor) ? &glmp_plugin_descriptor_ : nullptr; \
+  }                                                                                                         \
+  static_assert(sizeof(glmp_plugin_descriptor_) != 0, "")

@@ -1,0 +1,72 @@
+// glmp::Settings: parsing, typed getters, defaults, errors. Compiled directly (no plugin).
+#include <glmproxy/fake_host.hpp>  // Checks
+#include <glmproxy/sdk.hpp>
+
+#include <string>
+
+namespace {
+
+using glmp::Settings;
+using glmp::SettingsError;
+using glmp::testing::Checks;
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const SettingsError& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+}  // namespace
+
+int main() {
+  Checks c;
+  const Settings s(R"({
+    "name": "x", "empty": "", "n": -42, "big": 18446744073709551615, "maxi": 9223372036854775807,
+    "f": 1.5, "flag": true, "off": false, "nothing": null, "list": ["a", "b"], "mixed": ["a", 1],
+    "nested": {"k": [1, 2, 3]}
+  })");
+  GLMP_EXPECT(c, s.has("name") && s.has("empty") && s.has("list"));
+  GLMP_EXPECT(c, !s.has("nothing") && !s.has("absent") && !s.has(""));
+  GLMP_EXPECT(c, s.get_string("name") == "x");
+  GLMP_EXPECT(c, s.get_string("empty", "fallback").empty());
+  GLMP_EXPECT(c, s.get_string("absent", "fallback") == "fallback");
+  GLMP_EXPECT(c, s.get_string("nothing", "fallback") == "fallback");
+  GLMP_EXPECT(c, s.get_string("absent").empty());
+  GLMP_EXPECT(c, s.get_int("n") == -42);
+  GLMP_EXPECT(c, s.get_int("maxi") == 9223372036854775807LL);
+  GLMP_EXPECT(c, s.get_int("absent", 7) == 7);
+  GLMP_EXPECT(c, s.get_double("f") == 1.5);
+  GLMP_EXPECT(c, s.get_double("n") == -42.0);
+  GLMP_EXPECT(c, s.get_double("absent", 0.25) == 0.25);
+  GLMP_EXPECT(c, s.get_bool("flag") && !s.get_bool("off", true));
+  GLMP_EXPECT(c, s.get_bool("absent", true));
+  GLMP_EXPECT(c, (s.get_string_list("list") == std::vector<std::string>{"a", "b"}));
+  GLMP_EXPECT(c, s.get_string_list("absent").empty());
+  GLMP_EXPECT(c, s.json().at("nested").at("k").size() == 3);
+  GLMP_EXPECT(c, s.raw().find("\"nested\"") != std::string_view::npos);
+
+  GLMP_EXPECT(c, error_of([&] { (void)s.get_string("n"); }) == R"(setting "n" must be a string, not number)");
+  GLMP_EXPECT(c, error_of([&] { (void)s.get_int("f"); }) == R"(setting "f" must be an integer, not number)");
+  GLMP_EXPECT(c, error_of([&] { (void)s.get_int("name"); }) == R"(setting "name" must be an integer, not string)");
+  GLMP_EXPECT(c, error_of([&] { (void)s.get_int("big"); }) == R"(setting "big" is out of range)");
+  GLMP_EXPECT(c, error_of([&] { (void)s.get_bool("name"); }) == R"(setting "name" must be a boolean, not string)");
+  GLMP_EXPECT(c, error_of([&] { (void)s.get_double("flag"); }) == R"(setting "flag" must be a number, not boolean)");
+  GLMP_EXPECT(c, error_of([&] { (void)s.get_string_list("name"); }).find("must be an array of strings") !=
+                     std::string::npos);
+  GLMP_EXPECT(c, error_of([&] { (void)s.get_string_list("mixed"); }).find("must be an array of strings") !=
+                     std::string::npos);
+
+  GLMP_EXPECT(c, error_of([] { Settings bad("{\"a\":"); }).rfind("settings are not valid JSON: ", 0) == 0);
+  GLMP_EXPECT(c, error_of([] { Settings bad("[]"); }) == "settings must be a JSON object, not array");
+  GLMP_EXPECT(c, error_of([] { Settings bad("{} x"); }).rfind("settings are not valid JSON", 0) == 0);
+  GLMP_EXPECT(c, Settings("").json().is_object() && Settings(" \n\t").json().empty());
+  GLMP_EXPECT(c, Settings().json().is_object() && Settings().raw().empty());
+
+  const Settings copy = s;  // copyable
+  GLMP_EXPECT(c, copy.get_string("name") == "x");
+  return c.finish();
+}
