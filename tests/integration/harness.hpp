@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include <Poco/Net/HTTPClientSession.h>
 #include <Poco/Net/HTTPRequest.h>
 #include <Poco/Net/HTTPResponse.h>
@@ -154,5 +156,17 @@ std::string json_get(const std::string& json, const std::string& path);
 // Standard request bodies.
 std::string openai_body(bool stream, const std::string& extra = "");
 std::string anthropic_body(bool stream, const std::string& extra = "");
+
+// A fresh mock upstream and a proxy in front of it (default options) for every test.
+class ProxyTest : public ::testing::Test {
+protected:
+  TempDir dir;
+  std::unique_ptr<Mock> mock;
+  std::unique_ptr<Proxy> proxy;
+  void SetUp() override {
+    mock = std::make_unique<Mock>(dir);
+    proxy = std::make_unique<Proxy>(dir, mock.get());
+  }
+};
 
 }  // namespace glmp::test

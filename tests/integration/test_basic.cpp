@@ -7,16 +7,7 @@ using namespace glmp::test;
 
 namespace {
 
-class BasicProxy : public ::testing::Test {
-protected:
-  TempDir dir;
-  std::unique_ptr<Mock> mock;
-  std::unique_ptr<Proxy> proxy;
-  void SetUp() override {
-    mock = std::make_unique<Mock>(dir);
-    proxy = std::make_unique<Proxy>(dir, mock.get());
-  }
-};
+class BasicProxy : public ProxyTest {};
 
 TEST_F(BasicProxy, HealthReportsPools) {
   Response r = http(proxy->port(), "GET", "/health");

@@ -10,15 +10,8 @@ using namespace glmp::test;
 
 namespace {
 
-class Mapping : public ::testing::Test {
+class Mapping : public ProxyTest {
 protected:
-  TempDir dir;
-  std::unique_ptr<Mock> mock;
-  std::unique_ptr<Proxy> proxy;
-  void SetUp() override {
-    mock = std::make_unique<Mock>(dir);
-    proxy = std::make_unique<Proxy>(dir, mock.get());
-  }
   Response echo(const std::string& method, const std::string& uri, const std::string& body,
                 std::map<std::string, std::string> headers = {}) {
     headers["x-mock-echo"] = "1";

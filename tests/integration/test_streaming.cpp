@@ -13,16 +13,7 @@ using namespace glmp::test;
 
 namespace {
 
-class Streaming : public ::testing::Test {
-protected:
-  TempDir dir;
-  std::unique_ptr<Mock> mock;
-  std::unique_ptr<Proxy> proxy;
-  void SetUp() override {
-    mock = std::make_unique<Mock>(dir);
-    proxy = std::make_unique<Proxy>(dir, mock.get());
-  }
-};
+class Streaming : public ProxyTest {};
 
 TEST_F(Streaming, OpenAIEventsArriveAsSentAndUsageIsCounted) {
   StreamedResponse s = http_stream(proxy->port(), "POST", "/v1/chat/completions", openai_body(true),

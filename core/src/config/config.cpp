@@ -302,6 +302,22 @@ void read_plugin(const TableReader& r, PluginConfig& p) {
   }
 }
 
+// Calls `read` with a reader for every table of the array of tables `key` ([[key]]), in order.
+template <class Read>
+void for_each_table(const TableReader& top, const toml::table& root, const char* key, Read&& read) {
+  const toml::node* node = root.get(key);
+  if (!node) return;
+  const auto* arr = node->as_array();
+  if (!arr) top.fail(node, key, std::string("expected an array of tables [[") + key + "]]");
+  size_t index = 0;
+  for (const auto& item : *arr) {
+    const std::string path = std::string(key) + "[" + std::to_string(index++) + "]";
+    const auto* t = item.as_table();
+    if (!t) top.fail(&item, path, "expected a table");
+    read(TableReader(top.file(), *t, path));
+  }
+}
+
 }  // namespace
 
 std::string interpolate_env(std::string_view text, std::vector<std::string>* missing) {
@@ -408,22 +424,13 @@ Config parse_config(std::string_view toml_text, const std::string& source_name) 
   if (const auto* t = top.get_table("log")) read_log(TableReader(source_name, *t, "log"), cfg.log);
   if (const auto* t = top.get_table("admin")) read_admin(TableReader(source_name, *t, "admin"), cfg.admin);
   if (const auto* t = top.get_table("loader")) read_loader(TableReader(source_name, *t, "loader"), cfg.loader);
-  if (const toml::node* pn = root.get("plugins")) {
-    const auto* arr = pn->as_array();
-    if (!arr) top.fail(pn, "plugins", "expected an array of tables [[plugins]]");
-    size_t index = 0;
-    for (const auto& node : *arr) {
-      const std::string path = "plugins[" + std::to_string(index++) + "]";
-      const auto* t = node.as_table();
-      if (!t) top.fail(&node, path, "expected a table");
-      PluginConfig plugin;
-      TableReader pr(source_name, *t, path);
-      read_plugin(pr, plugin);
-      for (const auto& other : cfg.plugins)
-        if (other.name == plugin.name) pr.fail(pr.node("name"), "name", "plugin \"" + plugin.name + "\" is listed twice");
-      cfg.plugins.push_back(std::move(plugin));
-    }
-  }
+  for_each_table(top, root, "plugins", [&](const TableReader& pr) {
+    PluginConfig plugin;
+    read_plugin(pr, plugin);
+    for (const auto& other : cfg.plugins)
+      if (other.name == plugin.name) pr.fail(pr.node("name"), "name", "plugin \"" + plugin.name + "\" is listed twice");
+    cfg.plugins.push_back(std::move(plugin));
+  });
 
   if (const auto* ups = top.get_table("upstreams")) {
     for (const auto& [name, node] : *ups) {
@@ -436,24 +443,15 @@ Config parse_config(std::string_view toml_text, const std::string& source_name) 
     }
   }
 
-  if (const toml::node* rn = root.get("routes")) {
-    const auto* arr = rn->as_array();
-    if (!arr) top.fail(rn, "routes", "expected an array of tables [[routes]]");
-    size_t index = 0;
-    for (const auto& node : *arr) {
-      const std::string path = "routes[" + std::to_string(index++) + "]";
-      const auto* t = node.as_table();
-      if (!t) top.fail(&node, path, "expected a table");
-      RouteConfig route;
-      TableReader rr(source_name, *t, path);
-      read_route(rr, route);
-      if (!cfg.upstreams.count(route.upstream))
-        rr.fail(rr.node("upstream"), "upstream", "unknown upstream \"" + route.upstream + "\" (define [upstreams." + route.upstream + "])");
-      for (const auto& other : cfg.routes)
-        if (other.prefix == route.prefix) rr.fail(rr.node("prefix"), "prefix", "duplicate route prefix \"" + route.prefix + "\"");
-      cfg.routes.push_back(std::move(route));
-    }
-  }
+  for_each_table(top, root, "routes", [&](const TableReader& rr) {
+    RouteConfig route;
+    read_route(rr, route);
+    if (!cfg.upstreams.count(route.upstream))
+      rr.fail(rr.node("upstream"), "upstream", "unknown upstream \"" + route.upstream + "\" (define [upstreams." + route.upstream + "])");
+    for (const auto& other : cfg.routes)
+      if (other.prefix == route.prefix) rr.fail(rr.node("prefix"), "prefix", "duplicate route prefix \"" + route.prefix + "\"");
+    cfg.routes.push_back(std::move(route));
+  });
   if (cfg.routes.empty()) throw ConfigError(source_name + ": routes: at least one [[routes]] entry is required");
   return cfg;
 }
