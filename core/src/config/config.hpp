@@ -74,7 +74,7 @@ struct AdminConfig {
 // The plugin loader: where plugins live and how reloads are triggered besides POST /admin/reload
 // and SIGHUP.
 struct LoaderConfig {
-  std::string dir;          // where "<name>.so" is looked up; "" = <binary dir>/../plugins
+  std::string dir;          // where "<name>.so" is looked up; "" = <bin>/../plugins or <bin>/../lib/glm-proxy/plugins
   std::string runtime_dir;  // private copies of loaded .so files; "" = /tmp/glm-proxy-<pid>
   bool watch = false;       // poll the config file and the .so files, reload on change
   Duration watch_interval{1'000};

@@ -19,7 +19,12 @@ std::string plugin_dir(const config::Config& cfg) {
     if (dir.is_relative()) dir = fs::absolute(fs::path(cfg.source_path).parent_path()) / dir;
     return dir.lexically_normal().string();
   }
-  return (boost::dll::program_location().parent_path().parent_path() / "plugins").lexically_normal().string();
+  // Build tree: <build>/bin/glm-proxy → <build>/plugins; installed: <prefix>/bin → <prefix>/lib/glm-proxy/plugins.
+  const fs::path prefix = boost::dll::program_location().parent_path().parent_path();
+  const fs::path build_dir = prefix / "plugins";
+  const fs::path installed = prefix / "lib" / "glm-proxy" / "plugins";
+  boost::system::error_code ec;
+  return (fs::is_directory(build_dir, ec) || !fs::is_directory(installed, ec) ? build_dir : installed).lexically_normal().string();
 }
 
 std::string plugin_path(const config::Config& cfg, const config::PluginConfig& plugin) {

@@ -23,7 +23,8 @@ struct PluginInfo {
 // Throws LoadError (naming plugin and path) on any failure.
 std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t generation);
 
-// The directory plugins are looked up in: [loader] dir, else <binary dir>/../plugins.
+// The directory plugins are looked up in: [loader] dir, else <binary dir>/../plugins (build tree),
+// else <binary dir>/../lib/glm-proxy/plugins (installed).
 std::string plugin_dir(const config::Config& cfg);
 // Where a plugin's .so is: its `path` (relative to the config file), else <plugin_dir>/<name>.so.
 std::string plugin_path(const config::Config& cfg, const config::PluginConfig& plugin);
