@@ -16,7 +16,10 @@
 #include <Poco/Net/NetSSL.h>
 #include <Poco/PatternFormatter.h>
 
+#include <unistd.h>
+
 #include "config/config.hpp"
+#include "plugins/chain_builder.hpp"
 #include "server/server.hpp"
 
 namespace {
@@ -53,6 +56,9 @@ int run(const std::string& path) {
   std::signal(SIGPIPE, SIG_IGN);  // a client that left must surface as a write error, not kill us
 
   Poco::Net::initializeSSL();
+  const bool cfg_runtime_dir_is_default = cfg.loader.runtime_dir.empty();
+  const std::string runtime_dir = glmp::core::plugins::runtime_dir(cfg);
+  if (cfg_runtime_dir_is_default) glmp::core::plugins::remove_stale_runtime_dirs();
   int rc = 0;
   try {
     glmp::core::server::Server server(std::move(cfg));
@@ -82,6 +88,8 @@ int run(const std::string& path) {
     rc = 1;
   }
   Poco::Net::uninitializeSSL();
+  // The default runtime dir is ours alone (copies are unlinked once loaded): leave nothing behind.
+  if (cfg_runtime_dir_is_default) ::rmdir(runtime_dir.c_str());
   log.information("stopped");
   return rc;
 }

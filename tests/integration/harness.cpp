@@ -191,7 +191,13 @@ Mock::~Mock() {
 }
 
 Proxy::~Proxy() {
-  if (child_) check_child(*child_, "glm-proxy");
+  if (!child_) return;
+  check_child(*child_, "glm-proxy");
+  // A clean stop (not the SIGKILL of ~Child), so the proxy removes its runtime dir.
+  if (child_->running()) {
+    child_->signal(SIGTERM);
+    child_->wait(3s);
+  }
 }
 
 std::string Mock::base_url(const std::string& path) const {

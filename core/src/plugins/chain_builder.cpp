@@ -1,6 +1,10 @@
 #include "plugins/chain_builder.hpp"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
 
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/filesystem.hpp>
@@ -34,7 +38,21 @@ std::string plugin_path(const config::Config& cfg, const config::PluginConfig& p
   return p.lexically_normal().string();
 }
 
-static std::string runtime_dir(const config::Config& cfg) {
+void remove_stale_runtime_dirs() {
+  boost::system::error_code ec;
+  for (fs::directory_iterator it("/tmp", ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("glm-proxy-", 0) != 0) continue;
+    char* rest = nullptr;
+    const long pid = std::strtol(name.c_str() + 10, &rest, 10);
+    if (pid <= 0 || *rest != '\0') continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // owner still alive
+    boost::system::error_code ignored;
+    fs::remove_all(it->path(), ignored);
+  }
+}
+
+std::string runtime_dir(const config::Config& cfg) {
   if (!cfg.loader.runtime_dir.empty()) return cfg.loader.runtime_dir;
   return "/tmp/glm-proxy-" + std::to_string(::getpid());
 }

@@ -29,6 +29,11 @@ std::string plugin_dir(const config::Config& cfg);
 // Where a plugin's .so is: its `path` (relative to the config file), else <plugin_dir>/<name>.so.
 std::string plugin_path(const config::Config& cfg, const config::PluginConfig& plugin);
 
+// Where private copies of libraries are loaded from: [loader] runtime_dir, else /tmp/glm-proxy-<pid>.
+std::string runtime_dir(const config::Config& cfg);
+// Removes /tmp/glm-proxy-<pid> dirs left by proxies that died without cleaning up (kill -9).
+void remove_stale_runtime_dirs();
+
 // Name, version, ABI, path, sha256, load time, position, enabled — for every configured plugin.
 std::vector<PluginInfo> describe_chain(const Chain& chain, const config::Config& cfg);
 
