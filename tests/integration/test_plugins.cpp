@@ -5,6 +5,9 @@
 #include <signal.h>
 
 #include <filesystem>
+
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/Net/StreamSocket.h>
 #include <thread>
 
 #include "harness.hpp"
@@ -59,6 +62,35 @@ TEST_F(Plugins, HooksRunAndStampResponses) {
   EXPECT_EQ(f.status, 500);
   EXPECT_NE(json_get(f.body, "error.message").find("c_plugin"), std::string::npos) << f.body;
   EXPECT_EQ(json_get(health(proxy->port()), "status"), "ok");
+}
+
+TEST_F(Plugins, OnCompleteRunsExactlyOnceForEveryOnRequest) {
+  start(plugin_entry("c_plugin", live_so));
+  const uint16_t port = proxy->port();
+  // Plain, streamed, upstream error status, upstream reset mid-stream, answered early by the
+  // plugin, failed by the plugin, and a client that leaves mid-stream.
+  EXPECT_EQ(http(port, "POST", "/v1/chat/completions", openai_body(false)).status, 200);
+  EXPECT_EQ(http_stream(port, "POST", "/v1/messages", anthropic_body(true)).status, 200);
+  EXPECT_EQ(http(port, "POST", "/v1/chat/completions", openai_body(false), {{"x-mock-status", "500"}}).status, 500);
+  http_stream(port, "POST", "/v1/chat/completions", openai_body(true), {{"x-mock-chunks", "10"}, {"x-mock-reset-after", "2"}});
+  EXPECT_EQ(http(port, "POST", "/v1/messages", anthropic_body(false), {{"x-c-teapot", "1"}}).status, 418);
+  EXPECT_EQ(http(port, "POST", "/v1/messages", anthropic_body(false), {{"x-c-fail", "1"}}).status, 500);
+  {
+    Poco::Net::StreamSocket sock(Poco::Net::SocketAddress("127.0.0.1", port));
+    const std::string body = openai_body(true);
+    const std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            "x-mock-chunks: 40\r\nx-mock-delay-ms: 50\r\nContent-Length: " + std::to_string(body.size()) +
+                            "\r\n\r\n" + body;
+    sock.sendBytes(req.data(), static_cast<int>(req.size()));
+    char buf[2048];
+    ASSERT_GT(sock.receiveBytes(buf, sizeof buf), 0);
+    sock.close();
+  }
+  EXPECT_NO_THROW(proxy->wait_log({"\"client_gone\":true"}));
+  Response counts = http(port, "GET", "/c-plugin/counts");
+  ASSERT_EQ(counts.status, 200) << counts.body;
+  EXPECT_EQ(json_get(counts.body, "requests"), "7");
+  EXPECT_EQ(json_get(counts.body, "completes"), "7");
 }
 
 TEST_F(Plugins, AdminApiNeedsTheToken) {

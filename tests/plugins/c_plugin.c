@@ -19,19 +19,35 @@
 
 #ifndef MODE_NO_SYMBOL
 
+#include <stdatomic.h>
+#include <stdio.h>
+
 struct glmp_config_plugin_ptr {
   const glmp_host_api* host;
+  atomic_long requests;  /* on_request calls */
+  atomic_long completes; /* on_complete calls: must equal requests once traffic stops */
 };
 static struct glmp_config_plugin_ptr g_state; /* one instance at a time is enough for tests */
 
+/* GET /c-plugin/counts -> {"requests":N,"completes":M} */
+static void counts_route(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r, void* user) {
+  (void)user;
+  char body[96];
+  int n = snprintf(body, sizeof body, "{\"requests\":%ld,\"completes\":%ld}", atomic_load(&p->requests),
+                   atomic_load(&p->completes));
+  p->host->respond(r, 200, "application/json", 16, body, (size_t)n);
+}
+
 static glmp_config_plugin_ptr* config_new(const glmp_host_api* host, glmp_instance_host_ptr* instance,
                                           const char* json, size_t len, char* error, size_t cap) {
-  (void)instance;
   if (len && memmem(json, len, "\"refuse\"", 8)) { /* {"refuse": true} in any formatting */
     strncpy(error, "settings say refuse", cap - 1);
     return NULL;
   }
   g_state.host = host;
+  atomic_store(&g_state.requests, 0);
+  atomic_store(&g_state.completes, 0);
+  host->register_route(instance, "GET", 3, "/c-plugin/counts", 16, GLMP_ACCESS_PUBLIC, counts_route, NULL);
   return &g_state;
 }
 
@@ -40,6 +56,7 @@ static void config_destroy(glmp_config_plugin_ptr* p) { (void)p; }
 static glmp_status on_request(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) {
   const char* v;
   size_t n;
+  atomic_fetch_add(&p->requests, 1);
   if (p->host->request_header(r, "x-c-teapot", 10, 0, &v, &n)) {
     p->host->respond_error(r, 418, "", 0, "teapot", 6);
     return GLMP_RESPONDED;
@@ -53,9 +70,14 @@ static void on_response_headers(glmp_config_plugin_ptr* p, glmp_request_host_ptr
   p->host->response_set_header(r, "X-C-Plugin", 10, STAMP, strlen(STAMP));
 }
 
+static void on_complete(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) {
+  (void)r;
+  atomic_fetch_add(&p->completes, 1);
+}
+
 static __attribute__((unused)) glmp_plugin_descriptor g_descriptor = {
     sizeof(glmp_plugin_descriptor), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, "c_plugin", STAMP,
-    config_new, config_destroy, on_request, on_response_headers, NULL, NULL,
+    config_new, config_destroy, on_request, on_response_headers, NULL, on_complete,
 };
 
 EXPORT const glmp_plugin_descriptor* glmp_plugin_init(uint32_t major, uint32_t minor) {
