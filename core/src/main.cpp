@@ -25,7 +25,9 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: glm-proxy --config PATH | --check-config PATH | --version | --help\n";
+    "usage: glm-proxy --config PATH | --check-config PATH | --check-plugins PATH | --version | --help\n"
+    "  --check-config PATH   validate the config file\n"
+    "  --check-plugins PATH  validate it and build its plugin chain (load, configure, unload every plugin)\n";
 
 void setup_logging(const std::string& level) {
   Poco::AutoPtr<Poco::PatternFormatter> fmt(new Poco::PatternFormatter("%Y-%m-%dT%H:%M:%S.%iZ %p %s: %t"));
@@ -114,6 +116,23 @@ int main(int argc, char** argv) {
       return 0;
     } catch (const glmp::core::config::ConfigError& e) {
       std::cerr << "glm-proxy: config error: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  if (argc == 3 && std::strcmp(argv[1], "--check-plugins") == 0) {
+    try {
+      auto cfg = glmp::core::config::load_config(argv[2]);
+      cfg.loader.runtime_dir = cfg.loader.runtime_dir.empty() ? "/tmp/glm-proxy-check-" + std::to_string(::getpid()) : cfg.loader.runtime_dir;
+      auto chain = glmp::core::plugins::build_chain(cfg, 1);
+      for (const auto& info : glmp::core::plugins::describe_chain(*chain, cfg))
+        std::cout << info.name << (info.enabled ? "" : " (disabled)") << " " << info.version << " abi " << info.abi_major
+                  << "." << info.abi_minor << " " << info.path << "\n";
+      std::cout << argv[2] << ": plugin chain OK (" << chain->plugins.size() << " loaded)\n";
+      chain.reset();
+      ::rmdir(cfg.loader.runtime_dir.c_str());
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "glm-proxy: " << e.what() << "\n";
       return 1;
     }
   }

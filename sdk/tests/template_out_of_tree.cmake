@@ -25,3 +25,19 @@ run(${CMAKE_COMMAND} -S "${TEMPLATE_DIR}" -B "${WORK_DIR}/build" -G "${GENERATOR
     "-DCMAKE_CXX_FLAGS=-Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Werror")
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 run(${CTEST} --test-dir "${WORK_DIR}/build" --output-on-failure)
+
+# Finally, the real proxy loads the out-of-tree plugin: --check-plugins builds the chain from a
+# config that names it (load, ABI checks, on_config_new, unload).
+if(DEFINED PROXY_BIN)
+  file(WRITE "${WORK_DIR}/proxy.toml"
+       "[upstreams.u]\nbase_url = \"http://127.0.0.1:9\"\n"
+       "[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"u\"\n"
+       "[[plugins]]\nname = \"my_plugin\"\npath = \"${WORK_DIR}/build/my_plugin.so\"\n")
+  message(STATUS "+ ${PROXY_BIN} --check-plugins ${WORK_DIR}/proxy.toml")
+  execute_process(COMMAND "${PROXY_BIN}" --check-plugins "${WORK_DIR}/proxy.toml"
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0 OR NOT out MATCHES "my_plugin 0\\.1\\.0 abi")
+    message(FATAL_ERROR "glm-proxy did not load the out-of-tree plugin (${rc}):\n${out}${err}")
+  endif()
+  message(STATUS "${out}")
+endif()
