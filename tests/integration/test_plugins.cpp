@@ -62,6 +62,13 @@ TEST_F(Plugins, HooksRunAndStampResponses) {
   EXPECT_EQ(f.status, 500);
   EXPECT_NE(json_get(f.body, "error.message").find("c_plugin"), std::string::npos) << f.body;
   EXPECT_EQ(json_get(health(proxy->port()), "status"), "ok");
+  // A plugin that replaces the body and sets a model: the core rescans the new body and inserts it.
+  Response echo = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false),
+                       {{"x-c-body", "1"}, {"x-mock-echo", "1"}});
+  ASSERT_EQ(echo.status, 200) << echo.body;
+  const std::string sent = json_get(echo.body, "body");
+  EXPECT_EQ(json_get(sent, "model"), "c-model");
+  EXPECT_EQ(json_get(sent, "messages.0.content"), "from plugin");
 }
 
 TEST_F(Plugins, OnCompleteRunsExactlyOnceForEveryOnRequest) {

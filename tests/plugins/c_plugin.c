@@ -62,6 +62,11 @@ static glmp_status on_request(glmp_config_plugin_ptr* p, glmp_request_host_ptr* 
     return GLMP_RESPONDED;
   }
   if (p->host->request_header(r, "x-c-fail", 8, 0, &v, &n)) return GLMP_ERROR;
+  if (p->host->request_header(r, "x-c-body", 8, 0, &v, &n)) { /* replace the body, then force a model */
+    static const char body[] = "{\"messages\":[{\"role\":\"user\",\"content\":\"from plugin\"}]}";
+    p->host->request_set_body(r, body, sizeof body - 1);
+    p->host->request_set_model(r, "c-model", 7);
+  }
   p->host->set_attribute(r, "c.seen", 6, "1", 1);
   return GLMP_CONTINUE;
 }

@@ -140,19 +140,19 @@ bool Proxy::read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRe
   return true;
 }
 
-bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) {
+bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
+                         TopLevelScan& scan) {
   if (ctx.body.empty()) return true;
   const std::string& content_type = req.getContentType();
   const bool declared_json = is_json_content_type(content_type);
   // Multipart uploads and other declared non-JSON bodies pass through untouched.
   if (!declared_json && (content_type.rfind("multipart/", 0) == 0 || !looks_like_json(ctx.body))) return true;
-  TopLevelScan scan = scan_top_level(ctx.body);
+  scan = scan_top_level(ctx.body);
   if (!scan.ok && !declared_json) return true;
   if (!scan.ok) {
     send_error(resp, ctx, {400, "malformed JSON in request body: " + scan.error});
     return false;
   }
-  ctx.body_is_json_object = scan.is_object;
   if (!scan.is_object) return true;
   if (const JsonMember* m = scan.find("stream")) ctx.streaming = json_bool_value(ctx.body, *m).value_or(false);
   if (const JsonMember* m = scan.find("model")) {
@@ -162,14 +162,15 @@ bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServe
   return true;
 }
 
-bool Proxy::finalize_body(RequestContext& ctx) {
-  if (!ctx.body_is_json_object) return false;
+bool Proxy::finalize_body(RequestContext& ctx, const TopLevelScan& inspected) {
   const bool want_model = ctx.model && *ctx.model != ctx.client_model;
   const bool openai_stream = ctx.flavour == Flavour::OpenAI && ctx.streaming && cfg_.proxy.stream_usage;
   if (!want_model && !openai_stream) return false;
 
-  TopLevelScan scan = scan_top_level(ctx.body);  // plugins may have replaced the body
-  if (!scan.ok || !scan.is_object) return false;
+  // The scan made at arrival still describes the body unless a plugin replaced it.
+  const TopLevelScan scan = ctx.body_replaced ? scan_top_level(ctx.body) : TopLevelScan{};
+  const TopLevelScan& current = ctx.body_replaced ? scan : inspected;
+  if (!current.ok || !current.is_object) return false;
   std::vector<TopLevelEdit> edits;
   bool hide_usage_chunk = false;
   if (want_model) edits.push_back({"model", json_quote(*ctx.model), TopLevelEdit::Mode::Upsert});
@@ -177,7 +178,7 @@ bool Proxy::finalize_body(RequestContext& ctx) {
     // Ask for usage in the stream so streamed tokens are counted; hide the extra usage-only chunk
     // from clients that did not ask for it (the other chunks may then carry "usage":null, as
     // OpenAI's own API sends them with include_usage; SDKs ignore it).
-    const JsonMember* so = scan.find("stream_options");
+    const JsonMember* so = current.find("stream_options");
     Poco::JSON::Object::Ptr options = new Poco::JSON::Object;
     bool client_asked = false;
     if (so) {
@@ -199,7 +200,7 @@ bool Proxy::finalize_body(RequestContext& ctx) {
       hide_usage_chunk = true;
     }
   }
-  if (!edits.empty()) ctx.body = apply_top_level_edits(ctx.body, scan, edits);
+  if (!edits.empty()) ctx.body = apply_top_level_edits(ctx.body, current, edits);
   return hide_usage_chunk;
 }
 
@@ -207,7 +208,8 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
   const config::RouteConfig& route = *ctx.route;
   ctx.flavour = route.flavour;
   if (!read_body(req, resp, ctx)) return;
-  if (!inspect_body(req, resp, ctx)) return;
+  TopLevelScan scan;
+  if (!inspect_body(req, resp, ctx, scan)) return;
 
   auto pool_it = pools_.find(route.upstream);
   upstream::Pool& pool = *pool_it->second;
@@ -222,7 +224,7 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
   try {
     const plugins::HookResult r = run.request(ctx);
     if (r == plugins::HookResult::Continue) {
-      const bool hide_usage_chunk = finalize_body(ctx);
+      const bool hide_usage_chunk = finalize_body(ctx, scan);
       forward(req, resp, ctx, run, pool, hide_usage_chunk);
     } else if (ctx.plugin_stream) {
       ctx.status = ctx.status ? ctx.status : 200;  // a plugin streamed the response itself

@@ -13,6 +13,7 @@
 
 #include "config/config.hpp"
 #include "pipeline/errors.hpp"
+#include "pipeline/json_body.hpp"
 #include "pipeline/request_context.hpp"
 #include "plugins/chain.hpp"
 #include "pool/buffer_pool.hpp"
@@ -31,10 +32,12 @@ public:
 
 private:
   bool read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
-  bool inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
+  // Validates a JSON body (400 when malformed) and reads "stream"/"model"; `scan` keeps the result.
+  bool inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
+                    TopLevelScan& scan);
   // Body edits decided by the core and the chain; returns true when the usage-only stream chunk
   // must be hidden from the client (the proxy asked for it, the client did not).
-  bool finalize_body(RequestContext& ctx);
+  bool finalize_body(RequestContext& ctx, const TopLevelScan& inspected);
   void forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
                plugins::ChainRun& run, upstream::Pool& pool, bool hide_usage_chunk);
 

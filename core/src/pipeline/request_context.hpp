@@ -35,7 +35,7 @@ struct RequestContext {
   Flavour flavour = Flavour::OpenAI;
   bool streaming = false;       // top-level "stream": true
   std::string body;             // whole request body (<= server.max_request_body)
-  bool body_is_json_object = false;
+  bool body_replaced = false;   // a plugin replaced the body (the arrival scan no longer applies)
   Poco::Net::NameValueCollection upstream_headers;  // what goes upstream (after mapping); plugins may edit; moved into the upstream request when it is sent
   std::string client_model;     // the model the client asked for ("" if none)
   std::optional<std::string> model;  // the model to send upstream; set by [proxy] model, then plugins

@@ -78,7 +78,10 @@ void request_set_header(glmp_request_host_ptr* r, const char* name, size_t nl, c
 }
 
 void request_body(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r).body, d, n); }
-void request_set_body(glmp_request_host_ptr* r, const char* d, size_t n) { C(r).body.assign(d ? d : "", n); }
+void request_set_body(glmp_request_host_ptr* r, const char* d, size_t n) {
+  C(r).body.assign(d ? d : "", n);
+  C(r).body_replaced = true;
+}
 
 int get_attribute(glmp_request_host_ptr* r, const char* name, size_t nl, const char** v, size_t* vl) {
   const std::string* value = C(r).attribute(std::string_view(name, nl));
