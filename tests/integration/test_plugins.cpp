@@ -142,6 +142,18 @@ TEST_F(Plugins, BrokenPluginsRefuseToStartWithPreciseErrors) {
   }
 }
 
+TEST_F(Plugins, TwoPluginsClaimingOneRouteRefuseToStart) {
+  mock = std::make_unique<Mock>(dir);
+  const std::string cfg = dir.file("clash.toml");
+  write_file(cfg, "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.openai]\nbase_url = \"" + mock->base_url() +
+                      "\"\nmin_connections = 0\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\n" +
+                      plugin_entry("c_a", kPlugins + "/c_ok.so") + plugin_entry("c_b", kPlugins + "/c_ok2.so"));
+  Child child({GLMP_PROXY_BIN, "--check-plugins", cfg}, dir.file("c.out"), dir.file("c.err"));
+  EXPECT_EQ(child.wait(10s), 1);
+  EXPECT_NE(child.err().find("plugin 'c_b' registers /c-plugin/counts, already served by plugin 'c_a'"), std::string::npos)
+      << child.err();
+}
+
 TEST_F(Plugins, ReloadSwapsBuildsAndKeepsTheOldChainOnFailure) {
   start(kAdmin + plugin_entry("c_plugin", live_so));
   EXPECT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).header("x-c-plugin"), "c1");

@@ -15,7 +15,7 @@
 namespace {
 
 const std::map<std::string, std::string> kHeaderHashes = {
-    {"1.0", "67777603b2747b12725c790a11619641ac7b464e09e0ee98f2e4c2cecb112e5b"},
+    {"1.0", "b6805f7c6a8e40c4f1cfe2cc2e807ccd1b4c1bd6bd410391242b3f6031956504"},
 };
 
 TEST(Abi, HeaderHashMatchesItsVersion) {

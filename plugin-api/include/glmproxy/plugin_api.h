@@ -170,8 +170,10 @@ typedef struct glmp_host_api {
 
   /* --- HTTP routes (on_config_new only) --- */
   /* Serves METHOD PATH with `handler` while this plugin's chain is live. `path` ending in '*' is a
-   * prefix (e.g. "/admin/keys/" followed by a star). method "" = any. Returns 0, or -1 if the route clashes with a core
-   * route or another plugin's. */
+   * prefix (e.g. "/admin/keys/" followed by a star). method "" = any. Returns 0, or -1 when called
+   * outside on_config_new, when the path does not start with '/', or when it is a core route
+   * (/health, /admin/reload, /admin/plugins, /v1/...). Two plugins of one chain registering the same
+   * method and path make that chain fail to build (the error names both). */
   int (*register_route)(glmp_instance_host_ptr* instance, const char* method, size_t method_len, const char* path,
                         size_t path_len, glmp_route_access access, glmp_route_handler handler, void* user_data);
 } glmp_host_api;
