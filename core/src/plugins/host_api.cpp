@@ -197,7 +197,7 @@ int register_route(glmp_instance_host_ptr* instance, const char* method, size_t 
   }
   // Core routes stay the core's.
   if (route.path == "/health" || route.path == "/admin/reload" || route.path == "/admin/plugins" ||
-      route.path.rfind("/v1/", 0) == 0)
+      route.path == "/metrics" || route.path == "/api/metrics/prometheus" || route.path.rfind("/v1/", 0) == 0)
     return -1;
   route.access = access;
   route.handler = handler;

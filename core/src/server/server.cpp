@@ -92,6 +92,11 @@ Server::Server(config::Config cfg)
       router_(cfg_.routes),
       buffers_(cfg_.proxy.chunk_size, static_cast<size_t>(cfg_.server.max_threads)),
       access_log_(cfg_.log.access_log),
+      metrics_([this] {
+        std::vector<std::string> prefixes;
+        for (const auto& r : cfg_.routes) prefixes.push_back(r.prefix);
+        return prefixes;
+      }()),
       proxy_(cfg_, pools_, chain_, buffers_),
       plugin_cfg_(cfg_) {
   for (const auto& [name, ucfg] : cfg_.upstreams) pools_.emplace(name, std::make_unique<upstream::Pool>(ucfg));
@@ -105,12 +110,14 @@ Server::ReloadResult Server::reload() {
     config::Config fresh = config::load_config(cfg_.source_path);
     auto chain = plugins::build_chain(fresh, generation_ + 1);
     chain_.publish(std::move(chain));  // requests in flight keep the snapshot they started with
+    metrics_.reload(true);
     plugin_cfg_ = std::move(fresh);
     result.ok = true;
     result.generation = ++generation_;
     result.message = "reloaded: generation " + std::to_string(generation_) + ", " + std::to_string(chain_.snapshot()->plugins.size()) + " plugin(s)";
     Poco::Logger::get("glm-proxy").information("%s", result.message);
   } catch (const std::exception& e) {
+    metrics_.reload(false);
     result.generation = generation_;
     result.message = std::string("reload failed, keeping generation ") + std::to_string(generation_) + ": " + e.what();
     Poco::Logger::get("glm-proxy").error("%s", result.message);
@@ -332,6 +339,7 @@ void Server::handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::Reques
 
 void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) {
   in_flight_.fetch_add(1, std::memory_order_relaxed);
+  metrics_.request_started();
   pipeline::RequestContext ctx;
   const std::string client_id = req.get("X-Request-ID", std::string());  // by value: get() may return its default
   ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
@@ -349,6 +357,9 @@ void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
       handle_admin(req, resp, ctx);
     } else if (auto chain = chain_.snapshot(); const plugins::Route* route = chain->find_route(ctx.method, ctx.path)) {
       serve_plugin_route(*route, chain, req, resp, ctx);
+    } else if (ctx.path == "/metrics" || ctx.path == "/api/metrics/prometheus") {
+      if (ctx.method == "GET" || ctx.method == "HEAD") pipeline::send_body(resp, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_.scrape(pools_));
+      else pipeline::send_error(resp, ctx, {405, "method " + ctx.method + " not allowed on " + ctx.path});
     } else if (ctx.path == "/health") {
       if (ctx.method == "GET" || ctx.method == "HEAD") handle_health(resp, ctx);
       else pipeline::send_error(resp, ctx, {405, "method " + ctx.method + " not allowed on /health"});
@@ -363,6 +374,7 @@ void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
     if (ctx.error.empty()) ctx.error = e.what();
   }
   access_log_.write(ctx);
+  metrics_.request_finished(ctx);
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
 }
 

@@ -13,6 +13,7 @@
 #include <Poco/ThreadPool.h>
 
 #include "config/config.hpp"
+#include "metrics/metrics.hpp"
 #include "pipeline/access_log.hpp"
 #include "pipeline/proxy.hpp"
 #include "pipeline/router.hpp"
@@ -68,6 +69,7 @@ private:
   plugins::ChainHolder chain_;
   pool::BufferPool buffers_;
   pipeline::AccessLog access_log_;
+  metrics::Metrics metrics_;
   pipeline::Proxy proxy_;
   std::unique_ptr<Poco::ThreadPool> threads_;
   std::unique_ptr<Poco::Net::HTTPServer> http_;

@@ -1,0 +1,134 @@
+#include "metrics/metrics.hpp"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <prometheus/text_serializer.h>
+
+namespace glmp::core::metrics {
+namespace {
+
+using prometheus::Histogram;
+
+const char* flavour_name(const pipeline::RequestContext& ctx) {
+  if (!ctx.route) return "none";
+  return ctx.flavour == pipeline::Flavour::Anthropic ? "anthropic" : "openai";
+}
+
+double seconds(pipeline::Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Seconds: 1 ms … 5 min for whole requests.
+const Histogram::BucketBoundaries kRequestBuckets{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+// Seconds, fine-grained in microseconds: the proxy's own cost.
+const Histogram::BucketBoundaries kOverheadBuckets{0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05};
+
+long status_value(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(key);
+  while (std::getline(in, line))
+    if (line.compare(0, n, key) == 0) return std::strtol(line.c_str() + n, nullptr, 10);
+  return 0;
+}
+
+}  // namespace
+
+Metrics::Metrics(const std::vector<std::string>& route_prefixes) : registry_(std::make_shared<prometheus::Registry>()) {
+  requests_ = &prometheus::BuildCounter().Name("glmp_requests_total").Help("Requests answered, by route, flavour and status").Register(*registry_);
+  duration_ = &prometheus::BuildHistogram().Name("glmp_request_duration_seconds").Help("Total time per request").Register(*registry_);
+  upstream_ = &prometheus::BuildHistogram().Name("glmp_upstream_duration_seconds").Help("Time spent waiting on the upstream per request").Register(*registry_);
+  overhead_ = &prometheus::BuildHistogram().Name("glmp_proxy_overhead_seconds").Help("Total time minus upstream time per request").Register(*registry_);
+  ttfb_ = &prometheus::BuildHistogram().Name("glmp_time_to_first_byte_seconds").Help("Time until the first response byte was flushed").Register(*registry_);
+  tokens_ = &prometheus::BuildCounter().Name("glmp_tokens_total").Help("Tokens reported by upstreams, by direction, flavour and model").Register(*registry_);
+  pool_ = &prometheus::BuildGauge().Name("glmp_upstream_pool").Help("Upstream connection pool figures at scrape time").Register(*registry_);
+  in_flight_ = &prometheus::BuildGauge().Name("glmp_requests_in_flight").Help("Requests being served (streams included)").Register(*registry_).Add({});
+  auto& reloads = prometheus::BuildCounter().Name("glmp_plugin_reloads_total").Help("Plugin chain reloads by result").Register(*registry_);
+  reload_ok_ = &reloads.Add({{"result", "success"}});
+  reload_failed_ = &reloads.Add({{"result", "failure"}});
+  rss_ = &prometheus::BuildGauge().Name("glmp_process_resident_memory_bytes").Help("Resident set size").Register(*registry_).Add({});
+  fds_ = &prometheus::BuildGauge().Name("glmp_process_open_fds").Help("Open file descriptors").Register(*registry_).Add({});
+  threads_ = &prometheus::BuildGauge().Name("glmp_process_threads").Help("Threads").Register(*registry_).Add({});
+
+  const char* names[3] = {"none", "openai", "anthropic"};
+  for (size_t i = 0; i < 3; ++i) {
+    const std::map<std::string, std::string> l{{"flavour", names[i]}};
+    by_flavour_[i] = {&duration_->Add(l, kRequestBuckets), &upstream_->Add(l, kRequestBuckets),
+                      &overhead_->Add(l, kOverheadBuckets), &ttfb_->Add(l, kRequestBuckets)};
+  }
+
+  route_index_[""] = 0;
+  for (const auto& p : route_prefixes) route_index_.emplace(p, route_index_.size());
+  for (size_t i = 0; i < route_index_.size(); ++i) {
+    auto slots = std::make_unique<std::array<std::atomic<prometheus::Counter*>, kStatuses>>();
+    for (auto& s : *slots) s.store(nullptr, std::memory_order_relaxed);
+    slots_.push_back(std::move(slots));
+  }
+}
+
+prometheus::Counter& Metrics::request_counter(const pipeline::RequestContext& ctx) {
+  const std::string route = ctx.route ? ctx.route->prefix : "";
+  const std::map<std::string, std::string> labels{{"route", route}, {"flavour", flavour_name(ctx)}, {"status", std::to_string(ctx.status)}};
+  auto it = route_index_.find(route);
+  if (it == route_index_.end() || ctx.status < 0 || ctx.status >= kStatuses) return requests_->Add(labels);
+  auto& slot = (*slots_[it->second])[static_cast<size_t>(ctx.status)];
+  prometheus::Counter* c = slot.load(std::memory_order_acquire);
+  if (!c) {
+    c = &requests_->Add(labels);  // Add returns the same counter for the same labels
+    slot.store(c, std::memory_order_release);
+  }
+  return *c;
+}
+
+void Metrics::request_finished(const pipeline::RequestContext& ctx) {
+  in_flight_->Decrement();
+  request_counter(ctx).Increment();
+  const ByFlavour& h = by_flavour_[!ctx.route ? 0 : ctx.flavour == pipeline::Flavour::Anthropic ? 2 : 1];
+  const auto total = pipeline::Clock::now() - ctx.start;
+  h.duration->Observe(seconds(total));
+  if (ctx.upstream_status != 0 || ctx.upstream_time.count() > 0) {
+    h.upstream->Observe(seconds(ctx.upstream_time));
+    h.overhead->Observe(seconds(total - ctx.upstream_time));
+  }
+  if (ctx.ttfb) h.ttfb->Observe(seconds(*ctx.ttfb));
+  if (ctx.usage.seen) {
+    const std::string model = ctx.model.value_or(ctx.client_model);
+    tokens_->Add({{"direction", "in"}, {"flavour", flavour_name(ctx)}, {"model", model}}).Increment(static_cast<double>(ctx.usage.input_tokens));
+    tokens_->Add({{"direction", "out"}, {"flavour", flavour_name(ctx)}, {"model", model}}).Increment(static_cast<double>(ctx.usage.output_tokens));
+  }
+}
+
+std::string Metrics::scrape(const pipeline::Pools& pools) {
+  for (const auto& [name, pool] : pools) {
+    const upstream::PoolStats s = pool->stats();
+    auto set = [&](const char* figure, double v) { pool_->Add({{"upstream", name}, {"figure", figure}}).Set(v); };
+    set("size", static_cast<double>(s.size));
+    set("idle", static_cast<double>(s.idle));
+    set("in_use", static_cast<double>(s.in_use));
+    set("waiting", static_cast<double>(s.waiting));
+    set("max", static_cast<double>(s.max));
+    set("created", static_cast<double>(s.created));
+    set("reused", static_cast<double>(s.reused));
+    set("failed", static_cast<double>(s.failed));
+    set("expired", static_cast<double>(s.expired));
+    set("timeouts", static_cast<double>(s.timeouts));
+    set("healthy", s.healthy ? 1 : 0);
+  }
+  rss_->Set(static_cast<double>(status_value("VmRSS:")) * 1024);
+  threads_->Set(static_cast<double>(status_value("Threads:")));
+  int fds = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (auto* e = readdir(d))
+      if (e->d_name[0] != '.') ++fds;
+    closedir(d);
+  }
+  fds_->Set(fds - 1);  // minus the directory stream itself
+  std::ostringstream os;
+  prometheus::TextSerializer().Serialize(os, registry_->Collect());
+  return os.str();
+}
+
+}  // namespace glmp::core::metrics

@@ -1,0 +1,70 @@
+#pragma once
+// Core Prometheus metrics (prometheus-cpp) and their text exposition for GET /metrics.
+//
+// Per-request updates happen once, after the request finished (never on the relay loop). The
+// request counter is cached per (route, status) in lock-free slots after its first use; token
+// counters are keyed by model and go through prometheus-cpp's family lookup (a short lock).
+
+#include <array>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "pipeline/proxy.hpp"  // Pools
+#include "pipeline/request_context.hpp"
+
+namespace glmp::core::metrics {
+
+class Metrics {
+public:
+  // `route_prefixes`: the configured routes, so their counters can be cached in fixed slots.
+  explicit Metrics(const std::vector<std::string>& route_prefixes);
+
+  void request_started() { in_flight_->Increment(); }
+  // Records a finished request: count, durations (total, upstream, overhead, ttfb), tokens.
+  void request_finished(const pipeline::RequestContext& ctx);
+  void reload(bool ok) { (ok ? reload_ok_ : reload_failed_)->Increment(); }
+
+  // The Prometheus text format (version 0.0.4); pool and process gauges are refreshed first.
+  std::string scrape(const pipeline::Pools& pools);
+
+private:
+  prometheus::Counter& request_counter(const pipeline::RequestContext& ctx);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* duration_;
+  prometheus::Family<prometheus::Histogram>* upstream_;
+  prometheus::Family<prometheus::Histogram>* overhead_;
+  prometheus::Family<prometheus::Histogram>* ttfb_;
+  prometheus::Family<prometheus::Counter>* tokens_;
+  // Per flavour (none, openai, anthropic), created up front: no lookup per request.
+  struct ByFlavour {
+    prometheus::Histogram* duration;
+    prometheus::Histogram* upstream;
+    prometheus::Histogram* overhead;
+    prometheus::Histogram* ttfb;
+  };
+  std::array<ByFlavour, 3> by_flavour_{};
+  prometheus::Family<prometheus::Gauge>* pool_;
+  prometheus::Gauge* in_flight_;
+  prometheus::Counter* reload_ok_;
+  prometheus::Counter* reload_failed_;
+  prometheus::Gauge* rss_;
+  prometheus::Gauge* fds_;
+  prometheus::Gauge* threads_;
+
+  static constexpr int kStatuses = 600;
+  std::map<std::string, size_t> route_index_;  // read-only after construction; "" = no route
+  std::vector<std::unique_ptr<std::array<std::atomic<prometheus::Counter*>, kStatuses>>> slots_;
+};
+
+}  // namespace glmp::core::metrics
