@@ -1,6 +1,7 @@
 // GET /metrics: Prometheus text exposition of the core's metrics, moved by real requests.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <regex>
 
 #include "harness.hpp"
@@ -66,6 +67,17 @@ TEST_F(Metrics, ExpositionIsWellFormed) {
   for (const auto& [name, n] : help) EXPECT_EQ(n, 1) << name;
   for (const auto& [name, n] : type) EXPECT_EQ(n, 1) << name;
   EXPECT_EQ(help.size(), type.size());
+}
+
+TEST_F(Metrics, PromtoolAcceptsTheExposition) {
+  // promtool comes with Debian's prometheus package, which scripts/test installs.
+  ASSERT_EQ(std::system("command -v promtool >/dev/null 2>&1"), 0) << "promtool missing: apt-get install prometheus";
+  ASSERT_EQ(http(proxy->port(), "POST", "/v1/messages", anthropic_body(false)).status, 200);
+  const std::string file = dir.file("metrics.txt");
+  write_file(file, http(proxy->port(), "GET", "/metrics").body);
+  const std::string out = dir.file("promtool.out");
+  const int rc = std::system(("promtool check metrics < " + file + " > " + out + " 2>&1").c_str());
+  EXPECT_EQ(rc, 0) << read_file(out);
 }
 
 }  // namespace
