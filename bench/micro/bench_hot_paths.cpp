@@ -131,3 +131,30 @@ void BM_GenerateRequestId(benchmark::State& state) {
 BENCHMARK(BM_GenerateRequestId);
 
 }  // namespace
+
+// The per-request metrics update (counter + histograms), as the server does after each request.
+#include "metrics/metrics.hpp"
+
+namespace {
+
+void BM_MetricsRequestFinished(benchmark::State& state) {
+  static glmp::core::metrics::Metrics metrics({"/v1/messages", "/v1/"});
+  static const glmp::core::config::RouteConfig route{"/v1/", Flavour::OpenAI, "openai", "/v1"};
+  RequestContext ctx;
+  ctx.route = &route;
+  ctx.status = 200;
+  ctx.upstream_status = 200;
+  ctx.upstream_time = std::chrono::microseconds(800);
+  ctx.ttfb = std::chrono::microseconds(900);
+  ctx.usage.seen = true;
+  ctx.usage.input_tokens = 12;
+  ctx.usage.output_tokens = 34;
+  ctx.model = "glm-4.7";
+  for (auto _ : state) {
+    metrics.request_started();
+    metrics.request_finished(ctx);
+  }
+}
+BENCHMARK(BM_MetricsRequestFinished)->Threads(1)->Threads(2);
+
+}  // namespace

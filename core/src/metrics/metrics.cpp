@@ -69,18 +69,49 @@ Metrics::Metrics(const std::vector<std::string>& route_prefixes) : registry_(std
   }
 }
 
+Metrics::~Metrics() {
+  for (auto& slot : token_slots_) delete slot.load();
+}
+
 prometheus::Counter& Metrics::request_counter(const pipeline::RequestContext& ctx) {
-  const std::string route = ctx.route ? ctx.route->prefix : "";
-  const std::map<std::string, std::string> labels{{"route", route}, {"flavour", flavour_name(ctx)}, {"status", std::to_string(ctx.status)}};
+  const std::string& route = ctx.route ? ctx.route->prefix : std::string();
+  auto labels = [&] {
+    return std::map<std::string, std::string>{{"route", route}, {"flavour", flavour_name(ctx)}, {"status", std::to_string(ctx.status)}};
+  };
   auto it = route_index_.find(route);
-  if (it == route_index_.end() || ctx.status < 0 || ctx.status >= kStatuses) return requests_->Add(labels);
+  if (it == route_index_.end() || ctx.status < 0 || ctx.status >= kStatuses) return requests_->Add(labels());
   auto& slot = (*slots_[it->second])[static_cast<size_t>(ctx.status)];
   prometheus::Counter* c = slot.load(std::memory_order_acquire);
   if (!c) {
-    c = &requests_->Add(labels);  // Add returns the same counter for the same labels
+    c = &requests_->Add(labels());  // Add returns the same counter for the same labels
     slot.store(c, std::memory_order_release);
   }
   return *c;
+}
+
+const Metrics::TokenSlot* Metrics::token_slot(size_t flavour, const std::string& model) {
+  const size_t h = std::hash<std::string>{}(model) ^ (flavour * 0x9e3779b97f4a7c15ull);
+  for (size_t i = 0; i < kTokenSlots; ++i) {
+    auto& cell = token_slots_[(h + i) % kTokenSlots];
+    TokenSlot* slot = cell.load(std::memory_order_acquire);
+    if (slot) {
+      if (slot->flavour == flavour && slot->model == model) return slot;
+      continue;
+    }
+    std::lock_guard lock(add_mutex_);
+    slot = cell.load(std::memory_order_acquire);
+    if (slot) {  // filled meanwhile
+      if (slot->flavour == flavour && slot->model == model) return slot;
+      continue;
+    }
+    const char* names[3] = {"none", "openai", "anthropic"};
+    auto* fresh = new TokenSlot{model, flavour,
+                                &tokens_->Add({{"direction", "in"}, {"flavour", names[flavour]}, {"model", model}}),
+                                &tokens_->Add({{"direction", "out"}, {"flavour", names[flavour]}, {"model", model}})};
+    cell.store(fresh, std::memory_order_release);
+    return fresh;
+  }
+  return nullptr;  // table full: the caller falls back to a family lookup
 }
 
 void Metrics::request_finished(const pipeline::RequestContext& ctx) {
@@ -95,9 +126,15 @@ void Metrics::request_finished(const pipeline::RequestContext& ctx) {
   }
   if (ctx.ttfb) h.ttfb->Observe(seconds(*ctx.ttfb));
   if (ctx.usage.seen) {
-    const std::string model = ctx.model.value_or(ctx.client_model);
-    tokens_->Add({{"direction", "in"}, {"flavour", flavour_name(ctx)}, {"model", model}}).Increment(static_cast<double>(ctx.usage.input_tokens));
-    tokens_->Add({{"direction", "out"}, {"flavour", flavour_name(ctx)}, {"model", model}}).Increment(static_cast<double>(ctx.usage.output_tokens));
+    const size_t f = !ctx.route ? 0 : ctx.flavour == pipeline::Flavour::Anthropic ? 2 : 1;
+    const std::string& model = ctx.model ? *ctx.model : ctx.client_model;
+    if (const TokenSlot* t = token_slot(f, model)) {
+      t->in->Increment(static_cast<double>(ctx.usage.input_tokens));
+      t->out->Increment(static_cast<double>(ctx.usage.output_tokens));
+    } else {
+      tokens_->Add({{"direction", "in"}, {"flavour", flavour_name(ctx)}, {"model", model}}).Increment(static_cast<double>(ctx.usage.input_tokens));
+      tokens_->Add({{"direction", "out"}, {"flavour", flavour_name(ctx)}, {"model", model}}).Increment(static_cast<double>(ctx.usage.output_tokens));
+    }
   }
 }
 

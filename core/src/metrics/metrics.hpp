@@ -9,6 +9,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,9 @@ class Metrics {
 public:
   // `route_prefixes`: the configured routes, so their counters can be cached in fixed slots.
   explicit Metrics(const std::vector<std::string>& route_prefixes);
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
 
   void request_started() { in_flight_->Increment(); }
   // Records a finished request: count, durations (total, upstream, overhead, ttfb), tokens.
@@ -61,6 +65,19 @@ private:
   prometheus::Gauge* rss_;
   prometheus::Gauge* fds_;
   prometheus::Gauge* threads_;
+
+  // Token counters per (flavour, model): an open-addressing table of immutable entries, read
+  // without a lock; new entries are added under add_mutex_ (models are few per deployment).
+  struct TokenSlot {
+    std::string model;
+    size_t flavour;
+    prometheus::Counter* in;
+    prometheus::Counter* out;
+  };
+  static constexpr size_t kTokenSlots = 128;
+  std::array<std::atomic<TokenSlot*>, kTokenSlots> token_slots_{};
+  std::mutex add_mutex_;
+  const TokenSlot* token_slot(size_t flavour, const std::string& model);
 
   static constexpr int kStatuses = 600;
   std::map<std::string, size_t> route_index_;  // read-only after construction; "" = no route
