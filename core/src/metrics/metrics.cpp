@@ -142,16 +142,7 @@ std::string Metrics::scrape(const pipeline::Pools& pools) {
   for (const auto& [name, pool] : pools) {
     const upstream::PoolStats s = pool->stats();
     auto set = [&](const char* figure, double v) { pool_->Add({{"upstream", name}, {"figure", figure}}).Set(v); };
-    set("size", static_cast<double>(s.size));
-    set("idle", static_cast<double>(s.idle));
-    set("in_use", static_cast<double>(s.in_use));
-    set("waiting", static_cast<double>(s.waiting));
-    set("max", static_cast<double>(s.max));
-    set("created", static_cast<double>(s.created));
-    set("reused", static_cast<double>(s.reused));
-    set("failed", static_cast<double>(s.failed));
-    set("expired", static_cast<double>(s.expired));
-    set("timeouts", static_cast<double>(s.timeouts));
+    for (const auto& [figure, value] : s.figures()) set(figure, static_cast<double>(value));
     set("healthy", s.healthy ? 1 : 0);
   }
   rss_->Set(static_cast<double>(status_value("VmRSS:")) * 1024);

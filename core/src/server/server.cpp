@@ -318,16 +318,7 @@ void Server::handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::Reques
     u.set("healthy", s.healthy);
     if (!s.last_error.empty()) u.set("last_error", s.last_error);
     Poco::JSON::Object p;
-    p.set("size", s.size);
-    p.set("idle", s.idle);
-    p.set("in_use", s.in_use);
-    p.set("waiting", s.waiting);
-    p.set("max", s.max);
-    p.set("created", s.created);
-    p.set("reused", s.reused);
-    p.set("failed", s.failed);
-    p.set("expired", s.expired);
-    p.set("timeouts", s.timeouts);
+    for (const auto& [figure, value] : s.figures()) p.set(figure, value);
     u.set("pool", p);
     ups.set(name, u);
   }

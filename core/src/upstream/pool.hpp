@@ -47,6 +47,13 @@ struct PoolStats {
   uint64_t timeouts = 0;// acquisitions that gave up after acquire_timeout
   bool healthy = true;
   std::string last_error;  // last health-check failure ("" when healthy)
+
+  // The numeric figures by name, in one place for /health and /metrics.
+  std::vector<std::pair<const char*, uint64_t>> figures() const {
+    return {{"size", size},       {"idle", idle},       {"in_use", in_use}, {"waiting", waiting},
+            {"max", max},         {"created", created}, {"reused", reused}, {"failed", failed},
+            {"expired", expired}, {"timeouts", timeouts}};
+  }
 };
 
 // A pooled session. Poco's HTTPClientSession plus the two protected operations the pool needs.
