@@ -19,8 +19,10 @@
 #include <unistd.h>
 
 #include "config/config.hpp"
+#include "metrics/plugin_metrics.hpp"
 #include "plugins/chain_builder.hpp"
 #include "server/server.hpp"
+#include "store/store.hpp"
 
 namespace {
 
@@ -123,7 +125,12 @@ int main(int argc, char** argv) {
     try {
       auto cfg = glmp::core::config::load_config(argv[2]);
       cfg.loader.runtime_dir = cfg.loader.runtime_dir.empty() ? "/tmp/glm-proxy-check-" + std::to_string(::getpid()) : cfg.loader.runtime_dir;
-      auto chain = glmp::core::plugins::build_chain(cfg, 1);
+      // Plugins may use the store and metrics while configuring: give them throwaway ones.
+      cfg.store.backend = glmp::core::config::StoreBackend::Memory;
+      prometheus::Registry registry;
+      auto store = glmp::core::store::make_store(cfg.store, &registry);
+      glmp::core::metrics::PluginMetrics plugin_metrics(registry);
+      auto chain = glmp::core::plugins::build_chain(cfg, 1, {store.get(), &plugin_metrics});
       for (const auto& info : glmp::core::plugins::describe_chain(*chain, cfg))
         std::cout << info.name << (info.enabled ? "" : " (disabled)") << " " << info.version << " abi " << info.abi_major
                   << "." << info.abi_minor << " " << info.path << "\n";

@@ -135,6 +135,9 @@ function proxyConfig(mockPort, accessLog) {
   return `[server]
 listen = "127.0.0.1:0"
 
+[store]
+path = "${join(dirname(accessLog), 'state.db')}"
+
 [proxy]
 model = "${MODEL}"
 

@@ -190,8 +190,15 @@ Mock::~Mock() {
   if (child_) check_child(*child_, "mock-upstream");
 }
 
+void Proxy::kill9() {
+  check_child(*child_, "glm-proxy");
+  child_->signal(SIGKILL);
+  child_->wait(5s);
+  killed_ = true;
+}
+
 Proxy::~Proxy() {
-  if (!child_) return;
+  if (!child_ || killed_) return;
   check_child(*child_, "glm-proxy");
   // A clean stop (not the SIGKILL of ~Child), so the proxy removes its runtime dir.
   if (child_->running()) {
@@ -231,6 +238,8 @@ Proxy::Proxy(const TempDir& dir, const Mock* mock, ProxyOptions opts) {
            "\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\nstrip_prefix = \"/v1\"\n" +
            opts.extra_toml;
   }
+  if (toml.find("[store]") == std::string::npos)
+    toml += "\n" + (opts.store_toml.empty() ? "[store]\npath = \"" + dir.file("state.db") + "\"\n" : opts.store_toml);
   write_file(config_path_, toml);
   child_ = std::make_unique<Child>(std::vector<std::string>{GLMP_PROXY_BIN, "--config", config_path_},
                                    dir.file("proxy.out"), dir.file("proxy.err"), opts.env);

@@ -97,6 +97,9 @@ struct ProxyOptions {
   std::string auth_value_anthropic = "test-upstream-key";
   std::string extra_toml;            // appended after the generated config ([admin], [[plugins]], …)
   std::string custom_toml;           // if set, used as the whole config (with @PORT@ etc. left to the caller)
+  // The [store] table; "" = sqlite in the test's temp dir (state.db). Also appended to custom_toml
+  // unless that has its own [store].
+  std::string store_toml;
   std::map<std::string, std::string> env;
 };
 
@@ -109,12 +112,15 @@ public:
   const std::string& config_path() const { return config_path_; }
   // All access-log lines written so far.
   std::vector<std::string> access_log() const;
+  // kill -9, as a crash would: no flush, no cleanup. The destructor then expects nothing more.
+  void kill9();
   // Polls the access log for a line containing every needle; returns it (throws on timeout).
   std::string wait_log(const std::vector<std::string>& needles, std::chrono::milliseconds timeout = 10s) const;
 private:
   std::unique_ptr<Child> child_;
   uint16_t port_ = 0;
   std::string config_path_;
+  bool killed_ = false;
 };
 
 struct Response {

@@ -10,6 +10,7 @@
 #include <Poco/Net/StreamSocket.h>
 #include <thread>
 
+#include "glmproxy/plugin_api.h"
 #include "harness.hpp"
 
 using namespace glmp::test;
@@ -71,6 +72,18 @@ TEST_F(Plugins, HooksRunAndStampResponses) {
   EXPECT_EQ(json_get(sent, "messages.0.content"), "from plugin");
 }
 
+// A plugin built against ABI 1.0 (before the store and metrics were appended) keeps loading and
+// working on this 1.1 host.
+TEST_F(Plugins, AbiOneZeroPluginLoadsOnANewerMinor) {
+  swap_plugin("c_v10.so");
+  start(kAdmin + plugin_entry("c_plugin", live_so));
+  Response r = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.header("x-c-plugin"), "v10");
+  Response info = http(proxy->port(), "GET", "/admin/plugins", "", kAdminHeader);
+  EXPECT_EQ(json_get(info.body, "plugins.0.abi"), "1.0") << info.body;
+}
+
 TEST_F(Plugins, OnCompleteRunsExactlyOnceForEveryOnRequest) {
   start(plugin_entry("c_plugin", live_so));
   const uint16_t port = proxy->port();
@@ -113,7 +126,7 @@ TEST_F(Plugins, AdminApiNeedsTheToken) {
   ASSERT_EQ(ok.status, 200) << ok.body;
   EXPECT_EQ(json_get(ok.body, "plugins.0.name"), "c_plugin");
   EXPECT_EQ(json_get(ok.body, "plugins.0.version"), "c1");
-  EXPECT_EQ(json_get(ok.body, "plugins.0.abi"), "1.0");
+  EXPECT_EQ(json_get(ok.body, "plugins.0.abi"), "1." + std::to_string(GLMP_ABI_MINOR));
   EXPECT_EQ(json_get(ok.body, "plugins.0.position"), "0");
   EXPECT_EQ(json_get(ok.body, "plugins.0.sha256").size(), 64u);
   EXPECT_EQ(ok.body.find("s3cret-admin"), std::string::npos);

@@ -4,6 +4,7 @@
  *                      refuses settings that have a "refuse" key, answers 418 when the request has x-c-teapot
  *   MODE_MAJOR         reports ABI major + 1
  *   MODE_NEWER_MINOR   reports the host's minor + 1
+ *   PLUGIN_ABI_MINOR=0 (with MODE_OK) an ABI 1.0 plugin: declares minor 0 and uses only 1.0 members
  *   MODE_NULL          glmp_plugin_init returns NULL
  *   MODE_NO_SYMBOL     exports no glmp_plugin_init
  */
@@ -16,6 +17,10 @@
 #endif
 
 #define EXPORT __attribute__((visibility("default")))
+
+#ifndef PLUGIN_ABI_MINOR
+#define PLUGIN_ABI_MINOR GLMP_ABI_MINOR
+#endif
 
 #ifndef MODE_NO_SYMBOL
 
@@ -81,7 +86,7 @@ static void on_complete(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) {
 }
 
 static __attribute__((unused)) glmp_plugin_descriptor g_descriptor = {
-    sizeof(glmp_plugin_descriptor), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, "c_plugin", STAMP,
+    sizeof(glmp_plugin_descriptor), GLMP_ABI_MAJOR, PLUGIN_ABI_MINOR, "c_plugin", STAMP,
     config_new, config_destroy, on_request, on_response_headers, NULL, on_complete,
 };
 

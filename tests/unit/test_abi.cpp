@@ -16,7 +16,20 @@ namespace {
 
 const std::map<std::string, std::string> kHeaderHashes = {
     {"1.0", "b6805f7c6a8e40c4f1cfe2cc2e807ccd1b4c1bd6bd410391242b3f6031956504"},
+    {"1.1", "1aca62b6232fe93aa5afd9480b13e79dfc8a998068f5f54cc71aacd4a58cff06"},
 };
+
+// Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is
+// byte for byte where it was (x86-64 layout).
+TEST(Abi, MinorVersionsOnlyAppend) {
+  static_assert(sizeof(void*) == 8, "offsets recorded for LP64");
+  EXPECT_EQ(offsetof(glmp_host_api, register_route), 224u) << "a 1.0 member moved";
+  EXPECT_EQ(sizeof(glmp_plugin_descriptor), 80u);
+  EXPECT_EQ(sizeof(glmp_usage), 48u);
+  // 1.1 starts right after 1.0's last member.
+  EXPECT_EQ(offsetof(glmp_host_api, store_get), 232u);
+  EXPECT_EQ(offsetof(glmp_host_api, metric_observe) + sizeof(void*), sizeof(glmp_host_api));
+}
 
 TEST(Abi, HeaderHashMatchesItsVersion) {
   std::ifstream in(std::string(GLMP_SOURCE_DIR) + "/plugin-api/include/glmproxy/plugin_api.h", std::ios::binary);

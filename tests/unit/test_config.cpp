@@ -707,3 +707,49 @@ TEST(ConfigLoad, ShippedConfigWithEnvironment) {
   EXPECT_EQ(c.upstreams.at("anthropic").auth_header, "x-api-key");
   for (const auto& [name, u] : c.upstreams) EXPECT_EQ(u.auth_error, "") << name;
 }
+
+namespace {
+cfg::Config parse(const std::string& text) { return cfg::parse_config(text, "t.toml"); }
+}  // namespace
+
+TEST(ConfigStore, DefaultsAreSqliteWithWriteBehind) {
+  const auto c = parse(kMinimal);
+  EXPECT_EQ(c.store.backend, cfg::StoreBackend::Sqlite);
+  EXPECT_EQ(c.store.path, "data/glm-proxy.db");
+  EXPECT_EQ(c.store.flush_interval, 1s);
+  EXPECT_EQ(c.store.flush_batch, 100);
+  EXPECT_EQ(c.store.bucket, 60s);
+  EXPECT_EQ(c.store.max_window, 24h);
+  EXPECT_EQ(c.store.failure_mode, cfg::FailureMode::FailClosed);
+}
+
+TEST(ConfigStore, RedisSettings) {
+  const auto c = parse("[store]\nbackend = \"redis\"\nurl = \"redis://:pw@10.0.0.5:6380/2\"\nprefix = \"x:\"\n"
+                       "timeout = \"250ms\"\npool_size = 4\ncache_ttl = \"0s\"\nfailure_mode = \"fail_open\"\n" + kMinimal);
+  EXPECT_EQ(c.store.backend, cfg::StoreBackend::Redis);
+  EXPECT_EQ(c.store.url, "redis://:pw@10.0.0.5:6380/2");
+  EXPECT_EQ(c.store.prefix, "x:");
+  EXPECT_EQ(c.store.timeout, 250ms);
+  EXPECT_EQ(c.store.pool_size, 4);
+  EXPECT_EQ(c.store.cache_ttl, 0ms);
+  EXPECT_EQ(c.store.failure_mode, cfg::FailureMode::FailOpen);
+}
+
+TEST(ConfigStore, ErrorsNameTheKeyAndHideSecrets) {
+  expect_error("[store]\nbackend = \"postgres\"\n" + kMinimal, {"t.toml:2:", "store.backend", "\"sqlite\", \"redis\" or \"memory\""});
+  expect_error("[store]\nbucket = \"7s\"\n" + kMinimal, {"t.toml:2:", "store.bucket", "divide a day"});
+  expect_error("[store]\nbucket = \"500ms\"\n" + kMinimal, {"store.bucket", "at least 1s"});
+  expect_error("[store]\nmax_window = \"30s\"\n" + kMinimal, {"store.max_window", "at least one bucket"});
+  expect_error("[store]\nfailure_mode = \"open\"\n" + kMinimal, {"store.failure_mode", "fail_closed"});
+  expect_error("[store]\nflush_batch = 0\n" + kMinimal, {"store.flush_batch"});
+  expect_error("[store]\nsync = true\n" + kMinimal, {"store.sync", "unknown key"});
+  const std::string msg = error_of("[store]\nbackend = \"redis\"\nurl = \"http://:hunter2@h:1/0\"\n" + kMinimal);
+  EXPECT_NE(msg.find("store.url"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("hunter2"), std::string::npos) << "the password leaked into the error: " << msg;
+}
+
+TEST(ConfigStore, RedactUrl) {
+  EXPECT_EQ(cfg::redact_url("redis://:secret@h:6379/0"), "redis://***@h:6379/0");
+  EXPECT_EQ(cfg::redact_url("redis://user:secret@h/1"), "redis://***@h/1");
+  EXPECT_EQ(cfg::redact_url("redis://h:6379/0"), "redis://h:6379/0");
+}

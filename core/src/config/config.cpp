@@ -264,6 +264,49 @@ void read_loader(const TableReader& r, LoaderConfig& l) {
   r.get_duration("watch_interval", l.watch_interval);
 }
 
+void read_store(const TableReader& r, StoreConfig& s) {
+  r.allow_only({"backend", "path", "flush_interval", "flush_batch", "bucket", "max_window", "url", "prefix", "timeout",
+                "pool_size", "cache_ttl", "failure_mode"});
+  std::string backend;
+  if (r.get_string("backend", backend)) {
+    if (backend == "sqlite") s.backend = StoreBackend::Sqlite;
+    else if (backend == "redis") s.backend = StoreBackend::Redis;
+    else if (backend == "memory") s.backend = StoreBackend::Memory;
+    else r.fail(r.node("backend"), "backend", "must be \"sqlite\", \"redis\" or \"memory\", got \"" + backend + "\"");
+  }
+  r.get_string("path", s.path);
+  if (s.backend == StoreBackend::Sqlite && s.path.empty()) r.fail(r.node("path"), "path", "must not be empty");
+  r.get_duration("flush_interval", s.flush_interval);
+  r.get_int("flush_batch", s.flush_batch, 1, 1'000'000);
+  r.get_duration("bucket", s.bucket);
+  if (s.bucket.count() < 1000 || 86'400'000 % s.bucket.count() != 0)
+    r.fail(r.node("bucket"), "bucket", "must be at least 1s and divide a day evenly (1s, 10s, 1m, 5m, 1h…)");
+  r.get_duration("max_window", s.max_window);
+  if (s.max_window < s.bucket) r.fail(r.node("max_window"), "max_window", "must be at least one bucket");
+  if (s.max_window.count() / s.bucket.count() > 100'000)
+    r.fail(r.node("max_window"), "max_window", "spans more than 100000 buckets; use a larger bucket");
+  r.get_string("url", s.url);
+  if (s.backend == StoreBackend::Redis) {
+    try {
+      Poco::URI uri(s.url);
+      if (uri.getScheme() != "redis" || uri.getHost().empty())
+        r.fail(r.node("url"), "url", "must look like redis://[:password@]host[:port][/db], got \"" + redact_url(s.url) + "\"");
+    } catch (const Poco::SyntaxException&) {
+      r.fail(r.node("url"), "url", "is not a valid URL: \"" + redact_url(s.url) + "\"");
+    }
+  }
+  r.get_string("prefix", s.prefix);
+  r.get_duration("timeout", s.timeout);
+  r.get_int("pool_size", s.pool_size, 1, 4096);
+  r.get_duration("cache_ttl", s.cache_ttl, true);
+  std::string mode;
+  if (r.get_string("failure_mode", mode)) {
+    if (mode == "fail_closed") s.failure_mode = FailureMode::FailClosed;
+    else if (mode == "fail_open") s.failure_mode = FailureMode::FailOpen;
+    else r.fail(r.node("failure_mode"), "failure_mode", "must be \"fail_closed\" or \"fail_open\", got \"" + mode + "\"");
+  }
+}
+
 // Settings values may use ${ENV} too: interpolate every string inside the table, then format it as
 // JSON for the plugin.
 void interpolate_strings(const TableReader& r, toml::node& node, const std::string& path) {
@@ -406,6 +449,13 @@ uint64_t parse_size(std::string_view text) {
   return value * mult;
 }
 
+std::string redact_url(const std::string& url) {
+  const auto scheme = url.find("://");
+  const auto at = url.rfind('@');
+  if (scheme == std::string::npos || at == std::string::npos || at < scheme) return url;
+  return url.substr(0, scheme + 3) + "***" + url.substr(at);
+}
+
 Config parse_config(std::string_view toml_text, const std::string& source_name) {
   toml::table root;
   try {
@@ -417,13 +467,14 @@ Config parse_config(std::string_view toml_text, const std::string& source_name) 
   Config cfg;
   cfg.source_path = source_name;
   TableReader top(source_name, root, "");
-  top.allow_only({"server", "proxy", "upstreams", "routes", "log", "admin", "loader", "plugins"});
+  top.allow_only({"server", "proxy", "upstreams", "routes", "log", "admin", "loader", "plugins", "store"});
 
   if (const auto* t = top.get_table("server")) read_server(TableReader(source_name, *t, "server"), cfg.server);
   if (const auto* t = top.get_table("proxy")) read_proxy(TableReader(source_name, *t, "proxy"), cfg.proxy);
   if (const auto* t = top.get_table("log")) read_log(TableReader(source_name, *t, "log"), cfg.log);
   if (const auto* t = top.get_table("admin")) read_admin(TableReader(source_name, *t, "admin"), cfg.admin);
   if (const auto* t = top.get_table("loader")) read_loader(TableReader(source_name, *t, "loader"), cfg.loader);
+  if (const auto* t = top.get_table("store")) read_store(TableReader(source_name, *t, "store"), cfg.store);
   for_each_table(top, root, "plugins", [&](const TableReader& pr) {
     PluginConfig plugin;
     read_plugin(pr, plugin);

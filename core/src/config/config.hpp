@@ -89,8 +89,28 @@ struct PluginConfig {
   int line = 0;               // where the entry starts, for error messages
 };
 
+// The state store ([store]): records and window counters shared by plugins (see store/store.hpp).
+enum class StoreBackend { Sqlite, Redis, Memory };
+enum class FailureMode { FailClosed, FailOpen };
+
+struct StoreConfig {
+  StoreBackend backend = StoreBackend::Sqlite;
+  std::string path = "data/glm-proxy.db";  // sqlite: relative to the working directory; parent dirs are created
+  Duration flush_interval{1'000};          // sqlite write-behind: at most this long …
+  int flush_batch = 100;                   // … or this many pending updates
+  Duration bucket{60'000};                 // window counter bucket size
+  Duration max_window{86'400'000};         // longest window asked for; older buckets are dropped
+  std::string url = "redis://127.0.0.1:6379/0";  // redis://[:password@]host[:port][/db]; password never logged
+  std::string prefix = "glmp:";            // redis key prefix (several deployments can share one Redis)
+  Duration timeout{1'000};                 // redis connect/read timeout per call
+  int pool_size = 16;                      // redis connections
+  Duration cache_ttl{2'000};               // redis: local record cache TTL (pub/sub invalidates sooner)
+  FailureMode failure_mode = FailureMode::FailClosed;  // what window/counter reads answer when redis is down
+};
+
 struct Config {
   std::string source_path;
+  StoreConfig store;
   AdminConfig admin;
   LoaderConfig loader;
   std::vector<PluginConfig> plugins;
@@ -100,6 +120,9 @@ struct Config {
   std::vector<RouteConfig> routes;
   LogConfig log;
 };
+
+// The redis URL with any password replaced by "***" (for logs and /health).
+std::string redact_url(const std::string& url);
 
 // Loads and validates a config file. Throws ConfigError("file:line: key: message").
 Config load_config(const std::string& path);

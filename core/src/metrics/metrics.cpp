@@ -37,7 +37,8 @@ long status_value(const char* key) {
 
 }  // namespace
 
-Metrics::Metrics(const std::vector<std::string>& route_prefixes) : registry_(std::make_shared<prometheus::Registry>()) {
+Metrics::Metrics(const std::vector<std::string>& route_prefixes)
+    : registry_(std::make_shared<prometheus::Registry>()), plugin_metrics_(*registry_) {
   requests_ = &prometheus::BuildCounter().Name("glmp_requests_total").Help("Requests answered, by route, flavour and status").Register(*registry_);
   duration_ = &prometheus::BuildHistogram().Name("glmp_request_duration_seconds").Help("Total time per request").Register(*registry_);
   upstream_ = &prometheus::BuildHistogram().Name("glmp_upstream_duration_seconds").Help("Time spent waiting on the upstream per request").Register(*registry_);
@@ -46,6 +47,7 @@ Metrics::Metrics(const std::vector<std::string>& route_prefixes) : registry_(std
   tokens_ = &prometheus::BuildCounter().Name("glmp_tokens_total").Help("Tokens reported by upstreams, by direction, flavour and model").Register(*registry_);
   pool_ = &prometheus::BuildGauge().Name("glmp_upstream_pool").Help("Upstream connection pool figures at scrape time").Register(*registry_);
   in_flight_ = &prometheus::BuildGauge().Name("glmp_requests_in_flight").Help("Requests being served (streams included)").Register(*registry_).Add({});
+  active_streams_ = &prometheus::BuildGauge().Name("glmp_active_streams").Help("Event streams (SSE) being relayed to clients").Register(*registry_).Add({});
   auto& reloads = prometheus::BuildCounter().Name("glmp_plugin_reloads_total").Help("Plugin chain reloads by result").Register(*registry_);
   reload_ok_ = &reloads.Add({{"result", "success"}});
   reload_failed_ = &reloads.Add({{"result", "failure"}});
@@ -138,7 +140,8 @@ void Metrics::request_finished(const pipeline::RequestContext& ctx) {
   }
 }
 
-std::string Metrics::scrape(const pipeline::Pools& pools) {
+std::string Metrics::scrape(const pipeline::Pools& pools, int active_streams) {
+  active_streams_->Set(active_streams);
   for (const auto& [name, pool] : pools) {
     const upstream::PoolStats s = pool->stats();
     auto set = [&](const char* figure, double v) { pool_->Add({{"upstream", name}, {"figure", figure}}).Set(v); };

@@ -19,6 +19,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "metrics/plugin_metrics.hpp"
 #include "pipeline/proxy.hpp"  // Pools
 #include "pipeline/request_context.hpp"
 
@@ -37,13 +38,18 @@ public:
   void request_finished(const pipeline::RequestContext& ctx);
   void reload(bool ok) { (ok ? reload_ok_ : reload_failed_)->Increment(); }
 
-  // The Prometheus text format (version 0.0.4); pool and process gauges are refreshed first.
-  std::string scrape(const pipeline::Pools& pools);
+  // The Prometheus text format (version 0.0.4); pool, stream and process gauges are refreshed first.
+  std::string scrape(const pipeline::Pools& pools, int active_streams);
+
+  // Where the store's and the plugins' metrics are registered too.
+  prometheus::Registry& registry() { return *registry_; }
+  PluginMetrics& plugin_metrics() { return plugin_metrics_; }
 
 private:
   prometheus::Counter& request_counter(const pipeline::RequestContext& ctx);
 
   std::shared_ptr<prometheus::Registry> registry_;
+  PluginMetrics plugin_metrics_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* duration_;
   prometheus::Family<prometheus::Histogram>* upstream_;
@@ -60,6 +66,7 @@ private:
   std::array<ByFlavour, 3> by_flavour_{};
   prometheus::Family<prometheus::Gauge>* pool_;
   prometheus::Gauge* in_flight_;
+  prometheus::Gauge* active_streams_;
   prometheus::Counter* reload_ok_;
   prometheus::Counter* reload_failed_;
   prometheus::Gauge* rss_;

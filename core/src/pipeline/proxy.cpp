@@ -331,6 +331,14 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   const bool sse = is_event_stream(uresp.getContentType());
   hide_usage_chunk = hide_usage_chunk && sse && success;
   UsageExtractor usage(ctx.flavour, sse, hide_usage_chunk);
+  // Counted from the first byte relayed until the stream ends, however it ends.
+  struct ActiveStream {
+    std::atomic<int>* n;
+    ~ActiveStream() {
+      if (n) n->fetch_sub(1, std::memory_order_relaxed);
+    }
+  } active_stream{sse ? &active_streams_ : nullptr};
+  if (sse) active_streams_.fetch_add(1, std::memory_order_relaxed);
 
   set_status(resp, ctx.upstream_status, uresp.getReason());
   // Poco already stamped Date (and the upstream's is the one to keep): never send it twice.

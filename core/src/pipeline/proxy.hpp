@@ -4,6 +4,7 @@
 // stream usage) → upstream pool (stale retry) → on_response_headers → relay chunks with usage
 // extraction (on_response_body, write + flush each) → on_complete, exactly once.
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
@@ -30,6 +31,9 @@ public:
   // Proxies a request whose route is ctx.route. Never throws; fills ctx for the access log.
   void handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
 
+  // Event streams being relayed right now (for the glmp_active_streams gauge).
+  int active_streams() const { return active_streams_.load(std::memory_order_relaxed); }
+
 private:
   bool read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
   // Validates a JSON body (400 when malformed) and reads "stream"/"model"; `scan` keeps the result.
@@ -45,6 +49,7 @@ private:
   Pools& pools_;
   plugins::ChainHolder& chain_;
   pool::BufferPool& buffers_;
+  std::atomic<int> active_streams_{0};
 };
 
 // Sends a proxy-generated error in the request's flavour (JSON, Content-Length, X-Request-ID kept).

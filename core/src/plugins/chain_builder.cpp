@@ -57,7 +57,7 @@ std::string runtime_dir(const config::Config& cfg) {
   return "/tmp/glm-proxy-" + std::to_string(::getpid());
 }
 
-std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t generation) {
+std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t generation, const Services& services) {
   auto chain = std::make_shared<Chain>();
   chain->generation = generation;
   size_t position = 0;
@@ -65,7 +65,7 @@ std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t gen
     if (!pc.enabled) continue;
     const std::string path = plugin_path(cfg, pc);
     auto library = load_library(pc.name, path, runtime_dir(cfg));
-    auto plugin = std::make_shared<NativePlugin>(std::move(library), pc, position++);
+    auto plugin = std::make_shared<NativePlugin>(std::move(library), pc, position++, services);
     for (const auto& pr : plugin->routes()) {
       Route route;
       route.method = pr.method;

@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "plugins/chain.hpp"
+#include "plugins/services.hpp"
 
 namespace glmp::core::plugins {
 
@@ -21,7 +22,7 @@ struct PluginInfo {
 };
 
 // Throws LoadError (naming plugin and path) on any failure.
-std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t generation);
+std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t generation, const Services& services);
 
 // The directory plugins are looked up in: [loader] dir, else <binary dir>/../plugins (build tree),
 // else <binary dir>/../lib/glm-proxy/plugins (installed).

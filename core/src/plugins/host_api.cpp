@@ -4,10 +4,12 @@
 
 #include <Poco/Message.h>
 
+#include "metrics/plugin_metrics.hpp"
 #include "pipeline/errors.hpp"
 #include "pipeline/headers.hpp"
 #include "pipeline/proxy.hpp"
 #include "plugins/native_plugin.hpp"
+#include "store/store.hpp"
 
 namespace glmp::core::plugins {
 namespace {
@@ -207,12 +209,131 @@ int register_route(glmp_instance_host_ptr* instance, const char* method, size_t 
   return 0;
 }
 
+
+// --- 1.1: state store ---
+
+std::string_view V(const char* p, size_t n) { return p ? std::string_view(p, n) : std::string_view(); }
+store::Store* store_of(glmp_instance_host_ptr* instance) { return instance ? P(instance).services().store : nullptr; }
+int code(store::Status s) { return static_cast<int>(s); }
+
+int store_get(glmp_instance_host_ptr* i, const char* ns, size_t nl, const char* key, size_t kl, glmp_bytes_fn fn,
+              void* user) {
+  auto* st = store_of(i);
+  if (!st) return GLMP_STORE_UNAVAILABLE;
+  std::string value;
+  const store::Status s = st->get(V(ns, nl), V(key, kl), value);
+  if ((s == store::Status::Ok || s == store::Status::Degraded) && fn) fn(user, value.data(), value.size());
+  return code(s);
+}
+int store_put(glmp_instance_host_ptr* i, const char* ns, size_t nl, const char* key, size_t kl, const char* v, size_t vl) {
+  auto* st = store_of(i);
+  return st ? code(st->put(V(ns, nl), V(key, kl), V(v, vl))) : GLMP_STORE_UNAVAILABLE;
+}
+int store_delete(glmp_instance_host_ptr* i, const char* ns, size_t nl, const char* key, size_t kl) {
+  auto* st = store_of(i);
+  return st ? code(st->remove(V(ns, nl), V(key, kl))) : GLMP_STORE_UNAVAILABLE;
+}
+int store_list(glmp_instance_host_ptr* i, const char* ns, size_t nl, const char* prefix, size_t pl, const char* after,
+               size_t al, size_t limit, glmp_record_fn fn, void* user, int* more) {
+  if (more) *more = 0;
+  auto* st = store_of(i);
+  if (!st) return GLMP_STORE_UNAVAILABLE;
+  store::Page page;
+  const store::Status s = st->list(V(ns, nl), V(prefix, pl), V(after, al), limit, page);
+  if (s == store::Status::Ok && fn)
+    for (const auto& r : page.records) fn(user, r.key.data(), r.key.size(), r.value.data(), r.value.size());
+  if (more) *more = page.more ? 1 : 0;
+  return code(s);
+}
+int window_add(glmp_instance_host_ptr* i, const char* name, size_t nl, int64_t amount, int64_t window, int64_t now,
+               int64_t* sum) {
+  auto* st = store_of(i);
+  if (!st) return GLMP_STORE_UNAVAILABLE;
+  return code(st->window_add(V(name, nl), amount, window, now, sum));
+}
+int window_sum(glmp_instance_host_ptr* i, const char* name, size_t nl, int64_t window, int64_t now, int64_t* sum) {
+  auto* st = store_of(i);
+  if (!st) return GLMP_STORE_UNAVAILABLE;
+  int64_t value = 0;
+  const store::Status s = st->window_sum(V(name, nl), window, now, value);
+  if (sum) *sum = value;
+  return code(s);
+}
+int window_buckets(glmp_instance_host_ptr* i, const char* name, size_t nl, int64_t window, int64_t now,
+                   glmp_bucket_fn fn, void* user) {
+  auto* st = store_of(i);
+  if (!st) return GLMP_STORE_UNAVAILABLE;
+  std::vector<store::Bucket> buckets;
+  const store::Status s = st->window_buckets(V(name, nl), window, now, buckets);
+  if (fn)
+    for (const auto& b : buckets) fn(user, b.start, b.amount);
+  return code(s);
+}
+int counter_add(glmp_instance_host_ptr* i, const char* name, size_t nl, int64_t amount, int64_t* value) {
+  auto* st = store_of(i);
+  return st ? code(st->counter_add(V(name, nl), amount, value)) : GLMP_STORE_UNAVAILABLE;
+}
+int counter_get(glmp_instance_host_ptr* i, const char* name, size_t nl, int64_t* value) {
+  auto* st = store_of(i);
+  if (!st) return GLMP_STORE_UNAVAILABLE;
+  int64_t v = 0;
+  const store::Status s = st->counter_get(V(name, nl), v);
+  if (value) *value = v;
+  return code(s);
+}
+int64_t store_bucket_ms(glmp_instance_host_ptr* i) {
+  auto* st = store_of(i);
+  return st ? st->bucket_ms() : 60'000;
+}
+
+// --- 1.1: metrics ---
+
+glmp_metric_host_ptr* metric_new(glmp_instance_host_ptr* instance, glmp_metric_kind kind, const char* name, size_t nl,
+                                 const char* help, size_t hl, const glmp_label* labels, size_t label_count,
+                                 const double* buckets, size_t bucket_count) {
+  auto& plugin = P(instance);
+  const std::string metric_name = S(name, nl);
+  if (!plugin.configuring()) {
+    plugin.logger().error("metric_new(\"" + metric_name + "\") refused: metrics are created in on_config_new");
+    return nullptr;
+  }
+  auto* registry = plugin.services().metrics;
+  if (!registry) return nullptr;
+  std::vector<std::pair<std::string, std::string>> label_list;
+  for (size_t k = 0; labels && k < label_count; ++k)
+    label_list.emplace_back(S(labels[k].name, labels[k].name_len), S(labels[k].value, labels[k].value_len));
+  std::vector<double> bounds;
+  if (buckets) bounds.assign(buckets, buckets + bucket_count);
+  std::string error;
+  metrics::PluginMetric* m = registry->create(kind, metric_name, S(help, hl), label_list, bounds, error);
+  if (!m) plugin.logger().error("metric_new refused: " + error);
+  return reinterpret_cast<glmp_metric_host_ptr*>(m);
+}
+metrics::PluginMetric* M(glmp_metric_host_ptr* m) { return reinterpret_cast<metrics::PluginMetric*>(m); }
+void metric_add(glmp_metric_host_ptr* handle, double value) {
+  auto* m = M(handle);
+  if (!m) return;
+  if (m->counter && value >= 0) m->counter->Increment(value);
+  else if (m->gauge) m->gauge->Increment(value);
+}
+void metric_set(glmp_metric_host_ptr* handle, double value) {
+  auto* m = M(handle);
+  if (m && m->gauge) m->gauge->Set(value);
+}
+void metric_observe(glmp_metric_host_ptr* handle, double value) {
+  auto* m = M(handle);
+  if (m && m->histogram) m->histogram->Observe(value);
+}
+
 const glmp_host_api kHostApi = {
     sizeof(glmp_host_api), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, log,
     request_id, request_method, request_path, request_query, request_flavour, request_streaming, request_model,
     request_set_model, request_header, request_set_header, request_remove_header, request_body, request_set_body,
     get_attribute, set_attribute, response_status, response_header, response_set_header, response_remove_header,
     response_usage, respond, respond_error, stream_begin, stream_write, stream_end, register_route,
+    // 1.1
+    store_get, store_put, store_delete, store_list, window_add, window_sum, window_buckets, counter_add, counter_get,
+    store_bucket_ms, metric_new, metric_add, metric_set, metric_observe,
 };
 
 }  // namespace

@@ -17,11 +17,13 @@ void fail_request(pipeline::RequestContext& ctx, const std::string& plugin) {
 
 }  // namespace
 
-NativePlugin::NativePlugin(std::shared_ptr<Library> library, const config::PluginConfig& cfg, size_t position)
+NativePlugin::NativePlugin(std::shared_ptr<Library> library, const config::PluginConfig& cfg, size_t position,
+                           const Services& services)
     : library_(std::move(library)),
       name_(cfg.name),
       position_(position),
-      logger_(Poco::Logger::get("plugin." + cfg.name)) {
+      logger_(Poco::Logger::get("plugin." + cfg.name)),
+      services_(services) {
   const glmp_plugin_descriptor* d = library_->descriptor;
   if (!d->on_config_new) return;
   char error[1024] = {0};

@@ -13,6 +13,7 @@
 #include "glmproxy/plugin_api.h"
 #include "plugins/chain.hpp"
 #include "plugins/loader.hpp"
+#include "plugins/services.hpp"
 
 namespace glmp::core::plugins {
 
@@ -31,7 +32,8 @@ struct PluginRoute {
 class NativePlugin final : public Plugin {
 public:
   // Calls on_config_new with the settings. Throws LoadError when the plugin refuses them.
-  NativePlugin(std::shared_ptr<Library> library, const config::PluginConfig& cfg, size_t position);
+  NativePlugin(std::shared_ptr<Library> library, const config::PluginConfig& cfg, size_t position,
+               const Services& services);
   ~NativePlugin() override;  // on_config_destroy
 
   const std::string& name() const override { return name_; }
@@ -50,6 +52,7 @@ public:
 
   // Used by the host API (register_route during on_config_new).
   bool configuring() const { return configuring_; }
+  const Services& services() const { return services_; }
   void add_route(PluginRoute route) { routes_.push_back(std::move(route)); }
 
 private:
@@ -57,6 +60,7 @@ private:
   std::string name_;
   size_t position_;
   Poco::Logger& logger_;
+  Services services_;
   glmp_config_plugin_ptr* state_ = nullptr;
   std::vector<PluginRoute> routes_;
   bool configuring_ = false;

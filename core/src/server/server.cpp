@@ -89,18 +89,19 @@ bool is_unsafe_path(const std::string& path) {
 
 Server::Server(config::Config cfg)
     : cfg_(std::move(cfg)),
-      router_(cfg_.routes),
-      buffers_(cfg_.proxy.chunk_size, static_cast<size_t>(cfg_.server.max_threads)),
-      access_log_(cfg_.log.access_log),
       metrics_([this] {
         std::vector<std::string> prefixes;
         for (const auto& r : cfg_.routes) prefixes.push_back(r.prefix);
         return prefixes;
       }()),
+      store_(store::make_store(cfg_.store, &metrics_.registry())),  // throws: a proxy without its state never starts
+      router_(cfg_.routes),
+      buffers_(cfg_.proxy.chunk_size, static_cast<size_t>(cfg_.server.max_threads)),
+      access_log_(cfg_.log.access_log),
       proxy_(cfg_, pools_, chain_, buffers_),
       plugin_cfg_(cfg_) {
   for (const auto& [name, ucfg] : cfg_.upstreams) pools_.emplace(name, std::make_unique<upstream::Pool>(ucfg));
-  chain_.publish(plugins::build_chain(cfg_, ++generation_));  // throws: a broken chain never starts
+  chain_.publish(plugins::build_chain(cfg_, ++generation_, services()));  // throws: a broken chain never starts
 }
 
 Server::ReloadResult Server::reload() {
@@ -108,7 +109,7 @@ Server::ReloadResult Server::reload() {
   ReloadResult result;
   try {
     config::Config fresh = config::load_config(cfg_.source_path);
-    auto chain = plugins::build_chain(fresh, generation_ + 1);
+    auto chain = plugins::build_chain(fresh, generation_ + 1, services());
     chain_.publish(std::move(chain));  // requests in flight keep the snapshot they started with
     metrics_.reload(true);
     plugin_cfg_ = std::move(fresh);
@@ -212,6 +213,7 @@ void Server::stop() {
   if (http_) http_->stopAll(true);  // aborts idle keep-alive connections and whatever is left
   if (threads_) threads_->joinAll();
   for (auto& [name, pool] : pools_) pool->stop();
+  store_->flush();  // every update made by the requests above is on disk before exit
 }
 
 bool Server::admin_allowed(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
@@ -323,6 +325,10 @@ void Server::handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::Reques
     ups.set(name, u);
   }
   body.set("upstreams", ups);
+  Poco::JSON::Object st;
+  st.set("backend", store_->describe());  // never contains a password
+  st.set("healthy", store_->healthy());
+  body.set("store", st);
   std::ostringstream os;
   body.stringify(os);
   pipeline::send_json(resp, ctx, 200, os.str());
@@ -349,7 +355,7 @@ void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
     } else if (auto chain = chain_.snapshot(); const plugins::Route* route = chain->find_route(ctx.method, ctx.path)) {
       serve_plugin_route(*route, chain, req, resp, ctx);
     } else if (ctx.path == "/metrics" || ctx.path == "/api/metrics/prometheus") {
-      if (ctx.method == "GET" || ctx.method == "HEAD") pipeline::send_body(resp, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_.scrape(pools_));
+      if (ctx.method == "GET" || ctx.method == "HEAD") pipeline::send_body(resp, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_.scrape(pools_, proxy_.active_streams()));
       else pipeline::send_error(resp, ctx, {405, "method " + ctx.method + " not allowed on " + ctx.path});
     } else if (ctx.path == "/health") {
       if (ctx.method == "GET" || ctx.method == "HEAD") handle_health(resp, ctx);

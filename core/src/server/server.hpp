@@ -18,7 +18,9 @@
 #include "pipeline/proxy.hpp"
 #include "pipeline/router.hpp"
 #include "plugins/chain.hpp"
+#include "plugins/services.hpp"
 #include "pool/buffer_pool.hpp"
+#include "store/store.hpp"
 
 namespace glmp::core::server {
 
@@ -49,6 +51,7 @@ public:
   };
   ReloadResult reload();
   const config::Config& config() const { return cfg_; }
+  store::Store& store() { return *store_; }
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
 
@@ -61,15 +64,18 @@ private:
   void serve_plugin_route(const plugins::Route& route, std::shared_ptr<const plugins::Chain> chain,
                           Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
   void watch_loop();
+  plugins::Services services() { return {store_.get(), &metrics_.plugin_metrics()}; }
   void handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
 
   config::Config cfg_;
+  // Declared before the chain, so plugins (whose on_config_destroy may still use them) go first.
+  metrics::Metrics metrics_;
+  std::unique_ptr<store::Store> store_;
   pipeline::Pools pools_;
   pipeline::Router router_;
   plugins::ChainHolder chain_;
   pool::BufferPool buffers_;
   pipeline::AccessLog access_log_;
-  metrics::Metrics metrics_;
   pipeline::Proxy proxy_;
   std::unique_ptr<Poco::ThreadPool> threads_;
   std::unique_ptr<Poco::Net::HTTPServer> http_;

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GLMP_ABI_MAJOR 1u
-#define GLMP_ABI_MINOR 0u
+#define GLMP_ABI_MINOR 1u
 
 /* ---------------------------------------------------------------------------------------------
  * Opaque handles
@@ -83,6 +83,35 @@ typedef struct glmp_usage {
   int64_t cache_creation_input_tokens;
   int64_t total_tokens; /* OpenAI total_tokens when given, else 0 */
 } glmp_usage;
+
+/* --- 1.1: state store and metrics --------------------------------------------------------- */
+
+/* What a store call returns (same values as the core's store::Status). */
+typedef enum glmp_store_status {
+  GLMP_STORE_OK = 0,
+  GLMP_STORE_NOT_FOUND = 1,   /* record absent */
+  GLMP_STORE_UNAVAILABLE = 2, /* backend down ([store] failure_mode = "fail_closed"), or a record write failed */
+  GLMP_STORE_DEGRADED = 3,    /* backend down and failure_mode = "fail_open": sums/counters read 0, records may be stale */
+  GLMP_STORE_INVALID = 4      /* bad arguments: empty or oversized name, value not a JSON object/array, window > [store] max_window */
+} glmp_store_status;
+
+/* Callbacks through which the host hands out store data (host-owned bytes, valid during the call). */
+typedef void (*glmp_bytes_fn)(void* user_data, const char* data, size_t len);
+typedef void (*glmp_record_fn)(void* user_data, const char* key, size_t key_len, const char* value, size_t value_len);
+typedef void (*glmp_bucket_fn)(void* user_data, int64_t bucket_start_ms, int64_t amount);
+
+/* A metric child (one label set of one family). Core-owned; lives until the process exits, also
+ * across reloads (a plugin that asks again for the same name and labels gets the same one). */
+typedef struct glmp_metric_host_ptr glmp_metric_host_ptr;
+
+typedef enum glmp_metric_kind { GLMP_METRIC_COUNTER = 0, GLMP_METRIC_GAUGE = 1, GLMP_METRIC_HISTOGRAM = 2 } glmp_metric_kind;
+
+typedef struct glmp_label {
+  const char* name;
+  size_t name_len;
+  const char* value;
+  size_t value_len;
+} glmp_label;
 
 /* A route handler registered with register_route. Runs on the connection's thread; answers with
  * respond / respond_error / stream_* on `request`. */
@@ -176,6 +205,57 @@ typedef struct glmp_host_api {
    * method and path make that chain fail to build (the error names both). */
   int (*register_route)(glmp_instance_host_ptr* instance, const char* method, size_t method_len, const char* path,
                         size_t path_len, glmp_route_access access, glmp_route_handler handler, void* user_data);
+
+  /* ===== ABI 1.1 (check struct_size / abi_minor >= 1 before use) ===== */
+
+  /* --- state store ([store] in the config): shared by all plugins and, with Redis, by all replicas.
+   * Any hook or route handler, also on_config_new; any thread. Every call returns a
+   * glmp_store_status. Names (namespaces, keys, counter names) are 1..512 bytes. Times are Unix
+   * milliseconds; now_ms = 0 means the host's clock. --- */
+  /* Records: small JSON documents (an object or array, <= 1 MiB) in namespaces. get hands the
+   * value to `out` on GLMP_STORE_OK, and on GLMP_STORE_DEGRADED when a stale cached copy exists
+   * (fail_open); list calls `out` only on GLMP_STORE_OK. */
+  int (*store_get)(glmp_instance_host_ptr* instance, const char* ns, size_t ns_len, const char* key, size_t key_len,
+                   glmp_bytes_fn out, void* user_data);
+  int (*store_put)(glmp_instance_host_ptr* instance, const char* ns, size_t ns_len, const char* key, size_t key_len,
+                   const char* json, size_t json_len);
+  int (*store_delete)(glmp_instance_host_ptr* instance, const char* ns, size_t ns_len, const char* key, size_t key_len);
+  /* Records whose key starts with `prefix` and sorts after `after` ("" = from the start), in key
+   * order, at most `limit` (1..1000). *more is set to 1 when another page follows. */
+  int (*store_list)(glmp_instance_host_ptr* instance, const char* ns, size_t ns_len, const char* prefix,
+                    size_t prefix_len, const char* after, size_t after_len, size_t limit, glmp_record_fn out,
+                    void* user_data, int* more);
+  /* Sliding windows over buckets of store_bucket_ms(). window_add adds `amount` (may be negative)
+   * to the bucket holding now_ms and, when `sum` is not NULL, writes the window's sum after the
+   * add — atomically with it, across replicas. A bucket counts while start > now - window_ms. */
+  int (*window_add)(glmp_instance_host_ptr* instance, const char* name, size_t name_len, int64_t amount,
+                    int64_t window_ms, int64_t now_ms, int64_t* sum);
+  int (*window_sum)(glmp_instance_host_ptr* instance, const char* name, size_t name_len, int64_t window_ms,
+                    int64_t now_ms, int64_t* sum);
+  /* The window's non-empty buckets, oldest first (e.g. to compute when usage ages out). */
+  int (*window_buckets)(glmp_instance_host_ptr* instance, const char* name, size_t name_len, int64_t window_ms,
+                        int64_t now_ms, glmp_bucket_fn out, void* user_data);
+  /* Lifetime counters. `value` (may be NULL) receives the value after the add. */
+  int (*counter_add)(glmp_instance_host_ptr* instance, const char* name, size_t name_len, int64_t amount,
+                     int64_t* value);
+  int (*counter_get)(glmp_instance_host_ptr* instance, const char* name, size_t name_len, int64_t* value);
+  /* The bucket size of window counters, in milliseconds ([store] bucket). */
+  int64_t (*store_bucket_ms)(glmp_instance_host_ptr* instance);
+
+  /* --- metrics, exposed at GET /metrics with the core's. Create in on_config_new only (returns
+   * NULL elsewhere, or when the name/labels are not valid Prometheus names, or the name is taken by
+   * another kind or help text; the reason is logged). Names should start with "glmp_<plugin>_".
+   * `buckets` (histograms only; NULL = defaults from 5 ms to 60 s) must be increasing. The update
+   * calls are lock-free and allocation-free, from any thread. --- */
+  glmp_metric_host_ptr* (*metric_new)(glmp_instance_host_ptr* instance, glmp_metric_kind kind, const char* name,
+                                      size_t name_len, const char* help, size_t help_len, const glmp_label* labels,
+                                      size_t label_count, const double* buckets, size_t bucket_count);
+  /* Counter: adds value (>= 0; negative values are ignored). Gauge: adds value (may be negative). */
+  void (*metric_add)(glmp_metric_host_ptr* metric, double value);
+  /* Gauge only. */
+  void (*metric_set)(glmp_metric_host_ptr* metric, double value);
+  /* Histogram only. */
+  void (*metric_observe)(glmp_metric_host_ptr* metric, double value);
 } glmp_host_api;
 
 /* ---------------------------------------------------------------------------------------------

@@ -12,6 +12,14 @@
 //   assert(plugin.on_request(req) == GLMP_CONTINUE);
 //   assert(req.response_header("X-Greeting") == "hi");
 //
+// ABI 1.1: the state store and metrics live in memory in the FakeHost too (records, windows with
+// the core's bucket rule, counters, metrics readable by name and labels), and the store can be
+// switched to answer Unavailable or Degraded to test a plugin's failure paths:
+//
+//   host.store_mode = glmp::testing::FakeHost::StoreMode::Unavailable;
+//   GLMP_EXPECT(checks, host.counter("my_plugin:hits") == 3);
+//   GLMP_EXPECT(checks, host.metric("glmp_my_plugin_requests_total", {{"plugin", "my_plugin"}})->value == 1);
+//
 // Test-only: header-only, depends on nothing but the C ABI, the standard library and dlopen
 // (link ${CMAKE_DL_LIBS}). It models the core's contract loosely (no hook-order enforcement, no
 // hop-by-hop rules); integration tests against the real binary remain the reference.
@@ -27,6 +35,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -119,6 +128,160 @@ struct FakeRequest {
 
   glmp_request_host_ptr* handle() noexcept { return reinterpret_cast<glmp_request_host_ptr*>(this); }
 };
+
+namespace detail {
+
+// A strict JSON syntax check (RFC 8259, one document, whitespace around it), so the fake store
+// refuses what the core's would (GLMP_STORE_INVALID). Does not validate UTF-8.
+class JsonSyntax {
+ public:
+  static bool valid(std::string_view text) {
+    JsonSyntax p(text);
+    p.ws();
+    if (!p.value(0)) return false;
+    p.ws();
+    return p.i_ == p.s_.size();
+  }
+
+ private:
+  explicit JsonSyntax(std::string_view s) : s_(s) {}
+
+  bool more() const { return i_ < s_.size(); }
+  char peek() const { return more() ? s_[i_] : '\0'; }
+  bool eat(char c) {
+    if (peek() != c || !more()) return false;
+    ++i_;
+    return true;
+  }
+  void ws() {
+    while (more() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+  }
+  bool digits() {
+    const std::size_t start = i_;
+    while (more() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+    return i_ > start;
+  }
+  bool literal(std::string_view word) {
+    if (s_.substr(i_, word.size()) != word) return false;
+    i_ += word.size();
+    return true;
+  }
+  bool number() {
+    eat('-');
+    if (eat('0')) {
+    } else if (!digits()) {
+      return false;
+    }
+    if (eat('.') && !digits()) return false;
+    if (peek() == 'e' || peek() == 'E') {
+      ++i_;
+      if (peek() == '+' || peek() == '-') ++i_;
+      if (!digits()) return false;
+    }
+    return true;
+  }
+  bool string() {
+    if (!eat('"')) return false;
+    while (more()) {
+      const char c = s_[i_++];
+      if (c == '"') return true;
+      if (static_cast<unsigned char>(c) < 0x20) return false;
+      if (c != '\\') continue;
+      if (!more()) return false;
+      const char e = s_[i_++];
+      if (e == 'u') {
+        for (int k = 0; k < 4; ++k) {
+          const char h = peek();
+          const bool hex = (h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F');
+          if (!hex) return false;
+          ++i_;
+        }
+      } else if (std::string_view("\"\\/bfnrt").find(e) == std::string_view::npos) {
+        return false;
+      }
+    }
+    return false;
+  }
+  bool value(int depth) {
+    if (depth > 256) return false;
+    switch (peek()) {
+      case '{': {
+        ++i_;
+        ws();
+        if (eat('}')) return true;
+        for (;;) {
+          ws();
+          if (!string()) return false;
+          ws();
+          if (!eat(':')) return false;
+          ws();
+          if (!value(depth + 1)) return false;
+          ws();
+          if (eat('}')) return true;
+          if (!eat(',')) return false;
+        }
+      }
+      case '[': {
+        ++i_;
+        ws();
+        if (eat(']')) return true;
+        for (;;) {
+          ws();
+          if (!value(depth + 1)) return false;
+          ws();
+          if (eat(']')) return true;
+          if (!eat(',')) return false;
+        }
+      }
+      case '"': return string();
+      case 't': return literal("true");
+      case 'f': return literal("false");
+      case 'n': return literal("null");
+      default: return number();
+    }
+  }
+
+  std::string_view s_;
+  std::size_t i_ = 0;
+};
+
+inline bool is_metric_name(std::string_view s) {
+  if (s.empty()) return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' || (i > 0 && c >= '0' && c <= '9');
+    if (!ok) return false;
+  }
+  return true;
+}
+
+inline bool is_label_name(std::string_view s) {
+  if (s.empty() || s.substr(0, 2) == "__") return false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (i > 0 && c >= '0' && c <= '9');
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace detail
+
+// One metric child (one label set) as the plugin created it, with what it recorded so far.
+struct FakeMetric {
+  glmp_metric_kind kind = GLMP_METRIC_COUNTER;
+  std::string name;
+  std::string help;
+  std::vector<std::pair<std::string, std::string>> labels;  // in the order the plugin passed them
+  std::vector<double> buckets;  // histogram upper bounds (the core's defaults when none were given)
+  double value = 0;             // counter, gauge
+  std::uint64_t count = 0;      // histogram: number of observations
+  double sum = 0;               // histogram: their sum
+  std::vector<std::uint64_t> bucket_counts;  // histogram: cumulative per bucket ("le"), then +Inf (== count)
+  std::uint64_t misuse = 0;     // updates of the wrong kind (set on a counter, observe on a gauge, ...)
+};
+
+using Labels = std::vector<std::pair<std::string, std::string>>;
 
 struct LogLine {
   glmp_log_level level;
@@ -227,6 +390,21 @@ class FakeHost {
     };
     api_.stream_end = [](glmp_request_host_ptr* r) { req(r).stream_ended = true; };
     api_.register_route = &register_route_fn;
+    // ABI 1.1: state store and metrics.
+    api_.store_get = &store_get_fn;
+    api_.store_put = &store_put_fn;
+    api_.store_delete = &store_delete_fn;
+    api_.store_list = &store_list_fn;
+    api_.window_add = &window_add_fn;
+    api_.window_sum = &window_sum_fn;
+    api_.window_buckets = &window_buckets_fn;
+    api_.counter_add = &counter_add_fn;
+    api_.counter_get = &counter_get_fn;
+    api_.store_bucket_ms = [](glmp_instance_host_ptr* i) -> std::int64_t { return host(i).bucket_ms; };
+    api_.metric_new = &metric_new_fn;
+    api_.metric_add = &metric_add_fn;
+    api_.metric_set = &metric_set_fn;
+    api_.metric_observe = &metric_observe_fn;
   }
 
   FakeHost(const FakeHost&) = delete;
@@ -250,6 +428,80 @@ class FakeHost {
 
   std::vector<RegisteredRoute> routes;
   bool reject_routes = false;  // register_route returns -1 (a clash) when true
+
+  // --- state store (ABI 1.1) -------------------------------------------------------------------
+  // The data is plain public members, for setting up and checking between hook calls; the host
+  // functions (and the helpers below) take a mutex, so hooks may run on several threads.
+  enum class StoreMode {
+    Normal,       // works like the core's memory store
+    Unavailable,  // every call (with valid arguments) answers GLMP_STORE_UNAVAILABLE and changes nothing
+    Degraded      // fail_open: window/counter reads and adds answer DEGRADED with 0 and change nothing;
+                  // get answers DEGRADED with the stored value (NOT_FOUND when absent); list answers
+                  // DEGRADED with the records; put/delete answer UNAVAILABLE
+  };
+  StoreMode store_mode = StoreMode::Normal;
+  void set_store_unavailable(bool unavailable = true) noexcept {
+    store_mode = unavailable ? StoreMode::Unavailable : StoreMode::Normal;
+  }
+
+  std::int64_t bucket_ms = 60'000;              // [store] bucket
+  std::int64_t max_window_ms = 86'400'000;      // [store] max_window
+  std::int64_t clock_ms = 1'700'000'000'000;    // "the host's clock" (now_ms = 0); move it to age windows
+
+  std::map<std::string, std::map<std::string, std::string>> records;         // namespace -> key -> JSON
+  std::map<std::string, std::map<std::int64_t, std::int64_t>> windows;      // name -> bucket start -> amount
+  std::map<std::string, std::int64_t> counters;                              // name -> value
+
+  // Thread-safe readers.
+  std::optional<std::string> record(std::string_view ns, std::string_view key) const {
+    std::lock_guard<std::mutex> lock(store_mutex_);
+    auto n = records.find(std::string(ns));
+    if (n == records.end()) return std::nullopt;
+    auto it = n->second.find(std::string(key));
+    return it != n->second.end() ? std::optional<std::string>(it->second) : std::nullopt;
+  }
+  std::int64_t counter(std::string_view name) const {
+    std::lock_guard<std::mutex> lock(store_mutex_);
+    auto it = counters.find(std::string(name));
+    return it != counters.end() ? it->second : 0;
+  }
+  // The window's sum as the store computes it (now_ms = 0: clock_ms).
+  std::int64_t window_sum(std::string_view name, std::int64_t window_ms, std::int64_t now_ms = 0) const {
+    std::lock_guard<std::mutex> lock(store_mutex_);
+    return sum_locked(name, window_ms, now_ms != 0 ? now_ms : clock_ms);
+  }
+  // The start of the bucket holding t (floor to a multiple of bucket_ms, also for t < 0).
+  std::int64_t bucket_of(std::int64_t t) const noexcept { return t - ((t % bucket_ms) + bucket_ms) % bucket_ms; }
+
+  // --- metrics (ABI 1.1) ------------------------------------------------------------------------
+  bool reject_metrics = false;  // metric_new returns NULL (as for a name clash) when true
+  // True while the plugin's on_config_new runs: metric_new returns NULL otherwise, as in the core.
+  // PluginInstance sets it; set it yourself around a direct descriptor->on_config_new call.
+  bool configuring = false;
+
+  // A snapshot of the metric `name` whose labels are exactly `labels` (in any order), or nullopt.
+  std::optional<FakeMetric> metric(std::string_view name, const Labels& labels = {}) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& cell : metrics_) {
+      std::lock_guard<std::mutex> cell_lock(cell->mutex);
+      if (cell->metric.name == name && same_labels(cell->metric.labels, labels)) return cell->metric;
+    }
+    return std::nullopt;
+  }
+  // Snapshots of every metric created, in creation order.
+  std::vector<FakeMetric> metrics() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<FakeMetric> out;
+    for (const auto& cell : metrics_) {
+      std::lock_guard<std::mutex> cell_lock(cell->mutex);
+      out.push_back(cell->metric);
+    }
+    return out;
+  }
+  // The core's default histogram buckets (seconds, 5 ms to 60 s).
+  static std::vector<double> default_buckets() {
+    return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  }
 
   // The first route matching METHOD PATH, or nullptr.
   const RegisteredRoute* find_route(std::string_view method, std::string_view path) const {
@@ -295,9 +547,300 @@ class FakeHost {
     return 0;
   }
 
+  // --- store ---
+  static constexpr std::size_t kMaxName = 512;
+  static constexpr std::size_t kMaxValue = std::size_t{1} << 20;
+  static constexpr std::size_t kMaxListLimit = 1000;
+
+  static bool valid_name(std::string_view s) noexcept {
+    return !s.empty() && s.size() <= kMaxName && s.find('\0') == std::string_view::npos;
+  }
+  bool valid_window(std::string_view name, std::int64_t window, std::int64_t now) const noexcept {
+    return valid_name(name) && window > 0 && window <= max_window_ms && now >= 0;
+  }
+  std::int64_t resolve(std::int64_t now) const noexcept { return now != 0 ? now : clock_ms; }
+  std::int64_t sum_locked(std::string_view name, std::int64_t window, std::int64_t now) const {
+    auto w = windows.find(std::string(name));
+    if (w == windows.end()) return 0;
+    std::int64_t sum = 0;
+    for (const auto& [start, amount] : w->second) {
+      if (start > now - window && start <= now) sum += amount;
+    }
+    return sum;
+  }
+
+  static int store_get_fn(glmp_instance_host_ptr* i, const char* ns, std::size_t ns_len, const char* key,
+                          std::size_t key_len, glmp_bytes_fn out, void* user_data) {
+    FakeHost& self = host(i);
+    const std::string_view n(ns, ns_len), k(key, key_len);
+    if (!valid_name(n) || !valid_name(k)) return GLMP_STORE_INVALID;
+    if (self.store_mode == StoreMode::Unavailable) return GLMP_STORE_UNAVAILABLE;
+    std::string value;
+    {
+      std::lock_guard<std::mutex> lock(self.store_mutex_);
+      auto rn = self.records.find(std::string(n));
+      if (rn == self.records.end()) return GLMP_STORE_NOT_FOUND;
+      auto it = rn->second.find(std::string(k));
+      if (it == rn->second.end()) return GLMP_STORE_NOT_FOUND;
+      value = it->second;
+    }
+    out(user_data, value.data(), value.size());  // outside the lock: the callback may call the host
+    return self.store_mode == StoreMode::Degraded ? GLMP_STORE_DEGRADED : GLMP_STORE_OK;
+  }
+
+  static int store_put_fn(glmp_instance_host_ptr* i, const char* ns, std::size_t ns_len, const char* key,
+                          std::size_t key_len, const char* json, std::size_t json_len) {
+    FakeHost& self = host(i);
+    const std::string_view n(ns, ns_len), k(key, key_len), v(json, json_len);
+    if (!valid_name(n) || !valid_name(k) || v.empty() || v.size() > kMaxValue || !detail::JsonSyntax::valid(v)) {
+      return GLMP_STORE_INVALID;
+    }
+    if (self.store_mode != StoreMode::Normal) return GLMP_STORE_UNAVAILABLE;
+    std::lock_guard<std::mutex> lock(self.store_mutex_);
+    self.records[std::string(n)][std::string(k)] = std::string(v);
+    return GLMP_STORE_OK;
+  }
+
+  static int store_delete_fn(glmp_instance_host_ptr* i, const char* ns, std::size_t ns_len, const char* key,
+                             std::size_t key_len) {
+    FakeHost& self = host(i);
+    const std::string_view n(ns, ns_len), k(key, key_len);
+    if (!valid_name(n) || !valid_name(k)) return GLMP_STORE_INVALID;
+    if (self.store_mode != StoreMode::Normal) return GLMP_STORE_UNAVAILABLE;
+    std::lock_guard<std::mutex> lock(self.store_mutex_);
+    auto rn = self.records.find(std::string(n));
+    if (rn == self.records.end() || rn->second.erase(std::string(k)) == 0) return GLMP_STORE_NOT_FOUND;
+    return GLMP_STORE_OK;
+  }
+
+  static int store_list_fn(glmp_instance_host_ptr* i, const char* ns, std::size_t ns_len, const char* prefix,
+                           std::size_t prefix_len, const char* after, std::size_t after_len, std::size_t limit,
+                           glmp_record_fn out, void* user_data, int* more) {
+    FakeHost& self = host(i);
+    if (more != nullptr) *more = 0;
+    const std::string_view n(ns, ns_len), p(prefix, prefix_len), a(after, after_len);
+    if (!valid_name(n) || p.size() > kMaxName || a.size() > kMaxName || limit < 1 || limit > kMaxListLimit) {
+      return GLMP_STORE_INVALID;
+    }
+    if (self.store_mode == StoreMode::Unavailable) return GLMP_STORE_UNAVAILABLE;
+    std::vector<std::pair<std::string, std::string>> page;
+    bool has_more = false;
+    {
+      std::lock_guard<std::mutex> lock(self.store_mutex_);
+      auto rn = self.records.find(std::string(n));
+      if (rn != self.records.end()) {
+        const auto& map = rn->second;
+        auto it = a.empty() || a < p ? map.lower_bound(std::string(p)) : map.upper_bound(std::string(a));
+        for (; it != map.end() && std::string_view(it->first).substr(0, p.size()) == p; ++it) {
+          if (page.size() == limit) {
+            has_more = true;
+            break;
+          }
+          page.emplace_back(it->first, it->second);
+        }
+      }
+    }
+    for (const auto& [k, v] : page) out(user_data, k.data(), k.size(), v.data(), v.size());
+    if (more != nullptr) *more = has_more ? 1 : 0;
+    return self.store_mode == StoreMode::Degraded ? GLMP_STORE_DEGRADED : GLMP_STORE_OK;
+  }
+
+  static int window_add_fn(glmp_instance_host_ptr* i, const char* name, std::size_t name_len, std::int64_t amount,
+                           std::int64_t window_ms, std::int64_t now_ms, std::int64_t* sum) {
+    FakeHost& self = host(i);
+    const std::string_view n(name, name_len);
+    if (!self.valid_window(n, window_ms, now_ms)) return GLMP_STORE_INVALID;
+    if (self.store_mode == StoreMode::Unavailable) return GLMP_STORE_UNAVAILABLE;
+    if (self.store_mode == StoreMode::Degraded) {
+      if (sum != nullptr) *sum = 0;
+      return GLMP_STORE_DEGRADED;
+    }
+    const std::int64_t now = self.resolve(now_ms);
+    std::lock_guard<std::mutex> lock(self.store_mutex_);
+    self.windows[std::string(n)][self.bucket_of(now)] += amount;
+    if (sum != nullptr) *sum = self.sum_locked(n, window_ms, now);
+    return GLMP_STORE_OK;
+  }
+
+  static int window_sum_fn(glmp_instance_host_ptr* i, const char* name, std::size_t name_len, std::int64_t window_ms,
+                           std::int64_t now_ms, std::int64_t* sum) {
+    FakeHost& self = host(i);
+    const std::string_view n(name, name_len);
+    if (!self.valid_window(n, window_ms, now_ms)) return GLMP_STORE_INVALID;
+    if (self.store_mode == StoreMode::Unavailable) return GLMP_STORE_UNAVAILABLE;
+    if (self.store_mode == StoreMode::Degraded) {
+      if (sum != nullptr) *sum = 0;
+      return GLMP_STORE_DEGRADED;
+    }
+    std::lock_guard<std::mutex> lock(self.store_mutex_);
+    if (sum != nullptr) *sum = self.sum_locked(n, window_ms, self.resolve(now_ms));
+    return GLMP_STORE_OK;
+  }
+
+  static int window_buckets_fn(glmp_instance_host_ptr* i, const char* name, std::size_t name_len,
+                               std::int64_t window_ms, std::int64_t now_ms, glmp_bucket_fn out, void* user_data) {
+    FakeHost& self = host(i);
+    const std::string_view n(name, name_len);
+    if (!self.valid_window(n, window_ms, now_ms)) return GLMP_STORE_INVALID;
+    if (self.store_mode == StoreMode::Unavailable) return GLMP_STORE_UNAVAILABLE;
+    if (self.store_mode == StoreMode::Degraded) return GLMP_STORE_DEGRADED;
+    const std::int64_t now = self.resolve(now_ms);
+    std::vector<std::pair<std::int64_t, std::int64_t>> buckets;
+    {
+      std::lock_guard<std::mutex> lock(self.store_mutex_);
+      auto w = self.windows.find(std::string(n));
+      if (w != self.windows.end()) {
+        for (const auto& [start, amount] : w->second) {
+          if (start > now - window_ms && start <= now && amount != 0) buckets.emplace_back(start, amount);
+        }
+      }
+    }
+    for (const auto& [start, amount] : buckets) out(user_data, start, amount);
+    return GLMP_STORE_OK;
+  }
+
+  static int counter_add_fn(glmp_instance_host_ptr* i, const char* name, std::size_t name_len, std::int64_t amount,
+                            std::int64_t* value) {
+    FakeHost& self = host(i);
+    const std::string_view n(name, name_len);
+    if (!valid_name(n)) return GLMP_STORE_INVALID;
+    if (self.store_mode == StoreMode::Unavailable) return GLMP_STORE_UNAVAILABLE;
+    if (self.store_mode == StoreMode::Degraded) {
+      if (value != nullptr) *value = 0;
+      return GLMP_STORE_DEGRADED;
+    }
+    std::lock_guard<std::mutex> lock(self.store_mutex_);
+    const std::int64_t after = self.counters[std::string(n)] += amount;
+    if (value != nullptr) *value = after;
+    return GLMP_STORE_OK;
+  }
+
+  static int counter_get_fn(glmp_instance_host_ptr* i, const char* name, std::size_t name_len, std::int64_t* value) {
+    FakeHost& self = host(i);
+    const std::string_view n(name, name_len);
+    if (!valid_name(n)) return GLMP_STORE_INVALID;
+    if (self.store_mode == StoreMode::Unavailable) return GLMP_STORE_UNAVAILABLE;
+    if (self.store_mode == StoreMode::Degraded) {
+      if (value != nullptr) *value = 0;
+      return GLMP_STORE_DEGRADED;
+    }
+    std::lock_guard<std::mutex> lock(self.store_mutex_);
+    auto it = self.counters.find(std::string(n));
+    if (value != nullptr) *value = it != self.counters.end() ? it->second : 0;
+    return GLMP_STORE_OK;
+  }
+
+  // --- metrics ---
+  struct MetricCell {
+    mutable std::mutex mutex;
+    FakeMetric metric;
+  };
+  static MetricCell& cell(glmp_metric_host_ptr* m) noexcept { return *reinterpret_cast<MetricCell*>(m); }
+
+  static bool same_labels(Labels a, Labels b) {
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    return a == b;
+  }
+
+  void refuse_metric(std::string_view name, std::string_view why) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    logs_.push_back({GLMP_LOG_ERROR, "metric " + std::string(name) + " refused: " + std::string(why)});
+  }
+
+  static glmp_metric_host_ptr* metric_new_fn(glmp_instance_host_ptr* i, glmp_metric_kind kind, const char* name,
+                                             std::size_t name_len, const char* help, std::size_t help_len,
+                                             const glmp_label* labels, std::size_t label_count, const double* buckets,
+                                             std::size_t bucket_count) {
+    FakeHost& self = host(i);
+    const std::string n(name, name_len);
+    if (!self.configuring) return self.refuse_metric(n, "created outside on_config_new"), nullptr;
+    if (self.reject_metrics) return self.refuse_metric(n, "reject_metrics is set"), nullptr;
+    if (!detail::is_metric_name(n)) return self.refuse_metric(n, "not a valid metric name"), nullptr;
+    if (kind != GLMP_METRIC_COUNTER && kind != GLMP_METRIC_GAUGE && kind != GLMP_METRIC_HISTOGRAM) {
+      return self.refuse_metric(n, "unknown kind"), nullptr;
+    }
+    FakeMetric m;
+    m.kind = kind;
+    m.name = n;
+    m.help.assign(help, help_len);
+    for (std::size_t k = 0; k < label_count; ++k) {
+      std::string label_name(labels[k].name, labels[k].name_len);
+      if (!detail::is_label_name(label_name)) return self.refuse_metric(n, "invalid label name " + label_name), nullptr;
+      for (const auto& existing : m.labels) {
+        if (existing.first == label_name) return self.refuse_metric(n, "duplicate label " + label_name), nullptr;
+      }
+      m.labels.emplace_back(std::move(label_name), std::string(labels[k].value, labels[k].value_len));
+    }
+    if (kind == GLMP_METRIC_HISTOGRAM) {
+      if (buckets == nullptr || bucket_count == 0) {
+        m.buckets = default_buckets();
+      } else {
+        m.buckets.assign(buckets, buckets + bucket_count);
+        for (std::size_t k = 1; k < m.buckets.size(); ++k) {
+          if (!(m.buckets[k - 1] < m.buckets[k])) return self.refuse_metric(n, "buckets not increasing"), nullptr;
+        }
+      }
+      m.bucket_counts.assign(m.buckets.size() + 1, 0);
+    }
+    std::lock_guard<std::mutex> lock(self.mutex_);
+    for (const auto& c : self.metrics_) {
+      const FakeMetric& e = c->metric;  // name, kind, help and labels never change after creation
+      if (e.name != n) continue;
+      if (e.kind != kind || e.help != m.help) {
+        self.logs_.push_back({GLMP_LOG_ERROR, "metric " + n + " refused: name taken by another kind or help text"});
+        return nullptr;
+      }
+      if (same_labels(e.labels, m.labels)) return reinterpret_cast<glmp_metric_host_ptr*>(c.get());
+    }
+    self.metrics_.push_back(std::make_unique<MetricCell>());
+    self.metrics_.back()->metric = std::move(m);
+    return reinterpret_cast<glmp_metric_host_ptr*>(self.metrics_.back().get());
+  }
+
+  static void metric_add_fn(glmp_metric_host_ptr* h, double value) {
+    MetricCell& c = cell(h);
+    std::lock_guard<std::mutex> lock(c.mutex);
+    if (c.metric.kind == GLMP_METRIC_COUNTER) {
+      if (value > 0) c.metric.value += value;  // negative (and NaN) ignored, as in the core
+    } else if (c.metric.kind == GLMP_METRIC_GAUGE) {
+      c.metric.value += value;
+    } else {
+      ++c.metric.misuse;
+    }
+  }
+
+  static void metric_set_fn(glmp_metric_host_ptr* h, double value) {
+    MetricCell& c = cell(h);
+    std::lock_guard<std::mutex> lock(c.mutex);
+    if (c.metric.kind == GLMP_METRIC_GAUGE) {
+      c.metric.value = value;
+    } else {
+      ++c.metric.misuse;
+    }
+  }
+
+  static void metric_observe_fn(glmp_metric_host_ptr* h, double value) {
+    MetricCell& c = cell(h);
+    std::lock_guard<std::mutex> lock(c.mutex);
+    FakeMetric& m = c.metric;
+    if (m.kind != GLMP_METRIC_HISTOGRAM) {
+      ++m.misuse;
+      return;
+    }
+    ++m.count;
+    m.sum += value;
+    for (std::size_t k = 0; k < m.buckets.size(); ++k) {
+      if (value <= m.buckets[k]) ++m.bucket_counts[k];
+    }
+    ++m.bucket_counts.back();
+  }
+
   glmp_host_api api_{};
   mutable std::mutex mutex_;
   std::vector<LogLine> logs_;
+  mutable std::mutex store_mutex_;
+  std::vector<std::unique_ptr<MetricCell>> metrics_;
 };
 
 // A plugin library, dlopen'ed (RTLD_NOW | RTLD_LOCAL) and dlclose'd on destruction.
@@ -359,8 +902,10 @@ class PluginInstance {
   PluginInstance(const glmp_plugin_descriptor* descriptor, FakeHost& host, std::string_view settings_json = "{}")
       : descriptor_(descriptor), host_(host) {
     char error[512] = {0};
+    host.configuring = true;
     state_ = descriptor_->on_config_new(host.api(), host.instance(), settings_json.data(), settings_json.size(),
                                         error, sizeof error);
+    host.configuring = false;
     if (state_ == nullptr) throw std::runtime_error(error);
   }
   ~PluginInstance() {

@@ -46,6 +46,16 @@
 // body(), attribute(), ...) points at host-owned bytes. It is valid only during the hook or route
 // handler that obtained it, and only until a call that changes the same item (set_header on that
 // header, set_body, set_model, set_attribute on that name, ...). Copy into a std::string to keep.
+//
+// State store and metrics (ABI 1.1). host.store() reaches the core's state store: JSON records,
+// sliding-window sums and lifetime counters that survive reloads and restarts and, with Redis,
+// are shared by replicas. Every store call returns a StoreStatus instead of throwing: a plugin
+// decides itself what NotFound, Unavailable (backend down, fail_closed) and Degraded (backend
+// down, fail_open: sums read 0, records may be stale) mean for it. host.counter() / gauge() /
+// histogram() create Prometheus metrics served at GET /metrics; create them in the constructor
+// and update them from any hook (lock-free, no allocation). On a host whose table lacks these
+// functions (ABI 1.0), store calls answer StoreStatus::Unavailable and metrics are null handles
+// whose updates do nothing, so a plugin never crashes for want of them.
 #pragma once
 
 #include <glmproxy/plugin_api.h>
@@ -53,6 +63,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -112,6 +123,65 @@ struct Usage {
   std::int64_t total_tokens = 0;  // OpenAI total_tokens when given, else 0
 };
 
+// What a state-store call returns (mirrors glmp_store_status one to one).
+enum class StoreStatus : int {
+  Ok = GLMP_STORE_OK,
+  NotFound = GLMP_STORE_NOT_FOUND,        // record absent (get, remove)
+  Unavailable = GLMP_STORE_UNAVAILABLE,   // backend down ([store] failure_mode = "fail_closed"), a record
+                                          // write failed, or the host has no store (ABI 1.0)
+  Degraded = GLMP_STORE_DEGRADED,         // backend down, failure_mode = "fail_open": sums and counters
+                                          // read 0, records may be stale; the write may be lost
+  Invalid = GLMP_STORE_INVALID            // bad arguments: empty or oversized (> 512 bytes) name, value not
+                                          // JSON or > 1 MiB, window <= 0 or > [store] max_window, limit not 1..1000
+};
+
+// "ok", "not_found", "unavailable", "degraded", "invalid" (as the core logs them).
+constexpr std::string_view store_status_name(StoreStatus status) noexcept {
+  switch (status) {
+    case StoreStatus::Ok: return "ok";
+    case StoreStatus::NotFound: return "not_found";
+    case StoreStatus::Unavailable: return "unavailable";
+    case StoreStatus::Degraded: return "degraded";
+    case StoreStatus::Invalid: return "invalid";
+  }
+  return "unknown";
+}
+
+// A store call's status plus what it read. `value` is meaningful when status is Ok, and (as the
+// fail_open stand-in: 0 for sums and counters, possibly stale for records) when it is Degraded;
+// otherwise it holds T{}.
+template <class T>
+struct StoreResult {
+  StoreStatus status = StoreStatus::Unavailable;
+  T value{};
+  bool ok() const noexcept { return status == StoreStatus::Ok; }
+};
+
+// One record of a namespace: its key and its JSON text.
+struct StoreRecord {
+  std::string key;
+  std::string value;
+};
+
+// One page of Store::list, in key order. When `more` is true, list again with
+// after = records.back().key for the next page.
+struct StorePage {
+  StoreStatus status = StoreStatus::Unavailable;
+  std::vector<StoreRecord> records;
+  bool more = false;
+  bool ok() const noexcept { return status == StoreStatus::Ok; }
+};
+
+// One non-empty bucket of a sliding window: its start (Unix ms, a multiple of Store::bucket_ms())
+// and the sum of the amounts added to it.
+struct WindowBucket {
+  std::int64_t start_ms = 0;
+  std::int64_t amount = 0;
+};
+
+// A metric label: name (a Prometheus label name) and value. Only read during the creating call.
+using Label = std::pair<std::string_view, std::string_view>;
+
 class Request;
 class Host;
 class Plugin;
@@ -149,6 +219,72 @@ inline void write_error(char* error, std::size_t error_cap, std::string_view mes
   error[n] = '\0';
 }
 
+// The size of an ABI 1.0 host table (everything up to register_route): the least the SDK accepts.
+inline constexpr std::size_t kHostApi10Size =
+    offsetof(glmp_host_api, register_route) + sizeof(glmp_host_api::register_route);
+
+// True when the host's table is of ABI minor >= `minor` and long enough to hold the member at
+// `offset` (of `size` bytes). Tables only grow at their end, so this is how a plugin tells which
+// host functions an older (or odd) host has.
+inline bool host_covers(const glmp_host_api* api, std::size_t offset, std::size_t size, std::uint32_t minor) noexcept {
+  return api != nullptr && api->abi_minor >= minor && offset + size <= api->struct_size;
+}
+
+// GLMP_DETAIL_HOST_HAS(api, member, minor): the table holds `member` (added in ABI minor `minor`)
+// and it is not NULL. #undef'd at the end of this header.
+#define GLMP_DETAIL_HOST_HAS(api, member, minor)                                                            \
+  (::glmp::detail::host_covers((api), offsetof(glmp_host_api, member), sizeof(glmp_host_api::member), (minor)) && \
+   (api)->member != nullptr)
+
+// Every ABI 1.1 store function.
+inline bool host_has_store(const glmp_host_api* api) noexcept {
+  return GLMP_DETAIL_HOST_HAS(api, store_get, 1u) && GLMP_DETAIL_HOST_HAS(api, store_put, 1u) &&
+         GLMP_DETAIL_HOST_HAS(api, store_delete, 1u) && GLMP_DETAIL_HOST_HAS(api, store_list, 1u) &&
+         GLMP_DETAIL_HOST_HAS(api, window_add, 1u) && GLMP_DETAIL_HOST_HAS(api, window_sum, 1u) &&
+         GLMP_DETAIL_HOST_HAS(api, window_buckets, 1u) && GLMP_DETAIL_HOST_HAS(api, counter_add, 1u) &&
+         GLMP_DETAIL_HOST_HAS(api, counter_get, 1u) && GLMP_DETAIL_HOST_HAS(api, store_bucket_ms, 1u);
+}
+
+// Every ABI 1.1 metric function (a metric is only handed out when all its updates work).
+inline bool host_has_metrics(const glmp_host_api* api) noexcept {
+  return GLMP_DETAIL_HOST_HAS(api, metric_new, 1u) && GLMP_DETAIL_HOST_HAS(api, metric_add, 1u) &&
+         GLMP_DETAIL_HOST_HAS(api, metric_set, 1u) && GLMP_DETAIL_HOST_HAS(api, metric_observe, 1u);
+}
+
+// The int a store function returned, as a StoreStatus. A value this SDK does not know (a newer
+// host) is taken as Unavailable: the call cannot be assumed to have worked.
+constexpr StoreStatus store_status(int raw) noexcept {
+  switch (raw) {
+    case GLMP_STORE_OK: return StoreStatus::Ok;
+    case GLMP_STORE_NOT_FOUND: return StoreStatus::NotFound;
+    case GLMP_STORE_UNAVAILABLE: return StoreStatus::Unavailable;
+    case GLMP_STORE_DEGRADED: return StoreStatus::Degraded;
+    case GLMP_STORE_INVALID: return StoreStatus::Invalid;
+    default: return StoreStatus::Unavailable;
+  }
+}
+
+// What the store callbacks (glmp_bytes_fn, ...) copy into. They run inside the host's call, so they
+// must not throw: an exception (std::bad_alloc) is parked here and rethrown once the host returns.
+template <class T>
+struct Sink {
+  T* out;
+  std::exception_ptr error;
+
+  template <class F>
+  void guarded(F&& f) noexcept {
+    if (error) return;
+    try {
+      f(*out);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (error) std::rethrow_exception(error);
+  }
+};
+
 struct HostState;
 
 // One registered route: the handler and the instance it belongs to. Owned by HostState; the host
@@ -163,7 +299,7 @@ struct HostState {
   const glmp_host_api* api = nullptr;
   glmp_instance_host_ptr* instance = nullptr;
   const char* plugin_name = "";
-  bool routes_open = true;  // register_route is allowed only during construction (on_config_new)
+  bool constructing = true;  // register_route and metrics are allowed only during construction (on_config_new)
   std::vector<std::unique_ptr<Route>> routes;
 
   void log(glmp_log_level level, std::string_view message) const noexcept {
@@ -426,6 +562,288 @@ class Request {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Store: the core's state store ([store] in the config), reached with host.store(). ABI 1.1.
+//
+// Shared by every plugin of the proxy and, with the Redis backend, by every replica; it survives
+// hot reloads and (sqlite, redis) restarts, so it is where state that must outlive the plugin
+// object goes. Three kinds of data:
+//   - records: small JSON documents (<= 1 MiB) under a namespace and a key: get, put, remove,
+//     list (by key prefix, in key order, paged);
+//   - sliding windows: amounts added to time buckets of bucket_ms(); a window's sum counts the
+//     buckets whose start is > now - window, so an amount ages out between window - bucket_ms()
+//     and window after it was added (never later);
+//   - lifetime counters: add and get.
+// Names (namespaces, keys, window and counter names) are 1..512 bytes; prefix them with the
+// plugin's name ("usage_meter:...") since the store is shared. Times are Unix milliseconds; now_ms
+// = 0 (the default) means the host's clock; pass an explicit time only to replay events or test.
+//
+// Copyable, cheap (two pointers); valid as long as the Host it came from. Every call may be made
+// from any thread, in the constructor, any hook or a route handler, and may block on the backend
+// (bounded by [store] timeout). Calls never throw for store failures: they return a StoreStatus
+// (see the enum). They throw only std::bad_alloc while copying results. Results are copies: they
+// stay valid after the call. On a host without the store (ABI 1.0 table) every call returns
+// Unavailable and bucket_ms() returns 0.
+// ---------------------------------------------------------------------------------------------
+class Store {
+ public:
+  // A store with no host: every call returns Unavailable.
+  Store() noexcept = default;
+  // Escape hatch for raw handles; plugins use host.store().
+  Store(const glmp_host_api* api, glmp_instance_host_ptr* instance) noexcept : api_(api), instance_(instance) {}
+
+  // True when the host has the store functions (ABI 1.1 or later). Plugins rarely need this: the
+  // calls answer Unavailable otherwise.
+  bool available() const noexcept { return detail::host_has_store(api_); }
+
+  // --- records ---
+
+  // Reads record ns/key into `value` (replaced; cleared unless the status is Ok or Degraded).
+  // Ok; NotFound when absent; Degraded with a possibly stale copy; Unavailable; Invalid. Reusing
+  // `value` across calls saves an allocation.
+  StoreStatus get(std::string_view ns, std::string_view key, std::string& value) const {
+    value.clear();
+    if (!GLMP_DETAIL_HOST_HAS(api_, store_get, 1u)) return StoreStatus::Unavailable;
+    detail::Sink<std::string> sink{&value, nullptr};
+    const int rc = api_->store_get(
+        instance_, detail::ptr(ns), ns.size(), detail::ptr(key), key.size(),
+        [](void* user, const char* data, std::size_t len) noexcept {
+          static_cast<detail::Sink<std::string>*>(user)->guarded([&](std::string& out) { out.assign(data, len); });
+        },
+        &sink);
+    sink.rethrow();
+    const StoreStatus status = detail::store_status(rc);
+    if (status != StoreStatus::Ok && status != StoreStatus::Degraded) value.clear();
+    return status;
+  }
+  // The same, returning the status and the JSON text together.
+  StoreResult<std::string> get(std::string_view ns, std::string_view key) const {
+    StoreResult<std::string> result;
+    result.status = get(ns, key, result.value);
+    return result;
+  }
+
+  // Creates or replaces record ns/key. `json` must be one JSON document (Invalid otherwise).
+  // Unavailable when the write failed (it was not stored).
+  StoreStatus put(std::string_view ns, std::string_view key, std::string_view json) const {
+    if (!GLMP_DETAIL_HOST_HAS(api_, store_put, 1u)) return StoreStatus::Unavailable;
+    return detail::store_status(
+        api_->store_put(instance_, detail::ptr(ns), ns.size(), detail::ptr(key), key.size(), detail::ptr(json), json.size()));
+  }
+
+  // Deletes record ns/key: Ok, or NotFound when it did not exist.
+  StoreStatus remove(std::string_view ns, std::string_view key) const {
+    if (!GLMP_DETAIL_HOST_HAS(api_, store_delete, 1u)) return StoreStatus::Unavailable;
+    return detail::store_status(api_->store_delete(instance_, detail::ptr(ns), ns.size(), detail::ptr(key), key.size()));
+  }
+
+  // Up to `limit` (1..1000) records of `ns` whose key starts with `prefix` and sorts after `after`
+  // ("" = from the start), in key order. page.more is true when another page follows: call again
+  // with after = page.records.back().key.
+  StorePage list(std::string_view ns, std::string_view prefix = {}, std::string_view after = {},
+                 std::size_t limit = 100) const {
+    StorePage page;
+    if (!GLMP_DETAIL_HOST_HAS(api_, store_list, 1u)) return page;
+    detail::Sink<std::vector<StoreRecord>> sink{&page.records, nullptr};
+    int more = 0;
+    const int rc = api_->store_list(
+        instance_, detail::ptr(ns), ns.size(), detail::ptr(prefix), prefix.size(), detail::ptr(after), after.size(),
+        limit,
+        [](void* user, const char* key, std::size_t key_len, const char* value, std::size_t value_len) noexcept {
+          static_cast<detail::Sink<std::vector<StoreRecord>>*>(user)->guarded([&](std::vector<StoreRecord>& out) {
+            out.push_back(StoreRecord{std::string(detail::view(key, key_len)), std::string(detail::view(value, value_len))});
+          });
+        },
+        &sink, &more);
+    sink.rethrow();
+    page.status = detail::store_status(rc);
+    if (page.status != StoreStatus::Ok && page.status != StoreStatus::Degraded) {
+      page.records.clear();
+      page.more = false;
+    } else {
+      page.more = more != 0;
+    }
+    return page;
+  }
+
+  // --- sliding windows ---
+
+  // Adds `amount` (may be negative) to the bucket holding now_ms in window counter `name`, and
+  // returns the sum over `window` after the add, computed atomically with it (across replicas
+  // with Redis): the way to enforce a quota without a race. `window` must be > 0 and <= [store]
+  // max_window (Invalid otherwise). Degraded: nothing was added and the sum reads 0.
+  StoreResult<std::int64_t> window_add(std::string_view name, std::int64_t amount, std::chrono::milliseconds window,
+                                       std::int64_t now_ms = 0) const {
+    StoreResult<std::int64_t> result;
+    if (!GLMP_DETAIL_HOST_HAS(api_, window_add, 1u)) return result;
+    std::int64_t sum = 0;
+    result.status = detail::store_status(
+        api_->window_add(instance_, detail::ptr(name), name.size(), amount, window.count(), now_ms, &sum));
+    result.value = number(result.status, sum);
+    return result;
+  }
+
+  // The sum over `window` ending at now_ms (0 for a window never added to).
+  StoreResult<std::int64_t> window_sum(std::string_view name, std::chrono::milliseconds window,
+                                       std::int64_t now_ms = 0) const {
+    StoreResult<std::int64_t> result;
+    if (!GLMP_DETAIL_HOST_HAS(api_, window_sum, 1u)) return result;
+    std::int64_t sum = 0;
+    result.status =
+        detail::store_status(api_->window_sum(instance_, detail::ptr(name), name.size(), window.count(), now_ms, &sum));
+    result.value = number(result.status, sum);
+    return result;
+  }
+
+  // The window's non-empty buckets, oldest first (e.g. to tell a client when its usage ages out:
+  // the oldest bucket leaves the window at start_ms + window).
+  StoreResult<std::vector<WindowBucket>> window_buckets(std::string_view name, std::chrono::milliseconds window,
+                                                        std::int64_t now_ms = 0) const {
+    StoreResult<std::vector<WindowBucket>> result;
+    if (!GLMP_DETAIL_HOST_HAS(api_, window_buckets, 1u)) return result;
+    detail::Sink<std::vector<WindowBucket>> sink{&result.value, nullptr};
+    const int rc = api_->window_buckets(
+        instance_, detail::ptr(name), name.size(), window.count(), now_ms,
+        [](void* user, std::int64_t start_ms, std::int64_t amount) noexcept {
+          static_cast<detail::Sink<std::vector<WindowBucket>>*>(user)->guarded(
+              [&](std::vector<WindowBucket>& out) { out.push_back(WindowBucket{start_ms, amount}); });
+        },
+        &sink);
+    sink.rethrow();
+    result.status = detail::store_status(rc);
+    if (result.status != StoreStatus::Ok && result.status != StoreStatus::Degraded) result.value.clear();
+    return result;
+  }
+
+  // The bucket size of window counters in milliseconds ([store] bucket); 0 without a store.
+  std::int64_t bucket_ms() const noexcept {
+    return GLMP_DETAIL_HOST_HAS(api_, store_bucket_ms, 1u) ? api_->store_bucket_ms(instance_) : 0;
+  }
+
+  // --- lifetime counters ---
+
+  // Adds `amount` (may be negative) to counter `name` and returns its value after the add
+  // (atomically with it). Degraded: nothing was added and the value reads 0.
+  StoreResult<std::int64_t> counter_add(std::string_view name, std::int64_t amount = 1) const {
+    StoreResult<std::int64_t> result;
+    if (!GLMP_DETAIL_HOST_HAS(api_, counter_add, 1u)) return result;
+    std::int64_t value = 0;
+    result.status = detail::store_status(api_->counter_add(instance_, detail::ptr(name), name.size(), amount, &value));
+    result.value = number(result.status, value);
+    return result;
+  }
+
+  // The counter's value (0 for a counter never added to).
+  StoreResult<std::int64_t> counter_get(std::string_view name) const {
+    StoreResult<std::int64_t> result;
+    if (!GLMP_DETAIL_HOST_HAS(api_, counter_get, 1u)) return result;
+    std::int64_t value = 0;
+    result.status = detail::store_status(api_->counter_get(instance_, detail::ptr(name), name.size(), &value));
+    result.value = number(result.status, value);
+    return result;
+  }
+
+  // Escape hatch: the raw C handles.
+  const glmp_host_api* api() const noexcept { return api_; }
+  glmp_instance_host_ptr* instance() const noexcept { return instance_; }
+
+ private:
+  // Only Ok and Degraded carry a number; anything else reads 0 whatever the host wrote.
+  static std::int64_t number(StoreStatus status, std::int64_t value) noexcept {
+    return status == StoreStatus::Ok || status == StoreStatus::Degraded ? value : 0;
+  }
+
+  const glmp_host_api* api_ = nullptr;
+  glmp_instance_host_ptr* instance_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Metrics: Counter, Gauge, Histogram. ABI 1.1.
+//
+// Created with host.counter() / host.gauge() / host.histogram() in the plugin's constructor, and
+// served by the core at GET /metrics next to its own. Each is one child (one label set) of a
+// Prometheus family. The handle is two or three pointers: copy it freely, keep it as a member.
+// The metric itself is core-owned and lives until the process exits, also across reloads (a new
+// plugin object asking for the same name and labels gets the same metric, so its values carry
+// on).
+//
+// Updates may be called from any thread, concurrently; they are lock-free, allocation-free and
+// never throw. A null handle (default-constructed, created outside the constructor, refused by
+// the host, or from a host without metrics) is valid: every update on it does nothing, and
+// valid() / operator bool tell it apart.
+// ---------------------------------------------------------------------------------------------
+
+// Only goes up: a count of events.
+class Counter {
+ public:
+  constexpr Counter() noexcept = default;
+  // Adds 1.
+  void inc() const noexcept { add(1.0); }
+  // Adds `value` (>= 0; the core ignores negative values).
+  void add(double value) const noexcept {
+    if (add_ != nullptr) add_(handle_, value);
+  }
+  bool valid() const noexcept { return handle_ != nullptr; }
+  explicit operator bool() const noexcept { return valid(); }
+  glmp_metric_host_ptr* handle() const noexcept { return handle_; }
+
+ private:
+  friend class Host;
+  Counter(glmp_metric_host_ptr* handle, void (*add_fn)(glmp_metric_host_ptr*, double)) noexcept
+      : handle_(handle), add_(handle != nullptr ? add_fn : nullptr) {}
+
+  glmp_metric_host_ptr* handle_ = nullptr;
+  void (*add_)(glmp_metric_host_ptr*, double) = nullptr;
+};
+
+// Goes up and down: a current level.
+class Gauge {
+ public:
+  constexpr Gauge() noexcept = default;
+  void set(double value) const noexcept {
+    if (set_ != nullptr) set_(handle_, value);
+  }
+  // Adds `value` (may be negative).
+  void add(double value) const noexcept {
+    if (add_ != nullptr) add_(handle_, value);
+  }
+  void inc(double value = 1.0) const noexcept { add(value); }
+  void dec(double value = 1.0) const noexcept { add(-value); }
+  bool valid() const noexcept { return handle_ != nullptr; }
+  explicit operator bool() const noexcept { return valid(); }
+  glmp_metric_host_ptr* handle() const noexcept { return handle_; }
+
+ private:
+  friend class Host;
+  Gauge(glmp_metric_host_ptr* handle, void (*set_fn)(glmp_metric_host_ptr*, double),
+        void (*add_fn)(glmp_metric_host_ptr*, double)) noexcept
+      : handle_(handle), set_(handle != nullptr ? set_fn : nullptr), add_(handle != nullptr ? add_fn : nullptr) {}
+
+  glmp_metric_host_ptr* handle_ = nullptr;
+  void (*set_)(glmp_metric_host_ptr*, double) = nullptr;
+  void (*add_)(glmp_metric_host_ptr*, double) = nullptr;
+};
+
+// A distribution: counts of observations per bucket, their sum and count.
+class Histogram {
+ public:
+  constexpr Histogram() noexcept = default;
+  void observe(double value) const noexcept {
+    if (observe_ != nullptr) observe_(handle_, value);
+  }
+  bool valid() const noexcept { return handle_ != nullptr; }
+  explicit operator bool() const noexcept { return valid(); }
+  glmp_metric_host_ptr* handle() const noexcept { return handle_; }
+
+ private:
+  friend class Host;
+  Histogram(glmp_metric_host_ptr* handle, void (*observe_fn)(glmp_metric_host_ptr*, double)) noexcept
+      : handle_(handle), observe_(handle != nullptr ? observe_fn : nullptr) {}
+
+  glmp_metric_host_ptr* handle_ = nullptr;
+  void (*observe_)(glmp_metric_host_ptr*, double) = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Host: a cheap copyable handle to the core for one plugin instance. Valid from construction of
 // the plugin until its destruction (don't keep copies beyond that, e.g. in detached threads).
 // ---------------------------------------------------------------------------------------------
@@ -449,7 +867,7 @@ class Host {
   // reported by the core when it builds the chain.
   // The handler is kept until the plugin is destroyed; it may capture `this`.
   void register_route(std::string_view method, std::string_view path, Access access, RouteHandler handler) const {
-    if (!state_->routes_open) {
+    if (!state_->constructing) {
       throw std::logic_error("register_route is allowed only in the plugin's constructor (on_config_new)");
     }
     if (!handler) throw std::invalid_argument("register_route: empty handler");
@@ -466,6 +884,33 @@ class Host {
     }
   }
 
+  // The core's state store (see Store). Any thread, any time while the plugin lives; on a host
+  // without a store every call returns StoreStatus::Unavailable.
+  Store store() const noexcept { return Store(state_->api, state_->instance); }
+
+  // Metrics (see Counter / Gauge / Histogram). Create them in the constructor only (on_config_new);
+  // later calls log a warning and return a null handle. `name` must be a Prometheus metric name
+  // and should start with "glmp_<plugin>_" (counters end in "_total"); `help` is its HELP text;
+  // `labels` are this child's label names and values ({{"plugin", "my_plugin"}}). The core refuses
+  // (logs why and returns a null handle for) an invalid name or label, and a name already taken
+  // by another kind or help text. Asking again for the same name and labels returns the same
+  // metric. Never throw for a refusal; a null handle makes every update a no-op.
+  Counter counter(std::string_view name, std::string_view help, const std::vector<Label>& labels = {}) const {
+    glmp_metric_host_ptr* m = new_metric(GLMP_METRIC_COUNTER, name, help, labels, {});
+    return m != nullptr ? Counter(m, state_->api->metric_add) : Counter();
+  }
+  Gauge gauge(std::string_view name, std::string_view help, const std::vector<Label>& labels = {}) const {
+    glmp_metric_host_ptr* m = new_metric(GLMP_METRIC_GAUGE, name, help, labels, {});
+    return m != nullptr ? Gauge(m, state_->api->metric_set, state_->api->metric_add) : Gauge();
+  }
+  // `buckets`: the upper bounds, strictly increasing ({} = the core's defaults, 5 ms to 60 s, for
+  // durations in seconds).
+  Histogram histogram(std::string_view name, std::string_view help, const std::vector<Label>& labels = {},
+                      const std::vector<double>& buckets = {}) const {
+    glmp_metric_host_ptr* m = new_metric(GLMP_METRIC_HISTOGRAM, name, help, labels, buckets);
+    return m != nullptr ? Histogram(m, state_->api->metric_observe) : Histogram();
+  }
+
   // The name given to GLMP_PLUGIN.
   std::string_view plugin_name() const noexcept { return state_->plugin_name; }
   // The host's ABI version (>= the plugin's; a higher minor may offer more host functions).
@@ -480,6 +925,29 @@ class Host {
   template <class Info>
   friend struct detail::Adapter;
   explicit Host(detail::HostState* state) noexcept : state_(state) {}
+
+  glmp_metric_host_ptr* new_metric(glmp_metric_kind kind, std::string_view name, std::string_view help,
+                                   const std::vector<Label>& labels, const std::vector<double>& buckets) const {
+    if (!state_->constructing) {
+      state_->log(GLMP_LOG_WARNING, "metric " + std::string(name) +
+                                        " created outside the plugin's constructor: its updates are ignored");
+      return nullptr;
+    }
+    if (!detail::host_has_metrics(state_->api)) {
+      state_->log(GLMP_LOG_WARNING, "the host (ABI " + std::to_string(state_->api->abi_major) + "." +
+                                        std::to_string(state_->api->abi_minor) + ") has no plugin metrics: " +
+                                        std::string(name) + " is not exported");
+      return nullptr;
+    }
+    std::vector<glmp_label> raw;
+    raw.reserve(labels.size());
+    for (const Label& label : labels) {
+      raw.push_back(glmp_label{detail::ptr(label.first), label.first.size(), detail::ptr(label.second), label.second.size()});
+    }
+    return state_->api->metric_new(state_->instance, kind, detail::ptr(name), name.size(), detail::ptr(help), help.size(),
+                                   raw.empty() ? nullptr : raw.data(), raw.size(),
+                                   buckets.empty() ? nullptr : buckets.data(), buckets.size());
+  }
 
   detail::HostState* state_;
 };
@@ -594,7 +1062,9 @@ struct Adapter {
                                             const char* config_json, std::size_t config_len, char* error,
                                             std::size_t error_cap) noexcept {
     try {
-      if (api == nullptr || api->struct_size < sizeof(glmp_host_api) || api->abi_major != GLMP_ABI_MAJOR) {
+      // The table must hold every ABI 1.0 member; members of later minors are checked where used
+      // (detail::host_has), so a smaller table degrades those features instead of refusing.
+      if (api == nullptr || api->struct_size < kHostApi10Size || api->abi_major != GLMP_ABI_MAJOR) {
         write_error(error, error_cap, "host API table is missing, too small or of another ABI major");
         return nullptr;
       }
@@ -604,7 +1074,7 @@ struct Adapter {
       inst->state.plugin_name = Info::name;
       const Settings settings(detail::view(config_json, config_len));
       inst->plugin = std::make_unique<T>(settings, Host(&inst->state));
-      inst->state.routes_open = false;
+      inst->state.constructing = false;
       return reinterpret_cast<glmp_config_plugin_ptr*>(inst.release());
     } catch (const std::exception& e) {
       write_error(error, error_cap, e.what());
@@ -720,3 +1190,5 @@ struct Adapter {
     return ::glmp::detail::host_accepted(host_abi_major, host_abi_minor) ? &glmp_plugin_descriptor_ : nullptr; \
   }                                                                                                         \
   static_assert(sizeof(glmp_plugin_descriptor_) != 0, "")
+
+#undef GLMP_DETAIL_HOST_HAS
