@@ -3,6 +3,7 @@
 //   glm-proxy --config PATH          run the server
 //   glm-proxy --check-config PATH    validate the config and exit (0, or 1 with the error)
 //   glm-proxy --version
+//   glm-proxy keys …                 manage API keys through the admin API (cli/keys_cli.hpp)
 
 #include <csignal>
 #include <cstring>
@@ -18,6 +19,7 @@
 
 #include <unistd.h>
 
+#include "cli/keys_cli.hpp"
 #include "config/config.hpp"
 #include "metrics/plugin_metrics.hpp"
 #include "plugins/chain_builder.hpp"
@@ -28,8 +30,10 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: glm-proxy --config PATH | --check-config PATH | --check-plugins PATH | --version | --help\n"
+    "       glm-proxy keys create|list|show|update|revoke|rotate|import|help [FLAGS]\n"
     "  --check-config PATH   validate the config file\n"
-    "  --check-plugins PATH  validate it and build its plugin chain (load, configure, unload every plugin)\n";
+    "  --check-plugins PATH  validate it and build its plugin chain (load, configure, unload every plugin)\n"
+    "  keys …                manage API keys through the auth plugin's admin API (glm-proxy keys help)\n";
 
 void setup_logging(const std::string& level) {
   Poco::AutoPtr<Poco::PatternFormatter> fmt(new Poco::PatternFormatter("%Y-%m-%dT%H:%M:%S.%iZ %p %s: %t"));
@@ -101,6 +105,7 @@ int run(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "keys") == 0) return glmp::core::cli::run_keys(argc - 1, argv + 1, std::cout, std::cerr);
   if (argc == 2 && (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "-V") == 0)) {
     std::cout << "glm-proxy " << GLMP_VERSION << "\n";
     return 0;

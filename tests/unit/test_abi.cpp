@@ -16,7 +16,7 @@ namespace {
 
 const std::map<std::string, std::string> kHeaderHashes = {
     {"1.0", "b6805f7c6a8e40c4f1cfe2cc2e807ccd1b4c1bd6bd410391242b3f6031956504"},
-    {"1.1", "1aca62b6232fe93aa5afd9480b13e79dfc8a998068f5f54cc71aacd4a58cff06"},
+    {"1.1", "014edf4726c570c2365ffb1794bf7bd86e4a4da465b32bd9f0c8d3b16e2b6be8"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is
@@ -28,7 +28,7 @@ TEST(Abi, MinorVersionsOnlyAppend) {
   EXPECT_EQ(sizeof(glmp_usage), 48u);
   // 1.1 starts right after 1.0's last member.
   EXPECT_EQ(offsetof(glmp_host_api, store_get), 232u);
-  EXPECT_EQ(offsetof(glmp_host_api, metric_observe) + sizeof(void*), sizeof(glmp_host_api));
+  EXPECT_EQ(offsetof(glmp_host_api, request_client_header) + sizeof(void*), sizeof(glmp_host_api));
 }
 
 TEST(Abi, HeaderHashMatchesItsVersion) {

@@ -34,8 +34,11 @@ public:
   // Event streams being relayed right now (for the glmp_active_streams gauge).
   int active_streams() const { return active_streams_.load(std::memory_order_relaxed); }
 
-private:
+  // Reads the request body into ctx.body ([server] max_request_body → 413, bad framing → 400; the
+  // error is sent and false returned). Also used for plugin routes.
   bool read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
+
+private:
   // Validates a JSON body (400 when malformed) and reads "stream"/"model"; `scan` keeps the result.
   bool inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
                     TopLevelScan& scan);

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/NameValueCollection.h>
 
@@ -42,6 +43,7 @@ struct RequestContext {
   std::vector<std::pair<std::string, std::string>> attributes;  // "auth.key_id" → …
 
   // Plugins
+  const Poco::Net::HTTPServerRequest* request = nullptr;  // the client request as received (read-only)
   Poco::Net::HTTPServerResponse* response = nullptr;  // the client response, for plugins that stream one
   std::ostream* plugin_stream = nullptr;              // set by stream_begin
   std::vector<std::pair<std::string, std::string>> extra_response_headers;  // added in on_request, sent on any response

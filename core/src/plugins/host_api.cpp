@@ -325,6 +325,12 @@ void metric_observe(glmp_metric_host_ptr* handle, double value) {
   if (m && m->histogram) m->histogram->Observe(value);
 }
 
+int request_client_header(glmp_request_host_ptr* r, const char* name, size_t nl, size_t index, const char** v,
+                          size_t* vl) {
+  const auto* req = C(r).request;
+  return req ? header_at(*req, name, nl, index, v, vl) : 0;
+}
+
 const glmp_host_api kHostApi = {
     sizeof(glmp_host_api), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, log,
     request_id, request_method, request_path, request_query, request_flavour, request_streaming, request_model,
@@ -333,7 +339,7 @@ const glmp_host_api kHostApi = {
     response_usage, respond, respond_error, stream_begin, stream_write, stream_end, register_route,
     // 1.1
     store_get, store_put, store_delete, store_list, window_add, window_sum, window_buckets, counter_add, counter_get,
-    store_bucket_ms, metric_new, metric_add, metric_set, metric_observe,
+    store_bucket_ms, metric_new, metric_add, metric_set, metric_observe, request_client_header,
 };
 
 }  // namespace

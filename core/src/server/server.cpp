@@ -286,6 +286,7 @@ void Server::serve_plugin_route(const plugins::Route& route, std::shared_ptr<con
                                 Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
                                 pipeline::RequestContext& ctx) {
   if (route.access == plugins::Route::Access::Admin && !admin_allowed(req, resp, ctx)) return;
+  if (!proxy_.read_body(req, resp, ctx)) return;  // the handler sees it through request_body
   plugins::ChainRun run(chain);
   if (route.access == plugins::Route::Access::Key) {
     // The chain's on_request hooks (auth, …) run first; a refusal answers instead of the route.
@@ -341,6 +342,7 @@ void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   const std::string client_id = req.get("X-Request-ID", std::string());  // by value: get() may return its default
   ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
   ctx.method = req.getMethod();
+  ctx.request = &req;
   ctx.response = &resp;
   split_target(req.getURI(), ctx.path, ctx.query);
   resp.set("X-Request-ID", ctx.request_id);

@@ -256,6 +256,13 @@ typedef struct glmp_host_api {
   void (*metric_set)(glmp_metric_host_ptr* metric, double value);
   /* Histogram only. */
   void (*metric_observe)(glmp_metric_host_ptr* metric, double value);
+
+  /* --- request headers exactly as the client sent them (any hook, route handlers too): unlike
+   * request_header, this includes what the core never forwards — the client's credentials
+   * (Authorization, x-api-key), hop-by-hop headers, Host. Read-only. The index-th value (0-based)
+   * of `name` (case-insensitive); returns 0 when absent. --- */
+  int (*request_client_header)(glmp_request_host_ptr* request, const char* name, size_t name_len, size_t index,
+                               const char** value, size_t* value_len);
 } glmp_host_api;
 
 /* ---------------------------------------------------------------------------------------------

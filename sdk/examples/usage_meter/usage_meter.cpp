@@ -36,45 +36,6 @@ constexpr std::string_view kKeyRoutePrefix = "/meter/";
 constexpr std::size_t kDefaultLimit = 100;
 constexpr std::size_t kMaxLimit = 1000;
 
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Decodes %XX escapes (a '%' not followed by two hex digits stays as it is). '+' is kept.
-std::string percent_decode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size()) {
-      const int hi = hex_digit(s[i + 1]);
-      const int lo = hex_digit(s[i + 2]);
-      if (hi >= 0 && lo >= 0) {
-        out.push_back(static_cast<char>(hi * 16 + lo));
-        i += 2;
-        continue;
-      }
-    }
-    out.push_back(s[i]);
-  }
-  return out;
-}
-
-// The (decoded) value of `name` in a raw query string, or nullopt when absent.
-std::optional<std::string> query_param(std::string_view query, std::string_view name) {
-  while (!query.empty()) {
-    const std::size_t amp = query.find('&');
-    const std::string_view pair = query.substr(0, amp);
-    const std::size_t eq = pair.find('=');
-    if (pair.substr(0, eq) == name) return percent_decode(eq == std::string_view::npos ? "" : pair.substr(eq + 1));
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return std::nullopt;
-}
-
 // The stored JSON text as a JSON value (a string if it somehow is not JSON).
 Json stored_value(const std::string& text) {
   Json value = Json::parse(text, nullptr, false);
@@ -180,7 +141,7 @@ class UsageMeter final : public glmp::Plugin {
   void show_key(glmp::Request& request) const {
     const std::string_view path = request.path();
     const std::string key =
-        percent_decode(path.substr(0, kKeyRoutePrefix.size()) == kKeyRoutePrefix ? path.substr(kKeyRoutePrefix.size()) : "");
+        glmp::percent_decode(path.substr(0, kKeyRoutePrefix.size()) == kKeyRoutePrefix ? path.substr(kKeyRoutePrefix.size()) : "");
     if (key.empty()) return respond_invalid(request, "missing key: GET /meter/<key>");
 
     const glmp::Store store = host().store();
@@ -208,9 +169,9 @@ class UsageMeter final : public glmp::Plugin {
   // GET /meter?after=<key>&limit=<n>: {"records":[{"key","value"}...],"more":bool[,"degraded"]}.
   void list_keys(glmp::Request& request) const {
     const std::string_view query = request.query();
-    const std::string after = query_param(query, "after").value_or("");
+    const std::string after = glmp::query_param(query, "after").value_or("");
     std::size_t limit = kDefaultLimit;
-    if (const std::optional<std::string> raw = query_param(query, "limit")) {
+    if (const std::optional<std::string> raw = glmp::query_param(query, "limit")) {
       std::size_t parsed = 0;
       bool digits = !raw->empty() && raw->size() <= 4;
       for (const char c : *raw) {

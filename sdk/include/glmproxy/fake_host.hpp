@@ -92,6 +92,7 @@ struct FakeRequest {
   bool streaming = false;
   std::string model;               // set_model writes here (and sets model_set)
   std::vector<Header> headers;     // request headers going upstream
+  std::vector<Header> client_headers;  // as the client sent them (credentials included); request_client_header
   std::string body;                // set_body writes here
   std::map<std::string, std::string> attributes;
   int response_status = 0;         // what response_status() returns
@@ -319,6 +320,10 @@ class FakeHost {
     api_.request_header = [](glmp_request_host_ptr* r, const char* name, std::size_t name_len, std::size_t index,
                              const char** v, std::size_t* n) {
       return header_out(req(r).headers, std::string_view(name, name_len), index, v, n);
+    };
+    api_.request_client_header = [](glmp_request_host_ptr* r, const char* name, std::size_t name_len,
+                                    std::size_t index, const char** v, std::size_t* n) {
+      return header_out(req(r).client_headers, std::string_view(name, name_len), index, v, n);
     };
     api_.request_set_header = [](glmp_request_host_ptr* r, const char* name, std::size_t name_len, const char* v,
                                  std::size_t n) {

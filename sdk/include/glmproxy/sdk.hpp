@@ -324,6 +324,49 @@ struct Adapter;
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
+// Small helpers every plugin with routes or query parameters needs (one place, not one per plugin).
+// ---------------------------------------------------------------------------------------------
+
+// Decodes %XX escapes; a '%' not followed by two hex digits stays as it is, '+' is kept.
+inline std::string percent_decode(std::string_view s) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size()) {
+      const int hi = hex(s[i + 1]);
+      const int lo = hex(s[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        out.push_back(static_cast<char>(hi * 16 + lo));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(s[i]);
+  }
+  return out;
+}
+
+// The (percent-decoded) value of the first `name` parameter of a raw query string ("a=1&b=2"),
+// "" for a parameter without '=', nullopt when absent.
+inline std::optional<std::string> query_param(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    const std::size_t eq = pair.find('=');
+    if (pair.substr(0, eq) == name) return percent_decode(eq == std::string_view::npos ? "" : pair.substr(eq + 1));
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Settings: the plugin's [plugins.settings] TOML table, which the core hands over as JSON.
 // Immutable after construction; safe to read from any thread. Copyable.
 // ---------------------------------------------------------------------------------------------
@@ -459,6 +502,17 @@ class Request {
     const char* value = nullptr;
     std::size_t len = 0;
     if (api_->request_header(handle_, detail::ptr(name), name.size(), index, &value, &len) == 0) return std::nullopt;
+    return detail::view(value, len);
+  }
+  // The index-th value of `name` exactly as the client sent it (ABI 1.1), or nullopt. Unlike
+  // header(), this sees what the core never forwards: the client's own credentials
+  // (Authorization, x-api-key), hop-by-hop headers, Host. Read-only; nullopt on a 1.0 host.
+  std::optional<std::string_view> client_header(std::string_view name, std::size_t index = 0) const {
+    if (!GLMP_DETAIL_HOST_HAS(api_, request_client_header, 1u)) return std::nullopt;
+    const char* value = nullptr;
+    std::size_t len = 0;
+    if (api_->request_client_header(handle_, detail::ptr(name), name.size(), index, &value, &len) == 0)
+      return std::nullopt;
     return detail::view(value, len);
   }
   // Replaces every value of `name`.
