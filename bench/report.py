@@ -65,7 +65,7 @@ def main():
     tables = {}
     for conns in sorted({c for c, _ in grouped}):
         rows = {}
-        for target in ("direct", "nginx", "glm-proxy"):
+        for target in ("direct", "nginx", "glm-proxy", "glm-proxy+auth"):
             samples = grouped.get((conns, target), [])
             if not samples:
                 continue
@@ -82,19 +82,28 @@ def main():
             if direct and target != "direct":
                 row["added_p50_us"] = row["p50_us"] - direct["p50_us"]
                 row["added_p99_us"] = row["p99_us"] - direct["p99_us"]
-        if "nginx" in rows and "glm-proxy" in rows and rows["nginx"]["rps"] > 0:
-            rows["glm-proxy"]["rps_vs_nginx"] = rows["glm-proxy"]["rps"] / rows["nginx"]["rps"]
+        for proxy in ("glm-proxy", "glm-proxy+auth"):
+            if "nginx" in rows and proxy in rows and rows["nginx"]["rps"] > 0:
+                rows[proxy]["rps_vs_nginx"] = rows[proxy]["rps"] / rows["nginx"]["rps"]
+        if "glm-proxy" in rows and "glm-proxy+auth" in rows and rows["glm-proxy"]["rps"] > 0:
+            core, auth = rows["glm-proxy"], rows["glm-proxy+auth"]
+            auth["rps_vs_core"] = auth["rps"] / core["rps"]
+            auth["cost_p50_us"] = auth["p50_us"] - core["p50_us"]
         tables[conns] = rows
 
     for conns, rows in tables.items():
         print(f"\nconcurrency {conns}")
-        print(f"  {'target':<10} {'RPS':>10} {'p50 µs':>9} {'p99 µs':>9} {'+p50 µs':>9} {'+p99 µs':>9} {'errors':>7}")
+        print(f"  {'target':<14} {'RPS':>10} {'p50 µs':>9} {'p99 µs':>9} {'+p50 µs':>9} {'+p99 µs':>9} {'errors':>7}")
         for target, row in rows.items():
             added50 = f"{row['added_p50_us']:>9.0f}" if "added_p50_us" in row else f"{'-':>9}"
             added99 = f"{row['added_p99_us']:>9.0f}" if "added_p99_us" in row else f"{'-':>9}"
-            print(f"  {target:<10} {row['rps']:>10.0f} {row['p50_us']:>9.0f} {row['p99_us']:>9.0f} {added50} {added99} {row['errors']:>7}")
-        if "rps_vs_nginx" in rows.get("glm-proxy", {}):
-            print(f"  glm-proxy RPS / nginx RPS = {rows['glm-proxy']['rps_vs_nginx']:.2f}")
+            print(f"  {target:<14} {row['rps']:>10.0f} {row['p50_us']:>9.0f} {row['p99_us']:>9.0f} {added50} {added99} {row['errors']:>7}")
+        for proxy in ("glm-proxy", "glm-proxy+auth"):
+            if "rps_vs_nginx" in rows.get(proxy, {}):
+                print(f"  {proxy} RPS / nginx RPS = {rows[proxy]['rps_vs_nginx']:.2f}")
+        if "rps_vs_core" in rows.get("glm-proxy+auth", {}):
+            auth_row = rows["glm-proxy+auth"]
+            print(f"  auth: RPS x{auth_row['rps_vs_core']:.2f} of the core alone, p50 {auth_row['cost_p50_us']:+.0f} µs")
 
     streams = load_json(a.streams) if a.streams else {}
     large = load_json(a.large) if a.large else {}

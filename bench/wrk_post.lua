@@ -3,7 +3,9 @@
 wrk.method = "POST"
 wrk.body = '{"model":"glm-4.7","messages":[{"role":"user","content":"Hello, benchmark"}],"max_tokens":64}'
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer test-upstream-key"
+-- A proxy key when the target runs the auth plugin (scripts/bench --auth), else the mock's key.
+local key = os.getenv("GLMP_BENCH_KEY")
+wrk.headers["Authorization"] = "Bearer " .. ((key ~= nil and key ~= "") and key or "test-upstream-key")
 
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -60,6 +60,8 @@ if(MODE STREQUAL "install")
   foreach(_conf etc/glm-proxy/glm-proxy.toml ${EXAMPLESDIR}/minimal.toml ${EXAMPLESDIR}/full.toml)
     run("${prefix}/bin/glm-proxy" --check-config "${prefix}/${_conf}")
   endforeach()
+  # The shipped config's plugins (auth) are found in the installed plugin dir and load.
+  run("${prefix}/bin/glm-proxy" --check-plugins "${prefix}/etc/glm-proxy/glm-proxy.toml")
 
   # A second install over a locally edited config keeps the edit.
   file(APPEND "${prefix}/etc/glm-proxy/glm-proxy.toml" "# local edit\n")
