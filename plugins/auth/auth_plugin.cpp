@@ -1,5 +1,5 @@
 // auth: proxy keys (pk_…) checked on every proxied request, per-key model, and the key
-// management API under /admin/keys. Behaviour: CONTRACT.md; settings and API: README.md.
+// management API under /admin/keys. Behaviour: README.md; settings and API: README.md.
 //
 // Hot path (on_request): pick the credential, SHA-256 it, look the hash up in an LRU cache
 // (hit: no store access at all), else in the core store (key_hashes/<hash> → keys/<id>), then
@@ -95,10 +95,13 @@ public:
     if (!info->enabled) return reject(r, 403, "API key is disabled");
     if (info->expires && *info->expires <= now) return reject(r, 403, "API key expired on " + info->expiry_date);
 
-    const std::string client_model(r.model());
+    std::string client_model;
     if (!info->model.empty()) {
       r.set_model(info->model);
     } else if (!info->allowed_models.empty()) {
+      // The client's own model, from its body: request.model() is already the core's [proxy] model.
+      const Json body = Json::parse(r.body(), nullptr, false);
+      if (body.is_object() && body.contains("model") && body["model"].is_string()) client_model = body["model"].get<std::string>();
       if (std::find(info->allowed_models.begin(), info->allowed_models.end(), client_model) == info->allowed_models.end())
         return reject(r, 403, "Model '" + client_model + "' is not allowed for this API key");
       r.set_model(client_model);  // keeps it: the core's [proxy] model would replace it otherwise
@@ -106,7 +109,8 @@ public:
 
     r.set_attribute("auth.key_id", info->id);
     r.set_attribute("auth.key_name", info->name);
-    r.set_attribute("auth.model", info->model.empty() ? (info->allowed_models.empty() ? "" : client_model) : info->model);
+    // The model the request will use: the key's, the allowed one the client chose, or the core's.
+    r.set_attribute("auth.model", !info->model.empty() ? info->model : !client_model.empty() ? client_model : std::string(r.model()));
     if (info->token_limit) r.set_attribute("auth.token_limit_per_5h", std::to_string(*info->token_limit));
     r.set_attribute("auth.key_masked", info->key_masked);
     r.set_attribute("auth.expiry_date", info->expiry_date);

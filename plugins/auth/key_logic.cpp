@@ -1,5 +1,7 @@
 #include "key_logic.hpp"
 
+#include <glmproxy/sdk.hpp>
+
 #include <algorithm>
 #include <array>
 #include <regex>
@@ -7,7 +9,6 @@
 
 #include <Poco/DateTime.h>
 #include <Poco/DateTimeFormat.h>
-#include <Poco/DateTimeFormatter.h>
 #include <Poco/DateTimeParser.h>
 #include <Poco/DigestEngine.h>
 #include <Poco/Exception.h>
@@ -106,13 +107,9 @@ std::optional<Millis> parse_rfc3339(std::string_view text) {
   return dt.timestamp().epochMicroseconds() / 1000;
 }
 
-std::string format_rfc3339(Millis ms) {
-  return Poco::DateTimeFormatter::format(Poco::Timestamp(ms * 1000), Poco::DateTimeFormat::ISO8601_FRAC_FORMAT).substr(0, 23) + "Z";
-}
+std::string format_rfc3339(Millis ms) { return glmp::format_rfc3339(ms); }
 
-Millis now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+Millis now_ms() { return glmp::unix_ms(); }
 
 KeyInfo key_info(const Json& r) {
   try {

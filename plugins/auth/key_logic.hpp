@@ -1,7 +1,7 @@
 #pragma once
 // The auth plugin's logic, kept free of the plugin ABI so unit tests and benchmarks link it
 // directly: credential extraction, key hashing and generation, the key record (validation and
-// JSON), RFC 3339 dates, and the lookup cache. See CONTRACT.md for the behaviour.
+// JSON), RFC 3339 dates, and the lookup cache. See README.md for the behaviour.
 #include <chrono>
 #include <cstdint>
 #include <list>

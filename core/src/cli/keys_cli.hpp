@@ -1,6 +1,6 @@
 #pragma once
 // `glm-proxy keys …`: the API-key admin CLI, a thin client of the auth plugin's admin API
-// (plugins/auth/CONTRACT.md, sections "Admin API" and "CLI").
+// (plugins/auth/README.md, sections "Admin API" and "CLI").
 //
 // The command line is turned into a KeysCommand (method, path, JSON body, URL, token) by a pure
 // function, parse_keys_args(), so every flag can be unit-tested without a server; run_keys() then

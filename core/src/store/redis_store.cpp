@@ -535,7 +535,7 @@ void RedisStore::mark_down(const std::string& reason, uint64_t epoch) {
   last_attempt_.store(Clock::now().time_since_epoch().count());
   if (up_.exchange(false)) {
     metrics().up(false);
-    log().warning("store: redis %s is down (%s); %s, window/counter adds are queued for replay",
+    log().warning("redis %s is down (%s); %s, window/counter adds are queued for replay",
                   config::redact_url(url_), reason,
                   std::string(fail_open_ ? "answering degraded (fail_open)" : "failing closed"));
   }
@@ -550,7 +550,7 @@ void RedisStore::mark_up(uint64_t epoch) {
   }
   if (!up_.exchange(true)) {
     metrics().up(true);
-    log().information("store: redis %s is reachable again", config::redact_url(url_));
+    log().information("redis %s is reachable again", config::redact_url(url_));
   }
 }
 
@@ -577,11 +577,11 @@ RedisStore::Outcome RedisStore::run(const char* what, Fn&& fn, bool probe) {
       mark_down(std::string(what) + ": " + e.what(), lease.epoch_);
       return Outcome::Down;
     }
-    log().error("store: redis %s failed: %s", std::string(what), std::string(e.what()));
+    log().error("redis %s failed: %s", std::string(what), std::string(e.what()));
     return Outcome::Error;
   } catch (const std::exception& e) {
     lease.broken_ = true;  // unknown state
-    log().error("store: redis %s failed: %s", std::string(what), std::string(e.what()));
+    log().error("redis %s failed: %s", std::string(what), std::string(e.what()));
     return Outcome::Error;
   }
 }
@@ -617,7 +617,7 @@ void RedisStore::enqueue(PendingAdd add) {
   }
   metrics().pending(static_cast<double>(size));
   if (dropped == 1 || (dropped > 0 && dropped % 10'000 == 0))
-    log().warning("store: redis replay queue is full (%z adds); dropped the oldest (%s dropped so far)", kMaxQueued,
+    log().warning("redis replay queue is full (%z adds); dropped the oldest (%s dropped so far)", kMaxQueued,
                   std::to_string(dropped));
 }
 
@@ -680,7 +680,7 @@ void RedisStore::replay(RedisConnection& conn, size_t max) {
           continue;
         }
         if (!error.empty())
-          log().error("store: dropping a queued add to \"%s\" that redis rejects: %s", a.name, error);
+          log().error("dropping a queued add to \"%s\" that redis rejects: %s", a.name, error);
         finished.insert(a.id);
       }
       for (size_t i = 0; i < windows.size(); ++i) conn.read();  // an expiry that failed is renewed by the next add
@@ -697,7 +697,7 @@ void RedisStore::replay(RedisConnection& conn, size_t max) {
     replayed_ += done;
     if (queue_.empty()) std::swap(drained, replayed_);
   }
-  if (drained > 0) log().information("store: replayed %z queued window/counter adds to redis", drained);
+  if (drained > 0) log().information("replayed %z queued window/counter adds to redis", drained);
 }
 
 // --- records ---
@@ -953,7 +953,7 @@ Status RedisStore::do_counter_get(std::string_view name, int64_t& value) {
   if (got.isNull()) return Status::Ok;
   int64_t v = 0;
   if (!parse_int(got.value(), v)) {
-    log().error("store: redis counter \"%s\" does not hold an integer", std::string(name));
+    log().error("redis counter \"%s\" does not hold an integer", std::string(name));
     return Status::Unavailable;
   }
   value = v;
@@ -1018,7 +1018,7 @@ void RedisStore::subscriber_loop() {
         cache_evict(payload.substr(a + 1));
       }
     } catch (const std::exception& e) {
-      if (!logged) log().debug("store: redis invalidation subscriber disconnected: %s", std::string(e.what()));
+      if (!logged) log().debug("redis invalidation subscriber disconnected: %s", std::string(e.what()));
       logged = true;
     }
     cache_set_subscribed(false);

@@ -93,7 +93,7 @@ SqliteStore::~SqliteStore() {
   wake_.notify_one();
   if (thread_.joinable()) thread_.join();
   flush();
-  if (pending() > 0) log().error("store: %z update(s) could not be written to %s at shutdown", pending(), path_);
+  if (pending() > 0) log().error("%z update(s) could not be written to %s at shutdown", pending(), path_);
   session_.reset();
   ::close(lock_fd_);
 }
@@ -115,7 +115,7 @@ void SqliteStore::migrate() {
       session_->rollback();
       throw;
     }
-    log().information("store: %s migrated to schema version %d", path_, v + 1);
+    log().information("%s migrated to schema version %d", path_, v + 1);
   }
 }
 
@@ -171,7 +171,7 @@ void SqliteStore::flush() {
       prune(now);
       last_prune_ = now;
     } catch (const Poco::Exception& e) {
-      log().warning("store: pruning old window buckets in %s failed: %s", path_, e.displayText());
+      log().warning("pruning old window buckets in %s failed: %s", path_, e.displayText());
     }
   }
   if (!ok) requeue(changes);
@@ -179,7 +179,7 @@ void SqliteStore::flush() {
     metrics().flushed(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), ok);
   if (ok != healthy_.exchange(ok)) {
     metrics().up(ok);
-    if (ok) log().information("store: writing to %s again", path_);
+    if (ok) log().information("writing to %s again", path_);
   }
   metrics().pending(static_cast<double>(pending()));
 }
@@ -234,7 +234,7 @@ bool SqliteStore::write(const Changes& changes) {
       session_->rollback();
     } catch (const Poco::Exception&) {
     }
-    log().error("store: writing %z update(s) to %s failed (kept in memory, retried): %s", changes.updates, path_,
+    log().error("writing %z update(s) to %s failed (kept in memory, retried): %s", changes.updates, path_,
                 e.displayText());
     return false;
   }

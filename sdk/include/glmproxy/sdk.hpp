@@ -63,6 +63,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdio>
+#include <ctime>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -364,6 +366,23 @@ inline std::optional<std::string> query_param(std::string_view query, std::strin
     query.remove_prefix(amp + 1);
   }
   return std::nullopt;
+}
+
+// Unix milliseconds as RFC 3339 UTC with milliseconds: "2026-12-31T23:59:59.000Z".
+inline std::string format_rfc3339(std::int64_t unix_ms) {
+  const std::time_t secs = static_cast<std::time_t>(unix_ms >= 0 ? unix_ms / 1000 : (unix_ms - 999) / 1000);
+  const int millis = static_cast<int>(unix_ms - static_cast<std::int64_t>(secs) * 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
+  return buf;
+}
+
+// The current Unix time in milliseconds (the clock the core's store uses for now_ms = 0).
+inline std::int64_t unix_ms() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+#include "quota.hpp"
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+namespace glmp::plugins::ratelimit {
+
+int64_t estimate_tokens(std::string_view body, const QuotaSettings& s) {
+  int64_t max_tokens = -1;
+  const nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_object()) {
+    for (const char* k : {"max_tokens", "max_completion_tokens"})
+      if (j.contains(k) && j[k].is_number_integer() && j[k].get<int64_t>() > 0) {
+        max_tokens = j[k].get<int64_t>();
+        break;
+      }
+  }
+  const int64_t input = static_cast<int64_t>(body.size() / 4);
+  const int64_t estimate = max_tokens > 0 ? max_tokens + input : s.default_reservation;
+  return std::clamp<int64_t>(estimate, 1, std::max<int64_t>(1, s.max_reservation));
+}
+
+Millis admit_again_at(const std::vector<QuotaStore::Bucket>& buckets, int64_t sum, int64_t limit, Millis window, Millis now) {
+  if (sum < limit) return now;
+  for (const auto& b : buckets) {  // oldest first
+    sum -= b.amount;
+    if (sum < limit) return std::max(now, b.start + window);
+  }
+  return now + window;  // only reservations of requests in flight: they settle within the window
+}
+
+namespace {
+
+int64_t seconds_until(Millis t, Millis now) { return std::max<int64_t>(1, (t - now + 999) / 1000); }
+
+}  // namespace
+
+Admission Quota::admit(const std::string& key, std::optional<int64_t> key_limit, int64_t estimate) {
+  Admission a;
+  a.at = clock_();
+  a.limit = key_limit ? *key_limit : s_.default_limit;
+  using R = QuotaStore::Result;
+  if (key_limit && *key_limit <= 0) {  // a key allowed no tokens at all
+    a.verdict = Verdict::TokensExceeded;
+    a.limit = 0;
+    a.reset_at = a.at + s_.window;
+    a.retry_after_s = seconds_until(a.reset_at, a.at);
+    return a;
+  }
+
+  if (s_.requests_per_minute > 0) {
+    int64_t count = 0;
+    const R r = store_.window_add(requests_name(key), 1, 60'000, a.at, &count);
+    if (r == R::Unavailable) {
+      a.verdict = Verdict::StoreUnavailable;
+      return a;
+    }
+    if (r == R::Ok && count > s_.requests_per_minute) {
+      a.verdict = Verdict::RequestsExceeded;
+      // The minute's bucket ages out one window after it started.
+      a.reset_at = a.at - a.at % store_.bucket_ms() + std::max<Millis>(60'000, store_.bucket_ms());
+      a.retry_after_s = seconds_until(a.reset_at, a.at);
+      return a;
+    }
+  }
+
+  if (a.limit > 0 || s_.global_limit > 0) a.reserved = estimate;
+  if (a.limit > 0) {
+    int64_t sum = 0;
+    const R r = store_.window_add(window_name(key), a.reserved, s_.window, a.at, &sum);
+    if (r == R::Unavailable) {
+      a.verdict = Verdict::StoreUnavailable;
+      a.reserved = 0;  // not recorded (or queued for replay: the reconcile below undoes it either way)
+      return a;
+    }
+    a.used = std::max<int64_t>(0, sum - a.reserved);
+    if (r == R::Ok && a.used >= a.limit) {
+      store_.window_add(window_name(key), -a.reserved, s_.window, a.at, nullptr);
+      a.verdict = Verdict::TokensExceeded;
+      std::vector<QuotaStore::Bucket> buckets;
+      store_.window_buckets(window_name(key), s_.window, a.at, buckets);
+      a.reset_at = admit_again_at(buckets, a.used, a.limit, s_.window, a.at);
+      a.retry_after_s = seconds_until(a.reset_at, a.at);
+      a.reserved = 0;
+      a.remaining = 0;
+      return a;
+    }
+    a.remaining = std::max<int64_t>(0, a.limit - a.used - a.reserved);
+    std::vector<QuotaStore::Bucket> buckets;
+    store_.window_buckets(window_name(key), s_.window, a.at, buckets);
+    a.reset_at = (buckets.empty() ? a.at : buckets.front().start) + s_.window;
+  }
+
+  if (s_.global_limit > 0) {
+    int64_t sum = 0;
+    const R r = store_.window_add(kGlobal, a.reserved, s_.window, a.at, &sum);
+    if (r == R::Ok && sum - a.reserved >= s_.global_limit) {
+      store_.window_add(kGlobal, -a.reserved, s_.window, a.at, nullptr);
+      if (a.limit > 0) store_.window_add(window_name(key), -a.reserved, s_.window, a.at, nullptr);
+      a.verdict = Verdict::GlobalExceeded;
+      std::vector<QuotaStore::Bucket> buckets;
+      store_.window_buckets(kGlobal, s_.window, a.at, buckets);
+      a.reset_at = admit_again_at(buckets, sum - a.reserved, s_.global_limit, s_.window, a.at);
+      a.retry_after_s = seconds_until(a.reset_at, a.at);
+      a.reserved = 0;
+      return a;
+    }
+  }
+  return a;
+}
+
+void Quota::reconcile(const std::string& key, const Admission& a, int64_t actual) {
+  if (a.verdict != Verdict::Admitted) return;
+  const int64_t charged = actual < 0 ? a.reserved : actual;
+  const int64_t delta = charged - a.reserved;
+  if (a.limit > 0 && delta != 0) store_.window_add(window_name(key), delta, s_.window, a.at, nullptr);
+  if (s_.global_limit > 0 && delta != 0) store_.window_add(kGlobal, delta, s_.window, a.at, nullptr);
+  // Keys without a limit still have their usage in the window, for /stats.
+  if (a.limit <= 0 && charged != 0) store_.window_add(window_name(key), charged, s_.window, a.at, nullptr);
+  if (charged > 0) store_.counter_add(lifetime_name(key), charged);
+}
+
+WindowView Quota::view(const std::string& key) {
+  WindowView v;
+  const Millis now = clock_();
+  std::vector<QuotaStore::Bucket> buckets;
+  store_.window_buckets(window_name(key), s_.window, now, buckets);
+  for (const auto& b : buckets) v.used += b.amount;
+  v.started_at = buckets.empty() ? now : buckets.front().start;
+  v.ends_at = v.started_at + s_.window;
+  store_.counter_get(lifetime_name(key), v.lifetime);
+  return v;
+}
+
+}  // namespace glmp::plugins::ratelimit
