@@ -65,7 +65,7 @@ def main():
     tables = {}
     for conns in sorted({c for c, _ in grouped}):
         rows = {}
-        for target in ("direct", "nginx", "glm-proxy", "glm-proxy+auth"):
+        for target in ("direct", "nginx", "glm-proxy", "glm-proxy+auth", "glm-proxy+auth+rl"):
             samples = grouped.get((conns, target), [])
             if not samples:
                 continue
@@ -82,28 +82,28 @@ def main():
             if direct and target != "direct":
                 row["added_p50_us"] = row["p50_us"] - direct["p50_us"]
                 row["added_p99_us"] = row["p99_us"] - direct["p99_us"]
-        for proxy in ("glm-proxy", "glm-proxy+auth"):
+        proxies = ("glm-proxy", "glm-proxy+auth", "glm-proxy+auth+rl")
+        for proxy in proxies:
             if "nginx" in rows and proxy in rows and rows["nginx"]["rps"] > 0:
                 rows[proxy]["rps_vs_nginx"] = rows[proxy]["rps"] / rows["nginx"]["rps"]
-        if "glm-proxy" in rows and "glm-proxy+auth" in rows and rows["glm-proxy"]["rps"] > 0:
-            core, auth = rows["glm-proxy"], rows["glm-proxy+auth"]
-            auth["rps_vs_core"] = auth["rps"] / core["rps"]
-            auth["cost_p50_us"] = auth["p50_us"] - core["p50_us"]
+            if proxy != "glm-proxy" and proxy in rows and "glm-proxy" in rows and rows["glm-proxy"]["rps"] > 0:
+                core = rows["glm-proxy"]
+                rows[proxy]["rps_vs_core"] = rows[proxy]["rps"] / core["rps"]
+                rows[proxy]["cost_p50_us"] = rows[proxy]["p50_us"] - core["p50_us"]
         tables[conns] = rows
 
     for conns, rows in tables.items():
         print(f"\nconcurrency {conns}")
-        print(f"  {'target':<14} {'RPS':>10} {'p50 µs':>9} {'p99 µs':>9} {'+p50 µs':>9} {'+p99 µs':>9} {'errors':>7}")
+        print(f"  {'target':<17} {'RPS':>10} {'p50 µs':>9} {'p99 µs':>9} {'+p50 µs':>9} {'+p99 µs':>9} {'errors':>7}")
         for target, row in rows.items():
             added50 = f"{row['added_p50_us']:>9.0f}" if "added_p50_us" in row else f"{'-':>9}"
             added99 = f"{row['added_p99_us']:>9.0f}" if "added_p99_us" in row else f"{'-':>9}"
-            print(f"  {target:<14} {row['rps']:>10.0f} {row['p50_us']:>9.0f} {row['p99_us']:>9.0f} {added50} {added99} {row['errors']:>7}")
-        for proxy in ("glm-proxy", "glm-proxy+auth"):
+            print(f"  {target:<17} {row['rps']:>10.0f} {row['p50_us']:>9.0f} {row['p99_us']:>9.0f} {added50} {added99} {row['errors']:>7}")
+        for proxy in ("glm-proxy", "glm-proxy+auth", "glm-proxy+auth+rl"):
             if "rps_vs_nginx" in rows.get(proxy, {}):
                 print(f"  {proxy} RPS / nginx RPS = {rows[proxy]['rps_vs_nginx']:.2f}")
-        if "rps_vs_core" in rows.get("glm-proxy+auth", {}):
-            auth_row = rows["glm-proxy+auth"]
-            print(f"  auth: RPS x{auth_row['rps_vs_core']:.2f} of the core alone, p50 {auth_row['cost_p50_us']:+.0f} µs")
+            if "rps_vs_core" in rows.get(proxy, {}):
+                print(f"  {proxy}: RPS x{rows[proxy]['rps_vs_core']:.2f} of the core alone, p50 {rows[proxy]['cost_p50_us']:+.0f} µs")
 
     streams = load_json(a.streams) if a.streams else {}
     large = load_json(a.large) if a.large else {}

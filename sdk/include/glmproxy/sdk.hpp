@@ -374,7 +374,7 @@ inline std::string format_rfc3339(std::int64_t unix_ms) {
   const int millis = static_cast<int>(unix_ms - static_cast<std::int64_t>(secs) * 1000);
   std::tm tm{};
   gmtime_r(&secs, &tm);
-  char buf[40];
+  char buf[96];  // room for any int fields, so -Wformat-truncation can prove nothing is cut
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
                 tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
   return buf;
