@@ -16,8 +16,10 @@ int64_t estimate_tokens(std::string_view body, const QuotaSettings& s) {
         break;
       }
   }
-  const int64_t input = static_cast<int64_t>(body.size() / 4);
-  const int64_t estimate = max_tokens > 0 ? max_tokens + input : s.default_reservation;
+  // Each part is capped before the sum, so a huge max_tokens cannot overflow into a tiny estimate.
+  const int64_t cap = std::max<int64_t>(1, s.max_reservation);
+  const int64_t input = std::min<int64_t>(static_cast<int64_t>(body.size() / 4), cap);
+  const int64_t estimate = max_tokens > 0 ? std::min(max_tokens, cap) + input : s.default_reservation;
   return std::clamp<int64_t>(estimate, 1, std::max<int64_t>(1, s.max_reservation));
 }
 
@@ -95,6 +97,12 @@ Admission Quota::admit(const std::string& key, std::optional<int64_t> key_limit,
   if (s_.global_limit > 0) {
     int64_t sum = 0;
     const R r = store_.window_add(kGlobal, a.reserved, s_.window, a.at, &sum);
+    if (r == R::Unavailable) {  // the key's reservation is taken back: nothing admitted, nothing charged
+      if (a.limit > 0) store_.window_add(window_name(key), -a.reserved, s_.window, a.at, nullptr);
+      a.verdict = Verdict::StoreUnavailable;
+      a.reserved = 0;
+      return a;
+    }
     if (r == R::Ok && sum - a.reserved >= s_.global_limit) {
       store_.window_add(kGlobal, -a.reserved, s_.window, a.at, nullptr);
       if (a.limit > 0) store_.window_add(window_name(key), -a.reserved, s_.window, a.at, nullptr);
