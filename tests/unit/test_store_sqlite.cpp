@@ -1,4 +1,4 @@
-// The sqlite backend's own promises: write-behind within flush_interval or flush_batch updates,
+// The sqlite backend's own promises: write-behind within flush_interval or flush_batch pending items,
 // a clean shutdown flushes, the schema is versioned (newer files refused), one process per file,
 // and its metrics.
 #include <filesystem>
@@ -72,15 +72,19 @@ TEST_F(SqliteStoreTest, WritesBehindWithinTheFlushInterval) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
 }
 
+// A batch is flush_batch distinct pending items (records, window buckets, counters): repeated
+// updates to one item fold into it, so a hot key does not turn every few requests into a flush.
 TEST_F(SqliteStoreTest, FlushesEarlyOnceTheBatchIsFull) {
   cfg_.flush_interval = std::chrono::hours(1);
   cfg_.flush_batch = 100;
   SqliteStore store(cfg_, nullptr);
-  for (int i = 0; i < 99; ++i) ASSERT_EQ(store.counter_add("b", 1, nullptr), Status::Ok);
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(store.counter_add("hot", 1, nullptr), Status::Ok);  // one item
+  for (int i = 0; i < 98; ++i) ASSERT_EQ(store.counter_add("c" + std::to_string(i), 1, nullptr), Status::Ok);
   std::this_thread::sleep_for(300ms);
-  EXPECT_EQ(counter_in_file("b"), -1) << "99 updates < flush_batch must wait for the interval";
-  ASSERT_EQ(store.counter_add("b", 1, nullptr), Status::Ok);
-  EXPECT_TRUE(file_reaches("b", 100, 3s)) << "the 100th update must trigger a flush";
+  EXPECT_EQ(counter_in_file("hot"), -1) << "99 pending items < flush_batch must wait for the interval";
+  ASSERT_EQ(store.counter_add("c98", 1, nullptr), Status::Ok);  // the 100th distinct item
+  EXPECT_TRUE(file_reaches("hot", 1000, 3s)) << "the 100th pending item must trigger a flush";
+  EXPECT_EQ(counter_in_file("c98"), 1);
 }
 
 TEST_F(SqliteStoreTest, CleanShutdownFlushesEverything) {

@@ -97,7 +97,7 @@ struct StoreConfig {
   StoreBackend backend = StoreBackend::Sqlite;
   std::string path = "data/glm-proxy.db";  // sqlite: relative to the working directory; parent dirs are created
   Duration flush_interval{1'000};          // sqlite write-behind: at most this long …
-  int flush_batch = 100;                   // … or this many pending updates
+  int flush_batch = 100;                   // … or this many distinct pending items (rows)
   Duration bucket{60'000};                 // window counter bucket size
   Duration max_window{86'400'000};         // longest window asked for; older buckets are dropped
   std::string url = "redis://127.0.0.1:6379/0";  // redis://[:password@]host[:port][/db]; password never logged

@@ -56,11 +56,12 @@ Status MemoryStore::do_put(std::string_view ns, std::string_view key, std::strin
     n->second.insert_or_assign(std::string(key), std::string(value));
   }
   if (tracking_) {
+    bool added = false;
     {
       std::lock_guard lock(dirty_mutex_);
-      dirty_records_.emplace(std::string(ns), std::string(key));
+      added = dirty_records_.emplace(std::string(ns), std::string(key)).second;
     }
-    changed();
+    if (added) changed();
   }
   return Status::Ok;
 }
@@ -75,11 +76,12 @@ Status MemoryStore::do_remove(std::string_view ns, std::string_view key) {
     n->second.erase(it);
   }
   if (tracking_) {
+    bool added = false;
     {
       std::lock_guard lock(dirty_mutex_);
-      dirty_records_.emplace(std::string(ns), std::string(key));
+      added = dirty_records_.emplace(std::string(ns), std::string(key)).second;
     }
-    changed();
+    if (added) changed();
   }
   return Status::Ok;
 }
@@ -130,7 +132,7 @@ int64_t sum_window(const std::vector<Bucket>& buckets, Millis window, Millis now
 Status MemoryStore::do_window_add(std::string_view name, int64_t amount, Millis window, Millis now, int64_t* sum) {
   Window& w = windows_.get(name);
   const Millis start = bucket_of(now);
-  bool first_mark = false;
+  bool first_mark = false, newly_dirty = false;
   {
     std::lock_guard lock(w.mutex);
     add_to(w, start, amount);
@@ -141,7 +143,7 @@ Status MemoryStore::do_window_add(std::string_view name, int64_t amount, Millis 
     if (sum) *sum = sum_window(w.buckets, window, now);
     if (tracking_) {
       first_mark = !w.queued;
-      mark_window(w, start);
+      newly_dirty = mark_window(w, start);
     }
   }
   if (tracking_) {
@@ -149,14 +151,16 @@ Status MemoryStore::do_window_add(std::string_view name, int64_t amount, Millis 
       std::lock_guard lock(dirty_mutex_);
       dirty_windows_.push_back(&w);
     }
-    changed();
+    if (newly_dirty) changed();
   }
   return Status::Ok;
 }
 
-void MemoryStore::mark_window(Window& w, Millis start) {
-  if (std::find(w.dirty.begin(), w.dirty.end(), start) == w.dirty.end()) w.dirty.push_back(start);
+bool MemoryStore::mark_window(Window& w, Millis start) {
   w.queued = true;
+  if (std::find(w.dirty.begin(), w.dirty.end(), start) != w.dirty.end()) return false;
+  w.dirty.push_back(start);
+  return true;
 }
 
 Status MemoryStore::do_window_sum(std::string_view name, Millis window, Millis now, int64_t& sum) {
@@ -182,18 +186,15 @@ Status MemoryStore::do_counter_add(std::string_view name, int64_t amount, int64_
   Counter& c = counters_.get(name);
   const int64_t after = c.value.fetch_add(amount, std::memory_order_relaxed) + amount;
   if (value) *value = after;
-  if (tracking_) {
-    mark_counter(c);
-    changed();
-  }
+  if (tracking_ && mark_counter(c)) changed();
   return Status::Ok;
 }
 
-void MemoryStore::mark_counter(Counter& c) {
-  if (!c.queued.exchange(true, std::memory_order_acq_rel)) {
-    std::lock_guard lock(dirty_mutex_);
-    dirty_counters_.push_back(&c);
-  }
+bool MemoryStore::mark_counter(Counter& c) {
+  if (c.queued.exchange(true, std::memory_order_acq_rel)) return false;
+  std::lock_guard lock(dirty_mutex_);
+  dirty_counters_.push_back(&c);
+  return true;
 }
 
 Status MemoryStore::do_counter_get(std::string_view name, int64_t& value) {
@@ -292,7 +293,7 @@ void MemoryStore::requeue(const Changes& changes) {
     std::lock_guard lock(dirty_mutex_);
     for (const auto& r : changes.records) dirty_records_.emplace(r.ns, r.key);
   }
-  pending_.fetch_add(changes.updates, std::memory_order_relaxed);
+  pending_.fetch_add(changes.buckets.size() + changes.counters.size() + changes.records.size(), std::memory_order_relaxed);
 }
 
 void MemoryStore::prune(Millis now) {

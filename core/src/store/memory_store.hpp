@@ -47,7 +47,7 @@ public:
     std::vector<RecordChange> records;
     std::vector<BucketChange> buckets;
     std::vector<std::pair<std::string, int64_t>> counters;
-    size_t updates = 0;  // how many updates these changes fold together
+    size_t updates = 0;  // how many pending items these changes are
     bool empty() const { return records.empty() && buckets.empty() && counters.empty(); }
   };
 
@@ -67,8 +67,9 @@ protected:
   void load_bucket(std::string_view name, Millis start, int64_t amount);
   void load_counter(std::string_view name, int64_t value);
 
-  // Turns change tracking on; `on_change(pending)` is called after each tracked update with the
-  // number of updates not yet taken (the write-behind thread wakes itself at its batch size).
+  // Turns change tracking on; `on_change(pending)` is called whenever an item (record, window
+  // bucket, counter) becomes dirty, with the number of dirty items not yet taken (the write-behind
+  // thread wakes itself at its batch size). Repeated updates to a dirty item fold into it.
   void track_changes(std::function<void(size_t)> on_change);
   Changes take_changes();
   // Marks the items of `changes` changed again (a flush that failed is retried with current values).
@@ -117,8 +118,8 @@ private:
 
   static void add_to(Window& w, Millis start, int64_t amount);
   void changed(size_t updates = 1);
-  void mark_window(Window& w, Millis start);  // w.mutex held
-  void mark_counter(Counter& c);
+  bool mark_window(Window& w, Millis start);  // w.mutex held; true when the bucket was not dirty yet
+  bool mark_counter(Counter& c);              // true when the counter was not dirty yet
 
   Sharded<Window> windows_;
   Sharded<Counter> counters_;
