@@ -21,22 +21,6 @@ constexpr Millis kLastUsedEvery = 60'000;
 
 const char* const kMissingKey = "API key required. Use Authorization: Bearer <key> or x-api-key: <key>";
 
-// "30s", "250ms", "5m", "1h", or an integer number of milliseconds.
-std::chrono::milliseconds setting_duration(const glmp::Settings& s, std::string_view key, std::chrono::milliseconds fallback) {
-  if (!s.has(key)) return fallback;
-  if (s.json().at(std::string(key)).is_number_integer()) return std::chrono::milliseconds(s.get_int(key));
-  const std::string text = s.get_string(key);
-  size_t pos = 0;
-  long long n = -1;
-  try {
-    n = std::stoll(text, &pos);
-  } catch (...) {
-  }
-  const std::string unit = text.substr(pos);
-  const long long mult = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : unit == "h" ? 3'600'000 : -1;
-  if (n < 0 || mult < 0) throw glmp::SettingsError("setting \"" + std::string(key) + "\" must be a duration like \"5s\" or milliseconds");
-  return std::chrono::milliseconds(n * mult);
-}
 
 void respond_json(glmp::Request& r, int status, const Json& body) { r.respond(status, "application/json", body.dump()); }
 
@@ -54,7 +38,7 @@ public:
       : Plugin(host),
         store_(host.store()),
         cache_(static_cast<size_t>(std::max<int64_t>(0, settings.get_int("cache_size", 10'000))),
-               setting_duration(settings, "cache_ttl", std::chrono::seconds(5))),
+               settings.get_duration("cache_ttl", std::chrono::seconds(5))),
         lookups_(host.counter("glmp_auth_lookups_total", "Key lookups by result", {{"result", "cache_hit"}})),
         misses_(host.counter("glmp_auth_lookups_total", "Key lookups by result", {{"result", "store"}})),
         rejected_(host.counter("glmp_auth_rejected_total", "Requests refused by auth", {})) {

@@ -43,21 +43,6 @@ private:
   glmp::Store store_;
 };
 
-std::chrono::milliseconds setting_duration(const glmp::Settings& s, std::string_view key, std::chrono::milliseconds fallback) {
-  if (!s.has(key)) return fallback;
-  if (s.json().at(std::string(key)).is_number_integer()) return std::chrono::milliseconds(s.get_int(key));
-  const std::string text = s.get_string(key);
-  size_t pos = 0;
-  long long n = -1;
-  try {
-    n = std::stoll(text, &pos);
-  } catch (...) {
-  }
-  const std::string unit = text.substr(pos);
-  const long long mult = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : unit == "h" ? 3'600'000 : -1;
-  if (n <= 0 || mult < 0) throw glmp::SettingsError("setting \"" + std::string(key) + "\" must be a duration like \"5h\" or milliseconds");
-  return std::chrono::milliseconds(n * mult);
-}
 
 int64_t non_negative(const glmp::Settings& s, std::string_view key, int64_t fallback) {
   const int64_t v = s.get_int(key, fallback);
@@ -73,7 +58,8 @@ QuotaSettings read_settings(const glmp::Settings& s) {
       throw glmp::SettingsError("unknown setting \"" + k + "\" (allowed: window, default_limit, default_reservation, "
                                 "max_reservation, requests_per_minute, global_limit, count_cache_tokens)");
   QuotaSettings q;
-  q.window = setting_duration(s, "window", std::chrono::hours(5)).count();
+  q.window = s.get_duration("window", std::chrono::hours(5)).count();
+  if (q.window <= 0) throw glmp::SettingsError("setting \"window\" must be longer than 0");
   q.default_limit = non_negative(s, "default_limit", q.default_limit);
   q.default_reservation = non_negative(s, "default_reservation", q.default_reservation);
   q.max_reservation = non_negative(s, "max_reservation", q.max_reservation);
@@ -116,6 +102,9 @@ public:
         unavailable_(host.counter("glmp_ratelimit_requests_total", "Requests seen by ratelimit, by verdict", {{"verdict", "store_unavailable"}})),
         charged_(host.counter("glmp_ratelimit_tokens_charged_total", "Tokens charged to windows after reconciliation", {})) {
     if (!host.store().available()) throw glmp::SettingsError("the ratelimit plugin needs a host with the state store (ABI 1.1)");
+    // A window the store cannot serve would turn every request into a 503: refuse it now.
+    if (host.store().window_sum("tokens:*", std::chrono::milliseconds(quota_.settings().window)).status == glmp::StoreStatus::Invalid)
+      throw glmp::SettingsError("setting \"window\" is longer than the store keeps ([store] max_window)");
     host.register_route("GET", "/stats", glmp::Access::Key, [this](glmp::Request& r) { stats(r); });
   }
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "../support/env_guard.hpp"
 #include "config/config.hpp"
 
 namespace cfg = glmp::core::config;
@@ -20,25 +21,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Sets (or unsets, with nullptr) an environment variable for the lifetime of the guard.
-class EnvGuard {
-public:
-  EnvGuard(std::string name, const char* value) : name_(std::move(name)) {
-    if (const char* old = std::getenv(name_.c_str())) old_ = std::string(old);
-    if (value) ::setenv(name_.c_str(), value, 1);
-    else ::unsetenv(name_.c_str());
-  }
-  ~EnvGuard() {
-    if (old_) ::setenv(name_.c_str(), old_->c_str(), 1);
-    else ::unsetenv(name_.c_str());
-  }
-  EnvGuard(const EnvGuard&) = delete;
-  EnvGuard& operator=(const EnvGuard&) = delete;
-
-private:
-  std::string name_;
-  std::optional<std::string> old_;
-};
+using glmp::test::EnvGuard;
 
 // A temporary file removed at the end of the test.
 class TempFile {

@@ -29,6 +29,7 @@
 #include <Poco/Net/SocketAddress.h>
 #include <Poco/StreamCopier.h>
 
+#include "../support/env_guard.hpp"
 #include "cli/keys_cli.hpp"
 
 namespace cli = glmp::core::cli;
@@ -39,25 +40,7 @@ using cli::UsageError;
 
 namespace {
 
-// Sets (or unsets, with nullptr) an environment variable for the lifetime of the guard.
-class EnvGuard {
-public:
-  EnvGuard(std::string name, const char* value) : name_(std::move(name)) {
-    if (const char* old = std::getenv(name_.c_str())) old_ = std::string(old);
-    if (value) ::setenv(name_.c_str(), value, 1);
-    else ::unsetenv(name_.c_str());
-  }
-  ~EnvGuard() {
-    if (old_) ::setenv(name_.c_str(), old_->c_str(), 1);
-    else ::unsetenv(name_.c_str());
-  }
-  EnvGuard(const EnvGuard&) = delete;
-  EnvGuard& operator=(const EnvGuard&) = delete;
-
-private:
-  std::string name_;
-  std::optional<std::string> old_;
-};
+using glmp::test::EnvGuard;
 
 // A directory under /tmp, removed with its content at the end of the test.
 class TempDir {

@@ -48,6 +48,16 @@ Status MemoryStore::do_get(std::string_view ns, std::string_view key, std::strin
   return Status::Ok;
 }
 
+void MemoryStore::track_record(std::string_view ns, std::string_view key) {
+  if (!tracking_) return;
+  bool added = false;
+  {
+    std::lock_guard lock(dirty_mutex_);
+    added = dirty_records_.emplace(std::string(ns), std::string(key)).second;
+  }
+  if (added) changed();
+}
+
 Status MemoryStore::do_put(std::string_view ns, std::string_view key, std::string_view value) {
   {
     std::unique_lock lock(records_mutex_);
@@ -55,14 +65,7 @@ Status MemoryStore::do_put(std::string_view ns, std::string_view key, std::strin
     if (n == records_.end()) n = records_.emplace(std::string(ns), std::map<std::string, std::string, std::less<>>{}).first;
     n->second.insert_or_assign(std::string(key), std::string(value));
   }
-  if (tracking_) {
-    bool added = false;
-    {
-      std::lock_guard lock(dirty_mutex_);
-      added = dirty_records_.emplace(std::string(ns), std::string(key)).second;
-    }
-    if (added) changed();
-  }
+  track_record(ns, key);
   return Status::Ok;
 }
 
@@ -75,14 +78,7 @@ Status MemoryStore::do_remove(std::string_view ns, std::string_view key) {
     if (it == n->second.end()) return Status::NotFound;
     n->second.erase(it);
   }
-  if (tracking_) {
-    bool added = false;
-    {
-      std::lock_guard lock(dirty_mutex_);
-      added = dirty_records_.emplace(std::string(ns), std::string(key)).second;
-    }
-    if (added) changed();
-  }
+  track_record(ns, key);
   return Status::Ok;
 }
 

@@ -120,6 +120,7 @@ private:
   void changed(size_t updates = 1);
   bool mark_window(Window& w, Millis start);  // w.mutex held; true when the bucket was not dirty yet
   bool mark_counter(Counter& c);              // true when the counter was not dirty yet
+  void track_record(std::string_view ns, std::string_view key);
 
   Sharded<Window> windows_;
   Sharded<Counter> counters_;

@@ -450,6 +450,23 @@ class Settings {
     return v->get<bool>();
   }
 
+  // A duration: "250ms", "30s", "5m", "1h", or an integer number of milliseconds (>= 0). Anything
+  // else throws SettingsError naming the key.
+  std::chrono::milliseconds get_duration(std::string_view key, std::chrono::milliseconds fallback) const {
+    const nlohmann::json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (v->is_number_integer() && v->get<std::int64_t>() >= 0) return std::chrono::milliseconds(v->get<std::int64_t>());
+    if (v->is_string()) {
+      const std::string text = v->get<std::string>();
+      std::size_t digits = 0;
+      while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+      const std::string unit = text.substr(digits);
+      const std::int64_t mult = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : unit == "h" ? 3'600'000 : -1;
+      if (digits > 0 && digits <= 12 && mult > 0) return std::chrono::milliseconds(std::stoll(text.substr(0, digits)) * mult);
+    }
+    throw SettingsError("setting \"" + std::string(key) + "\" must be a duration like \"250ms\", \"30s\", \"5m\", \"1h\" or milliseconds");
+  }
+
   // Any number (integers convert).
   double get_double(std::string_view key, double fallback = 0.0) const {
     const nlohmann::json* v = find(key);
