@@ -2,6 +2,7 @@
 #include <glmproxy/fake_host.hpp>  // Checks
 #include <glmproxy/sdk.hpp>
 
+#include <chrono>
 #include <string>
 
 namespace {
@@ -68,5 +69,18 @@ int main() {
 
   const Settings copy = s;  // copyable
   GLMP_EXPECT(c, copy.get_string("name") == "x");
+  // Durations: units, plain milliseconds, the fallback, and errors naming the key.
+  {
+    using std::chrono::milliseconds;
+    const Settings d(R"({"a":"250ms","b":"30s","c":"5m","d":"5h","e":1500,"bad":"5 h","neg":-1,"unit":"5d","txt":true})");
+    GLMP_EXPECT(c, d.get_duration("a", milliseconds(1)) == milliseconds(250));
+    GLMP_EXPECT(c, d.get_duration("b", milliseconds(1)) == milliseconds(30'000));
+    GLMP_EXPECT(c, d.get_duration("c", milliseconds(1)) == milliseconds(300'000));
+    GLMP_EXPECT(c, d.get_duration("d", milliseconds(1)) == milliseconds(18'000'000));
+    GLMP_EXPECT(c, d.get_duration("e", milliseconds(1)) == milliseconds(1500));
+    GLMP_EXPECT(c, d.get_duration("absent", milliseconds(7)) == milliseconds(7));
+    for (const char* key : {"bad", "neg", "unit", "txt"})
+      GLMP_EXPECT(c, error_of([&] { (void)d.get_duration(key, milliseconds(1)); }).find(std::string("\"") + key + "\"") != std::string::npos);
+  }
   return c.finish();
 }
