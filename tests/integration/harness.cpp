@@ -173,13 +173,17 @@ Mock::Mock(const TempDir& dir, MockOptions opts, const std::string& name) : opts
   port_ = static_cast<uint16_t>(std::stoi(child_->wait_for(false, "LISTENING ")));
 }
 
+bool sanitizer_report(const std::string& err) {
+  return err.find("Sanitizer") != std::string::npos || err.find("runtime error:") != std::string::npos;
+}
+
 namespace {
 
 // A child that died on its own (not by our SIGKILL/SIGTERM) or printed a sanitizer report fails
 // the test that was using it, with its stderr attached.
 void check_child(Child& child, const char* what) {
   const std::string err = child.err();
-  const bool sanitizer = err.find("Sanitizer") != std::string::npos || err.find("runtime error:") != std::string::npos;
+  const bool sanitizer = sanitizer_report(err);
   const bool died = !child.running() && child.wait(0ms) != 0 && child.wait(0ms) != 128 + SIGTERM;
   if (sanitizer || died) ADD_FAILURE() << what << (died ? " exited unexpectedly" : " reported a sanitizer error") << ":\n" << err;
 }

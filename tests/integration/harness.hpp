@@ -34,6 +34,11 @@ private:
 };
 
 // A child process with stdout/stderr redirected to files.
+// True when `err` (a child's stderr) holds an ASan/UBSan/LSan/TSan report. Children whose exit
+// status the test expects to be non-zero (CLI errors, refused configs) must be checked with this
+// too: ASan exits with 1, the same status as an ordinary error exit.
+bool sanitizer_report(const std::string& err);
+
 class Child {
 public:
   Child(const std::vector<std::string>& argv, const std::string& out_file, const std::string& err_file,

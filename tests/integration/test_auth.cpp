@@ -707,3 +707,18 @@ TEST_F(Auth, PlainKeysNeverAppearInLogsOrFiles) {
 }
 
 }  // namespace
+
+// An upstream whose credential is not configured (env var unset) answers 503 — but only to a
+// caller with a valid key: without one the caller gets the 401 and learns nothing about the setup.
+TEST_F(Auth, UnconfiguredUpstreamIsRevealedOnlyToValidKeys) {
+  opts.auth_value_openai = "Bearer ${GLMP_TEST_SURELY_UNSET_VARIABLE}";
+  start();
+  const Key k = create(R"({"name":"configured?"})");
+  Response anonymous = call(false, {});
+  EXPECT_EQ(anonymous.status, 401) << anonymous.body;
+  EXPECT_EQ(anonymous.body.find("GLMP_TEST_SURELY_UNSET_VARIABLE"), std::string::npos) << anonymous.body;
+  Response keyed = bearer(k.plain);
+  EXPECT_EQ(keyed.status, 503) << keyed.body;
+  EXPECT_EQ(jget(keyed.body, "error.code"), "upstream_not_configured");
+  EXPECT_EQ(bearer(k.plain, true).status, 200) << "the other upstream is configured";
+}

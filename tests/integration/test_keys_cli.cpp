@@ -58,6 +58,7 @@ protected:
     r.rc = child.wait(30s);
     r.out = child.out();
     r.err = child.err();
+    EXPECT_FALSE(sanitizer_report(r.err)) << "glm-proxy keys reported a sanitizer error:\n" << r.err;
     return r;
   }
   // The same with --url and --token of this test's proxy.

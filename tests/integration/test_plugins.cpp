@@ -150,6 +150,7 @@ TEST_F(Plugins, BrokenPluginsRefuseToStartWithPreciseErrors) {
                         plugin_entry("p", kPlugins + "/" + c.so, c.settings));
     Child child({GLMP_PROXY_BIN, "--config", cfg}, dir.file("b.out"), dir.file("b.err"));
     EXPECT_EQ(child.wait(10s), 1) << c.so;
+    EXPECT_FALSE(sanitizer_report(child.err())) << child.err();
     EXPECT_NE(child.err().find(c.expect), std::string::npos) << c.so << ": " << child.err();
     EXPECT_NE(child.err().find("plugin 'p'"), std::string::npos) << child.err();
   }
@@ -163,6 +164,7 @@ TEST_F(Plugins, TwoPluginsClaimingOneRouteRefuseToStart) {
                       plugin_entry("c_a", kPlugins + "/c_ok.so") + plugin_entry("c_b", kPlugins + "/c_ok2.so"));
   Child child({GLMP_PROXY_BIN, "--check-plugins", cfg}, dir.file("c.out"), dir.file("c.err"));
   EXPECT_EQ(child.wait(10s), 1);
+  EXPECT_FALSE(sanitizer_report(child.err())) << child.err();
   EXPECT_NE(child.err().find("plugin 'c_b' registers /c-plugin/counts, already served by plugin 'c_a'"), std::string::npos)
       << child.err();
 }

@@ -260,6 +260,7 @@ TEST_F(Reload, SdkPluginThrowingInConfigIsRefused) {
                         bad_entry);
     Child child({GLMP_PROXY_BIN, "--config", cfg}, dir.file("b.out"), dir.file("b.err"));
     EXPECT_EQ(child.wait(10s), 1);
+    EXPECT_FALSE(sanitizer_report(child.err())) << child.err();
     EXPECT_NE(child.err().find("plugin 'sdk_hooks'"), std::string::npos) << child.err();
     EXPECT_NE(child.err().find("refused its settings"), std::string::npos) << child.err();
     EXPECT_NE(child.err().find("no way jose"), std::string::npos) << child.err();

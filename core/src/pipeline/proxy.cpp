@@ -213,17 +213,16 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
 
   auto pool_it = pools_.find(route.upstream);
   upstream::Pool& pool = *pool_it->second;
-  if (!pool.config().auth_error.empty()) {
-    send_error(resp, ctx, {503, "proxy configuration error: " + pool.config().auth_error, "", "upstream_not_configured"});
-    return;
-  }
 
   map_request_headers(req, ctx.upstream_headers);
 
   plugins::ChainRun run(chain_.snapshot());
   try {
     const plugins::HookResult r = run.request(ctx);
-    if (r == plugins::HookResult::Continue) {
+    if (r == plugins::HookResult::Continue && !pool.config().auth_error.empty()) {
+      // After the chain: a client without a valid key learns nothing about the configuration.
+      send_error(resp, ctx, {503, "proxy configuration error: " + pool.config().auth_error, "", "upstream_not_configured"});
+    } else if (r == plugins::HookResult::Continue) {
       const bool hide_usage_chunk = finalize_body(ctx, scan);
       forward(req, resp, ctx, run, pool, hide_usage_chunk);
     } else if (ctx.plugin_stream) {
