@@ -222,8 +222,9 @@ void MemoryStore::track_changes(std::function<void(size_t)> on_change) {
 }
 
 void MemoryStore::changed(size_t updates) {
-  const size_t now_pending = pending_.fetch_add(updates, std::memory_order_relaxed) + updates;
-  if (on_change_) on_change_(now_pending);
+  const int64_t now_pending = pending_.fetch_add(static_cast<int64_t>(updates), std::memory_order_relaxed) +
+                              static_cast<int64_t>(updates);
+  if (on_change_) on_change_(static_cast<size_t>(std::max<int64_t>(0, now_pending)));
 }
 
 MemoryStore::Changes MemoryStore::take_changes() {
@@ -236,7 +237,6 @@ MemoryStore::Changes MemoryStore::take_changes() {
     windows.swap(dirty_windows_);
     counters.swap(dirty_counters_);
     records.swap(dirty_records_);
-    changes.updates = pending_.exchange(0, std::memory_order_relaxed);
   }
   for (Window* w : windows) {
     std::lock_guard lock(w->mutex);
@@ -267,29 +267,38 @@ MemoryStore::Changes MemoryStore::take_changes() {
       changes.records.push_back({ns, key, std::move(value)});
     }
   }
+  // Each item was counted once when it became dirty; it leaves the count as it is taken. (An add
+  // that marked an item just before this take may count it just after: the count dips below zero
+  // for that instant and ends right, instead of drifting.)
+  changes.updates = changes.buckets.size() + changes.counters.size() + changes.records.size();
+  pending_.fetch_sub(static_cast<int64_t>(changes.updates), std::memory_order_relaxed);
   return changes;
 }
 
 void MemoryStore::requeue(const Changes& changes) {
+  // Only what is not dirty again by now is counted again.
+  size_t again = 0;
   for (const auto& b : changes.buckets) {
     Window& w = windows_.get(b.name);
     bool first_mark = false;
     {
       std::lock_guard lock(w.mutex);
       first_mark = !w.queued;
-      mark_window(w, b.start);
+      if (mark_window(w, b.start)) ++again;
     }
     if (first_mark) {
       std::lock_guard lock(dirty_mutex_);
       dirty_windows_.push_back(&w);
     }
   }
-  for (const auto& [name, value] : changes.counters) mark_counter(counters_.get(name));
+  for (const auto& [name, value] : changes.counters)
+    if (mark_counter(counters_.get(name))) ++again;
   {
     std::lock_guard lock(dirty_mutex_);
-    for (const auto& r : changes.records) dirty_records_.emplace(r.ns, r.key);
+    for (const auto& r : changes.records)
+      if (dirty_records_.emplace(r.ns, r.key).second) ++again;
   }
-  pending_.fetch_add(changes.buckets.size() + changes.counters.size() + changes.records.size(), std::memory_order_relaxed);
+  pending_.fetch_add(static_cast<int64_t>(again), std::memory_order_relaxed);
 }
 
 void MemoryStore::prune(Millis now) {

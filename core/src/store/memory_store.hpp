@@ -9,6 +9,7 @@
 //
 // Change tracking (for write-behind): when enabled, every changed record, window bucket and
 // counter is remembered once until take_changes() collects the current values.
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <functional>
@@ -74,7 +75,7 @@ protected:
   Changes take_changes();
   // Marks the items of `changes` changed again (a flush that failed is retried with current values).
   void requeue(const Changes& changes);
-  size_t pending() const { return pending_.load(std::memory_order_relaxed); }
+  size_t pending() const { return static_cast<size_t>(std::max<int64_t>(0, pending_.load(std::memory_order_relaxed))); }
   // Drops buckets that started at or before now - max_window (memory only; the caller prunes its file).
   void prune(Millis now);
 
@@ -134,7 +135,7 @@ private:
   std::vector<Window*> dirty_windows_;
   std::vector<Counter*> dirty_counters_;
   std::set<std::pair<std::string, std::string>> dirty_records_;
-  std::atomic<size_t> pending_{0};
+  std::atomic<int64_t> pending_{0};  // dirty items not yet taken (signed: see take_changes)
 };
 
 }  // namespace glmp::core::store
