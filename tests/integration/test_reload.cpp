@@ -255,7 +255,8 @@ TEST_F(Reload, SdkPluginThrowingInConfigIsRefused) {
   // At startup: exit 1, naming the plugin and carrying the exception's message.
   {
     const std::string cfg = dir.file("bad.toml");
-    write_file(cfg, "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.openai]\nbase_url = \"" + mock->base_url() +
+    // Its own store: the default data/glm-proxy.db would be shared with tests running in parallel.
+    write_file(cfg, "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"" + dir.file("state.db") + "\"\n[upstreams.openai]\nbase_url = \"" + mock->base_url() +
                         "\"\nmin_connections = 0\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\n" +
                         bad_entry);
     Child child({GLMP_PROXY_BIN, "--config", cfg}, dir.file("b.out"), dir.file("b.err"));
