@@ -30,6 +30,11 @@ void respond_invalid(glmp::Request& r, int status, const std::string& message, c
   respond_json(r, status, Json{{"error", e}});
 }
 
+// A 400 for admin input that failed validation, naming the field.
+void respond_validation(glmp::Request& r, const ValidationError& err) {
+  respond_invalid(r, 400, err.field.empty() ? err.message : err.field + ": " + err.message, err.field);
+}
+
 }  // namespace
 
 class Auth final : public glmp::Plugin {
@@ -212,12 +217,11 @@ private:
     if (!body) return;
     if (!body->contains("name")) return respond_invalid(r, 400, "name is required", "name");
     std::string custom;
-    Json record = new_record("placeholder-key", now_ms());
-    if (auto err = apply_fields(*body, record, true, &custom)) return respond_invalid(r, 400, err->field.empty() ? err->message : err->field + ": " + err->message, err->field);
+    Json fields = Json::object();  // the editable fields given, validated
+    if (auto err = apply_fields(*body, fields, true, &custom)) return respond_validation(r, *err);
     const std::string plain = custom.empty() ? generate_key() : custom;
     Json fresh = new_record(plain, now_ms());
-    for (const char* f : {"name", "model", "token_limit_per_5h", "expiry_date", "enabled", "allowed_models", "metadata"})
-      fresh[f] = record[f];
+    fresh.update(fields);
     const std::string hash = fresh["hash"];
     auto existing = store_.get(kHashes, hash);
     if (existing.ok()) return respond_invalid(r, 409, "this key already exists", "key");
@@ -284,7 +288,7 @@ private:
     if (!body) return;
     auto rec = read_record(r, id);
     if (!rec) return;
-    if (auto err = apply_fields(*body, *rec, false, nullptr)) return respond_invalid(r, 400, err->field.empty() ? err->message : err->field + ": " + err->message, err->field);
+    if (auto err = apply_fields(*body, *rec, false, nullptr)) return respond_validation(r, *err);
     if (!write(r, store_.put(kKeys, id, rec->dump()))) return;
     cache_.erase(rec->value("hash", std::string()));
     respond_json(r, 200, public_view(*rec));
@@ -308,11 +312,8 @@ private:
     if (!rec) return;
     const std::string old_hash = rec->value("hash", std::string());
     const std::string plain = generate_key();
-    const Json fresh = new_record(plain, now_ms());
-    (*rec)["hash"] = fresh["hash"];
-    (*rec)["key_prefix"] = fresh["key_prefix"];
-    (*rec)["key_suffix"] = fresh["key_suffix"];
-    if (!write(r, store_.put(kHashes, fresh["hash"].get<std::string>(), Json{{"id", id}}.dump()))) return;
+    set_secret(*rec, plain);
+    if (!write(r, store_.put(kHashes, (*rec)["hash"].get<std::string>(), Json{{"id", id}}.dump()))) return;
     if (!write(r, store_.put(kKeys, id, rec->dump()))) return;
     store_.remove(kHashes, old_hash);
     cache_.erase(old_hash);

@@ -185,12 +185,16 @@ std::optional<ValidationError> apply_fields(const Json& input, Json& record, boo
   return std::nullopt;
 }
 
+void set_secret(Json& record, std::string_view plain_key) {
+  record["hash"] = sha256_hex(plain_key);
+  record["key_prefix"] = std::string(plain_key.substr(0, std::min<size_t>(7, plain_key.size() / 3)));
+  record["key_suffix"] = std::string(plain_key.substr(plain_key.size() - std::min<size_t>(4, plain_key.size() / 4)));
+}
+
 Json new_record(std::string_view plain_key, Millis now) {
   Json r = Json::object();
   r["id"] = generate_id();
-  r["hash"] = sha256_hex(plain_key);
-  r["key_prefix"] = std::string(plain_key.substr(0, std::min<size_t>(7, plain_key.size() / 3)));
-  r["key_suffix"] = std::string(plain_key.substr(plain_key.size() - std::min<size_t>(4, plain_key.size() / 4)));
+  set_secret(r, plain_key);
   r["name"] = "";
   r["model"] = nullptr;
   r["token_limit_per_5h"] = nullptr;

@@ -84,6 +84,9 @@ std::optional<ValidationError> apply_fields(const Json& input, Json& record, boo
 
 // A new record for a plain key (hash, prefix/suffix, id, created_at); editable fields empty.
 Json new_record(std::string_view plain_key, Millis now);
+// What a record keeps of its plain key: the hash and the short prefix/suffix shown masked
+// (creation and rotation).
+void set_secret(Json& record, std::string_view plain_key);
 // The record as the admin API shows it: without "hash", with "key_masked".
 Json public_view(const Json& record);
 

@@ -38,6 +38,18 @@ int64_t seconds_until(Millis t, Millis now) { return std::max<int64_t>(1, (t - n
 
 }  // namespace
 
+// A refusal by a window: the reservation is gone, and the caller may come back when enough of the
+// window's usage has aged out to bring `used` below `limit`.
+void Quota::refuse(Admission& a, Verdict verdict, const std::string& window, int64_t used, int64_t limit) {
+  std::vector<QuotaStore::Bucket> buckets;
+  store_.window_buckets(window, s_.window, a.at, buckets);
+  a.verdict = verdict;
+  a.reset_at = admit_again_at(buckets, used, limit, s_.window, a.at);
+  a.retry_after_s = seconds_until(a.reset_at, a.at);
+  a.reserved = 0;
+  a.remaining = 0;
+}
+
 Admission Quota::admit(const std::string& key, std::optional<int64_t> key_limit, int64_t estimate) {
   Admission a;
   a.at = clock_();
@@ -67,10 +79,16 @@ Admission Quota::admit(const std::string& key, std::optional<int64_t> key_limit,
     }
   }
 
-  if (a.limit > 0 || s_.global_limit > 0) a.reserved = estimate;
-  if (a.limit > 0) {
+  const std::string window = window_name(key);
+  const bool per_key = a.limit > 0;
+  if (per_key || s_.global_limit > 0) a.reserved = estimate;
+  // Takes this request's reservation back out of the key's window (a refusal or a failure later on).
+  auto take_back = [&] {
+    if (per_key) store_.window_add(window, -a.reserved, s_.window, a.at, nullptr);
+  };
+  if (per_key) {
     int64_t sum = 0;
-    const R r = store_.window_add(window_name(key), a.reserved, s_.window, a.at, &sum);
+    const R r = store_.window_add(window, a.reserved, s_.window, a.at, &sum);
     if (r == R::Unavailable) {
       a.verdict = Verdict::StoreUnavailable;
       a.reserved = 0;  // not recorded (or queued for replay: the reconcile below undoes it either way)
@@ -78,19 +96,13 @@ Admission Quota::admit(const std::string& key, std::optional<int64_t> key_limit,
     }
     a.used = std::max<int64_t>(0, sum - a.reserved);
     if (r == R::Ok && a.used >= a.limit) {
-      store_.window_add(window_name(key), -a.reserved, s_.window, a.at, nullptr);
-      a.verdict = Verdict::TokensExceeded;
-      std::vector<QuotaStore::Bucket> buckets;
-      store_.window_buckets(window_name(key), s_.window, a.at, buckets);
-      a.reset_at = admit_again_at(buckets, a.used, a.limit, s_.window, a.at);
-      a.retry_after_s = seconds_until(a.reset_at, a.at);
-      a.reserved = 0;
-      a.remaining = 0;
+      take_back();
+      refuse(a, Verdict::TokensExceeded, window, a.used, a.limit);
       return a;
     }
     a.remaining = std::max<int64_t>(0, a.limit - a.used - a.reserved);
     std::vector<QuotaStore::Bucket> buckets;
-    store_.window_buckets(window_name(key), s_.window, a.at, buckets);
+    store_.window_buckets(window, s_.window, a.at, buckets);
     a.reset_at = (buckets.empty() ? a.at : buckets.front().start) + s_.window;
   }
 
@@ -98,20 +110,15 @@ Admission Quota::admit(const std::string& key, std::optional<int64_t> key_limit,
     int64_t sum = 0;
     const R r = store_.window_add(kGlobal, a.reserved, s_.window, a.at, &sum);
     if (r == R::Unavailable) {  // the key's reservation is taken back: nothing admitted, nothing charged
-      if (a.limit > 0) store_.window_add(window_name(key), -a.reserved, s_.window, a.at, nullptr);
+      take_back();
       a.verdict = Verdict::StoreUnavailable;
       a.reserved = 0;
       return a;
     }
     if (r == R::Ok && sum - a.reserved >= s_.global_limit) {
       store_.window_add(kGlobal, -a.reserved, s_.window, a.at, nullptr);
-      if (a.limit > 0) store_.window_add(window_name(key), -a.reserved, s_.window, a.at, nullptr);
-      a.verdict = Verdict::GlobalExceeded;
-      std::vector<QuotaStore::Bucket> buckets;
-      store_.window_buckets(kGlobal, s_.window, a.at, buckets);
-      a.reset_at = admit_again_at(buckets, sum - a.reserved, s_.global_limit, s_.window, a.at);
-      a.retry_after_s = seconds_until(a.reset_at, a.at);
-      a.reserved = 0;
+      take_back();
+      refuse(a, Verdict::GlobalExceeded, kGlobal, sum - a.reserved, s_.global_limit);
       return a;
     }
   }

@@ -97,6 +97,8 @@ public:
   static constexpr const char* kGlobal = "tokens:*";
 
 private:
+  void refuse(Admission& a, Verdict verdict, const std::string& window, int64_t used, int64_t limit);
+
   QuotaSettings s_;
   QuotaStore& store_;
   std::function<Millis()> clock_;

@@ -77,26 +77,27 @@ Status Store::list(std::string_view ns, std::string_view prefix, std::string_vie
   return s;
 }
 
+bool Store::valid_window(std::string_view name, Millis window, Millis now) const {
+  return valid_name(name) && window > 0 && window <= max_window_ms_ && now >= 0;
+}
+
 Status Store::window_add(std::string_view name, int64_t amount, Millis window, Millis now, int64_t* sum) {
   if (sum) *sum = 0;
-  const bool ok = valid_name(name) && window > 0 && window <= max_window_ms_ && now >= 0;
-  const Status s = ok ? do_window_add(name, amount, window, now ? now : now_ms(), sum) : Status::Invalid;
+  const Status s = valid_window(name, window, now) ? do_window_add(name, amount, window, now ? now : now_ms(), sum) : Status::Invalid;
   metrics_->op(Op::WindowAdd, s);
   return s;
 }
 
 Status Store::window_sum(std::string_view name, Millis window, Millis now, int64_t& sum) {
   sum = 0;
-  const bool ok = valid_name(name) && window > 0 && window <= max_window_ms_ && now >= 0;
-  const Status s = ok ? do_window_sum(name, window, now ? now : now_ms(), sum) : Status::Invalid;
+  const Status s = valid_window(name, window, now) ? do_window_sum(name, window, now ? now : now_ms(), sum) : Status::Invalid;
   metrics_->op(Op::WindowSum, s);
   return s;
 }
 
 Status Store::window_buckets(std::string_view name, Millis window, Millis now, std::vector<Bucket>& out) {
   out.clear();
-  const bool ok = valid_name(name) && window > 0 && window <= max_window_ms_ && now >= 0;
-  const Status s = ok ? do_window_buckets(name, window, now ? now : now_ms(), out) : Status::Invalid;
+  const Status s = valid_window(name, window, now) ? do_window_buckets(name, window, now ? now : now_ms(), out) : Status::Invalid;
   metrics_->op(Op::WindowBuckets, s);
   return s;
 }

@@ -125,6 +125,9 @@ protected:
   const Millis max_window_ms_;
 
 private:
+  // The arguments every window call shares: a valid name, 0 < window <= max_window, now >= 0.
+  bool valid_window(std::string_view name, Millis window, Millis now) const;
+
   std::unique_ptr<StoreMetrics> metrics_;
 };
 

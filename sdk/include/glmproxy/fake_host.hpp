@@ -982,6 +982,17 @@ class Checks {
   int failed_ = 0;
 };
 
+// Why `descriptor` refuses `settings_json` (the text it reported), or "" when it accepts them.
+inline std::string refusal(const glmp_plugin_descriptor* descriptor, std::string_view settings_json) {
+  FakeHost host;
+  try {
+    PluginInstance plugin(descriptor, host, settings_json);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 }  // namespace glmp::testing
 
 #define GLMP_EXPECT(checks, ...) (checks).expect((__VA_ARGS__) ? true : false, #__VA_ARGS__, __FILE__, __LINE__)

@@ -15,6 +15,7 @@ using glmp::testing::FakeHost;
 using glmp::testing::FakeRequest;
 using glmp::testing::PluginInstance;
 using glmp::testing::PluginLibrary;
+using glmp::testing::refusal;
 
 // Runs one request through the hooks the core would call for a proxied request.
 void proxy_one(PluginInstance& plugin, FakeRequest& req) {
@@ -23,16 +24,6 @@ void proxy_one(PluginInstance& plugin, FakeRequest& req) {
   plugin.on_response_headers(req);
   plugin.on_response_body(req, "{}", true);
   plugin.on_complete(req);
-}
-
-std::string refusal(const glmp_plugin_descriptor* d, std::string_view settings) {
-  FakeHost host;
-  try {
-    PluginInstance plugin(d, host, settings);
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 void descriptor(Checks& c, const PluginLibrary& lib, const char* version) {

@@ -19,6 +19,7 @@ using glmp::testing::FakeHost;
 using glmp::testing::FakeRequest;
 using glmp::testing::PluginInstance;
 using glmp::testing::PluginLibrary;
+using glmp::testing::refusal;
 
 const glmp::testing::Labels kLabels = {{"plugin", "usage_meter"}};
 constexpr std::int64_t kWindow = 18'000'000;  // the default window_ms (5 h)
@@ -46,16 +47,6 @@ FakeRequest get(PluginInstance& plugin, const std::string& path, const std::stri
   r.query = query;
   if (!plugin.call_route(r)) r.respond_status = 404;
   return r;
-}
-
-std::string refusal(const glmp_plugin_descriptor* d, std::string_view settings) {
-  FakeHost host;
-  try {
-    PluginInstance plugin(d, host, settings);
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 void descriptor(Checks& c, const PluginLibrary& lib) {
