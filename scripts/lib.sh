@@ -5,7 +5,7 @@ JOBS="${GLMP_JOBS:-2}"
 
 # Debian packages the build, tests and benchmarks need. Installed only when missing.
 GLMP_BUILD_PACKAGES=(build-essential cmake ninja-build ccache pkg-config libpoco-dev libboost-dev
-  libboost-filesystem-dev libtomlplusplus-dev prometheus-cpp-dev libssl-dev nlohmann-json3-dev)
+  libboost-filesystem-dev libtomlplusplus-dev prometheus-cpp-dev libssl-dev nlohmann-json3-dev node-llhttp)
 GLMP_TEST_PACKAGES=(libgtest-dev libgmock-dev libbenchmark-dev openssl nodejs curl wrk nginx-light python3 prometheus
   redis-server sqlite3)
 

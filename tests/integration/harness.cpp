@@ -242,6 +242,8 @@ Proxy::Proxy(const TempDir& dir, const Mock* mock, ProxyOptions opts) {
            "\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\nstrip_prefix = \"/v1\"\n" +
            opts.extra_toml;
   }
+  // An admin token unless the test sets its own: /health shows its details only to the operator.
+  if (toml.find("[admin]") == std::string::npos) toml += std::string("\n[admin]\ntoken = \"") + kTestAdminToken + "\"\n";
   if (toml.find("[store]") == std::string::npos)
     toml += "\n" + (opts.store_toml.empty() ? "[store]\npath = \"" + dir.file("state.db") + "\"\n" : opts.store_toml);
   write_file(config_path_, toml);
@@ -373,7 +375,9 @@ StreamedResponse http_stream(uint16_t port, const std::string& method, const std
   return r;
 }
 
-std::string health(uint16_t port) { return http(port, "GET", "/health").body; }
+std::string health(uint16_t port, const std::string& admin_token) {
+  return http(port, "GET", "/health", "", {{"X-Admin-Token", admin_token}}).body;
+}
 
 TestPki make_pki(const TempDir& dir) {
   TestPki p{dir.file("ca.pem"), dir.file("server.pem"), dir.file("server.key")};

@@ -152,8 +152,11 @@ StreamedResponse http_stream(uint16_t port, const std::string& method, const std
                              const std::map<std::string, std::string>& headers = {},
                              std::chrono::milliseconds timeout = 60s);
 
-// GET /health parsed fields helper: returns the JSON body.
-std::string health(uint16_t port);
+// The admin token the harness configures when a test sets no [admin] table of its own.
+inline constexpr const char* kTestAdminToken = "glmp-test-admin-token";
+
+// GET /health with the admin token (the details: upstreams, pools, store): returns the JSON body.
+std::string health(uint16_t port, const std::string& admin_token = kTestAdminToken);
 
 // Makes a self-signed CA and a server cert for 127.0.0.1/localhost signed by it (openssl CLI).
 struct TestPki {

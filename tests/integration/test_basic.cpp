@@ -10,13 +10,27 @@ namespace {
 class BasicProxy : public ProxyTest {};
 
 TEST_F(BasicProxy, HealthReportsPools) {
-  Response r = http(proxy->port(), "GET", "/health");
+  Response r = http(proxy->port(), "GET", "/health", "", {{"Authorization", std::string("Bearer ") + kTestAdminToken}});
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(json_get(r.body, "status"), "ok");
   EXPECT_NE(json_get(r.body, "timestamp"), "<missing>");
   EXPECT_EQ(json_get(r.body, "upstreams.openai.pool.max"), "32");
   EXPECT_EQ(json_get(r.body, "upstreams.anthropic.configured"), "true");
   EXPECT_FALSE(r.header("x-request-id").empty());
+}
+
+// Anyone may ask whether the proxy is up; only the operator sees upstream URLs, pools and the store.
+TEST_F(BasicProxy, PublicHealthShowsNoInternals) {
+  for (const auto& headers : std::vector<std::map<std::string, std::string>>{{}, {{"X-Admin-Token", "wrong"}}}) {
+    Response r = http(proxy->port(), "GET", "/health", "", headers);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(json_get(r.body, "status"), "ok");
+    EXPECT_NE(json_get(r.body, "version"), "<missing>");
+    EXPECT_EQ(json_get(r.body, "upstreams"), "<missing>") << r.body;
+    EXPECT_EQ(json_get(r.body, "store"), "<missing>") << r.body;
+    EXPECT_EQ(r.body.find("127.0.0.1"), std::string::npos) << r.body;
+    EXPECT_EQ(r.body.find("state.db"), std::string::npos) << r.body;
+  }
 }
 
 TEST_F(BasicProxy, OpenAINonStreamingMatchesDirect) {

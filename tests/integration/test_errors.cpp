@@ -164,7 +164,7 @@ TEST_F(Errors, MissingUpstreamCredentialKeepsHealthAndExplains) {
   opts.auth_value_openai = "Bearer ${GLMP_TEST_UNSET_KEY}";
   opts.env = {{"GLMP_TEST_UNSET_KEY", "<unset>"}};
   proxy = std::make_unique<Proxy>(dir, mock.get(), opts);
-  Response h = http(proxy->port(), "GET", "/health");
+  Response h = http(proxy->port(), "GET", "/health", "", {{"X-Admin-Token", kTestAdminToken}});
   EXPECT_EQ(h.status, 200);
   EXPECT_EQ(json_get(h.body, "upstreams.openai.configured"), "false");
   Response r = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false));

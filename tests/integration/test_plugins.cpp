@@ -114,7 +114,7 @@ TEST_F(Plugins, OnCompleteRunsExactlyOnceForEveryOnRequest) {
 }
 
 TEST_F(Plugins, AdminApiNeedsTheToken) {
-  start(plugin_entry("c_plugin", live_so));  // no [admin] token
+  start("\n[admin]\ntoken = \"\"\n" + plugin_entry("c_plugin", live_so));  // no admin token
   Response disabled = http(proxy->port(), "GET", "/admin/plugins");
   EXPECT_EQ(disabled.status, 403);
   EXPECT_NE(json_get(disabled.body, "error.message").find("admin API disabled"), std::string::npos);

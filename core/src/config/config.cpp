@@ -149,7 +149,8 @@ private:
 
 void read_server(const TableReader& r, ServerConfig& s) {
   r.allow_only({"listen", "max_threads", "thread_stack_size", "max_queued", "max_request_body", "header_timeout",
-                "keepalive_timeout", "drain_timeout"});
+                "keepalive_timeout", "drain_timeout", "max_connections", "max_header_bytes", "max_headers",
+                "max_uri_bytes", "body_timeout", "send_timeout"});
   std::string listen;
   if (r.get_string("listen", listen)) {
     auto colon = listen.rfind(':');
@@ -167,7 +168,18 @@ void read_server(const TableReader& r, ServerConfig& s) {
   }
   r.get_int("max_threads", s.max_threads, 2, 65535);
   r.get_int("max_queued", s.max_queued, 1, 1 << 20);
+  r.get_int("max_connections", s.max_connections, 1, 1 << 22);
+  int headers = static_cast<int>(s.max_headers);
+  if (r.get_int("max_headers", headers, 8, 10000)) s.max_headers = static_cast<size_t>(headers);
   uint64_t size = 0;
+  if (r.get_size("max_header_bytes", size)) {
+    if (size < 1024 || size > (1u << 20)) r.fail(r.node("max_header_bytes"), "max_header_bytes", "must be between 1KiB and 1MiB");
+    s.max_header_bytes = size;
+  }
+  if (r.get_size("max_uri_bytes", size)) {
+    if (size < 256 || size > (1u << 20)) r.fail(r.node("max_uri_bytes"), "max_uri_bytes", "must be between 256 bytes and 1MiB");
+    s.max_uri_bytes = size;
+  }
   if (r.get_size("thread_stack_size", size)) {
     if (size < 64 * 1024) r.fail(r.node("thread_stack_size"), "thread_stack_size", "must be at least 64KiB");
     s.thread_stack_size = size;
@@ -179,6 +191,8 @@ void read_server(const TableReader& r, ServerConfig& s) {
   r.get_duration("header_timeout", s.header_timeout);
   r.get_duration("keepalive_timeout", s.keepalive_timeout);
   r.get_duration("drain_timeout", s.drain_timeout, true);
+  r.get_duration("body_timeout", s.body_timeout);
+  r.get_duration("send_timeout", s.send_timeout);
 }
 
 void read_proxy(const TableReader& r, ProxyConfig& p) {

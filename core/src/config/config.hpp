@@ -23,11 +23,17 @@ public:
 struct ServerConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 3000;
-  int max_threads = 512;                 // dedicated Poco::ThreadPool capacity (= max concurrent connections)
+  int max_threads = 512;                 // worker threads: requests being served at once (not connections)
   size_t thread_stack_size = 256 * 1024; // small stacks: 512 threads must not cost 4 GiB of address space
-  int max_queued = 1024;                 // accepted connections waiting for a thread
+  int max_queued = 1024;                 // complete requests waiting for a worker; beyond -> 503
+  int max_connections = 10000;           // open client connections; beyond -> 503 and close at once
   size_t max_request_body = 32u << 20;   // larger -> 413
-  Duration header_timeout{10'000};       // slowloris guard: per read while receiving a request
+  size_t max_header_bytes = 32 * 1024;   // request line + headers; larger -> 431
+  size_t max_headers = 100;              // header fields; more -> 431
+  size_t max_uri_bytes = 8 * 1024;       // request-target; longer -> 414
+  Duration header_timeout{10'000};       // total time to receive a request's line and headers -> 408
+  Duration body_timeout{60'000};         // total time to receive a request's body -> 408
+  Duration send_timeout{30'000};         // a client that takes nothing for this long is disconnected
   Duration keepalive_timeout{10'000};    // idle keep-alive connections close after this
   Duration drain_timeout{30'000};        // SIGTERM: how long in-flight requests may take to finish
 };

@@ -2,7 +2,6 @@
 
 #include <Poco/Net/HTTPRequest.h>
 #include <Poco/Net/HTTPResponse.h>
-#include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SSLException.h>
 #include <Poco/JSON/Parser.h>
@@ -11,9 +10,11 @@
 
 #include <sstream>
 
+#include "http/response_parser.hpp"
 #include "pipeline/headers.hpp"
 #include "pipeline/json_body.hpp"
 #include "pipeline/router.hpp"
+#include "server/connection.hpp"
 
 namespace glmp::core::pipeline {
 namespace {
@@ -26,7 +27,12 @@ struct Stopwatch {
   ~Stopwatch() { sink += Clock::now() - t0; }
 };
 
-bool is_json_content_type(const std::string& ct) { return ct.find("json") != std::string::npos; }
+// "application/json", "Application/JSON; charset=utf-8", "application/vnd.x+json": names JSON.
+bool is_json_content_type(std::string_view ct) {
+  for (size_t i = 0; i + 4 <= ct.size(); ++i)
+    if (iequals(ct.substr(i, 4), "json")) return true;
+  return false;
+}
 
 // The first non-blank byte opens a JSON object or array (curl -d sends JSON as form data).
 bool looks_like_json(std::string_view body) {
@@ -36,16 +42,12 @@ bool looks_like_json(std::string_view body) {
 
 bool is_event_stream(const std::string& ct) { return ct.rfind("text/event-stream", 0) == 0; }
 
-// The client connection can't carry a valid end any more (e.g. a Content-Length body cut short):
-// close it so the client sees an error instead of a silently truncated body.
-void abort_client(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) {
+// The client connection can't carry a valid end any more (a body cut short, a stream that failed):
+// end it without the terminating chunk and close it, so the client sees an error instead of a
+// silently truncated body.
+void abort_client(Poco::Net::HTTPServerResponse& resp) {
   resp.setKeepAlive(false);
-  if (auto* impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&req)) {
-    try {
-      impl->socket().shutdown();
-    } catch (...) {
-    }
-  }
+  if (auto* r = dynamic_cast<server::Response*>(&resp)) r->abort();
 }
 
 enum class Phase { Connect, Wait };
@@ -95,60 +97,42 @@ Proxy::Proxy(const config::Config& cfg, Pools& pools, plugins::ChainHolder& chai
     : cfg_(cfg), pools_(pools), chain_(chain), buffers_(buffers) {}
 
 bool Proxy::read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) {
+  auto& conn = static_cast<server::Request&>(req).connection();
   const uint64_t limit = cfg_.server.max_request_body;
-  const std::string limit_text = std::to_string(limit) + " bytes";
-  if (req.hasContentLength()) {
-    const auto length = req.getContentLength64();
-    if (length < 0) {
-      resp.setKeepAlive(false);
-      send_error(resp, ctx, {400, "invalid Content-Length"});
-      return false;
-    }
-    if (static_cast<uint64_t>(length) > limit) {
-      resp.setKeepAlive(false);  // the unread body must not be parsed as the next request
-      send_error(resp, ctx, {413, "request body of " + std::to_string(length) + " bytes exceeds the limit of " + limit_text});
-      return false;
-    }
-    ctx.body.resize(static_cast<size_t>(length));
-    std::istream& in = req.stream();
-    in.read(ctx.body.data(), length);
-    if (in.gcount() != length) {
-      resp.setKeepAlive(false);
+  const auto fail = [&](ApiError error) {
+    resp.setKeepAlive(false);  // the unread rest of the body must never be parsed as a request
+    send_error(resp, ctx, error);
+    return false;
+  };
+  if (conn.parser().content_length() > limit)  // refused before a byte of it is read
+    return fail({413, "request body of " + std::to_string(conn.parser().content_length()) +
+                          " bytes exceeds the limit of " + std::to_string(limit) + " bytes"});
+  switch (conn.read_body(ctx.body)) {  // grows with the bytes that arrive, never from the header
+    case server::ClientConnection::BodyResult::Ok:
+      ctx.bytes_in = ctx.body.size();
+      return true;
+    case server::ClientConnection::BodyResult::TooLarge:
+      return fail({413, "request body exceeds the limit of " + std::to_string(limit) + " bytes"});
+    case server::ClientConnection::BodyResult::Malformed:
+      return fail({400, "malformed request body: " + conn.parser().error_message()});
+    case server::ClientConnection::BodyResult::Timeout:
+      return fail({408, "request body not received within " + std::to_string(cfg_.server.body_timeout.count()) + " ms"});
+    case server::ClientConnection::BodyResult::ClientGone:
       ctx.client_gone = true;
-      send_error(resp, ctx, {400, "request body ended after " + std::to_string(in.gcount()) + " of " + std::to_string(length) + " bytes"});
-      return false;
-    }
-  } else if (req.getChunkedTransferEncoding()) {
-    std::istream& in = req.stream();
-    char block[16384];
-    while (in) {
-      in.read(block, sizeof block);
-      ctx.body.append(block, static_cast<size_t>(in.gcount()));
-      if (ctx.body.size() > limit) {
-        resp.setKeepAlive(false);
-        send_error(resp, ctx, {413, "request body exceeds the limit of " + limit_text});
-        return false;
-      }
-    }
-    if (in.bad()) {
-      resp.setKeepAlive(false);
-      send_error(resp, ctx, {400, "malformed chunked request body"});
-      return false;
-    }
+      return fail({400, "the client closed the connection before sending the whole body"});
   }
-  ctx.bytes_in = ctx.body.size();
-  return true;
+  return false;
 }
 
 bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
                          TopLevelScan& scan) {
   if (ctx.body.empty()) return true;
-  const std::string& content_type = req.getContentType();
-  const bool declared_json = is_json_content_type(content_type);
-  // Multipart uploads and other declared non-JSON bodies pass through untouched.
-  if (!declared_json && (content_type.rfind("multipart/", 0) == 0 || !looks_like_json(ctx.body))) return true;
+  const bool declared_json = is_json_content_type(req.getContentType());
+  // A body that looks like JSON is held to JSON whatever its Content-Type says: a body the scanner
+  // cannot read would reach the upstream without the forced model. Other bodies (multipart
+  // uploads, form data) pass through untouched unless they claim to be JSON.
+  if (!declared_json && !looks_like_json(ctx.body)) return true;
   scan = scan_top_level(ctx.body);
-  if (!scan.ok && !declared_json) return true;
   if (!scan.ok) {
     send_error(resp, ctx, {400, "malformed JSON in request body: " + scan.error});
     return false;
@@ -215,6 +199,10 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
   upstream::Pool& pool = *pool_it->second;
 
   map_request_headers(req, ctx.upstream_headers);
+  // Forwarding headers describe what this proxy saw, never what the client claims.
+  ctx.upstream_headers.erase("Forwarded");
+  ctx.upstream_headers.erase("X-Real-IP");
+  ctx.upstream_headers.set("X-Forwarded-For", req.clientAddress().host().toString());
 
   plugins::ChainRun run(chain_.snapshot());
   try {
@@ -224,7 +212,7 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
       send_error(resp, ctx, {503, "proxy configuration error: " + pool.config().auth_error, "", "upstream_not_configured"});
     } else if (r == plugins::HookResult::Continue) {
       const bool hide_usage_chunk = finalize_body(ctx, scan);
-      forward(req, resp, ctx, run, pool, hide_usage_chunk);
+      forward(resp, ctx, run, pool, hide_usage_chunk);
     } else if (ctx.plugin_stream) {
       ctx.status = ctx.status ? ctx.status : 200;  // a plugin streamed the response itself
     } else if (ctx.early_response) {
@@ -234,13 +222,13 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
     }
   } catch (const std::exception& e) {
     if (!resp.sent()) send_error(resp, ctx, {500, std::string("internal error: ") + e.what()});
-    else abort_client(req, resp);
+    else abort_client(resp);
     if (ctx.error.empty()) ctx.error = e.what();
   }
   run.complete(ctx);
 }
 
-void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
+void Proxy::forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
                     plugins::ChainRun& run, upstream::Pool& pool, bool hide_usage_chunk) {
   const config::RouteConfig& route = *ctx.route;
   const auto& ucfg = pool.config();
@@ -268,12 +256,16 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   }
 
   // Send, then wait for the first response byte. A kept-alive socket that turns out to be closed
-  // before any byte arrived is retried once on a fresh connection; nothing else is ever retried.
+  // before any byte arrived is retried once on a fresh connection; nothing else is ever retried
+  // (a byte seen means the upstream may have started working on the request).
+  pool::BufferPool::Buffer buffer = buffers_.acquire();  // raw upstream reads; body bytes are views into it
   Poco::Net::HTTPResponse uresp;
-  std::istream* body_in = nullptr;
+  http::ResponseParser parser(uresp, ctx.method == "HEAD");
+  size_t filled = 0, used = 0;  // buffer[used, filled) holds bytes after the response headers
   for (int attempt = 0;; ++attempt) {
     Phase phase = Phase::Connect;
     bool retry = false;
+    bool first_byte = false;
     std::string failure;
     int status = 502;
     try {
@@ -288,7 +280,18 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
         retry = lease->reused && attempt == 0;
         failure = "upstream closed the connection without responding";
       } else {
-        body_in = &http.receiveResponse(uresp);
+        first_byte = true;
+        // Read until the final response's headers are complete (1xx interim responses skipped).
+        for (;;) {
+          filled = lease->read_some(buffer.data(), buffer.size());
+          if (filled == 0) {
+            parser.finish();
+            throw Poco::Net::MessageException(parser.error());
+          }
+          const auto ev = parser.feed(buffer.data(), filled, used);
+          if (ev == http::ResponseParser::Event::Error) throw Poco::Net::MessageException(parser.error());
+          if (ev == http::ResponseParser::Event::HeadersDone) break;
+        }
       }
     } catch (const Poco::TimeoutException&) {
       status = phase == Phase::Connect ? 502 : 504;
@@ -307,10 +310,10 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
       failure = "invalid response from upstream '" + ucfg.name + "': " + e.message();
     } catch (const Poco::Exception& e) {
       // Reset/abort/EPIPE on a reused socket before any byte was read: the stale-socket race.
-      retry = lease->reused && attempt == 0 && body_in == nullptr;
+      retry = lease->reused && attempt == 0 && !first_byte;
       failure = "upstream '" + ucfg.name + "' connection failed: " + e.displayText();
     }
-    if (body_in) break;
+    if (failure.empty()) break;
     if (retry) {
       lease->http().reset();  // fresh connection on the same session object
       lease->reused = false;
@@ -340,21 +343,19 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   if (sse) active_streams_.fetch_add(1, std::memory_order_relaxed);
 
   set_status(resp, ctx.upstream_status, uresp.getReason());
-  // Poco already stamped Date (and the upstream's is the one to keep): never send it twice.
+  // The server already stamped Date (and the upstream's is the one to keep): never send it twice.
   if (ctx.response_headers.has("Date")) resp.erase("Date");
   for (const auto& [k, v] : ctx.response_headers) resp.add(k, v);
   for (const auto& [k, v] : ctx.extra_response_headers) resp.add(k, v);
   resp.set("X-Request-ID", ctx.request_id);
-  // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay or to check.
-  const bool no_body = ctx.method == "HEAD" || ctx.upstream_status == 204 || ctx.upstream_status == 304 ||
-                       ctx.upstream_status < 200;
+  // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay.
+  const bool no_body = ctx.method == "HEAD" || ctx.upstream_status == 204 || ctx.upstream_status == 304;
   const bool known_length = uresp.hasContentLength() && !hide_usage_chunk;
-  const Poco::Int64 expected = uresp.hasContentLength() && !no_body ? uresp.getContentLength64() : -1;
   if (no_body) {
     if (uresp.hasContentLength()) resp.setContentLength64(uresp.getContentLength64());
     else resp.setContentLength64(0);
   } else if (known_length) {
-    resp.setContentLength64(expected);
+    resp.setContentLength64(uresp.getContentLength64());
   } else {
     resp.setChunkedTransferEncoding(true);
   }
@@ -363,61 +364,90 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   std::ostream& out = resp.send();
   if (!known_length) {
     // Streams: the client sees the status at once, before the first event. (With a known length,
-    // Poco buffers the headers with the body, so headers and first chunk leave in one send.)
+    // the headers wait for the body, so headers and first bytes leave in one write.)
     out.flush();
     ctx.ttfb = Clock::now() - ctx.start;
     if (!out) ctx.client_gone = true;
   }
 
-  // Relay: each read from the upstream is written and flushed at once (SSE events reach the
-  // client as they are produced); one pooled buffer per request, so memory stays flat.
-  pool::BufferPool::Buffer buffer = buffers_.acquire();
-  body_in->exceptions(std::ios::badbit);
-  Poco::Int64 received = 0;
-  std::string upstream_error;
+  // Relay: the parser hands out the body de-chunked, as views into the read buffer; each read from
+  // the upstream is written and flushed at once (SSE events reach the client as they are
+  // produced). One pooled buffer per request, so memory stays flat.
+  char tail[2] = {'\n', '\n'};  // the last two bytes relayed: is the client at an event boundary?
   auto emit = [&](std::string_view bytes, bool end) {
     if (!bytes.empty() || end) run.response_body(ctx, bytes, end);
     if (bytes.empty() || ctx.client_gone) return;
+    if (bytes.size() >= 2) {
+      tail[0] = bytes[bytes.size() - 2];
+      tail[1] = bytes.back();
+    } else {
+      tail[0] = tail[1];
+      tail[1] = bytes.back();
+    }
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     out.flush();
     if (!ctx.ttfb) ctx.ttfb = Clock::now() - ctx.start;
     if (!out) ctx.client_gone = true;
     else ctx.bytes_out += bytes.size();
   };
+  struct Sink {
+    UsageExtractor& usage;
+    decltype(emit)& out;
+    static void body(void* self, std::string_view bytes) {
+      auto& s = *static_cast<Sink*>(self);
+      s.out(s.usage.feed(bytes), false);
+    }
+  } sink{usage, emit};
+  parser.set_body_sink(&Sink::body, &sink);
+
   // The upstream connection goes back to the pool the moment its response is fully read — before
   // the last bytes reach the client — so a client's next request finds it idle.
   bool upstream_done = false;
-  auto finish_upstream = [&] {
-    upstream_done = true;
-    if (uresp.getKeepAlive()) lease.release();
-    else lease.discard(false);
+  std::string upstream_error;
+  auto on_event = [&](http::ResponseParser::Event ev) {
+    if (ev == http::ResponseParser::Event::Error) {
+      upstream_error = "upstream '" + ucfg.name + "' sent a broken response: " + parser.error();
+    } else if (ev == http::ResponseParser::Event::MessageDone) {
+      upstream_done = true;
+      // Bytes after the response, or a response that ends with the connection: never reused.
+      if (parser.keep_alive() && used == filled) lease.release();
+      else lease.discard(false);
+    }
   };
-  if (expected == 0 || no_body) finish_upstream();
-  while (!ctx.client_gone && !upstream_done) {
-    std::streamsize n = 0;
+  {
+    size_t consumed = 0;
+    const size_t start = used;
+    const auto ev = parser.feed(buffer.data() + start, filled - start, consumed);  // body bytes read with the headers
+    used = start + consumed;
+    on_event(ev);
+  }
+  while (!ctx.client_gone && !upstream_done && upstream_error.empty()) {
     try {
       Stopwatch sw{ctx.upstream_time};
-      if (body_in->peek() == std::char_traits<char>::eof()) break;
-      n = body_in->readsome(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+      filled = lease->read_some(buffer.data(), buffer.size());
     } catch (const Poco::TimeoutException&) {
       upstream_error = "upstream '" + ucfg.name + "' stalled for more than " + std::to_string(ucfg.read_timeout.count()) + " ms mid-response";
       break;
     } catch (const Poco::Exception& e) {
       upstream_error = "upstream '" + ucfg.name + "' failed mid-response: " + e.displayText();
       break;
-    } catch (const std::exception& e) {
-      upstream_error = "upstream '" + ucfg.name + "' failed mid-response: " + e.what();
+    }
+    if (filled == 0) {
+      const auto ev = parser.finish();  // a body delimited by the close ends here; anything else was cut
+      if (ev != http::ResponseParser::Event::Error) on_event(ev);
+      else if (uresp.hasContentLength())
+        upstream_error = "upstream '" + ucfg.name + "' closed the response after " + std::to_string(parser.body_bytes()) +
+                         " of " + std::to_string(uresp.getContentLength64()) + " bytes";
+      else upstream_error = "upstream '" + ucfg.name + "' " + parser.error();
       break;
     }
-    received += n;
-    if (expected >= 0 && received >= expected) finish_upstream();  // body_in is not touched again
-    emit(usage.feed(std::string_view(buffer.data(), static_cast<size_t>(n))), false);
+    const auto ev = parser.feed(buffer.data(), filled, used);
+    on_event(ev);
   }
-  if (upstream_error.empty() && !ctx.client_gone && expected >= 0 && received != expected)
-    upstream_error = "upstream '" + ucfg.name + "' closed the response after " + std::to_string(received) + " of " +
-                     std::to_string(expected) + " bytes";
 
-  if (!ctx.client_gone) emit(usage.finish(), upstream_error.empty());
+  // After a failure, what the extractor still holds is an unfinished event: counted, not relayed.
+  const std::string_view rest = usage.finish();
+  if (!ctx.client_gone && upstream_error.empty()) emit(rest, true);
   ctx.usage = usage.usage();
 
   if (ctx.client_gone) {
@@ -428,19 +458,19 @@ void Proxy::forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   if (!upstream_error.empty()) {
     lease.discard(true);
     ctx.error = upstream_error;
+    // A stream gets the flavour's error event so SDKs raise instead of hanging; either way the
+    // response ends without its terminating chunk (or short of its length) and the connection
+    // closes, so no client can take it for complete.
     if (sse && !known_length) {
-      // End the stream with an error event in the caller's flavour so SDKs raise instead of hanging.
-      emit(sse_error_event(ctx.flavour, {502, upstream_error}), true);
-      try {
-        out.flush();
-      } catch (...) {
-      }
-    } else {
-      abort_client(req, resp);
+      // A half-relayed event is ended first, so the error arrives as an event of its own.
+      std::string event = sse_error_event(ctx.flavour, {502, upstream_error});
+      if (tail[1] != '\n') event.insert(0, "\n\n");
+      else if (tail[0] != '\n') event.insert(0, "\n");
+      emit(event, true);
     }
+    abort_client(resp);
     return;
   }
-  if (!upstream_done) finish_upstream();
 }
 
 }  // namespace glmp::core::pipeline

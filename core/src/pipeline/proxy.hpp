@@ -45,7 +45,7 @@ private:
   // Body edits decided by the core and the chain; returns true when the usage-only stream chunk
   // must be hidden from the client (the proxy asked for it, the client did not).
   bool finalize_body(RequestContext& ctx, const TopLevelScan& inspected);
-  void forward(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
+  void forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
                plugins::ChainRun& run, upstream::Pool& pool, bool hide_usage_chunk);
 
   const config::Config& cfg_;

@@ -1,5 +1,6 @@
 #include "server/server.hpp"
 
+#include <cctype>
 #include <thread>
 
 #include <sys/stat.h>
@@ -10,42 +11,13 @@
 #include <Poco/JSON/Object.h>
 #include <Poco/Logger.h>
 #include <Poco/JSON/Stringifier.h>
-#include <Poco/Net/HTTPRequestHandler.h>
-#include <Poco/Net/HTTPRequestHandlerFactory.h>
-#include <Poco/Net/HTTPServerParams.h>
-#include <Poco/Net/ServerSocket.h>
 #include <Poco/Timestamp.h>
 
 #include "pipeline/headers.hpp"
 #include "plugins/chain_builder.hpp"
-#include "server/listen_socket.hpp"
 
 namespace glmp::core::server {
 namespace {
-
-Poco::Timespan to_timespan(std::chrono::milliseconds ms) { return Poco::Timespan(ms.count() * 1000); }
-
-class Handler final : public Poco::Net::HTTPRequestHandler {
-public:
-  explicit Handler(Server& server) : server_(server) {}
-  void handleRequest(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) override {
-    server_.handle(req, resp);
-  }
-
-private:
-  Server& server_;
-};
-
-class Factory final : public Poco::Net::HTTPRequestHandlerFactory {
-public:
-  explicit Factory(Server& server) : server_(server) {}
-  Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
-    return new Handler(server_);
-  }
-
-private:
-  Server& server_;
-};
 
 // Splits a request-target into path and query; accepts absolute-form ("http://host/p?q").
 void split_target(const std::string& target, std::string& path, std::string& query) {
@@ -61,24 +33,43 @@ void split_target(const std::string& target, std::string& path, std::string& que
   if (hash != std::string::npos) query.resize(hash);
 }
 
-// A path the proxy refuses to forward: not origin-form, or with "." / ".." segments (raw or
-// percent-encoded) that an upstream could resolve outside the configured base path.
+// A path the proxy refuses to forward: not origin-form, or one an upstream could resolve outside the
+// configured base path however it decodes it: "." / ".." segments (raw or percent-encoded, also
+// double-encoded as %252e), encoded slashes and backslashes (%2f, %5c, raw '\\'), and NUL.
 bool is_unsafe_path(const std::string& path) {
   if (path.empty() || path.front() != '/') return true;
-  size_t pos = 1;
-  while (pos <= path.size()) {
-    size_t end = path.find('/', pos);
-    if (end == std::string::npos) end = path.size();
-    // The segment with "%2e"/"%2E" read as '.'.
-    std::string seg;
-    for (size_t i = pos; i < end; ++i) {
-      if (path[i] == '%' && i + 2 < end && path[i + 1] == '2' && (path[i + 2] == 'e' || path[i + 2] == 'E')) {
-        seg.push_back('.');
+  // Decode up to three times (an upstream or a framework in front of it may decode again).
+  std::string decoded;
+  const bool encoded = path.find_first_of("%\\") != std::string::npos;
+  if (encoded) decoded = path;
+  for (int round = 0; encoded && round < 3; ++round) {
+    std::string next;
+    next.reserve(decoded.size());
+    bool changed = false;
+    for (size_t i = 0; i < decoded.size(); ++i) {
+      const char c = decoded[i];
+      if (c == '%' && i + 2 < decoded.size() && std::isxdigit(static_cast<unsigned char>(decoded[i + 1])) &&
+          std::isxdigit(static_cast<unsigned char>(decoded[i + 2]))) {
+        const char byte = static_cast<char>(std::stoi(decoded.substr(i + 1, 2), nullptr, 16));
+        // An encoded separator or NUL is refused outright: no upstream may see it decoded.
+        if (byte == '/' || byte == '\\' || byte == '\0') return true;
+        next.push_back(byte);
         i += 2;
+        changed = true;
       } else {
-        seg.push_back(path[i]);
+        next.push_back(c);
       }
     }
+    decoded.swap(next);
+    if (!changed) break;
+  }
+  const std::string& p = encoded ? decoded : path;
+  if (p.find('\\') != std::string::npos || p.find('\0') != std::string::npos) return true;
+  size_t pos = 1;
+  while (pos <= p.size()) {
+    size_t end = p.find('/', pos);
+    if (end == std::string::npos) end = p.size();
+    const std::string_view seg(p.data() + pos, end - pos);
     if (seg == "." || seg == "..") return true;
     pos = end + 1;
   }
@@ -96,7 +87,7 @@ Server::Server(config::Config cfg)
       }()),
       store_(store::make_store(cfg_.store, &metrics_.registry())),  // throws: a proxy without its state never starts
       router_(cfg_.routes),
-      buffers_(cfg_.proxy.chunk_size, static_cast<size_t>(cfg_.server.max_threads)),
+      buffers_(cfg_.proxy.chunk_size, static_cast<size_t>(cfg_.server.max_threads)),  // one per worker
       access_log_(cfg_.log.access_log),
       proxy_(cfg_, pools_, chain_, buffers_),
       plugin_cfg_(cfg_) {
@@ -168,32 +159,56 @@ void Server::watch_loop() {
 Server::~Server() { stop(); }
 
 void Server::start() {
-  Poco::Net::SocketAddress address(cfg_.server.host, cfg_.server.port);
-  ListenSocket socket(address, 1024);
-
-  auto params = new Poco::Net::HTTPServerParams;
-  params->setMaxThreads(cfg_.server.max_threads);
-  params->setMaxQueued(cfg_.server.max_queued);
-  params->setTimeout(to_timespan(cfg_.server.header_timeout));
-  params->setKeepAlive(true);
-  params->setKeepAliveTimeout(to_timespan(cfg_.server.keepalive_timeout));
-  params->setMaxKeepAliveRequests(0);  // unlimited
-  params->setThreadIdleTime(Poco::Timespan(10, 0));
-
-  // Our own pool: Poco's default has 16 threads. The TCP dispatcher takes one more thread.
-  threads_ = std::make_unique<Poco::ThreadPool>(2, cfg_.server.max_threads + 1, 60,
-                                                static_cast<int>(cfg_.server.thread_stack_size));
-  http_ = std::make_unique<Poco::Net::HTTPServer>(new Factory(*this), *threads_, socket, params);
+  ListenerOptions options;
+  const auto& sc = cfg_.server;
+  options.limits.request = {sc.max_header_bytes, sc.max_headers, sc.max_uri_bytes, sc.max_request_body};
+  options.limits.header_timeout = sc.header_timeout;
+  options.limits.body_timeout = sc.body_timeout;
+  options.limits.keepalive_timeout = sc.keepalive_timeout;
+  options.limits.send_timeout = sc.send_timeout;
+  options.max_connections = sc.max_connections;
+  options.max_threads = sc.max_threads;
+  options.max_queued = sc.max_queued;
+  options.thread_stack_size = sc.thread_stack_size;
+  listener_ = std::make_unique<Listener>(Poco::Net::SocketAddress(sc.host, sc.port), options,
+                                         [this](std::unique_ptr<ClientConnection> c) { return serve_connection(std::move(c)); });
   for (auto& [name, pool] : pools_) pool->start();
-  http_->start();
+  listener_->start();
   if (cfg_.loader.watch) watcher_ = std::thread([this] { watch_loop(); });
 }
 
-uint16_t Server::port() const { return http_ ? http_->port() : 0; }
+uint16_t Server::port() const { return listener_ ? listener_->port() : 0; }
+
+std::unique_ptr<ClientConnection> Server::serve_connection(std::unique_ptr<ClientConnection> conn) {
+  for (;;) {
+    Request& req = conn->request();
+    Response resp(*conn, req.getMethod() == "HEAD", conn->parser().keep_alive());
+    req.set_response(&resp);
+    handle(req, resp);
+    bool keep = resp.finish() && !draining();
+    // A short body the handler did not read is skipped; anything else closes the connection.
+    if (keep && !conn->body_complete()) keep = conn->skip_body(64 * 1024);
+    if (!keep) {
+      conn->close_after = true;
+      return conn;
+    }
+    conn->begin_request();
+    switch (conn->advance_buffered()) {
+      case ClientConnection::Progress::HeadersDone:
+        continue;  // a pipelined request, answered in order on this thread
+      case ClientConnection::Progress::Error:
+        conn->reject(conn->parser().error_status(), conn->parser().error_message(), cfg_.server.send_timeout);
+        conn->close_after = true;
+        return conn;
+      default:
+        return conn;  // idle or part of the next request: back to the listener
+    }
+  }
+}
 
 bool Server::drain(std::chrono::milliseconds timeout) {
   draining_ = true;
-  if (http_) http_->stop();  // closes the listening socket; running connections continue
+  if (listener_) listener_->stop_accepting();  // running requests continue; idle connections close
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (in_flight() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -210,19 +225,14 @@ void Server::stop() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
-  if (http_) http_->stopAll(true);  // aborts idle keep-alive connections and whatever is left
-  if (threads_) threads_->joinAll();
+  if (listener_) listener_->stop();  // workers' blocked client reads and writes give up promptly
   for (auto& [name, pool] : pools_) pool->stop();
   store_->flush();  // every update made by the requests above is on disk before exit
 }
 
-bool Server::admin_allowed(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
-                           pipeline::RequestContext& ctx) {
+bool Server::admin_token_matches(const Poco::Net::HTTPServerRequest& req) const {
   const std::string& token = cfg_.admin.token;
-  if (token.empty()) {
-    pipeline::send_error(resp, ctx, {403, "admin API disabled (set [admin] token)", "", "admin_disabled"});
-    return false;
-  }
+  if (token.empty()) return false;
   std::string given = req.get("X-Admin-Token", std::string());
   const std::string auth = req.get("Authorization", std::string());
   if (given.empty() && auth.rfind("Bearer ", 0) == 0) given = auth.substr(7);
@@ -230,7 +240,16 @@ bool Server::admin_allowed(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPSer
   unsigned char diff = given.size() == token.size() ? 0 : 1;
   for (size_t i = 0; i < token.size(); ++i)
     diff |= static_cast<unsigned char>(token[i] ^ (i < given.size() ? given[i] : 0));
-  if (diff != 0) {
+  return diff == 0;
+}
+
+bool Server::admin_allowed(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
+                           pipeline::RequestContext& ctx) {
+  if (cfg_.admin.token.empty()) {
+    pipeline::send_error(resp, ctx, {403, "admin API disabled (set [admin] token)", "", "admin_disabled"});
+    return false;
+  }
+  if (!admin_token_matches(req)) {
     pipeline::send_error(resp, ctx, {401, "admin token required: Authorization: Bearer <token> or X-Admin-Token", "", "admin_unauthorized"});
     return false;
   }
@@ -296,21 +315,35 @@ void Server::serve_plugin_route(const plugins::Route& route, std::shared_ptr<con
       return;
     }
   }
-  route.serve(ctx);
-  if (!ctx.plugin_stream) {
-    if (ctx.early_response) pipeline::send_early(resp, ctx);
-    else pipeline::send_error(resp, ctx, {500, "plugin '" + route.plugin + "' did not answer " + ctx.path, "", "plugin_error"});
+  // on_complete runs whatever the route handler does, a throw included (the pipeline's guarantee).
+  try {
+    route.serve(ctx);
+    if (!ctx.plugin_stream) {
+      if (ctx.early_response) pipeline::send_early(resp, ctx);
+      else pipeline::send_error(resp, ctx, {500, "plugin '" + route.plugin + "' did not answer " + ctx.path, "", "plugin_error"});
+    }
+  } catch (const std::exception& e) {
+    if (!resp.sent()) pipeline::send_error(resp, ctx, {500, "plugin '" + route.plugin + "' failed: " + e.what(), "", "plugin_error"});
+    if (ctx.error.empty()) ctx.error = e.what();
   }
   run.complete(ctx);
 }
 
-void Server::handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx) {
+// Public: status, version, time and uptime. With the admin token: upstreams (URLs, pools), the
+// store and the load — nothing an anonymous caller needs to see.
+void Server::handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx) {
   Poco::JSON::Object body;
   body.set("status", draining() ? "draining" : "ok");
   body.set("timestamp", Poco::DateTimeFormatter::format(Poco::Timestamp(), Poco::DateTimeFormat::ISO8601_FRAC_FORMAT));
   body.set("version", GLMP_VERSION);
   body.set("uptime_s", std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_).count());
+  if (!admin_token_matches(req)) {
+    std::ostringstream os;
+    body.stringify(os);
+    return pipeline::send_json(resp, ctx, 200, os.str());
+  }
   body.set("in_flight", in_flight());
+  body.set("connections", listener_ ? listener_->open_connections() : 0);
   Poco::JSON::Object ups;
   for (const auto& [name, pool] : pools_) {
     const upstream::PoolStats s = pool->stats();
@@ -335,7 +368,7 @@ void Server::handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::Reques
   pipeline::send_json(resp, ctx, 200, os.str());
 }
 
-void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp) {
+void Server::handle(Request& req, Response& resp) {
   in_flight_.fetch_add(1, std::memory_order_relaxed);
   metrics_.request_started();
   pipeline::RequestContext ctx;
@@ -360,7 +393,7 @@ void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
       if (ctx.method == "GET" || ctx.method == "HEAD") pipeline::send_body(resp, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_.scrape(pools_, proxy_.active_streams()));
       else pipeline::send_error(resp, ctx, {405, "method " + ctx.method + " not allowed on " + ctx.path});
     } else if (ctx.path == "/health") {
-      if (ctx.method == "GET" || ctx.method == "HEAD") handle_health(resp, ctx);
+      if (ctx.method == "GET" || ctx.method == "HEAD") handle_health(req, resp, ctx);
       else pipeline::send_error(resp, ctx, {405, "method " + ctx.method + " not allowed on /health"});
     } else if ((ctx.route = router_.match(ctx.path))) {
       proxy_.handle(req, resp, ctx);
@@ -371,6 +404,11 @@ void Server::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResp
   } catch (const std::exception& e) {
     if (!resp.sent()) pipeline::send_error(resp, ctx, {500, std::string("internal error: ") + e.what()});
     if (ctx.error.empty()) ctx.error = e.what();
+  }
+  if (resp.failed()) {
+    ctx.client_gone = true;
+    if (req.connection().write_timed_out())
+      ctx.error = "client stopped reading for more than " + std::to_string(cfg_.server.send_timeout.count()) + " ms";
   }
   access_log_.write(ctx);
   metrics_.request_finished(ctx);

@@ -1,6 +1,7 @@
 #pragma once
-// The listener: Poco::Net::HTTPServer on a dedicated Poco::ThreadPool (server.max_threads, small
-// stacks), the request dispatch (/health, proxied routes, 404), and graceful drain on SIGTERM.
+// The server: the listener (an epoll thread for connections waiting for their headers, worker
+// threads for complete requests; see listener.hpp), the request dispatch (/health, /metrics,
+// admin, plugin routes, proxied routes, 404), hot reload, and graceful drain on SIGTERM.
 
 #include <atomic>
 #include <condition_variable>
@@ -9,8 +10,6 @@
 #include <memory>
 #include <string>
 
-#include <Poco/Net/HTTPServer.h>
-#include <Poco/ThreadPool.h>
 
 #include "config/config.hpp"
 #include "metrics/metrics.hpp"
@@ -19,6 +18,7 @@
 #include "pipeline/router.hpp"
 #include "plugins/chain.hpp"
 #include "plugins/services.hpp"
+#include "server/listener.hpp"
 #include "pool/buffer_pool.hpp"
 #include "store/store.hpp"
 
@@ -55,8 +55,8 @@ public:
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
 
-  // Used by the request handler.
-  void handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp);
+  // Runs one request (on a worker thread).
+  void handle(Request& req, Response& resp);
 
 private:
   void handle_admin(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
@@ -65,7 +65,10 @@ private:
                           Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
   void watch_loop();
   plugins::Services services() { return {store_.get(), &metrics_.plugin_metrics()}; }
-  void handle_health(Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
+  void handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
+  bool admin_token_matches(const Poco::Net::HTTPServerRequest& req) const;
+  // Serves requests on one connection until it must go back to the listener or close.
+  std::unique_ptr<ClientConnection> serve_connection(std::unique_ptr<ClientConnection> conn);
 
   config::Config cfg_;
   // Declared before the chain, so plugins (whose on_config_destroy may still use them) go first.
@@ -77,8 +80,7 @@ private:
   pool::BufferPool buffers_;
   pipeline::AccessLog access_log_;
   pipeline::Proxy proxy_;
-  std::unique_ptr<Poco::ThreadPool> threads_;
-  std::unique_ptr<Poco::Net::HTTPServer> http_;
+  std::unique_ptr<Listener> listener_;
   std::atomic<int> in_flight_{0};
   std::atomic<bool> draining_{false};
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

@@ -8,7 +8,7 @@
 #include <Poco/Net/StreamSocket.h>
 #include <Poco/URI.h>
 
-#include "server/listen_socket.hpp"  // poll_socket
+#include "server/poll.hpp"  // poll_socket
 
 namespace glmp::core::upstream {
 namespace {
@@ -24,6 +24,10 @@ public:
   Poco::Net::HTTPClientSession& http() override { return *this; }
   void open() override { this->reconnect(); }
   bool wait_first_byte() override { return this->peek() != std::char_traits<char>::eof(); }
+  size_t read_some(char* buf, size_t n) override {
+    const int got = this->read(buf, static_cast<std::streamsize>(n));
+    return got > 0 ? static_cast<size_t>(got) : 0;
+  }
 };
 
 }  // namespace

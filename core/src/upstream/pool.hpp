@@ -1,5 +1,5 @@
 #pragma once
-// One keep-alive connection pool per upstream (ARCHITECTURE.md, "Upstream pool").
+// One keep-alive connection pool per upstream (docs/design.md, "Upstream pool").
 //
 // - HTTP/1.1 keep-alive sessions over HTTP or HTTPS (Poco NetSSL: verification on, system CA
 //   store plus an optional extra CA file, SNI and host-name checks by Poco).
@@ -66,6 +66,10 @@ public:
   // Blocks (up to the session's receive timeout) for the first response byte without consuming it.
   // Returns false on a clean EOF before any byte; throws Poco exceptions on reset/timeout.
   virtual bool wait_first_byte() = 0;
+  // Reads up to n raw response bytes (what wait_first_byte peeked first): 0 at EOF; throws Poco
+  // exceptions on reset, TLS failure or a read timeout. The response is parsed by the caller
+  // (http::ResponseParser), never by Poco, so a cut response is always seen as cut.
+  virtual size_t read_some(char* buf, size_t n) = 0;
   // An idle keep-alive connection with something to read (EOF, RST or stray bytes) is unusable.
   bool idle_looks_stale();
 

@@ -1,0 +1,241 @@
+#include "http/request_parser.hpp"
+
+#include <cstring>
+
+#include "pipeline/headers.hpp"  // iequals
+
+namespace glmp::core::http {
+namespace {
+
+RequestParser& self(llhttp_t* p) { return *static_cast<RequestParser*>(p->data); }
+
+// RFC 9110 tchar: the characters a header name may contain.
+bool is_tchar(unsigned char c) {
+  if (c >= '0' && c <= '9') return true;
+  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return true;
+  return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != 0;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// Codings a server may know but the proxy does not implement for requests (RFC 9112 §7).
+bool known_coding(std::string_view c) {
+  using pipeline::iequals;
+  return iequals(c, "gzip") || iequals(c, "x-gzip") || iequals(c, "deflate") || iequals(c, "compress") ||
+         iequals(c, "x-compress");
+}
+
+}  // namespace
+
+RequestParser::RequestParser(const RequestLimits& limits) : limits_(limits) {
+  llhttp_settings_init(&settings_);
+  settings_.on_message_begin = on_message_begin;
+  settings_.on_url = on_url;
+  settings_.on_header_field = on_header_field;
+  settings_.on_header_value = on_header_value;
+  settings_.on_header_value_complete = on_header_value_complete;
+  settings_.on_headers_complete = on_headers_complete;
+  settings_.on_body = on_body;
+  settings_.on_message_complete = on_message_complete;
+  llhttp_init(&parser_, HTTP_REQUEST, &settings_);
+  parser_.data = this;
+}
+
+void RequestParser::begin(Poco::Net::HTTPRequest* head) {
+  head_ = head;
+  sink_ = nullptr;
+  url_.clear();
+  field_.clear();
+  value_.clear();
+  header_count_ = 0;
+  header_bytes_ = 0;
+  body_bytes_ = 0;
+  last_byte_ = '\n';  // a request starting with SP/HTAB is refused like an obs-fold
+  headers_done_ = message_done_ = expect_continue_ = false;
+}
+
+int RequestParser::fail(int status, std::string message) {
+  if (error_status_ == 0) {
+    error_status_ = status;
+    error_message_ = std::move(message);
+  }
+  return -1;
+}
+
+// obs-fold (a line starting with SP/HTAB inside the header section) is refused: RFC 9112 §5.2
+// lets a server reject it, and a proxy that unfolds differently from its upstream is a smuggling
+// vector. llhttp accepts it, so the header bytes are scanned here.
+bool RequestParser::scan_header_bytes(const char* data, size_t len) {
+  for (size_t i = 0; i < len; ++i) {
+    const char c = data[i];
+    if ((c == ' ' || c == '\t') && last_byte_ == '\n') return false;
+    last_byte_ = c;
+  }
+  return true;
+}
+
+RequestParser::Event RequestParser::feed(const char* data, size_t len, size_t& consumed) {
+  consumed = 0;
+  if (error_status_) return Event::Error;
+  const bool in_headers = !headers_done_;
+  const llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  if (err == HPE_OK) {
+    consumed = len;
+  } else if (err == HPE_PAUSED) {
+    consumed = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
+    llhttp_resume(&parser_);
+  } else {
+    if (error_status_ == 0) {
+      const char* reason = llhttp_get_error_reason(&parser_);
+      fail(err == HPE_INVALID_VERSION ? 505 : 400, reason && *reason ? reason : llhttp_errno_name(err));
+    }
+    return Event::Error;
+  }
+  if (in_headers) {
+    const size_t header_part = headers_done_ ? consumed : len;
+    if (!scan_header_bytes(data, header_part)) {
+      fail(400, "obsolete line folding (obs-fold) in the request headers");
+      return Event::Error;
+    }
+    header_bytes_ += header_part;
+    if (header_bytes_ > limits_.max_header_bytes) {
+      fail(431, "request headers exceed " + std::to_string(limits_.max_header_bytes) + " bytes");
+      return Event::Error;
+    }
+    if (headers_done_) return Event::HeadersDone;
+  }
+  if (message_done_) return Event::MessageDone;
+  return Event::NeedMore;
+}
+
+RequestParser::Event RequestParser::finish() {
+  if (error_status_) return Event::Error;
+  const llhttp_errno_t err = llhttp_finish(&parser_);
+  if ((err == HPE_OK || err == HPE_PAUSED) && (message_done_ || !started())) return Event::MessageDone;
+  fail(400, "connection closed in the middle of a request");
+  return Event::Error;
+}
+
+bool RequestParser::keep_alive() const { return llhttp_should_keep_alive(&parser_) != 0; }
+bool RequestParser::chunked() const { return (parser_.flags & F_CHUNKED) != 0; }
+bool RequestParser::has_body() const { return chunked() || ((parser_.flags & F_CONTENT_LENGTH) && content_length() > 0); }
+uint64_t RequestParser::content_length() const {
+  return (parser_.flags & F_CONTENT_LENGTH) && !chunked() ? head_->getContentLength64() : 0;
+}
+
+int RequestParser::on_message_begin(llhttp_t* p) {
+  auto& s = self(p);
+  if (s.head_ == nullptr) return s.fail(400, "unexpected request");
+  return 0;
+}
+
+int RequestParser::on_url(llhttp_t* p, const char* at, size_t n) {
+  auto& s = self(p);
+  if (s.url_.size() + n > s.limits_.max_uri_bytes)
+    return s.fail(414, "request-target exceeds " + std::to_string(s.limits_.max_uri_bytes) + " bytes");
+  s.url_.append(at, n);
+  return 0;
+}
+
+int RequestParser::on_header_field(llhttp_t* p, const char* at, size_t n) {
+  auto& s = self(p);
+  s.field_.append(at, n);
+  if (s.field_.size() + s.value_.size() > s.limits_.max_header_bytes)
+    return s.fail(431, "a request header exceeds " + std::to_string(s.limits_.max_header_bytes) + " bytes");
+  return 0;
+}
+
+int RequestParser::on_header_value(llhttp_t* p, const char* at, size_t n) {
+  auto& s = self(p);
+  s.value_.append(at, n);
+  if (s.field_.size() + s.value_.size() > s.limits_.max_header_bytes)
+    return s.fail(431, "a request header exceeds " + std::to_string(s.limits_.max_header_bytes) + " bytes");
+  return 0;
+}
+
+int RequestParser::on_header_value_complete(llhttp_t* p) {
+  auto& s = self(p);
+  if (++s.header_count_ > s.limits_.max_headers)
+    return s.fail(431, "more than " + std::to_string(s.limits_.max_headers) + " request headers");
+  for (unsigned char c : s.field_)
+    if (!is_tchar(c)) return s.fail(400, "invalid character in a header name (whitespace before the colon?)");
+  for (unsigned char c : s.value_)
+    if (c == 0x7f || (c < 0x20 && c != '\t')) return s.fail(400, "control character in a header value");
+  s.head_->add(s.field_, std::string(trim(s.value_)));
+  s.field_.clear();
+  s.value_.clear();
+  return 0;
+}
+
+int RequestParser::check_head() {
+  auto& h = *head_;
+  if (parser_.http_major != 1 || parser_.http_minor > 1)
+    return fail(505, "HTTP version " + std::to_string(parser_.http_major) + "." + std::to_string(parser_.http_minor) +
+                         " not supported");
+  h.setMethod(llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)));
+  h.setURI(url_);
+  h.setVersion(parser_.http_minor == 1 ? Poco::Net::HTTPMessage::HTTP_1_1 : Poco::Net::HTTPMessage::HTTP_1_0);
+
+  size_t hosts = 0;
+  std::vector<std::string_view> codings;
+  for (const auto& [name, value] : h) {
+    if (pipeline::iequals(name, "host")) ++hosts;
+    if (pipeline::iequals(name, "transfer-encoding")) {
+      std::string_view v = value;
+      size_t pos = 0;
+      while (pos <= v.size()) {
+        size_t comma = v.find(',', pos);
+        if (comma == std::string_view::npos) comma = v.size();
+        codings.push_back(trim(v.substr(pos, comma - pos)));
+        pos = comma + 1;
+      }
+    }
+    if (pipeline::iequals(name, "expect")) {
+      if (!pipeline::iequals(trim(value), "100-continue")) return fail(417, "unsupported Expect: " + value);
+      if (parser_.http_minor == 1) expect_continue_ = true;
+    }
+  }
+  if (hosts > 1) return fail(400, "more than one Host header");
+  if (hosts == 0 && parser_.http_minor == 1) return fail(400, "HTTP/1.1 request without a Host header");
+  if (!codings.empty()) {
+    if (parser_.http_minor == 0) return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+    size_t chunked = 0;
+    for (auto c : codings) {
+      if (pipeline::iequals(c, "chunked")) ++chunked;
+      else if (!known_coding(c)) return fail(501, "Transfer-Encoding '" + std::string(c) + "' is not implemented");
+    }
+    if (!pipeline::iequals(codings.back(), "chunked") || chunked != 1)
+      return fail(400, "invalid Transfer-Encoding: chunked must be the last coding, once");
+    if (codings.size() > 1) return fail(501, "Transfer-Encoding other than chunked is not implemented");
+  }
+  return 0;
+}
+
+int RequestParser::on_headers_complete(llhttp_t* p) {
+  auto& s = self(p);
+  if (s.check_head() != 0) return -1;
+  s.headers_done_ = true;
+  return HPE_PAUSED;
+}
+
+int RequestParser::on_body(llhttp_t* p, const char* at, size_t n) {
+  auto& s = self(p);
+  s.body_bytes_ += n;
+  if (s.sink_) {
+    if (s.sink_->size() + n > s.limits_.max_body)
+      return s.fail(413, "request body exceeds the limit of " + std::to_string(s.limits_.max_body) + " bytes");
+    s.sink_->append(at, n);
+  }
+  return 0;
+}
+
+int RequestParser::on_message_complete(llhttp_t* p) {
+  self(p).message_done_ = true;
+  return HPE_PAUSED;
+}
+
+}  // namespace glmp::core::http

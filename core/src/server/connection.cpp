@@ -1,0 +1,422 @@
+#include "server/connection.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <ctime>
+#include <sstream>
+
+#include <Poco/Exception.h>
+#include <Poco/Net/HTTPResponse.h>
+
+#include "pipeline/errors.hpp"
+#include "pipeline/headers.hpp"
+#include "pipeline/router.hpp"
+
+namespace glmp::core::server {
+namespace {
+
+constexpr size_t kReadSize = 16 * 1024;      // one recv(2)
+constexpr size_t kSmallWrite = 4 * 1024;     // writes below this are gathered until the next flush
+constexpr auto kPollSlice = std::chrono::milliseconds(250);  // stop requests are noticed this fast
+
+std::string reason_for(int status) {
+  return status >= 100 && status <= 511
+             ? Poco::Net::HTTPResponse::getReasonForStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status))
+             : std::string("Unknown");
+}
+
+// RFC 9110 IMF-fixdate, formatted once per second per thread.
+const std::string& http_date() {
+  thread_local time_t last = 0;
+  thread_local std::string text;
+  const time_t now = ::time(nullptr);
+  if (now != last) {
+    char buf[64];
+    tm t{};
+    ::gmtime_r(&now, &t);
+    const size_t n = ::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &t);
+    text.assign(buf, n);
+    last = now;
+  }
+  return text;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// ClientConnection
+
+ClientConnection::ClientConnection(int fd, const Poco::Net::SocketAddress& peer, const Poco::Net::SocketAddress& local,
+                                   const ConnectionLimits& limits, std::atomic<int>* open_count,
+                                   const std::atomic<bool>* stopping)
+    : fd_(fd), peer_(peer), local_(local), limits_(limits), open_count_(open_count), stopping_(stopping),
+      parser_(limits.request) {
+  if (open_count_) open_count_->fetch_add(1, std::memory_order_relaxed);
+  begin_request();
+}
+
+ClientConnection::~ClientConnection() {
+  request_.reset();
+  ::close(fd_);
+  if (open_count_) open_count_->fetch_sub(1, std::memory_order_relaxed);
+}
+
+void ClientConnection::begin_request() {
+  request_ = std::make_unique<Request>(*this);
+  parser_.begin(request_.get());
+  body_done_ = false;
+  continue_sent_ = false;
+}
+
+// Feeds the buffered bytes (and, with none, an empty feed: that completes a body-less message).
+ClientConnection::Progress ClientConnection::feed_buffered() {
+  for (;;) {
+    size_t used = 0;
+    const auto ev = parser_.feed(in_.data() + in_off_, in_.size() - in_off_, used);
+    in_off_ += used;
+    if (in_off_ == in_.size()) {
+      in_.clear();
+      in_off_ = 0;
+    }
+    switch (ev) {
+      case http::RequestParser::Event::HeadersDone: return Progress::HeadersDone;
+      case http::RequestParser::Event::MessageDone: body_done_ = true; return Progress::NeedMore;
+      case http::RequestParser::Event::Error: return Progress::Error;
+      case http::RequestParser::Event::NeedMore: return Progress::NeedMore;
+    }
+  }
+}
+
+ClientConnection::Progress ClientConnection::advance_buffered() {
+  if (in_.empty()) return Progress::NeedMore;
+  return feed_buffered();
+}
+
+ClientConnection::Progress ClientConnection::advance_nonblocking() {
+  if (!in_.empty()) {
+    const Progress p = feed_buffered();
+    if (p != Progress::NeedMore) return p;
+  }
+  char buf[kReadSize];
+  for (int round = 0; round < 4; ++round) {  // bounded: one connection cannot monopolise the loop
+    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n > 0) {
+      // Header bytes are copied into the request by the parser; only what follows a pause point
+      // (the body's first bytes, a pipelined request) is kept in in_.
+      size_t off = 0;
+      while (off < static_cast<size_t>(n)) {
+        size_t used = 0;
+        const auto ev = parser_.feed(buf + off, static_cast<size_t>(n) - off, used);
+        off += used;
+        if (ev == http::RequestParser::Event::Error) return Progress::Error;
+        if (ev == http::RequestParser::Event::HeadersDone) {
+          in_.append(buf + off, static_cast<size_t>(n) - off);
+          return Progress::HeadersDone;
+        }
+        if (ev == http::RequestParser::Event::NeedMore) break;
+      }
+      if (static_cast<size_t>(n) < sizeof buf) return Progress::NeedMore;
+      continue;
+    }
+    if (n == 0) return Progress::Closed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Progress::NeedMore;
+    return Progress::Closed;
+  }
+  return Progress::NeedMore;
+}
+
+ClientConnection::Wait ClientConnection::wait_readable(Clock::time_point until) {
+  for (;;) {
+    if (stopping_ && stopping_->load(std::memory_order_relaxed)) return Wait::Stopped;
+    const auto now = Clock::now();
+    if (now >= until) return Wait::Timeout;
+    const auto left = std::min(std::chrono::duration_cast<std::chrono::milliseconds>(until - now), kPollSlice);
+    pollfd pfd{fd_, POLLIN, 0};
+    const int rc = ::poll(&pfd, 1, static_cast<int>(left.count()) + 1);
+    if (rc > 0) return Wait::Ready;
+    if (rc < 0 && errno != EINTR) return Wait::Stopped;
+  }
+}
+
+ClientConnection::BodyResult ClientConnection::read_body(std::string& out) {
+  parser_.set_body_sink(&out);
+  struct ClearSink {
+    http::RequestParser& p;
+    ~ClearSink() { p.set_body_sink(nullptr); }
+  } clear_sink{parser_};
+  body_deadline_ = Clock::now() + limits_.body_timeout;
+  if (parser_.expect_continue() && !continue_sent_ && !body_done_ && parser_.has_body()) {
+    continue_sent_ = true;
+    if (!send_all("HTTP/1.1 100 Continue\r\n\r\n")) return BodyResult::ClientGone;
+  }
+  auto failed = [&] { return parser_.error_status() == 413 ? BodyResult::TooLarge : BodyResult::Malformed; };
+  if (feed_buffered() == Progress::Error) return failed();
+  char buf[kReadSize];
+  while (!body_done_) {
+    switch (wait_readable(body_deadline_)) {
+      case Wait::Ready: break;
+      case Wait::Timeout: return BodyResult::Timeout;
+      case Wait::Stopped: return BodyResult::ClientGone;
+    }
+    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n == 0) return BodyResult::ClientGone;
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      return BodyResult::ClientGone;
+    }
+    size_t off = 0;
+    while (off < static_cast<size_t>(n)) {
+      size_t used = 0;
+      const auto ev = parser_.feed(buf + off, static_cast<size_t>(n) - off, used);
+      off += used;
+      if (ev == http::RequestParser::Event::Error) return failed();
+      if (ev == http::RequestParser::Event::MessageDone) {
+        body_done_ = true;
+        in_.append(buf + off, static_cast<size_t>(n) - off);  // a pipelined request
+        break;
+      }
+      if (ev == http::RequestParser::Event::NeedMore) break;
+    }
+  }
+  return BodyResult::Ok;
+}
+
+bool ClientConnection::skip_body(uint64_t budget) {
+  if (body_done_) return true;
+  if (parser_.chunked() || parser_.content_length() > budget) return false;
+  std::string discard;  // at most `budget` bytes
+  return read_body(discard) == BodyResult::Ok;
+}
+
+bool ClientConnection::send_all(iovec* iov, int count, std::chrono::milliseconds timeout) {
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = static_cast<size_t>(count);
+  auto last_progress = Clock::now();
+  while (msg.msg_iovlen > 0) {
+    if (msg.msg_iov->iov_len == 0) {
+      ++msg.msg_iov;
+      --msg.msg_iovlen;
+      continue;
+    }
+    const ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    if (n > 0) {
+      last_progress = Clock::now();
+      size_t left = static_cast<size_t>(n);
+      while (left > 0) {
+        if (left >= msg.msg_iov->iov_len) {
+          left -= msg.msg_iov->iov_len;
+          ++msg.msg_iov;
+          --msg.msg_iovlen;
+        } else {
+          msg.msg_iov->iov_base = static_cast<char*>(msg.msg_iov->iov_base) + left;
+          msg.msg_iov->iov_len -= left;
+          left = 0;
+        }
+      }
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // The client is not reading: wait for room, at most `timeout` without progress.
+      for (;;) {
+        if (stopping_ && stopping_->load(std::memory_order_relaxed)) return false;
+        const auto idle = Clock::now() - last_progress;
+        if (idle >= timeout) {
+          write_timed_out_ = true;
+          return false;
+        }
+        const auto left = std::min(std::chrono::duration_cast<std::chrono::milliseconds>(timeout - idle), kPollSlice);
+        pollfd pfd{fd_, POLLOUT, 0};
+        const int rc = ::poll(&pfd, 1, static_cast<int>(left.count()) + 1);
+        if (rc > 0) {
+          if (pfd.revents & (POLLERR | POLLHUP)) return false;
+          break;
+        }
+        if (rc < 0 && errno != EINTR) return false;
+      }
+      continue;
+    }
+    return false;  // EPIPE, ECONNRESET, …: the client is gone
+  }
+  return true;
+}
+
+void ClientConnection::reject(int status, const std::string& message, std::chrono::milliseconds timeout) {
+  const std::string& uri = request_->getURI();
+  const auto flavour = pipeline::Router::guess_flavour(uri.empty() ? std::string_view("/") : std::string_view(uri));
+  const std::string body = pipeline::error_body(flavour, {status, message});
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + reason_for(status) +
+                    "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                    "\r\nX-Request-ID: " + pipeline::generate_request_id() + "\r\nDate: " + http_date() +
+                    "\r\nConnection: close\r\n\r\n" + body;
+  iovec v{out.data(), out.size()};
+  send_all(&v, 1, timeout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request
+
+Request::Request(ClientConnection& conn) : conn_(conn) {}
+Request::~Request() = default;
+
+const Poco::Net::HTTPServerParams& Request::serverParams() const {
+  static const Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
+  return *params;
+}
+
+// The pipeline reads bodies through ClientConnection::read_body; this stream is for code written
+// against Poco's interface: it reads the whole body (same limits) and serves it from memory.
+std::istream& Request::stream() {
+  if (!body_stream_) {
+    std::string body;
+    conn_.read_body(body);
+    body_stream_ = std::make_unique<std::istringstream>(std::move(body));
+  }
+  return *body_stream_;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response
+
+class Response::StreamBuf final : public std::streambuf {
+public:
+  explicit StreamBuf(Response& r) : r_(r) {}
+
+protected:
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    return r_.write(std::string_view(s, static_cast<size_t>(n)), r_.chunked_) ? n : 0;
+  }
+  int_type overflow(int_type c) override {
+    if (traits_type::eq_int_type(c, traits_type::eof())) return traits_type::not_eof(c);
+    const char ch = traits_type::to_char_type(c);
+    return r_.write(std::string_view(&ch, 1), r_.chunked_) ? c : traits_type::eof();
+  }
+  int sync() override { return r_.write({}, false) ? 0 : -1; }
+
+private:
+  Response& r_;
+};
+
+Response::Response(ClientConnection& conn, bool head_request, bool client_keep_alive)
+    : conn_(conn), head_request_(head_request), keep_alive_(client_keep_alive) {
+  setVersion(HTTP_1_1);  // what getKeepAlive() reads when no Connection header is set
+  set("Date", http_date());
+}
+
+Response::~Response() = default;
+
+std::string Response::head_block() {
+  // A body the client sent but the handler did not read must not be parsed as the next request:
+  // a short one is skipped after the response, anything else closes the connection.
+  if (conn_.body_pending() && (conn_.parser().chunked() || conn_.parser().content_length() > 64 * 1024)) keep_alive_ = false;
+  if (!getKeepAlive()) keep_alive_ = false;
+  chunked_ = getChunkedTransferEncoding();
+  const int status = static_cast<int>(getStatus());
+  const bool bodiless = head_request_ || status == 204 || status == 304 || status < 200;
+  if (!chunked_ && !hasContentLength() && !bodiless) keep_alive_ = false;  // ends with the connection
+  erase("Connection");
+  erase("Keep-Alive");
+  std::string block;
+  block.reserve(256);
+  block += "HTTP/1.1 ";
+  block += std::to_string(status);
+  block += ' ';
+  block += getReason().empty() ? reason_for(status) : getReason();
+  block += "\r\n";
+  for (const auto& [name, value] : static_cast<const Poco::Net::NameValueCollection&>(*this)) {
+    block += name;
+    block += ": ";
+    block += value;
+    block += "\r\n";
+  }
+  if (!keep_alive_) block += "Connection: close\r\n";
+  else if (conn_.request().getVersion() == Poco::Net::HTTPMessage::HTTP_1_0) block += "Connection: keep-alive\r\n";
+  block += "\r\n";
+  return block;
+}
+
+std::ostream& Response::send() {
+  if (sent_) throw Poco::IllegalStateException("response already sent");
+  sent_ = true;
+  pending_ = head_block();
+  buf_ = std::make_unique<StreamBuf>(*this);
+  out_ = std::make_unique<std::ostream>(buf_.get());
+  return *out_;
+}
+
+// Body bytes (framed as one chunk when `chunk_frame`); an empty view flushes what is pending.
+bool Response::write(std::string_view body, bool chunk_frame) {
+  if (failed_ || finished_) return false;
+  if (head_request_) body = {};
+  if (!body.empty() && pending_.size() + body.size() < kSmallWrite) {
+    if (chunk_frame) {
+      char hex[24];
+      const int n = std::snprintf(hex, sizeof hex, "%zx\r\n", body.size());
+      pending_.append(hex, static_cast<size_t>(n));
+    }
+    pending_.append(body);
+    if (chunk_frame) pending_.append("\r\n");
+    return true;
+  }
+  char hex[24];
+  int hex_len = 0;
+  if (chunk_frame && !body.empty()) hex_len = std::snprintf(hex, sizeof hex, "%zx\r\n", body.size());
+  static const char crlf[] = "\r\n";
+  iovec iov[4] = {{pending_.data(), pending_.size()},
+                  {hex, static_cast<size_t>(hex_len)},
+                  {const_cast<char*>(body.data()), body.size()},
+                  {const_cast<char*>(crlf), chunk_frame && !body.empty() ? 2u : 0u}};
+  const bool ok = conn_.send_all(iov, 4, conn_.limits().send_timeout);
+  pending_.clear();
+  if (!ok) failed_ = true;
+  return ok;
+}
+
+void Response::sendContinue() {
+  if (!conn_.send_all("HTTP/1.1 100 Continue\r\n\r\n")) failed_ = true;
+}
+
+void Response::sendBuffer(const void* buffer, std::size_t length) {
+  setContentLength64(static_cast<Poco::Int64>(length));
+  setChunkedTransferEncoding(false);
+  std::ostream& out = send();
+  write(std::string_view(static_cast<const char*>(buffer), length), false);
+  write({}, false);
+  if (failed_) out.setstate(std::ios::badbit);
+}
+
+void Response::sendFile(const std::string&, const std::string&) {
+  throw Poco::NotImplementedException("sendFile");
+}
+
+void Response::redirect(const std::string& uri, HTTPStatus status) {
+  setStatusAndReason(status);
+  set("Location", uri);
+  sendBuffer("", 0);
+}
+
+void Response::requireAuthentication(const std::string& realm) {
+  setStatusAndReason(HTTP_UNAUTHORIZED);
+  set("WWW-Authenticate", "Basic realm=\"" + realm + "\"");
+  sendBuffer("", 0);
+}
+
+bool Response::finish() {
+  if (finished_) return false;
+  if (!sent_) {
+    setStatusAndReason(HTTP_INTERNAL_SERVER_ERROR);
+    sendBuffer("", 0);
+  }
+  if (!aborted_ && !failed_ && chunked_ && !head_request_) pending_.append("0\r\n\r\n");
+  write({}, false);
+  finished_ = true;
+  return keep_alive_ && !aborted_ && !failed_;
+}
+
+}  // namespace glmp::core::server

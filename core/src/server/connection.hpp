@@ -1,0 +1,178 @@
+#pragma once
+// One client connection and the request/response objects the pipeline sees (docs/design.md,
+// "HTTP/1.1 server and hostile input").
+//
+// A connection has exactly one owner at a time: the listener's event loop while it is idle or
+// receiving a request's headers, a worker thread from the moment the headers are complete until
+// its response is finished. The hand-over goes through a mutex-protected queue, so nothing in
+// here is shared between threads. The socket is non-blocking throughout; a worker waits with
+// poll(2) against the request's deadlines (body: server.body_timeout in total; writes:
+// server.send_timeout without progress).
+//
+// Request and Response implement Poco's HTTPServerRequest/HTTPServerResponse, so the pipeline and
+// the plugin host API keep one interface whatever parses the bytes.
+
+#include <atomic>
+#include <chrono>
+#include <istream>
+#include <memory>
+#include <ostream>
+#include <string>
+
+#include <sys/uio.h>
+
+#include <Poco/Net/HTTPServerParams.h>
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/SocketAddress.h>
+
+#include "http/request_parser.hpp"
+
+namespace glmp::core::server {
+
+using Clock = std::chrono::steady_clock;
+
+struct ConnectionLimits {
+  http::RequestLimits request;
+  std::chrono::milliseconds header_timeout{10'000};
+  std::chrono::milliseconds body_timeout{60'000};
+  std::chrono::milliseconds keepalive_timeout{10'000};
+  std::chrono::milliseconds send_timeout{30'000};
+};
+
+class Request;
+class Response;
+
+class ClientConnection {
+public:
+  ClientConnection(int fd, const Poco::Net::SocketAddress& peer, const Poco::Net::SocketAddress& local,
+                   const ConnectionLimits& limits, std::atomic<int>* open_count, const std::atomic<bool>* stopping);
+  ~ClientConnection();
+  ClientConnection(const ClientConnection&) = delete;
+  ClientConnection& operator=(const ClientConnection&) = delete;
+
+  enum class Progress { NeedMore, HeadersDone, Error, Closed };
+
+  // Starts parsing the next request (a fresh Request object).
+  void begin_request();
+  // Feeds what is buffered, then reads without blocking until the socket has nothing more
+  // (event loop). Closed = the peer closed (or reset) between requests.
+  Progress advance_nonblocking();
+  // Feeds only what is already buffered (pipelined bytes after a response).
+  Progress advance_buffered();
+
+  // Worker side, after HeadersDone: reads the body into `out` (grows with the bytes that arrive,
+  // never sized from Content-Length). Sends 100 Continue first when the client asked for it.
+  enum class BodyResult { Ok, TooLarge, Malformed, Timeout, ClientGone };
+  BodyResult read_body(std::string& out);
+  // Reads and drops what is left of the body (up to `budget` bytes) so the connection can be
+  // reused; false when it cannot (too much left, timeout, error).
+  bool skip_body(uint64_t budget);
+  bool body_complete() const { return body_done_; }
+  bool body_pending() const { return !body_done_ && parser_.has_body(); }
+
+  // Blocking writes bounded by send_timeout without progress (also used by the loop for its
+  // small error answers, with a short timeout). False when the client is gone or stopped reading.
+  bool send_all(iovec* iov, int count, std::chrono::milliseconds timeout);
+  bool send_all(std::string_view bytes) {
+    iovec v{const_cast<char*>(bytes.data()), bytes.size()};
+    return send_all(&v, 1, limits_.send_timeout);
+  }
+  // Answers a request that failed parsing (or a limit) with its status and a JSON error in the
+  // flavour its path suggests, then the connection must be closed.
+  // `timeout`: how long the answer may wait for room in the send buffer (0 from the event loop).
+  void reject(int status, const std::string& message, std::chrono::milliseconds timeout);
+
+  int fd() const { return fd_; }
+  const Poco::Net::SocketAddress& peer() const { return peer_; }
+  const Poco::Net::SocketAddress& local() const { return local_; }
+  Request& request() { return *request_; }
+  http::RequestParser& parser() { return parser_; }
+  const ConnectionLimits& limits() const { return limits_; }
+  bool write_timed_out() const { return write_timed_out_; }
+  bool started() const { return parser_.started(); }
+
+  // The loop's deadline for this connection (header or keep-alive), set when it takes it.
+  Clock::time_point deadline{};
+  // Set by the worker: the connection must close (after a lingering read) instead of serving more.
+  bool close_after = false;
+
+private:
+  Progress feed_buffered();
+  enum class Wait { Ready, Timeout, Stopped };
+  Wait wait_readable(Clock::time_point deadline);
+
+  int fd_;
+  Poco::Net::SocketAddress peer_, local_;
+  const ConnectionLimits& limits_;
+  std::atomic<int>* open_count_;
+  const std::atomic<bool>* stopping_;
+  http::RequestParser parser_;
+  std::unique_ptr<Request> request_;
+  std::string in_;      // bytes read but not parsed yet (beyond a pause point)
+  size_t in_off_ = 0;
+  bool body_done_ = false;
+  bool continue_sent_ = false;
+  bool write_timed_out_ = false;
+  Clock::time_point body_deadline_{};
+};
+
+// The request as the pipeline sees it. stream() reads the body through the connection.
+class Request final : public Poco::Net::HTTPServerRequest {
+public:
+  explicit Request(ClientConnection& conn);
+  ~Request() override;
+  std::istream& stream() override;
+  const Poco::Net::SocketAddress& clientAddress() const override { return conn_.peer(); }
+  const Poco::Net::SocketAddress& serverAddress() const override { return conn_.local(); }
+  const Poco::Net::HTTPServerParams& serverParams() const override;
+  Poco::Net::HTTPServerResponse& response() const override { return *response_; }
+  bool secure() const override { return false; }
+
+  void set_response(Poco::Net::HTTPServerResponse* r) { response_ = r; }
+  ClientConnection& connection() { return conn_; }
+
+private:
+  ClientConnection& conn_;
+  Poco::Net::HTTPServerResponse* response_ = nullptr;
+  std::unique_ptr<std::istream> body_stream_;
+};
+
+// The response: headers and body written straight to the socket (writev), chunked or with a
+// Content-Length. abort() ends it without the terminating chunk and closes the connection, so a
+// client can always tell a cut response from a complete one.
+class Response final : public Poco::Net::HTTPServerResponse {
+public:
+  Response(ClientConnection& conn, bool head_request, bool client_keep_alive);
+  ~Response() override;
+  void sendContinue() override;
+  std::ostream& send() override;
+  void sendFile(const std::string& path, const std::string& mediaType) override;
+  void sendBuffer(const void* buffer, std::size_t length) override;
+  void redirect(const std::string& uri, HTTPStatus status) override;
+  void requireAuthentication(const std::string& realm) override;
+  bool sent() const override { return sent_; }
+
+  // Ends the response (flush; the terminating chunk unless aborted). Returns true when the
+  // connection may carry another request.
+  bool finish();
+  void abort() { aborted_ = true; }
+  bool aborted() const { return aborted_; }
+  bool failed() const { return failed_; }  // a write failed (client gone or not reading)
+
+private:
+  class StreamBuf;
+  friend class StreamBuf;
+  std::string head_block();
+  bool write(std::string_view body, bool chunk_frame);
+
+  ClientConnection& conn_;
+  bool head_request_;
+  bool keep_alive_;
+  bool sent_ = false, chunked_ = false, aborted_ = false, failed_ = false, finished_ = false;
+  std::string pending_;  // header block and small writes not sent yet
+  std::unique_ptr<StreamBuf> buf_;
+  std::unique_ptr<std::ostream> out_;
+};
+
+}  // namespace glmp::core::server
