@@ -23,6 +23,27 @@ int64_t estimate_tokens(std::string_view body, const QuotaSettings& s) {
   return std::clamp<int64_t>(estimate, 1, std::max<int64_t>(1, s.max_reservation));
 }
 
+bool can_generate(std::string_view method, std::string_view path) {
+  if (method != "POST") return false;
+  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
+  constexpr std::string_view kCount = "/count_tokens";
+  return !(path.size() >= kCount.size() && path.substr(path.size() - kCount.size()) == kCount);
+}
+
+int64_t charge_tokens(const ReportedUsage& u, bool anthropic, int status, bool generation, int64_t reserved,
+                      const QuotaSettings& s) {
+  if (u.seen) {
+    if (!anthropic && u.total_tokens > 0) return u.total_tokens;
+    int64_t t = u.input_tokens + u.output_tokens;
+    // OpenAI's cached_tokens are part of prompt_tokens already: only Anthropic's are separate.
+    if (anthropic && s.count_cache_tokens) t += u.cache_read_input_tokens + u.cache_creation_input_tokens;
+    return std::max<int64_t>(0, t);
+  }
+  const bool success = status >= 200 && status < 300;
+  if (u.output_tokens > 0) return success && generation ? std::max(u.output_tokens, reserved) : u.output_tokens;
+  return success && generation ? -1 : 0;
+}
+
 Millis admit_again_at(const std::vector<QuotaStore::Bucket>& buckets, int64_t sum, int64_t limit, Millis window, Millis now) {
   if (sum < limit) return now;
   for (const auto& b : buckets) {  // oldest first

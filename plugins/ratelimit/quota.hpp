@@ -65,6 +65,31 @@ struct WindowView {
   int64_t lifetime = 0;
 };
 
+// Whether a request can make the upstream generate tokens: a POST, except token counting (a path
+// ending in /count_tokens). Other requests (GET /v1/models, count_tokens, ...) reserve nothing.
+bool can_generate(std::string_view method, std::string_view path);
+
+// A response's usage as the core reported it (glmp::Usage, without the plugin ABI). When the
+// upstream's own usage did not arrive (a stream cut short), the core reports output_tokens as at
+// least the content deltas relayed — with seen = false when no usage object came at all.
+struct ReportedUsage {
+  bool seen = false;  // the upstream reported usage
+  int64_t input_tokens = 0;
+  int64_t output_tokens = 0;
+  int64_t cache_read_input_tokens = 0;
+  int64_t cache_creation_input_tokens = 0;
+  int64_t total_tokens = 0;  // OpenAI total_tokens when given, else 0
+};
+
+// The tokens to charge for a finished request (README.md, "Charging"); -1 = keep the reservation.
+//   - usage reported: that usage (OpenAI total_tokens, else input + output, plus Anthropic cache
+//     tokens with count_cache_tokens) — the real usage, whatever the estimate was;
+//   - no usage but content relayed (output_tokens > 0): at least that; for a successful generation
+//     request max(relayed, reservation), since the input tokens are unknown;
+//   - nothing: a successful generation request keeps its reservation (-1); anything else 0.
+int64_t charge_tokens(const ReportedUsage& u, bool anthropic, int status, bool generation, int64_t reserved,
+                      const QuotaSettings& s);
+
 // Tokens a request may use, from its JSON body: max_tokens (or max_completion_tokens) plus a rough
 // input estimate (body bytes / 4), or `default_reservation` without max_tokens; capped.
 int64_t estimate_tokens(std::string_view body, const QuotaSettings& s);

@@ -113,7 +113,10 @@ public:
     if (!key || r.path() == "/stats") return glmp::Status::Continue;  // no key (no auth): nothing to limit; /stats is free
     const std::string id(*key);
     const std::optional<int64_t> limit = parse_int(r.attribute("auth.token_limit_per_5h"));
-    const Admission a = quota_.admit(id, limit, estimate_tokens(r.body(), quota_.settings()));
+    // Calls that cannot generate tokens reserve nothing (they are still counted and refused like
+    // any request while the key is over its limit).
+    const bool generation = can_generate(r.method(), r.path());
+    const Admission a = quota_.admit(id, limit, generation ? estimate_tokens(r.body(), quota_.settings()) : 0);
     switch (a.verdict) {
       case Verdict::Admitted: break;
       case Verdict::StoreUnavailable:
@@ -127,6 +130,7 @@ public:
     r.set_attribute("ratelimit.at", std::to_string(a.at));
     r.set_attribute("ratelimit.reserved", std::to_string(a.reserved));
     r.set_attribute("ratelimit.limit", std::to_string(a.limit));
+    r.set_attribute("ratelimit.generation", generation ? "1" : "0");
     return glmp::Status::Continue;
   }
 
@@ -138,26 +142,17 @@ public:
     a.at = *at;
     a.reserved = parse_int(r.attribute("ratelimit.reserved")).value_or(0);
     a.limit = parse_int(r.attribute("ratelimit.limit")).value_or(0);
-    const int64_t actual = charge(r);
+    const glmp::Usage u = r.usage();
+    const ReportedUsage reported{u.seen, u.input_tokens, u.output_tokens, u.cache_read_input_tokens,
+                                 u.cache_creation_input_tokens, u.total_tokens};
+    const int64_t actual = charge_tokens(reported, r.flavour() == glmp::Flavour::Anthropic, r.response_status(),
+                                         r.attribute("ratelimit.generation") != "0", a.reserved, quota_.settings());
     quota_.reconcile(std::string(*key), a, actual);
-    if (actual > 0) charged_.add(static_cast<double>(actual));
+    const int64_t charged = actual < 0 ? a.reserved : actual;
+    if (charged > 0) charged_.add(static_cast<double>(charged));
   }
 
 private:
-  // Tokens to charge: the usage the core extracted (also what was seen before a client left), 0
-  // for a failed request without usage, -1 (keep the estimate) for a success without usage.
-  int64_t charge(glmp::Request& r) const {
-    const glmp::Usage u = r.usage();
-    if (u.seen) {
-      if (r.flavour() == glmp::Flavour::OpenAI && u.total_tokens > 0) return u.total_tokens;
-      int64_t t = u.input_tokens + u.output_tokens;
-      if (quota_.settings().count_cache_tokens) t += u.cache_read_input_tokens + u.cache_creation_input_tokens;
-      return t;
-    }
-    const int status = r.response_status();
-    return status >= 200 && status < 300 ? -1 : 0;
-  }
-
   void headers(glmp::Request& r, int64_t limit, int64_t remaining, Millis reset_at, Millis now) {
     const int64_t reset_s = std::max<int64_t>(0, (reset_at - now + 999) / 1000);
     if (r.flavour() == glmp::Flavour::Anthropic) {

@@ -78,7 +78,10 @@ void usage_target(const uint8_t* data, size_t size) {
     if (suppress) GLMP_FUZZ_CHECK(forwarded.size() <= body.size());
     else GLMP_FUZZ_CHECK(forwarded == body);
     const Usage& u = x.usage();
-    GLMP_FUZZ_CHECK(u.seen || (u.input_tokens == 0 && u.output_tokens == 0));
+    // Without a usage object, the only figure is the lower bound from the content deltas seen.
+    GLMP_FUZZ_CHECK(u.seen || (u.input_tokens == 0 && u.output_tokens == u.content_deltas));
+    GLMP_FUZZ_CHECK(u.complete || u.output_tokens >= u.content_deltas);
+    GLMP_FUZZ_CHECK(sse || u.content_deltas == 0);
   }
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// Fuzz targets for the two hand-written hot-path scanners (ARCHITECTURE.md: "tested and fuzzed").
+// Fuzz targets for the two hand-written hot-path scanners (docs/design.md, "Hot-path scanners").
 // Each target feeds arbitrary bytes and checks invariants; a violation aborts. The same functions
 // are driven by libFuzzer (tests/fuzz/, clang, -DGLMP_FUZZ=ON) and, with a bounded random corpus,
 // by the unit suite (tests/unit/test_fuzz_smoke.cpp) so the harness never rots.

@@ -218,11 +218,11 @@ protected:
   std::unique_ptr<Proxy> proxy;
   ProxyOptions opts;
 
-  void start() {
+  void start(const std::string& ratelimit_settings = "window = \"5h\"\ncount_cache_tokens = true\n") {
     ASSERT_TRUE(fs::exists(kAuthSo)) << "auth plugin not built: " << kAuthSo;
     ASSERT_TRUE(fs::exists(kRatelimitSo)) << "ratelimit plugin not built: " << kRatelimitSo;
     if (!mock) mock = std::make_unique<Mock>(dir);
-    opts.extra_toml = plugins_toml();
+    opts.extra_toml = plugins_toml(ratelimit_settings);
     proxy = std::make_unique<Proxy>(dir, mock.get(), opts);
   }
   uint16_t port() const { return proxy->port(); }
@@ -367,9 +367,10 @@ TEST_F(Ratelimit, ClientDisconnectMidStreamIsChargedTheUsageSeenSoFar) {
   EXPECT_EQ(jget(line, "client_gone"), "true") << line;
   EXPECT_EQ(jlong(line, "tokens_in"), input) << line;
   EXPECT_LT(jlong(line, "tokens_out"), 40) << "the stream ran to its end: " << line;
-  // README: "a client that left mid-stream: the usage seen so far (Anthropic reports input tokens
-  // at the start); if none was seen, the estimate stays charged". Usage was seen (message_start),
-  // so the charge is exactly that usage — at least the input tokens, and not the estimate.
+  // README ("Charging"): a client that left mid-stream is charged the usage seen so far (Anthropic
+  // reports input tokens at the start), with the output at least the content deltas relayed.
+  // Usage was seen (message_start), so the charge is exactly that usage — at least the input
+  // tokens, and not the estimate.
   const long seen = logged_usage(line);
   const long estimate = estimate_of(body);
   ASSERT_NE(seen, estimate) << "test cannot tell the two rules apart";
@@ -379,6 +380,124 @@ TEST_F(Ratelimit, ClientDisconnectMidStreamIsChargedTheUsageSeenSoFar) {
   EXPECT_GE(after.used, input) << after.body;
   EXPECT_LT(after.used, estimate) << after.body;
   EXPECT_EQ(after.lifetime, seen) << after.body;
+}
+
+// Billing on disconnect (README "Charging"): the mock streams 200 content deltas, 10 ms apart; the
+// client reads 150 of them and closes. The charge is never less than what the client received:
+// Anthropic input + at least 150 (message_delta never came, message_start said output 1); OpenAI
+// (no usage chunk came) at least 150 — here more than the request's reservation
+// (default_reservation = 10, as a request without max_tokens whose stream outgrew the estimate).
+TEST_F(Ratelimit, DisconnectNeverLowersTheChargeBelowWhatWasRelayed) {
+  start("window = \"5h\"\ndefault_reservation = 10\n");
+  constexpr int kDeltas = 200;
+  constexpr int kRead = 150;
+  for (const bool anthropic : {true, false}) {
+    SCOPED_TRACE(anthropic ? "anthropic" : "openai");
+    const Key k = create_key(port(), anthropic ? R"({"name":"cut-a","token_limit_per_5h":1000000})"
+                                               : R"({"name":"cut-o","token_limit_per_5h":1000000})");
+    ASSERT_EQ(stats(port(), k.plain).used, 0);
+    const std::string path = anthropic ? "/v1/messages" : "/v1/chat/completions";
+    const std::string body = anthropic ? anthropic_body(true) : openai_body(true);  // OpenAI: no max_tokens
+    // One content delta as the client sees it (the mock's pieces are "tok<i> ").
+    const std::string marker = anthropic ? "event: content_block_delta" : R"("delta":{"content":"tok)";
+    const std::string rid = next_request_id();
+    std::string received;
+    int deltas = 0;
+    {
+      Poco::Net::HTTPClientSession session("127.0.0.1", port());
+      session.setTimeout(Poco::Timespan(5, 0));
+      Poco::Net::HTTPRequest req(Poco::Net::HTTPRequest::HTTP_POST, path, Poco::Net::HTTPMessage::HTTP_1_1);
+      req.set("Authorization", "Bearer " + k.plain);
+      req.set("X-Request-ID", rid);
+      req.set("x-mock-chunks", std::to_string(kDeltas));
+      req.set("x-mock-delay-ms", "10");  // 2 s of stream: the client leaves ~0.5 s before its end
+      req.setContentType("application/json");
+      req.setContentLength64(static_cast<Poco::Int64>(body.size()));
+      session.sendRequest(req) << body;
+      Poco::Net::HTTPResponse resp;
+      std::istream& in = session.receiveResponse(resp);
+      ASSERT_EQ(resp.getStatus(), 200);
+      char c = 0;
+      const auto deadline = std::chrono::steady_clock::now() + 10s;
+      while (deltas < kRead && std::chrono::steady_clock::now() < deadline && in.get(c)) {
+        received.push_back(c);
+        if (received.size() >= marker.size() && received.compare(received.size() - marker.size(), marker.size(), marker) == 0)
+          ++deltas;
+      }
+      // The event whose marker was just read is relayed whole (it is one write): count it as
+      // received even though the client stops reading here.
+      ASSERT_EQ(deltas, kRead) << received;
+      session.abort();  // close the socket mid-stream
+    }
+    long input = 0;
+    if (anthropic) {
+      const auto at = received.find("event: message_start\ndata: ");
+      ASSERT_NE(at, std::string::npos) << received;
+      const auto data_at = at + std::string("event: message_start\ndata: ").size();
+      input = jlong(received.substr(data_at, received.find('\n', data_at) - data_at), "message.usage.input_tokens");
+      ASSERT_GT(input, 0);
+    }
+
+    const std::string line = log_line(rid);
+    EXPECT_EQ(jget(line, "client_gone"), "true") << line;
+    const long out = jlong(line, "tokens_out");
+    EXPECT_GE(out, kRead) << "output below the deltas the client received: " << line;
+    EXPECT_LT(out, kDeltas) << "the stream was not cut (the test proves nothing): " << line;
+    EXPECT_EQ(jlong(line, "tokens_in"), input) << line;
+    // Charged: the usage reported (Anthropic), or the relayed lower bound, which exceeds the
+    // reservation of 10 (OpenAI).
+    const long expected = anthropic ? logged_usage(line) : out;
+    const Stats after = stats_until(port(), k.plain, expected);
+    EXPECT_EQ(after.used, expected) << after.body << "\n" << line;
+    EXPECT_GE(after.used, input + kRead) << after.body;
+    EXPECT_EQ(after.lifetime, expected) << after.body;
+  }
+}
+
+// Calls that cannot generate tokens (README "Charging") reserve nothing and are charged nothing:
+// GET /v1/models and POST /v1/messages/count_tokens through auth + ratelimit leave the key's usage
+// as it was — also while they are in flight (the remaining-tokens header) — while a generation
+// call next to them is still charged.
+TEST_F(Ratelimit, CallsThatCannotGenerateAreNotCharged) {
+  start();
+  constexpr long kLimit = 100000;
+  const Key k = create_key(port(), R"({"name":"lister","token_limit_per_5h":100000})");
+  const Headers auth{{"Authorization", "Bearer " + k.plain}};
+  auto expect_free = [&](const Response& r, const std::string& rid, long used_before, const std::string& what) {
+    ASSERT_EQ(r.status, 200) << what << ": " << r.body;
+    EXPECT_EQ(to_long(r.header(what.find("count_tokens") != std::string::npos ? "anthropic-ratelimit-tokens-remaining"
+                                                                               : "x-ratelimit-remaining-tokens")),
+              kLimit - used_before)
+        << what << ": a reservation was held";
+    log_line(rid);  // on_complete ran
+    const Stats s = stats(port(), k.plain);
+    EXPECT_EQ(s.used, used_before) << what << ": " << s.body;
+    EXPECT_EQ(s.lifetime, used_before) << what << ": " << s.body;
+  };
+  auto get_models = [&](std::string& rid) {
+    rid = next_request_id();
+    Headers h = auth;
+    h["X-Request-ID"] = rid;
+    return http(port(), "GET", "/v1/models", "", h);
+  };
+
+  std::string rid;
+  Response r = get_models(rid);
+  EXPECT_NE(r.body.find("glm-4.7"), std::string::npos) << r.body;
+  expect_free(r, rid, 0, "GET /v1/models");
+  r = call(k.plain, "/v1/messages/count_tokens", anthropic_body(false), {}, rid);
+  EXPECT_NE(r.body.find("input_tokens"), std::string::npos) << r.body;
+  expect_free(r, rid, 0, "POST /v1/messages/count_tokens");
+
+  // A generation call is still metered...
+  r = call(k.plain, "/v1/chat/completions", openai_body(false), {}, rid);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const long total = jlong(r.body, "usage.total_tokens");
+  ASSERT_GT(total, 0) << r.body;
+  ASSERT_EQ(stats_until(port(), k.plain, total).used, total);
+  // ...and listing models after it changes nothing.
+  r = get_models(rid);
+  expect_free(r, rid, total, "GET /v1/models after a generation");
 }
 
 // ---------------------------------------------------------------------------------------------

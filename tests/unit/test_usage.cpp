@@ -249,14 +249,20 @@ TEST(UsageOpenAISse, NoUsageAndErrorEvents) {
                                "data: [DONE]\n\n";
   const Outcome r = run_whole(Flavour::OpenAI, true, false, no_usage);
   EXPECT_FALSE(r.usage.seen);
-  EXPECT_EQ(r.usage.total(), 0);
+  EXPECT_FALSE(r.usage.complete);
+  // No usage from the upstream: only the lower bound of the one content delta relayed.
+  EXPECT_EQ(r.usage.input_tokens, 0);
+  EXPECT_EQ(r.usage.output_tokens, 1);
+  EXPECT_EQ(r.usage.total(), 1);
   EXPECT_FALSE(r.error);
   EXPECT_EQ(r.events, 2u);
 
   const std::string error =
       oai_event(R"("choices":[{"index":0,"delta":{"content":"x"}}])") +
       "data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_error\",\"code\":\"500\"}}\n\n";
-  check_every_split(Flavour::OpenAI, true, false, error, Usage{}, error, 2, true);
+  Usage one_delta;
+  one_delta.output_tokens = 1;
+  check_every_split(Flavour::OpenAI, true, false, error, one_delta, error, 2, true);
 }
 
 TEST(UsageOpenAISse, CachedTokens) {
@@ -533,7 +539,11 @@ TEST(UsageRobustness, TruncatedStreamsNeverGivePartialUsage) {
   const std::string a_body = join(a_events);
   for (size_t cut = 0; cut <= a_body.size(); ++cut) {
     const Outcome r = run_whole(Flavour::Anthropic, true, false, a_body.substr(0, cut));
-    EXPECT_TRUE(!r.usage.seen || r.usage.output_tokens == 1 || r.usage.output_tokens == 15) << cut;
+    // message_start's 1, then the content deltas dispatched so far (a lower bound), then
+    // message_delta's 15 — never a partial value.
+    const int64_t out = r.usage.output_tokens;
+    EXPECT_TRUE(!r.usage.seen || out == 1 || out == 2 || out == 15) << cut << " " << describe(r.usage);
+    EXPECT_EQ(r.usage.complete, out == 15) << cut;
   }
 }
 
@@ -584,6 +594,250 @@ TEST(UsageRobustness, FeedAfterFinishPassesThrough) {
   EXPECT_TRUE(ex.finish().empty());
   const std::string late = "data: x\n\n";
   EXPECT_EQ(ex.feed(late).data(), late.data());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Billing on disconnect: content deltas are a lower bound of the output until the final usage
+
+// What the proxy reads when the client left: usage() after the chunks fed so far, no finish().
+Usage usage_without_finish(Flavour flavour, bool suppress, std::string_view body, size_t chunk_size) {
+  UsageExtractor ex(flavour, true, suppress);
+  for (size_t i = 0; i < body.size(); i += chunk_size) (void)ex.feed(body.substr(i, chunk_size));
+  return ex.usage();
+}
+
+std::string anthropic_delta(const std::string& delta) {
+  return "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":" + delta + "}\n\n";
+}
+std::string anthropic_text_delta(int i) {
+  return anthropic_delta("{\"type\":\"text_delta\",\"text\":\"tok" + std::to_string(i) + " \"}");
+}
+// An Anthropic stream of `n` text deltas: message_start (input 27, output 1), the deltas, then
+// message_delta with output `final_output` and message_stop.
+struct AnthropicStream {
+  std::string head, tail;
+  std::vector<std::string> deltas;
+  std::string upto(size_t k) const {  // cut after the k-th delta's blank line
+    std::string s = head;
+    for (size_t i = 0; i < k; ++i) s += deltas[i];
+    return s;
+  }
+  std::string whole() const { return upto(deltas.size()) + tail; }
+};
+AnthropicStream anthropic_stream(int n, int final_output) {
+  AnthropicStream s;
+  s.head =
+      "event: message_start\n"
+      R"(data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"glm-4.7","usage":{"input_tokens":27,"cache_read_input_tokens":0,"output_tokens":1}}})"
+      "\n\n"
+      "event: content_block_start\n"
+      R"(data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})"
+      "\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\n";
+  for (int i = 0; i < n; ++i) s.deltas.push_back(anthropic_text_delta(i));
+  s.tail = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+           "event: message_delta\n"
+           R"(data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":)" +
+           std::to_string(final_output) + "}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+  return s;
+}
+
+// An OpenAI stream (include_usage shape): role chunk with "" content, `n` content chunks, the
+// finish chunk, the usage-only chunk (completion `final_output`), [DONE].
+struct OpenAIStream {
+  std::string head, tail;
+  std::vector<std::string> chunks;
+  std::string upto(size_t k) const {
+    std::string s = head;
+    for (size_t i = 0; i < k; ++i) s += chunks[i];
+    return s;
+  }
+  std::string whole() const { return upto(chunks.size()) + tail; }
+};
+OpenAIStream openai_stream(int n, int final_output) {
+  OpenAIStream s;
+  s.head = oai_event(R"("choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null)");
+  for (int i = 0; i < n; ++i)
+    s.chunks.push_back(oai_event(R"("choices":[{"index":0,"delta":{"content":"tok)" + std::to_string(i) +
+                                 R"( "},"logprobs":null,"finish_reason":null}],"usage":null)"));
+  s.tail = oai_event(R"("choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null)") +
+           oai_event(R"("choices":[],"usage":{"prompt_tokens":31,"completion_tokens":)" + std::to_string(final_output) +
+                     R"(,"total_tokens":)" + std::to_string(31 + final_output) + "}") +
+           "data: [DONE]\n\n";
+  return s;
+}
+
+TEST(UsageCutStream, AnthropicCutAfterNDeltasChargesAtLeastN) {
+  const AnthropicStream st = anthropic_stream(200, 200);
+  // Read to the end: exactly the upstream's usage (27 + 200).
+  const Outcome full = run_sized(Flavour::Anthropic, true, false, st.whole(), 4096);
+  EXPECT_TRUE(same_usage(full.usage, make_usage(27, 200, 0, 0, 0))) << describe(full.usage);
+  EXPECT_TRUE(full.usage.complete);
+  EXPECT_EQ(full.usage.content_deltas, 200);
+  EXPECT_EQ(full.usage.total(), 227);
+  // The client leaves after 190 deltas: message_delta never came; output is the 190 relayed, not
+  // message_start's 1.
+  const std::string cut = st.upto(190);
+  for (size_t chunk : {size_t{1}, size_t{7}, size_t{4096}, cut.size()}) {
+    const Usage u = usage_without_finish(Flavour::Anthropic, false, cut, chunk);
+    EXPECT_TRUE(same_usage(u, make_usage(27, 190, 0, 0, 0))) << chunk << ": " << describe(u);
+    EXPECT_FALSE(u.complete) << chunk;
+    EXPECT_EQ(u.content_deltas, 190) << chunk;
+    EXPECT_EQ(u.total(), 217) << chunk;
+  }
+  // Every cut point: output is the number of deltas dispatched so far (at least message_start's 1).
+  for (size_t k = 0; k <= 5; ++k) {
+    const Usage u = usage_without_finish(Flavour::Anthropic, false, st.upto(k), 3);
+    EXPECT_EQ(u.output_tokens, std::max<int64_t>(1, static_cast<int64_t>(k))) << k;
+    EXPECT_EQ(u.input_tokens, 27) << k;
+  }
+  // Every split and framing of a short cut stream gives the same lower bound.
+  const std::string short_cut = anthropic_stream(3, 3).upto(3);
+  for (const std::string& variant : {short_cut, with_crlf(short_cut), with_cr(short_cut), with_multiline_data(short_cut)}) {
+    check_every_split(Flavour::Anthropic, true, false, variant, make_usage(27, 3, 0, 0, 0), variant, 6);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+TEST(UsageCutStream, AnthropicDeltasWithoutContentAreNotCounted) {
+  const std::string head = anthropic_stream(0, 0).head;
+  const std::string body =
+      head + anthropic_delta(R"({"type":"input_json_delta","partial_json":""})") +
+      anthropic_delta(R"({"type":"input_json_delta","partial_json":"{\"city\": "})") +
+      anthropic_delta(R"({"type":"thinking_delta","thinking":"Let me think"})") +
+      anthropic_delta(R"({"type":"signature_delta","signature":"EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pk"})") +
+      anthropic_delta(R"({"type":"text_delta","text":""})") + anthropic_delta(R"({"type":"text_delta","text":"a"})") +
+      anthropic_delta(R"({"type":"text_delta", "text" : "b"})");
+  const Usage u = usage_without_finish(Flavour::Anthropic, false, body, 5);
+  EXPECT_EQ(u.content_deltas, 4);  // the tool input, the thinking, "a" and "b"
+  EXPECT_EQ(u.output_tokens, 4);
+  // Without `event:` lines, the data's "type" says which events are content deltas.
+  std::string no_event_lines = body;
+  size_t p;
+  while ((p = no_event_lines.find("event: ")) != std::string::npos)
+    no_event_lines.erase(p, no_event_lines.find('\n', p) + 1 - p);
+  const Usage v = usage_without_finish(Flavour::Anthropic, false, no_event_lines, 5);
+  EXPECT_EQ(v.content_deltas, 4);
+  EXPECT_EQ(v.output_tokens, 4);
+  // Text that merely mentions a delta in another event is not one.
+  const std::string not_deltas =
+      head + "event: content_block_start\n" +
+      R"(data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":"content_block_delta"}})" + "\n\n";
+  EXPECT_EQ(usage_without_finish(Flavour::Anthropic, false, not_deltas, 4096).content_deltas, 0);
+}
+
+TEST(UsageCutStream, OpenAICutAfterNChunksChargesAtLeastN) {
+  const OpenAIStream st = openai_stream(200, 200);
+  for (bool suppress : {false, true}) {
+    const Outcome full = run_sized(Flavour::OpenAI, true, suppress, st.whole(), 4096);
+    EXPECT_TRUE(same_usage(full.usage, make_usage(31, 200, 0, 0, 231))) << describe(full.usage);
+    EXPECT_TRUE(full.usage.complete);
+    EXPECT_EQ(full.usage.content_deltas, 200);
+    // Cut after 150 content chunks: no usage object arrived; the role chunk's "" is not content.
+    const std::string cut = st.upto(150);
+    for (size_t chunk : {size_t{1}, size_t{13}, size_t{4096}, cut.size()}) {
+      const Usage u = usage_without_finish(Flavour::OpenAI, suppress, cut, chunk);
+      EXPECT_FALSE(u.seen) << chunk;
+      EXPECT_FALSE(u.complete) << chunk;
+      EXPECT_EQ(u.input_tokens, 0) << chunk;
+      EXPECT_EQ(u.output_tokens, 150) << chunk;
+      EXPECT_EQ(u.content_deltas, 150) << chunk;
+      EXPECT_EQ(u.total(), 150) << chunk;
+    }
+    // Cut after the finish chunk, before the usage chunk: still the lower bound.
+    const std::string before_usage = st.upto(200) + st.tail.substr(0, st.tail.find("data: ", 6));
+    EXPECT_EQ(usage_without_finish(Flavour::OpenAI, suppress, before_usage, 100).output_tokens, 200);
+  }
+  Usage three;
+  three.output_tokens = 3;
+  const std::string short_cut = openai_stream(3, 3).upto(3);
+  for (const std::string& variant : {short_cut, with_crlf(short_cut), with_cr(short_cut)}) {
+    check_every_split(Flavour::OpenAI, true, false, variant, three, variant, 4);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  // A trailing content chunk without its blank line is not dispatched to the client's parser: it
+  // is not counted (as events() does not count it).
+  const std::string unterminated = short_cut + oai_event(R"("choices":[{"index":0,"delta":{"content":"x"}}])").substr(0, 40);
+  EXPECT_EQ(run_whole(Flavour::OpenAI, true, false, unterminated).usage.output_tokens, 3);
+}
+
+TEST(UsageCutStream, OpenAIWhatCountsAsAContentChunk) {
+  auto deltas_of = [](const std::string& choices) {
+    return usage_without_finish(Flavour::OpenAI, false, oai_event(choices), 4096).content_deltas;
+  };
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{"content":"a"}}])"), 1);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{"content" : "a"}}])"), 1);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{"reasoning_content":"hmm"}}])"), 1);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\""}}]}}])"), 1);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{"role":"assistant","content":""}}])"), 0);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{"content":null,"reasoning_content":""}}])"), 0);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{"tool_calls":[ ]}}])"), 0);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{},"finish_reason":"stop"}])"), 0);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{},"logprobs":{"content":[{"token":"a"}]}}])"), 0);
+  EXPECT_EQ(deltas_of(R"("choices":[{"index":0,"delta":{"role":"assistant","content":"","x":"\"content\":\"y"}}])"), 0);
+  EXPECT_EQ(deltas_of(R"("choices":[],"usage":{"prompt_tokens":1,"completion_tokens":0})"), 0);
+  // "[DONE]" and errors are not content.
+  EXPECT_EQ(usage_without_finish(Flavour::OpenAI, false, "data: [DONE]\n\n", 64).content_deltas, 0);
+}
+
+TEST(UsageCutStream, CompleteStreamsAreExactAndNeverDoubleCounted) {
+  // The fixtures: 2 content deltas each, final usage 46 / 15: reported as is, deltas not added.
+  const Outcome o = run_whole(Flavour::OpenAI, true, false, join(openai_events()));
+  EXPECT_TRUE(same_usage(o.usage, kOaiUsage)) << describe(o.usage);
+  EXPECT_TRUE(o.usage.complete);
+  EXPECT_EQ(o.usage.content_deltas, 2);
+  const Outcome a = run_whole(Flavour::Anthropic, true, false, join(anthropic_events()));
+  EXPECT_TRUE(same_usage(a.usage, kAnthropicUsage)) << describe(a.usage);
+  EXPECT_TRUE(a.usage.complete);
+  EXPECT_EQ(a.usage.content_deltas, 2);
+  // Z.AI style, usage on the finish chunk.
+  const Outcome z = run_whole(Flavour::OpenAI, true, false, join(openai_finish_usage_events()));
+  EXPECT_TRUE(same_usage(z.usage, make_usage(8, 262, 0, 0, 270))) << describe(z.usage);
+  EXPECT_TRUE(z.usage.complete);
+  // Plain JSON bodies: no deltas, the usage object is final.
+  const Outcome p = run_whole(Flavour::OpenAI, false, false, R"({"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":2,"completion_tokens":1}})");
+  EXPECT_EQ(p.usage.content_deltas, 0);
+  EXPECT_TRUE(p.usage.complete);
+  EXPECT_EQ(p.usage.output_tokens, 1);
+}
+
+TEST(UsageCutStream, ArrivedUsageIsNeverRaised) {
+  // More deltas than the upstream's token count (a delta is not always a token): once the final
+  // usage arrived, it is the answer, in both flavours.
+  const Outcome a = run_sized(Flavour::Anthropic, true, false, anthropic_stream(20, 15).whole(), 64);
+  EXPECT_TRUE(same_usage(a.usage, make_usage(27, 15, 0, 0, 0))) << describe(a.usage);
+  EXPECT_TRUE(a.usage.complete);
+  EXPECT_EQ(a.usage.content_deltas, 20);
+  for (bool suppress : {false, true}) {
+    const Outcome o = run_sized(Flavour::OpenAI, true, suppress, openai_stream(20, 15).whole(), 64);
+    EXPECT_TRUE(same_usage(o.usage, make_usage(31, 15, 0, 0, 46))) << describe(o.usage);
+    EXPECT_TRUE(o.usage.complete);
+    EXPECT_EQ(o.usage.total(), 46);
+  }
+  // The stream ends after message_delta but before message_stop: message_delta's figure is final.
+  const AnthropicStream st = anthropic_stream(20, 15);
+  const std::string no_stop = st.whole().substr(0, st.whole().find("event: message_stop"));
+  const Usage u = usage_without_finish(Flavour::Anthropic, false, no_stop, 64);
+  EXPECT_EQ(u.output_tokens, 15);
+  EXPECT_TRUE(u.complete);
+  // Usage on every chunk (a running count, as some servers send): the latest figure covers the
+  // chunk it rides on, so a cut there is exact, not raised.
+  std::string running;
+  for (int i = 1; i <= 5; ++i)
+    running += oai_event(R"("choices":[{"index":0,"delta":{"content":"t"}}],"usage":{"prompt_tokens":4,"completion_tokens":)" +
+                         std::to_string(i) + R"(,"total_tokens":)" + std::to_string(4 + i) + "}");
+  const Usage r = usage_without_finish(Flavour::OpenAI, false, running, 50);
+  EXPECT_TRUE(same_usage(r, make_usage(4, 5, 0, 0, 9))) << describe(r);
+  EXPECT_TRUE(r.complete);
+  // Content after the last usage object (out of protocol): the usage is no longer final and the
+  // output, and total_tokens with it, are raised to the deltas seen.
+  const std::string after = oai_event(R"("choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5})") +
+                            oai_event(R"("choices":[{"index":0,"delta":{"content":"a"}}])") +
+                            oai_event(R"("choices":[{"index":0,"delta":{"content":"b"}}])");
+  const Usage l = usage_without_finish(Flavour::OpenAI, false, after, 50);
+  EXPECT_FALSE(l.complete);
+  EXPECT_EQ(l.output_tokens, 2);
+  EXPECT_EQ(l.total_tokens, 6);
+  EXPECT_EQ(l.total(), 6);
 }
 
 TEST(UsageTotals, TotalPrefersTotalTokens) {

@@ -62,6 +62,46 @@ bool has_non_null_member(std::string_view json, std::string_view quoted_key) {
   return false;
 }
 
+// The position of the value of the member whose quoted key ends at `k`, or npos when no ':' follows
+// (the quoted text was a value, not a key).
+size_t value_after_key(std::string_view json, size_t k) {
+  while (k < json.size() && is_ws(json[k])) ++k;
+  if (k >= json.size() || json[k] != ':') return std::string_view::npos;
+  ++k;
+  while (k < json.size() && is_ws(json[k])) ++k;
+  return k < json.size() ? k : std::string_view::npos;
+}
+
+// True when `json` has a member named by `quoted_key` whose value is a non-empty string (`open` =
+// '"') or a non-empty array (`open` = '['). Same pre-filter reasoning as has_non_null_member: an
+// unescaped quoted key followed by ':' is a real key.
+bool has_non_empty_member(std::string_view json, std::string_view quoted_key, char open) {
+  const char close = open == '"' ? '"' : ']';
+  size_t p = 0;
+  while ((p = find_sub(json, quoted_key, p)) != std::string_view::npos) {
+    p += quoted_key.size();
+    size_t v = value_after_key(json, p);
+    if (v == std::string_view::npos || json[v] != open) continue;
+    ++v;
+    if (open == '[')
+      while (v < json.size() && is_ws(json[v])) ++v;
+    if (v < json.size() && json[v] != close) return true;
+  }
+  return false;
+}
+
+// OpenAI chunk carrying generated content: delta content / reasoning_content, or tool-call deltas.
+bool openai_content_delta(std::string_view data) {
+  return has_non_empty_member(data, "\"content\"", '"') || has_non_empty_member(data, "\"reasoning_content\"", '"') ||
+         has_non_empty_member(data, "\"tool_calls\"", '[');
+}
+
+// Anthropic content_block_delta data carrying generated content (text, thinking, tool input).
+bool anthropic_content_delta(std::string_view data) {
+  return has_non_empty_member(data, "\"text\"", '"') || has_non_empty_member(data, "\"partial_json\"", '"') ||
+         has_non_empty_member(data, "\"thinking\"", '"');
+}
+
 Poco::JSON::Object::Ptr parse_object(std::string_view json) {
   Poco::JSON::Parser parser;
   const Poco::Dynamic::Var v = parser.parse(std::string(json));
@@ -98,12 +138,15 @@ void apply_openai_usage(const Poco::JSON::Object& u, Usage& usage) {
 }
 
 // Anthropic: every field present overrides the one seen before (all of them are cumulative).
-void apply_anthropic_usage(const Poco::JSON::Object& u, Usage& usage) {
+// Returns whether output_tokens was among them.
+bool apply_anthropic_usage(const Poco::JSON::Object& u, Usage& usage) {
   if (auto v = int_field(u, "input_tokens")) usage.input_tokens = *v;
-  if (auto v = int_field(u, "output_tokens")) usage.output_tokens = *v;
+  const auto out = int_field(u, "output_tokens");
+  if (out) usage.output_tokens = *out;
   if (auto v = int_field(u, "cache_read_input_tokens")) usage.cache_read_input_tokens = *v;
   if (auto v = int_field(u, "cache_creation_input_tokens")) usage.cache_creation_input_tokens = *v;
   usage.seen = true;
+  return out.has_value();
 }
 
 }  // namespace
@@ -165,7 +208,7 @@ std::string_view UsageExtractor::finish() noexcept {
           if (flavour_ == Flavour::Anthropic && event_type_ == "error") {
             saw_error_ = true;
           } else if (!event_oversize_) {
-            (void)sse_examine();
+            (void)sse_examine(false);
           }
         }
       }
@@ -280,6 +323,11 @@ void UsageExtractor::sse_line(std::string_view line, bool truncated) {
 
   if (field == "data") {
     ++data_lines_;
+    // Anthropic content deltas are recognised line by line, without buffering their data.
+    if (flavour_ == Flavour::Anthropic && (event_type_.empty() || event_type_ == "content_block_delta")) {
+      if (!delta_content_) delta_content_ = anthropic_content_delta(value);
+      if (event_type_.empty() && !delta_typed_) delta_typed_ = contains(value, "\"content_block_delta\"");
+    }
     if (event_oversize_) return;
     if (!wants_data()) {
       // Not an event that can carry usage: skip the copy. Should a later `event:` line make it one,
@@ -308,10 +356,16 @@ bool UsageExtractor::sse_dispatch() {
     ++events_;
     if (flavour_ == Flavour::Anthropic && event_type_ == "error") {
       saw_error_ = true;
-    } else if (!event_oversize_) {
-      drop = sse_examine();
+    } else {
+      if (flavour_ == Flavour::Anthropic && delta_content_ &&
+          (event_type_ == "content_block_delta" || (event_type_.empty() && delta_typed_))) {
+        count_delta();
+      }
+      if (!event_oversize_) drop = sse_examine(true);
     }
   }
+  delta_content_ = false;
+  delta_typed_ = false;
   data_buf_.clear();
   release_if_big(data_buf_);
   data_lines_ = 0;
@@ -320,10 +374,12 @@ bool UsageExtractor::sse_dispatch() {
   return drop && !event_passthrough_;
 }
 
-bool UsageExtractor::sse_examine() {
+bool UsageExtractor::sse_examine(bool dispatched) {
   const std::string_view data = data_buf_;
   if (flavour_ == Flavour::OpenAI) {
     if (data == "[DONE]") return false;
+    // Counted before the event's own usage (if any) is applied: a chunk carrying both is covered by it.
+    if (dispatched && openai_content_delta(data)) count_delta();
     if (!has_non_null_member(data, "\"usage\"") && !contains(data, "\"error\"")) return false;
   } else {
     if (event_type_.empty()) {
@@ -348,7 +404,9 @@ void UsageExtractor::parse_event_json(std::string_view json, bool* drop) {
       if (obj->has("error") && !obj->isNull("error")) saw_error_ = true;
       const Poco::JSON::Object::Ptr u = obj->getObject("usage");
       if (!u) return;
-      apply_openai_usage(*u, usage_);
+      apply_openai_usage(*u, reported_);
+      final_ = true;
+      refresh();
       if (suppress_) {
         const Poco::JSON::Array::Ptr choices = obj->getArray("choices");
         *drop = choices && choices->size() == 0;
@@ -364,14 +422,37 @@ void UsageExtractor::parse_event_json(std::string_view json, bool* drop) {
       saw_error_ = true;
     } else if (type == "message_start") {
       if (const auto message = obj->getObject("message")) {
-        if (const auto u = message->getObject("usage")) apply_anthropic_usage(*u, usage_);
+        if (const auto u = message->getObject("usage")) {
+          apply_anthropic_usage(*u, reported_);
+          refresh();
+        }
       }
     } else if (type == "message_delta") {
-      if (const auto u = obj->getObject("usage")) apply_anthropic_usage(*u, usage_);
+      if (const auto u = obj->getObject("usage")) {
+        // message_delta's output_tokens is the closing, cumulative figure.
+        if (apply_anthropic_usage(*u, reported_)) final_ = true;
+        refresh();
+      }
     }
   } catch (const Poco::Exception&) {
     // Not JSON (or not the JSON we expect): no usage from this event.
   } catch (const std::exception&) {
+  }
+}
+
+void UsageExtractor::count_delta() {
+  ++deltas_;
+  final_ = false;
+  refresh();
+}
+
+void UsageExtractor::refresh() {
+  usage_ = reported_;
+  usage_.content_deltas = deltas_;
+  usage_.complete = final_;
+  if (!final_ && deltas_ > reported_.output_tokens) {
+    if (usage_.total_tokens > 0) usage_.total_tokens += deltas_ - reported_.output_tokens;
+    usage_.output_tokens = deltas_;
   }
 }
 
@@ -551,10 +632,12 @@ bool UsageExtractor::parse_usage_value(std::string_view json) {
     const Poco::JSON::Object::Ptr u = parse_object(json);
     if (!u) return false;
     if (flavour_ == Flavour::OpenAI) {
-      apply_openai_usage(*u, usage_);
+      apply_openai_usage(*u, reported_);
     } else {
-      apply_anthropic_usage(*u, usage_);
+      apply_anthropic_usage(*u, reported_);
     }
+    final_ = true;  // a plain body's usage object is the whole answer's
+    refresh();
     return true;
   } catch (const Poco::Exception&) {
   } catch (const std::exception&) {

@@ -25,6 +25,20 @@
 //     overrides the same field (output_tokens is cumulative there; newer APIs also repeat the input
 //     and cache fields). Nothing is ever added up, so nothing is double counted.
 //
+// Streams cut short (billing on disconnect): SSE content deltas are counted as they pass —
+//   Anthropic: a content_block_delta event whose delta carries a non-empty "text", "thinking" or
+//     "partial_json" string (so an empty first input_json_delta or a signature_delta does not count);
+//     checked on each data line as it passes (no copy, no parse; a key and its value split over two
+//     data lines are not seen);
+//   OpenAI: a dispatched chunk with a non-empty "content" or "reasoning_content" string, or a
+//     non-empty "tool_calls" array (cheap key scans of the event's data, which is buffered anyway).
+// The usage is final (Usage::complete) once the upstream's closing figure arrived after the last
+// counted delta: an OpenAI usage object, an Anthropic message_delta with output_tokens (plain JSON:
+// the usage object). Until then output_tokens is reported as at least the number of deltas seen
+// (total_tokens, when given, is raised by the same amount), so a client that disconnects mid-stream
+// is never charged less than what was relayed. A final usage is reported exactly as the upstream
+// gave it, never raised. Oversize events (> kMaxEventBytes) are not counted.
+//
 // feed()/finish() never throw. One extractor per response; not thread-safe.
 
 #include <cstddef>
@@ -45,6 +59,12 @@ struct Usage {
   int64_t cache_creation_input_tokens = 0;  // Anthropic only
   int64_t total_tokens = 0;                 // OpenAI usage.total_tokens if given, else 0
   bool seen = false;                        // a usage object was found
+  // SSE: content deltas seen so far (see "Streams cut short" above); 0 for plain JSON bodies.
+  int64_t content_deltas = 0;
+  // The upstream's final usage arrived (after the last content delta): the figures are exact.
+  // false: output_tokens is a lower bound — at least content_deltas — because the stream ended (or
+  // was cut) before its usage, or the upstream never reports it.
+  bool complete = false;
 
   // total_tokens when > 0, else input + output (cache tokens are reported separately).
   int64_t total() const;
@@ -79,6 +99,8 @@ class UsageExtractor {
   // first return an empty view.
   std::string_view finish() noexcept;
 
+  // Valid at any time (also without finish(), e.g. after the client went away): the upstream's
+  // figures, with output_tokens raised to content_deltas while the usage is not complete.
   const Usage& usage() const { return usage_; }
 
   // SSE: an `event: error` (Anthropic, or a data "type":"error") or a data JSON with a top-level
@@ -94,7 +116,7 @@ class UsageExtractor {
   void sse_feed(std::string_view chunk);
   void sse_line(std::string_view line, bool truncated);
   bool sse_dispatch();  // returns true when the event must be dropped (suppression)
-  bool sse_examine();   // looks at the pending event's data; returns "drop it"
+  bool sse_examine(bool dispatched);  // looks at the pending event's data; returns "drop it"
   bool wants_data() const;
   void append_line_part(std::string_view part);
   void hold(std::string_view raw);
@@ -109,13 +131,18 @@ class UsageExtractor {
   // Both
   bool parse_usage_value(std::string_view json);  // a usage object; false when it is not one
   void parse_event_json(std::string_view json, bool* drop);
+  void count_delta();  // one more content delta: the usage is no longer final
+  void refresh();      // usage_ from reported_, final_ and deltas_
 
   Flavour flavour_;
   bool sse_;
   bool suppress_;
   bool finished_ = false;
   bool disabled_ = false;  // an internal failure happened: pass everything through from now on
-  Usage usage_;
+  Usage usage_;     // what usage() returns
+  Usage reported_;  // the upstream's own figures
+  int64_t deltas_ = 0;
+  bool final_ = false;  // reported_ holds the closing usage and no delta came after it
   bool saw_error_ = false;
   uint64_t events_ = 0;
 
@@ -131,6 +158,8 @@ class UsageExtractor {
   uint64_t data_lines_ = 0;
   bool event_oversize_ = false;
   std::string event_type_;
+  bool delta_content_ = false;  // Anthropic: a data line of the pending event has delta content
+  bool delta_typed_ = false;    // Anthropic: ...and one says "content_block_delta" (no `event:` line)
 
   // SSE suppression
   std::string out_;        // bytes returned by feed()/finish()

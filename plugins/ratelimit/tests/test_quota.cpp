@@ -224,6 +224,88 @@ TEST(QuotaEstimate, MalformedJsonIsDefaultReservation) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// can_generate and charge_tokens (README "Charging")
+
+TEST(QuotaGeneration, OnlyPostsThatAreNotTokenCountsCanGenerate) {
+  EXPECT_TRUE(can_generate("POST", "/v1/chat/completions"));
+  EXPECT_TRUE(can_generate("POST", "/v1/messages"));
+  EXPECT_TRUE(can_generate("POST", "/v1/embeddings"));
+  EXPECT_FALSE(can_generate("GET", "/v1/models"));
+  EXPECT_FALSE(can_generate("GET", "/v1/chat/completions"));
+  EXPECT_FALSE(can_generate("HEAD", "/v1/models"));
+  EXPECT_FALSE(can_generate("DELETE", "/v1/files/f1"));
+  EXPECT_FALSE(can_generate("POST", "/v1/messages/count_tokens"));
+  EXPECT_FALSE(can_generate("POST", "/v1/messages/count_tokens/"));
+  EXPECT_TRUE(can_generate("POST", "/v1/messages/count_tokens_and_more"));
+}
+
+ReportedUsage reported(bool seen, int64_t in, int64_t out, int64_t cache_read = 0, int64_t cache_creation = 0,
+                       int64_t total = 0) {
+  return ReportedUsage{seen, in, out, cache_read, cache_creation, total};
+}
+
+TEST(QuotaCharge, ReportedUsageIsChargedWhateverTheEstimate) {
+  const QuotaSettings s = settings();
+  // OpenAI: total_tokens, else prompt + completion (cached tokens are part of the prompt).
+  EXPECT_EQ(charge_tokens(reported(true, 10, 5, 4, 0, 15), false, 200, true, 4'096, s), 15);
+  EXPECT_EQ(charge_tokens(reported(true, 10, 5, 4, 0, 0), false, 200, true, 4'096, s), 15);
+  // Anthropic: input + output + cache tokens (count_cache_tokens), or without them.
+  EXPECT_EQ(charge_tokens(reported(true, 10, 5, 7, 3), true, 200, true, 4'096, s), 25);
+  QuotaSettings no_cache = s;
+  no_cache.count_cache_tokens = false;
+  EXPECT_EQ(charge_tokens(reported(true, 10, 5, 7, 3), true, 200, true, 4'096, no_cache), 15);
+  // A stream cut after message_start and 190 deltas: the core reports output 190 (not 1); that
+  // is charged, not the (larger) estimate, and not the (smaller) default reservation.
+  EXPECT_EQ(charge_tokens(reported(true, 27, 190), true, 200, true, 4'096, s), 217);
+  EXPECT_EQ(charge_tokens(reported(true, 27, 190), true, 200, true, 10, s), 217);
+  // Usage on a failed request or a call that cannot generate is charged too.
+  EXPECT_EQ(charge_tokens(reported(true, 8, 0), true, 400, true, 300, s), 8);
+  EXPECT_EQ(charge_tokens(reported(true, 8, 0), true, 200, false, 0, s), 8);
+}
+
+TEST(QuotaCharge, RelayedContentWithoutUsageIsALowerBound) {
+  const QuotaSettings s = settings();
+  // An OpenAI stream cut after 4900 content chunks, no usage chunk, no max_tokens (4096 reserved):
+  // never less than what was relayed.
+  EXPECT_EQ(charge_tokens(reported(false, 0, 4'900), false, 200, true, 4'096, s), 4'900);
+  // Cut after 150: the reservation stays (the input tokens are unknown), never below the relayed.
+  EXPECT_EQ(charge_tokens(reported(false, 0, 150), false, 200, true, 4'096, s), 4'096);
+  EXPECT_EQ(charge_tokens(reported(false, 0, 150), false, 200, true, 100, s), 150);
+  // A key without a limit reserves nothing: the relayed content is charged.
+  EXPECT_EQ(charge_tokens(reported(false, 0, 150), false, 200, true, 0, s), 150);
+  // An error status with content relayed: the content.
+  EXPECT_EQ(charge_tokens(reported(false, 0, 20), false, 502, true, 4'096, s), 20);
+}
+
+TEST(QuotaCharge, NothingReported) {
+  const QuotaSettings s = settings();
+  // A successful generation without usage: the reservation stays (-1).
+  EXPECT_EQ(charge_tokens(reported(false, 0, 0), false, 200, true, 4'096, s), -1);
+  // Failures are free.
+  EXPECT_EQ(charge_tokens(reported(false, 0, 0), false, 500, true, 4'096, s), 0);
+  EXPECT_EQ(charge_tokens(reported(false, 0, 0), true, 0, true, 4'096, s), 0);
+  // Calls that cannot generate (GET /v1/models, count_tokens): nothing, even on success.
+  EXPECT_EQ(charge_tokens(reported(false, 0, 0), false, 200, false, 0, s), 0);
+  EXPECT_EQ(charge_tokens(reported(false, 0, 0), true, 200, false, 4'096, s), 0);
+}
+
+TEST_F(QuotaTest, CallsThatCannotGenerateLeaveTheWindowUnchanged) {
+  Quota q = make(settings(1'000));
+  use(q, "k", 100, now);
+  // What the plugin does for GET /v1/models: reserve 0, charge 0.
+  const Admission a = q.admit("k", std::nullopt, can_generate("GET", "/v1/models") ? 4'096 : 0);
+  ASSERT_EQ(a.verdict, Verdict::Admitted);
+  EXPECT_EQ(a.reserved, 0);
+  EXPECT_EQ(q.view("k").used, 100);  // nothing held while in flight
+  q.reconcile("k", a, charge_tokens(ReportedUsage{}, false, 200, false, a.reserved, q.settings()));
+  EXPECT_EQ(q.view("k").used, 100);
+  EXPECT_EQ(q.view("k").lifetime, 100);
+  // Still refused, like any request, once the key is out of tokens.
+  use(q, "k", 900, now);
+  EXPECT_EQ(q.admit("k", std::nullopt, 0).verdict, Verdict::TokensExceeded);
+}
+
+// ---------------------------------------------------------------------------------------------
 // admit_again_at
 
 TEST(QuotaAdmitAgainAt, AlreadyBelowLimitIsNow) {
