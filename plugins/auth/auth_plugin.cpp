@@ -1,9 +1,12 @@
 // auth: proxy keys (pk_…) checked on every proxied request, per-key model, and the key
 // management API under /admin/keys. Behaviour: README.md; settings and API: README.md.
 //
-// Hot path (on_request): pick the credential, SHA-256 it, look the hash up in an LRU cache
-// (hit: no store access at all), else in the core store (key_hashes/<hash> → keys/<id>), then
-// check enabled/expiry/allowed models and hand the key's facts on as request attributes.
+// Hot path, in two phases. on_request_headers (before the core reads the body): pick the
+// credential, SHA-256 it, look the hash up in an LRU cache (hit: no store access at all), else in
+// the core store (key_hashes/<hash> → keys/<id>), and refuse a missing/unknown/disabled/expired key
+// from the headers alone. on_request (body read): find the same key again through the cache the
+// headers phase just filled, check the client's model against allowed_models, and hand the key's
+// facts on as request attributes.
 #include <glmproxy/sdk.hpp>
 
 #include <fstream>
@@ -16,6 +19,9 @@ namespace {
 
 constexpr std::string_view kKeys = "keys";
 constexpr std::string_view kHashes = "key_hashes";
+// <id> → {"last_used": "<RFC 3339>"}: kept apart from keys/<id> so the write-back never rewrites
+// (and so never undoes) what an admin wrote there. See README.md, "Storage and caching".
+constexpr std::string_view kLastUsed = "key_last_used";
 constexpr Millis kFiveHours = 5 * 3600'000;
 constexpr Millis kLastUsedEvery = 60'000;
 
@@ -60,29 +66,20 @@ public:
     if (!import_file.empty()) import_at_start(import_file);
   }
 
-  glmp::Status on_request(glmp::Request& r) override {
-    const std::optional<std::string> query_key = glmp::query_param(r.query(), "api_key");
-    const Credential cred = extract_credential(r.client_header("authorization"), r.client_header("x-api-key"),
-                                               query_key ? std::optional<std::string_view>(*query_key) : std::nullopt);
-    if (!cred.present()) return reject(r, 401, kMissingKey);
-    if (cred.key.empty()) return reject(r, 401, "API key is empty");
-
-    const Millis now = now_ms();
-    const std::string hash = sha256_hex(cred.key);
+  // Headers phase: everything the credential alone decides (401/403/503), before the body is read.
+  glmp::Status on_request_headers(glmp::Request& r) override {
     std::shared_ptr<const KeyInfo> info;
-    if (auto hit = cache_.get(hash, now)) {
-      lookups_.inc();
-      info = hit->info;
-    } else {
-      misses_.inc();
-      glmp::StoreStatus status = glmp::StoreStatus::Ok;
-      info = load(hash, status);
-      if (status == glmp::StoreStatus::Unavailable) return reject(r, 503, "API key store unavailable");
-      cache_.put(hash, info, now);
-    }
-    if (!info) return reject(r, 401, "Invalid API key");
-    if (!info->enabled) return reject(r, 403, "API key is disabled");
-    if (info->expires && *info->expires <= now) return reject(r, 403, "API key expired on " + info->expiry_date);
+    return check_credential(r, now_ms(), true, info);
+  }
+
+  glmp::Status on_request(glmp::Request& r) override {
+    // The key again, as the headers phase found it: from the lookup cache it just filled (not
+    // counted as a second lookup), from the store only if the entry is gone (cache_size = 0,
+    // evicted) — then re-checked, so a key disabled in between is refused here. Also the whole
+    // check when the host ran no headers phase.
+    const Millis now = now_ms();
+    std::shared_ptr<const KeyInfo> info;
+    if (const glmp::Status s = check_credential(r, now, false, info); s != glmp::Status::Continue) return s;
 
     std::string client_model;
     if (!info->model.empty()) {
@@ -110,6 +107,33 @@ public:
   }
 
 private:
+  // The credential → the key, checked for existence, enabled and expiry. Continue with `info` set,
+  // or the refusal (answered). `count` = count the lookup in glmp_auth_lookups_total (the headers
+  // phase's; on_request's re-read of a cache entry is not a new lookup).
+  glmp::Status check_credential(glmp::Request& r, Millis now, bool count, std::shared_ptr<const KeyInfo>& info) {
+    const std::optional<std::string> query_key = glmp::query_param(r.query(), "api_key");
+    const Credential cred = extract_credential(r.client_header("authorization"), r.client_header("x-api-key"),
+                                               query_key ? std::optional<std::string_view>(*query_key) : std::nullopt);
+    if (!cred.present()) return reject(r, 401, kMissingKey);
+    if (cred.key.empty()) return reject(r, 401, "API key is empty");
+
+    const std::string hash = sha256_hex(cred.key);
+    if (auto hit = cache_.get(hash, now)) {
+      if (count) lookups_.inc();
+      info = hit->info;
+    } else {
+      misses_.inc();
+      glmp::StoreStatus status = glmp::StoreStatus::Ok;
+      info = load(hash, status);
+      if (status == glmp::StoreStatus::Unavailable) return reject(r, 503, "API key store unavailable");
+      cache_.put(hash, info, now);
+    }
+    if (!info) return reject(r, 401, "Invalid API key");
+    if (!info->enabled) return reject(r, 403, "API key is disabled");
+    if (info->expires && *info->expires <= now) return reject(r, 403, "API key expired on " + info->expiry_date);
+    return glmp::Status::Continue;
+  }
+
   glmp::Status reject(glmp::Request& r, int status, const std::string& message) {
     rejected_.inc();
     r.respond_error(status, message);
@@ -127,8 +151,9 @@ private:
     auto record = store_.get(kKeys, idx["id"].get<std::string>());
     status = record.status;
     if (!record.ok() && record.status != glmp::StoreStatus::Degraded) return nullptr;
-    const Json rec = Json::parse(record.value, nullptr, false);
+    Json rec = Json::parse(record.value, nullptr, false);
     if (!rec.is_object() || rec.value("hash", std::string()) != hash) return nullptr;  // rotated away meanwhile
+    merge_last_used(rec);
     try {
       return std::make_shared<const KeyInfo>(key_info(rec));
     } catch (const std::exception& e) {
@@ -138,7 +163,9 @@ private:
   }
 
   // last_used, written back at most once a minute per key (a store write per request would turn
-  // every request into a write, and on Redis into an invalidation broadcast).
+  // every request into a write, and on Redis into an invalidation broadcast). It goes to its own
+  // record, key_last_used/<id>, written blind: the key record is never read-modified-written here,
+  // so an admin change to it (enabled:false, …) landing meanwhile can never be undone.
   void touch(const std::string& id, Millis now) {
     {
       std::lock_guard lock(touch_mutex_);
@@ -147,12 +174,23 @@ private:
       last = now;
       if (last_touch_.size() > 100'000) last_touch_.clear();
     }
-    auto record = store_.get(kKeys, id);
-    if (!record.ok()) return;
-    Json rec = Json::parse(record.value, nullptr, false);
-    if (!rec.is_object()) return;
-    rec["last_used"] = format_rfc3339(now);
-    store_.put(kKeys, id, rec.dump());
+    store_.put(kLastUsed, id, Json{{"last_used", format_rfc3339(now)}}.dump());
+  }
+
+  // The key record's last_used as the last write-back recorded it (when there is one; the record's
+  // own field holds only what an import brought along).
+  void merge_last_used(Json& rec) {
+    if (!rec.contains("id") || !rec["id"].is_string()) return;
+    auto got = store_.get(kLastUsed, rec["id"].get<std::string>());
+    if (!got.ok() && got.status != glmp::StoreStatus::Degraded) return;
+    const Json lu = Json::parse(got.value, nullptr, false);
+    if (lu.is_object() && lu.contains("last_used") && lu["last_used"].is_string()) rec["last_used"] = lu["last_used"];
+  }
+
+  // A record as the admin API shows it, with the recorded last_used.
+  Json view(Json rec) {
+    merge_last_used(rec);
+    return public_view(rec);
   }
 
   // --- admin API ---
@@ -202,7 +240,7 @@ private:
     }
     if (rest.empty() || rest.find('/') != std::string::npos) return respond_invalid(r, 404, "no such route");
     if (method == "GET") {
-      if (auto rec = read_record(r, rest)) respond_json(r, 200, public_view(*rec));
+      if (auto rec = read_record(r, rest)) respond_json(r, 200, view(*rec));
     } else if (method == "PATCH") {
       patch(r, rest);
     } else if (method == "DELETE") {
@@ -274,7 +312,7 @@ private:
         after = rec_text.key;
         const Json rec = Json::parse(rec_text.value, nullptr, false);
         if (rec.is_object() && matches(rec)) {
-          keys.push_back(public_view(rec));
+          keys.push_back(view(rec));
           last = rec_text.key;
         }
       }
@@ -291,7 +329,7 @@ private:
     if (auto err = apply_fields(*body, *rec, false, nullptr)) return respond_validation(r, *err);
     if (!write(r, store_.put(kKeys, id, rec->dump()))) return;
     cache_.erase(rec->value("hash", std::string()));
-    respond_json(r, 200, public_view(*rec));
+    respond_json(r, 200, view(*rec));
   }
 
   void remove(glmp::Request& r, const std::string& id) {
@@ -304,6 +342,7 @@ private:
     cache_.erase(hash);
     const glmp::StoreStatus s2 = store_.remove(kKeys, id);
     if (s2 != glmp::StoreStatus::Ok && s2 != glmp::StoreStatus::NotFound) return respond_invalid(r, 503, "key store unavailable");
+    store_.remove(kLastUsed, id);  // best effort: an orphan is never read (ids are not reused)
     respond_json(r, 200, Json{{"deleted", id}});
   }
 
@@ -317,7 +356,7 @@ private:
     if (!write(r, store_.put(kKeys, id, rec->dump()))) return;
     store_.remove(kHashes, old_hash);
     cache_.erase(old_hash);
-    Json out = public_view(*rec);
+    Json out = view(*rec);
     out["key"] = plain;
     respond_json(r, 200, out);
   }

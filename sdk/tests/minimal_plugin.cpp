@@ -23,3 +23,5 @@ GLMP_PLUGIN(Minimal, "minimal", "1");
 static_assert(glmp::detail::overrides_on_complete<Base>());
 static_assert(!glmp::detail::overrides_on_request<Base>());
 static_assert(!glmp::detail::overrides_on_complete<Minimal>());
+static_assert(!glmp::detail::overrides_on_request_headers<Minimal>());
+static_assert(!glmp::detail::overrides_on_request_headers<Base>());

@@ -1,6 +1,7 @@
 // Test plugin for the SDK's boundary: every Request accessor, every way to fail.
 // Driven by test_sdk.cpp through the fake host. Behaviour is chosen per request by the request
-// header X-Probe (on_request) and by request attributes (later hooks).
+// headers X-Probe-Headers (on_request_headers) and X-Probe (on_request), and by request attributes
+// (later hooks).
 #include <glmproxy/sdk.hpp>
 
 #include <stdexcept>
@@ -40,6 +41,23 @@ class Probe final : public glmp::Plugin {
     host.register_route("", "/probe/prefix/*", glmp::Access::Public,
                         [](glmp::Request& r) { r.respond(200, "text/plain", r.path()); });
     host.log_debug("probe ready");
+  }
+
+  glmp::Status on_request_headers(glmp::Request& r) override {
+    const std::string action = opt(r.header("X-Probe-Headers"));
+    if (action == "throw") throw std::runtime_error("on_request_headers exploded");
+    if (action == "bad-status") return static_cast<glmp::Status>(9);
+    if (action == "error") return glmp::Status::Error;
+    if (action == "refuse") {
+      r.respond_error(401, "refused from the headers");
+      return glmp::Status::Responded;
+    }
+    if (action == "read") {
+      r.set_attribute("probe.headers_read", std::string(r.method()) + "|" + std::string(r.path()) + "|" +
+                                                std::string(r.query()) + "|" + opt(r.client_header("x-client")) +
+                                                "|body=" + std::string(r.body()));
+    }
+    return glmp::Status::Continue;
   }
 
   glmp::Status on_request(glmp::Request& r) override {

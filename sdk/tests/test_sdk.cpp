@@ -1,5 +1,6 @@
 // The SDK's C boundary, through the fake host: accessors map to the right host functions,
-// exceptions never escape (GLMP_ERROR / refusal / logged), routes, descriptors, unloading.
+// exceptions never escape (GLMP_ERROR / refusal / logged), the ABI 1.2 headers phase, routes (and
+// the core-route guard), descriptors, unloading.
 #include <glmproxy/fake_host.hpp>
 
 #include <cstddef>
@@ -40,10 +41,13 @@ void descriptors(Checks& c, const PluginLibrary& probe, const PluginLibrary& min
   const glmp_plugin_descriptor* d = probe.descriptor();
   GLMP_EXPECT(c, std::strcmp(d->name, "probe") == 0 && std::strcmp(d->version, "0.0.1") == 0);
   GLMP_EXPECT(c, d->on_request && d->on_response_headers && d->on_response_body && d->on_complete);
+  GLMP_EXPECT(c, d->on_request_headers != nullptr);
+  GLMP_EXPECT(c, d->struct_size == sizeof(glmp_plugin_descriptor) && d->abi_minor == GLMP_ABI_MINOR);
   const glmp_plugin_descriptor* m = minimal.descriptor();
   GLMP_EXPECT(c, std::strcmp(m->name, "minimal") == 0 && std::strcmp(m->version, "1") == 0);
   GLMP_EXPECT(c, m->on_config_new && m->on_config_destroy);
   GLMP_EXPECT(c, !m->on_request && !m->on_response_headers && !m->on_response_body && !m->on_complete);
+  GLMP_EXPECT(c, !m->on_request_headers);
   GLMP_EXPECT(c, minimal.init(GLMP_ABI_MAJOR + 1, GLMP_ABI_MINOR) == nullptr);
   GLMP_EXPECT(c, minimal.init(GLMP_ABI_MAJOR, GLMP_ABI_MINOR + 7) == m);
   // Same descriptor every time (static storage).
@@ -149,6 +153,79 @@ void exceptions_in_hooks(Checks& c, FakeHost& host, PluginInstance& p) {
   for (const auto& line : host.logs()) {
     if (line.message.find("failed") != std::string::npos) GLMP_EXPECT(c, line.level == GLMP_LOG_ERROR);
   }
+}
+
+// ABI 1.2: on_request_headers through the boundary, and the fake host running it as the core does.
+void headers_phase(Checks& c, FakeHost& host, PluginInstance& p, const glmp_plugin_descriptor* d) {
+  FakeRequest r;
+  r.method = "POST";
+  r.path = "/v1/chat/completions";
+  r.query = "q=1";
+  r.body = R"({"model":"m"})";
+  r.headers.push_back({"X-Probe-Headers", "read"});
+  r.client_headers.push_back({"X-Client", "c1"});
+  GLMP_EXPECT(c, p.has_request_headers_hook());
+  GLMP_EXPECT(c, p.on_request_headers(r) == GLMP_CONTINUE);
+  // The body is not read yet in the headers phase: "" there, and back afterwards.
+  GLMP_EXPECT(c, r.attribute("probe.headers_read") == "POST|/v1/chat/completions|q=1|c1|body=");
+  GLMP_EXPECT(c, r.body == R"({"model":"m"})");
+
+  FakeRequest refused;
+  refused.headers.push_back({"X-Probe-Headers", "refuse"});
+  refused.headers.push_back({"X-Probe", "respond"});  // on_request would answer 418
+  GLMP_EXPECT(c, p.request_hooks(refused) == GLMP_RESPONDED);
+  GLMP_EXPECT(c, refused.respond_was_error && refused.respond_status == 401 &&
+                     refused.respond_body == "refused from the headers");
+  FakeRequest passed = with_action("respond");
+  GLMP_EXPECT(c, p.request_hooks(passed) == GLMP_RESPONDED);
+  GLMP_EXPECT(c, passed.respond_status == 418);
+  FakeRequest both = with_action("write");
+  GLMP_EXPECT(c, p.request_hooks(both) == GLMP_CONTINUE);
+  GLMP_EXPECT(c, both.attribute("probe.written") == "yes");
+
+  FakeRequest t;
+  t.headers.push_back({"X-Probe-Headers", "throw"});
+  GLMP_EXPECT(c, p.on_request_headers(t) == GLMP_ERROR);
+  GLMP_EXPECT(c, host.logged("on_request_headers failed: on_request_headers exploded"));
+  FakeRequest b;
+  b.headers.push_back({"X-Probe-Headers", "bad-status"});
+  GLMP_EXPECT(c, p.on_request_headers(b) == GLMP_ERROR);
+  GLMP_EXPECT(c, host.logged("on_request_headers returned an invalid glmp::Status"));
+  FakeRequest e;
+  e.headers.push_back({"X-Probe-Headers", "error"});
+  GLMP_EXPECT(c, p.on_request_headers(e) == GLMP_ERROR);
+  GLMP_EXPECT(c, !e.responded);
+
+  // A descriptor whose struct_size ends before the member (an ABI 1.0/1.1 plugin) has no headers
+  // hook, whatever the bytes after it hold: the fake host, like the core, does not call it.
+  glmp_plugin_descriptor old = *d;
+  old.struct_size = static_cast<std::uint32_t>(offsetof(glmp_plugin_descriptor, on_request_headers));
+  FakeHost old_host;
+  PluginInstance old_plugin(&old, old_host, "{}");
+  FakeRequest o;
+  o.headers.push_back({"X-Probe-Headers", "refuse"});
+  GLMP_EXPECT(c, !old_plugin.has_request_headers_hook());
+  GLMP_EXPECT(c, old_plugin.on_request_headers(o) == GLMP_CONTINUE && !o.responded);
+  GLMP_EXPECT(c, old_plugin.request_hooks(o) == GLMP_CONTINUE && !o.responded);
+}
+
+// The fake host refuses the routes the core refuses: anything that would match or shadow a core route.
+void core_route_guard(Checks& c) {
+  for (const char* path : {"/health", "/metrics", "/api/metrics/prometheus", "/admin/reload", "/admin/plugins", "/v1",
+                           "/v1/models", "/v1*", "/v1/*", "/heal*", "/*", "/admin/*", "/m*", "/api/*"})
+    GLMP_EXPECT(c, FakeHost::shadows_core_route(path));
+  for (const char* path : {"/admin/keys", "/admin/keys/*", "/stats", "/healthz", "/v1x", "/v2/*", "/metrics/*"})
+    GLMP_EXPECT(c, !FakeHost::shadows_core_route(path));
+  FakeHost host;
+  auto handler = [](glmp_config_plugin_ptr*, glmp_request_host_ptr*, void*) {};
+  auto reg = [&](std::string_view path) {
+    return host.api()->register_route(host.instance(), "GET", 3, path.data(), path.size(), GLMP_ACCESS_PUBLIC, handler,
+                                      nullptr);
+  };
+  GLMP_EXPECT(c, reg("/v1*") == -1 && reg("/heal*") == -1 && reg("/*") == -1 && reg("/admin/reload") == -1);
+  GLMP_EXPECT(c, reg("no-slash") == -1);
+  GLMP_EXPECT(c, host.routes.empty());
+  GLMP_EXPECT(c, reg("/mine/*") == 0 && host.routes.size() == 1);
 }
 
 void routes(Checks& c, FakeHost& host, PluginInstance& p) {
@@ -263,8 +340,10 @@ int main() {
       accessors(c, p);
       answering(c, p);
       exceptions_in_hooks(c, host, p);
+      headers_phase(c, host, p, probe.descriptor());
       routes(c, host, p);
     }
+    core_route_guard(c);
     probe.close();
     minimal.close();
     GLMP_EXPECT(c, !PluginLibrary::is_loaded(GLMP_PROBE_PLUGIN));

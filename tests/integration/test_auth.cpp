@@ -3,6 +3,7 @@
 // their precedence, what reaches the upstream (never the client's key; the per-key model), the
 // admin API, the old apikeys.json import (by API and by the import_file setting), persistence
 // across a clean restart and kill -9, immediate revocation, and no plain key in any log or file.
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <filesystem>
@@ -14,8 +15,12 @@
 
 #include <gtest/gtest.h>
 
+#include <Poco/Exception.h>
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Parser.h>
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/Net/StreamSocket.h>
+#include <Poco/Timespan.h>
 
 #include "harness.hpp"
 
@@ -197,6 +202,84 @@ TEST_F(Auth, EveryRefusalInBothFlavoursNeverReachesTheUpstream) {
   Response streamed = http(port(), "POST", "/v1/messages", anthropic_body(true));
   expect_refusal(streamed, true, 401, kRequired, "streamed, no credential");
   EXPECT_EQ(upstream_requests(), before) << "a refused request reached the upstream";
+}
+
+// Without a valid key a request is refused from its headers alone (auth's on_request_headers),
+// before the core reads its body: a client that announces a large body and sends only its first
+// bytes gets the 401 (or 403) at once, with Connection: close, and the connection is closed.
+TEST_F(Auth, RefusedFromTheHeadersBeforeTheBodyIsRead) {
+  start();
+  const Key disabled = create(R"({"name":"off","enabled":false})");
+  struct Case {
+    std::string credential_header;
+    int status;
+    std::string message;
+  };
+  const std::vector<Case> cases{
+      {"", 401, kRequired},
+      {"Authorization: Bearer pk_unknownUnknownUnknownUnknownUnknown1234\r\n", 401, kInvalid},
+      {"x-api-key: " + disabled.plain + "\r\n", 403, kDisabled},
+  };
+  const long before = upstream_requests();
+  for (const Case& c : cases) {
+    Poco::Net::StreamSocket sock(Poco::Net::SocketAddress("127.0.0.1", port()));
+    sock.setReceiveTimeout(Poco::Timespan(3, 0));
+    const std::string head = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+                             c.credential_header + "Content-Length: 30000000\r\n\r\n{\"model\":";
+    sock.sendBytes(head.data(), static_cast<int>(head.size()));
+    const auto sent = std::chrono::steady_clock::now();
+    std::string got;
+    bool eof = false;
+    char buf[4096];
+    for (int i = 0; i < 100 && !eof; ++i) {  // bounded: bytes, EOF or a timeout each time
+      int n = 0;
+      try {
+        n = sock.receiveBytes(buf, sizeof buf);
+      } catch (const Poco::TimeoutException&) {
+        break;
+      }
+      if (n <= 0) eof = true;
+      else got.append(buf, static_cast<size_t>(n));
+    }
+    const auto waited = std::chrono::steady_clock::now() - sent;
+    ASSERT_EQ(got.rfind("HTTP/1.1 " + std::to_string(c.status), 0), 0u) << c.message << ": " << got;
+    EXPECT_LT(waited, 1500ms) << c.message << ": the refusal waited for the body";
+    const size_t body_at = got.find("\r\n\r\n");
+    ASSERT_NE(body_at, std::string::npos) << got;
+    const std::string body = got.substr(body_at + 4);
+    EXPECT_EQ(jget(body, "error.message"), c.message) << got;
+    EXPECT_EQ(jget(body, "type"), "error") << "Anthropic flavour: " << got;
+    std::string lower = got.substr(0, body_at);
+    std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    EXPECT_NE(lower.find("connection: close"), std::string::npos) << got;
+    EXPECT_TRUE(eof) << "the connection stayed open with an unread body: " << got;
+  }
+  EXPECT_EQ(upstream_requests(), before);
+}
+
+// last_used lives in its own record (key_last_used/<id>), so the write-back never rewrites the
+// key record: the admin views still show it, next to every admin change.
+TEST_F(Auth, LastUsedIsShownAlongsideAdminChanges) {
+  start();
+  const Key k = create(R"({"name":"used"})");
+  ASSERT_EQ(bearer(k.plain).status, 200);
+  std::string last_used;
+  for (int i = 0; i < 100; ++i) {  // written after the request was admitted
+    last_used = jget(admin("GET", "/admin/keys/" + k.id).body, "last_used");
+    if (last_used != "null" && !last_used.empty()) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_NE(last_used, "null") << "last_used not recorded after a use";
+  Response patched = admin("PATCH", "/admin/keys/" + k.id, R"({"name":"renamed","enabled":false})");
+  ASSERT_EQ(patched.status, 200) << patched.body;
+  EXPECT_EQ(jget(patched.body, "last_used"), last_used) << patched.body;
+  EXPECT_EQ(jget(patched.body, "enabled"), "false") << patched.body;
+  Response shown = admin("GET", "/admin/keys/" + k.id);
+  EXPECT_EQ(jget(shown.body, "last_used"), last_used) << shown.body;
+  EXPECT_EQ(jget(shown.body, "name"), "renamed") << shown.body;
+  Response listed = admin("GET", "/admin/keys?search=renamed");
+  EXPECT_EQ(jget(listed.body, "keys.0.last_used"), last_used) << listed.body;
+  expect_refusal(bearer(k.plain), false, 403, kDisabled, "after the PATCH");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,13 +1,18 @@
 // The plugin system through the real binary, with tiny raw-C-ABI plugins (tests/plugins/):
-// loading, hooks, failure isolation, admin token, /admin/plugins, and reload (HTTP, SIGHUP, watch).
+// loading, hooks (the ABI 1.2 headers phase included), failure isolation, the core-route guard,
+// admin token, /admin/plugins, and reload (HTTP, SIGHUP, watch).
 #include <gtest/gtest.h>
 
 #include <signal.h>
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 
 #include <Poco/Net/SocketAddress.h>
 #include <Poco/Net/StreamSocket.h>
+#include <Poco/Exception.h>
+#include <Poco/Timespan.h>
 #include <thread>
 
 #include "glmproxy/plugin_api.h"
@@ -73,13 +78,17 @@ TEST_F(Plugins, HooksRunAndStampResponses) {
 }
 
 // A plugin built against ABI 1.0 (before the store and metrics were appended) keeps loading and
-// working on this 1.1 host.
+// working on this newer host. Its descriptor's struct_size ends before on_request_headers (1.2);
+// the bytes after it hold a hook answering 500 "host read past struct_size": the host must not
+// call it, so its requests (also one with the x-c-deny a 1.2 build refuses) pass.
 TEST_F(Plugins, AbiOneZeroPluginLoadsOnANewerMinor) {
   swap_plugin("c_v10.so");
   start(kAdmin + plugin_entry("c_plugin", live_so));
   Response r = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false));
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.header("x-c-plugin"), "v10");
+  Response d = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false), {{"x-c-deny", "1"}});
+  EXPECT_EQ(d.status, 200) << d.body;
   Response info = http(proxy->port(), "GET", "/admin/plugins", "", kAdminHeader);
   EXPECT_EQ(json_get(info.body, "plugins.0.abi"), "1.0") << info.body;
 }
@@ -95,6 +104,8 @@ TEST_F(Plugins, OnCompleteRunsExactlyOnceForEveryOnRequest) {
   http_stream(port, "POST", "/v1/chat/completions", openai_body(true), {{"x-mock-chunks", "10"}, {"x-mock-reset-after", "2"}});
   EXPECT_EQ(http(port, "POST", "/v1/messages", anthropic_body(false), {{"x-c-teapot", "1"}}).status, 418);
   EXPECT_EQ(http(port, "POST", "/v1/messages", anthropic_body(false), {{"x-c-fail", "1"}}).status, 500);
+  // Refused by the plugin's own headers hook: no on_request, still one on_complete.
+  EXPECT_EQ(http(port, "POST", "/v1/messages", anthropic_body(false), {{"x-c-deny", "1"}}).status, 401);
   {
     Poco::Net::StreamSocket sock(Poco::Net::SocketAddress("127.0.0.1", port));
     const std::string body = openai_body(true);
@@ -110,7 +121,77 @@ TEST_F(Plugins, OnCompleteRunsExactlyOnceForEveryOnRequest) {
   Response counts = http(port, "GET", "/c-plugin/counts");
   ASSERT_EQ(counts.status, 200) << counts.body;
   EXPECT_EQ(json_get(counts.body, "requests"), "7");
-  EXPECT_EQ(json_get(counts.body, "completes"), "7");
+  EXPECT_EQ(json_get(counts.body, "headers"), "8");
+  EXPECT_EQ(json_get(counts.body, "completes"), "8");
+  EXPECT_EQ(json_get(counts.body, "body_in_headers"), "0") << "the headers hook ran after the body was read";
+}
+
+// ABI 1.2: a plugin refuses a request from its headers alone — before the core reads the body.
+// The client announces a large body and sends only its first bytes: the refusal still arrives at
+// once (waiting for the body would take until the server's timeouts), with Connection: close, and
+// the connection is closed since the body was never read. Nothing reaches the upstream.
+TEST_F(Plugins, HeadersHookRefusesBeforeTheBodyIsRead) {
+  start(plugin_entry("c_plugin", live_so));
+  const uint16_t port = proxy->port();
+  const long upstream_before = mock->stats()["requests"];
+  Poco::Net::StreamSocket sock(Poco::Net::SocketAddress("127.0.0.1", port));
+  sock.setReceiveTimeout(Poco::Timespan(3, 0));
+  const std::string head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           "x-c-deny: 1\r\nContent-Length: 1000000\r\n\r\n{\"model\":";
+  sock.sendBytes(head.data(), static_cast<int>(head.size()));
+  const auto sent = std::chrono::steady_clock::now();
+  std::string got;
+  bool eof = false;
+  char buf[4096];
+  for (int i = 0; i < 100 && !eof; ++i) {  // bounded: every read either returns bytes, EOF, or times out
+    int n = 0;
+    try {
+      n = sock.receiveBytes(buf, sizeof buf);
+    } catch (const Poco::TimeoutException&) {
+      break;
+    }
+    if (n <= 0) eof = true;
+    else got.append(buf, static_cast<size_t>(n));
+  }
+  const auto waited = std::chrono::steady_clock::now() - sent;
+  ASSERT_EQ(got.rfind("HTTP/1.1 401", 0), 0u) << got;
+  EXPECT_LT(waited, 1500ms) << "the refusal waited for the body";
+  EXPECT_NE(got.find("denied from the headers"), std::string::npos) << got;
+  std::string lower = got;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  EXPECT_NE(lower.find("connection: close"), std::string::npos) << got;
+  EXPECT_TRUE(eof) << "the connection stayed open with an unread body: " << got;
+  EXPECT_EQ(mock->stats()["requests"], upstream_before);
+  Response counts = http(port, "GET", "/c-plugin/counts");
+  EXPECT_EQ(json_get(counts.body, "headers"), "1") << counts.body;
+  EXPECT_EQ(json_get(counts.body, "requests"), "0") << counts.body;
+  EXPECT_EQ(json_get(counts.body, "completes"), "1") << counts.body;
+}
+
+// register_route refuses any route, exact or prefix, that would match or shadow a core route
+// (plugin routes are looked up before /health and /metrics): the plugin's configuration fails.
+TEST_F(Plugins, RoutesThatShadowCoreRoutesAreRefused) {
+  mock = std::make_unique<Mock>(dir);
+  auto check = [&](const std::string& route) {
+    const std::string cfg = dir.file("route.toml");
+    write_file(cfg, "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.openai]\nbase_url = \"" + mock->base_url() +
+                        "\"\nmin_connections = 0\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\n" +
+                        plugin_entry("c_plugin", kPlugins + "/c_ok.so", "route = \"" + route + "\""));
+    Child child({GLMP_PROXY_BIN, "--check-plugins", cfg}, dir.file("r.out"), dir.file("r.err"));
+    const int rc = child.wait(10s);
+    EXPECT_FALSE(sanitizer_report(child.err())) << child.err();
+    return std::make_pair(rc, child.err());
+  };
+  for (const std::string route : {"/v1*", "/v1/*", "/v1/models", "/v1", "/heal*", "/health", "/*", "/metrics",
+                                  "/api/metrics/prometheus", "/api*", "/admin/reload", "/admin/plugins", "/admin/*"}) {
+    const auto [rc, err] = check(route);
+    EXPECT_EQ(rc, 1) << route << ": " << err;
+    EXPECT_NE(err.find("route refused: " + route), std::string::npos) << route << ": " << err;
+  }
+  for (const std::string route : {"/c-extra", "/c-extra/*", "/healthz", "/v2/*"}) {
+    const auto [rc, err] = check(route);
+    EXPECT_EQ(rc, 0) << route << ": " << err;
+  }
 }
 
 TEST_F(Plugins, AdminApiNeedsTheToken) {

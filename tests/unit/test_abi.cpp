@@ -17,6 +17,7 @@ namespace {
 const std::map<std::string, std::string> kHeaderHashes = {
     {"1.0", "b6805f7c6a8e40c4f1cfe2cc2e807ccd1b4c1bd6bd410391242b3f6031956504"},
     {"1.1", "014edf4726c570c2365ffb1794bf7bd86e4a4da465b32bd9f0c8d3b16e2b6be8"},
+    {"1.2", "a0d24cb7f48f85530ef702978071dc8eec38013b2451d2b7d04bafbd33f95a3b"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is
@@ -24,11 +25,15 @@ const std::map<std::string, std::string> kHeaderHashes = {
 TEST(Abi, MinorVersionsOnlyAppend) {
   static_assert(sizeof(void*) == 8, "offsets recorded for LP64");
   EXPECT_EQ(offsetof(glmp_host_api, register_route), 224u) << "a 1.0 member moved";
-  EXPECT_EQ(sizeof(glmp_plugin_descriptor), 80u);
+  EXPECT_EQ(offsetof(glmp_plugin_descriptor, on_complete), 72u) << "a 1.0 descriptor member moved";
   EXPECT_EQ(sizeof(glmp_usage), 48u);
   // 1.1 starts right after 1.0's last member.
   EXPECT_EQ(offsetof(glmp_host_api, store_get), 232u);
   EXPECT_EQ(offsetof(glmp_host_api, request_client_header) + sizeof(void*), sizeof(glmp_host_api));
+  // 1.2 appends on_request_headers to the descriptor, right after 1.0/1.1's last member (a 1.1
+  // descriptor's struct_size, 80, ends exactly where it begins).
+  EXPECT_EQ(offsetof(glmp_plugin_descriptor, on_request_headers), 80u);
+  EXPECT_EQ(sizeof(glmp_plugin_descriptor), 88u);
 }
 
 TEST(Abi, HeaderHashMatchesItsVersion) {

@@ -1,5 +1,7 @@
-// The chain contract: on_request in order, the other hooks in reverse, on_complete exactly once
-// for every plugin whose on_request ran; snapshots are immutable across publish().
+// The chain contract: on_request_headers (the headers phase) then on_request in order, the other
+// hooks in reverse, on_complete exactly once for every plugin whose on_request_headers or
+// on_request ran; snapshots are immutable across publish(); the route guard that keeps plugin
+// routes off the core's.
 #include <gtest/gtest.h>
 
 #include "plugins/chain.hpp"
@@ -12,12 +14,22 @@ using glmp::core::plugins::ChainHolder;
 using glmp::core::plugins::ChainRun;
 using glmp::core::plugins::HookResult;
 using glmp::core::plugins::Plugin;
+using glmp::core::plugins::shadows_core_route;
 
 class Recorder : public Plugin {
 public:
+  // Without a headers hook (an ABI 1.0/1.1 plugin): on_request_headers logs if it is ever called.
   Recorder(std::string name, std::vector<std::string>& log, HookResult result = HookResult::Continue)
       : name_(std::move(name)), log_(log), result_(result) {}
+  // With a headers hook answering `headers`.
+  Recorder(std::string name, std::vector<std::string>& log, HookResult headers, HookResult result)
+      : name_(std::move(name)), log_(log), result_(result), has_headers_(true), headers_(headers) {}
   const std::string& name() const override { return name_; }
+  bool has_request_headers_hook() const override { return has_headers_; }
+  HookResult on_request_headers(RequestContext& ctx) override {
+    log_.push_back(name_ + ".rh" + (ctx.body.empty() ? "" : ":body"));
+    return headers_;
+  }
   HookResult on_request(RequestContext&) override {
     log_.push_back(name_ + ".request");
     return result_;
@@ -32,7 +44,22 @@ private:
   std::string name_;
   std::vector<std::string>& log_;
   HookResult result_;
+  bool has_headers_ = false;
+  HookResult headers_ = HookResult::Continue;
 };
+
+// A plugin with a headers hook (an ABI 1.2 plugin that implements on_request_headers).
+std::shared_ptr<Recorder> with_headers(std::string name, std::vector<std::string>& log,
+                                       HookResult headers = HookResult::Continue,
+                                       HookResult request = HookResult::Continue) {
+  return std::make_shared<Recorder>(std::move(name), log, headers, request);
+}
+
+std::shared_ptr<Chain> chain_of(std::vector<std::shared_ptr<Plugin>> plugins) {
+  auto chain = std::make_shared<Chain>();
+  chain->plugins = std::move(plugins);
+  return chain;
+}
 
 TEST(ChainRun, OrderIsForwardThenReverse) {
   std::vector<std::string> log;
@@ -77,6 +104,121 @@ TEST(ChainHolder, SnapshotSurvivesPublish) {
   ASSERT_EQ(taken->plugins.size(), 1u);
   EXPECT_EQ(taken->plugins[0]->name(), "v1");
   EXPECT_EQ(holder.snapshot()->generation, 2u);
+}
+
+// The headers phase runs every headers hook, in order, before any on_request (and before the
+// body is there); on_complete then runs once for each plugin.
+TEST(ChainRun, HeadersPhaseRunsInOrderBeforeAnyOnRequest) {
+  std::vector<std::string> log;
+  auto chain = chain_of({with_headers("a", log), with_headers("b", log)});
+  RequestContext ctx;
+  ChainRun run(chain);
+  EXPECT_EQ(run.request_headers(ctx), HookResult::Continue);
+  ctx.body = "{}";  // the pipeline reads the body between the phases
+  EXPECT_EQ(run.request_headers(ctx), HookResult::Continue);  // once only
+  EXPECT_EQ(run.request(ctx), HookResult::Continue);
+  run.response_headers(ctx);
+  run.complete(ctx);
+  run.complete(ctx);
+  EXPECT_EQ(log, (std::vector<std::string>{"a.rh", "b.rh", "a.request", "b.request", "b.headers", "a.headers",
+                                           "b.complete", "a.complete"}));
+}
+
+// A refusal in the headers phase stops it there: no on_request runs (request() returns the
+// refusal), the later plugins' headers hooks don't run, and on_complete runs for exactly the
+// plugins whose headers hook ran — the refusing one included.
+TEST(ChainRun, RefusalInTheHeadersPhaseCompletesThoseWhoseHeadersHookRan) {
+  std::vector<std::string> log;
+  auto chain = chain_of({with_headers("a", log),
+                         with_headers("b", log, HookResult::Responded),
+                         with_headers("c", log)});
+  RequestContext ctx;
+  ChainRun run(chain);
+  EXPECT_EQ(run.request_headers(ctx), HookResult::Responded);
+  EXPECT_EQ(run.request(ctx), HookResult::Responded);
+  run.response_headers(ctx);  // nothing: no on_request ran
+  run.complete(ctx);
+  EXPECT_EQ(log, (std::vector<std::string>{"a.rh", "b.rh", "b.complete", "a.complete"}));
+}
+
+// A plugin whose headers hook ran but whose on_request never did, because an earlier plugin
+// refused in on_request, still gets on_complete — once; response hooks only for those whose
+// on_request ran.
+TEST(ChainRun, HeadersHookRanButOnRequestDidNotStillCompletes) {
+  std::vector<std::string> log;
+  auto chain = chain_of({with_headers("a", log, HookResult::Continue, HookResult::Responded),
+                         with_headers("b", log)});
+  RequestContext ctx;
+  ChainRun run(chain);
+  EXPECT_EQ(run.request_headers(ctx), HookResult::Continue);
+  EXPECT_EQ(run.request(ctx), HookResult::Responded);
+  run.response_headers(ctx);
+  run.complete(ctx);
+  EXPECT_EQ(log, (std::vector<std::string>{"a.rh", "b.rh", "a.request", "a.headers", "b.complete", "a.complete"}));
+}
+
+// A plugin without a headers hook (ABI 1.0/1.1) is not "run" by the headers phase: a refusal there
+// by a later plugin gives it no on_complete (its on_complete pairs with its on_request), and its
+// default on_request_headers is never called.
+TEST(ChainRun, PluginsWithoutAHeadersHookKeepTheirOnRequestOnCompletePairing) {
+  std::vector<std::string> log;
+  auto chain = chain_of({std::make_shared<Recorder>("old", log),
+                         with_headers("new", log, HookResult::Error)});
+  RequestContext ctx;
+  ChainRun run(chain);
+  EXPECT_EQ(run.request_headers(ctx), HookResult::Error);
+  run.complete(ctx);
+  EXPECT_EQ(log, (std::vector<std::string>{"new.rh", "new.complete"}));
+
+  std::vector<std::string> log2;
+  auto chain2 = chain_of({std::make_shared<Recorder>("old", log2), with_headers("new", log2)});
+  RequestContext ctx2;
+  ChainRun run2(chain2);
+  EXPECT_EQ(run2.request_headers(ctx2), HookResult::Continue);
+  EXPECT_EQ(run2.request(ctx2), HookResult::Continue);
+  run2.complete(ctx2);
+  EXPECT_EQ(log2, (std::vector<std::string>{"new.rh", "old.request", "new.request", "new.complete", "old.complete"}));
+}
+
+// A caller that never ran the headers phase (a Key-access plugin route served by a server that
+// does not call request_headers) still gets it: request() runs it first, and a refusal there
+// stops the request before any on_request.
+TEST(ChainRun, RequestRunsTheHeadersPhaseWhenNobodyDid) {
+  std::vector<std::string> log;
+  auto chain = chain_of({with_headers("auth", log, HookResult::Responded),
+                         with_headers("other", log)});
+  RequestContext ctx;
+  ctx.body = "{}";
+  ChainRun run(chain);
+  EXPECT_EQ(run.request(ctx), HookResult::Responded);
+  run.complete(ctx);
+  EXPECT_EQ(log, (std::vector<std::string>{"auth.rh:body", "auth.complete"}));
+
+  std::vector<std::string> log2;
+  auto chain2 = chain_of({with_headers("a", log2)});
+  RequestContext ctx2;
+  ChainRun run2(chain2);
+  EXPECT_EQ(run2.request(ctx2), HookResult::Continue);
+  run2.complete(ctx2);
+  EXPECT_EQ(log2, (std::vector<std::string>{"a.rh", "a.request", "a.complete"}));
+}
+
+TEST(ChainRouteGuard, RefusesRoutesThatMatchOrShadowCoreRoutes) {
+  // Exact core paths.
+  for (const char* p : {"/health", "/metrics", "/api/metrics/prometheus", "/admin/reload", "/admin/plugins", "/v1",
+                        "/v1/", "/v1/chat/completions", "/v1/messages"})
+    EXPECT_TRUE(shadows_core_route(p, false)) << p;
+  // Prefixes that reach a core path or the /v1/ tree ("/v1*", "/heal*", "/*", "/admin/*", …).
+  for (const char* p : {"/", "/v", "/v1", "/v1/", "/v1/models", "/heal", "/health", "/m", "/metrics", "/api/",
+                        "/api/metrics/", "/admin/", "/admin/r", "/admin/reload", "/admin/plugins", "/a"})
+    EXPECT_TRUE(shadows_core_route(p, true)) << p << "*";
+  // Plugin routes that stay off the core's.
+  for (const char* p : {"/admin/keys", "/stats", "/plugins/x/stats", "/healthz", "/health/", "/v1x", "/v2/models",
+                        "/metrics2", "/api/other", "/admin/reloads"})
+    EXPECT_FALSE(shadows_core_route(p, false)) << p;
+  for (const char* p : {"/admin/keys/", "/admin/keys", "/stats", "/meter/", "/v1x", "/v2/", "/healthz", "/metrics/",
+                        "/api/metrics/prometheus/", "/admin/plugins/"})
+    EXPECT_FALSE(shadows_core_route(p, true)) << p << "*";
 }
 
 }  // namespace

@@ -191,6 +191,26 @@ bool Proxy::finalize_body(RequestContext& ctx, const TopLevelScan& inspected) {
 void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) {
   const config::RouteConfig& route = *ctx.route;
   ctx.flavour = route.flavour;
+  map_request_headers(req, ctx.upstream_headers);  // before the headers phase: its hooks read them
+  // Forwarding headers describe what this proxy saw, never what the client claims.
+  ctx.upstream_headers.erase("Forwarded");
+  ctx.upstream_headers.erase("X-Real-IP");
+  ctx.upstream_headers.set("X-Forwarded-For", req.clientAddress().host().toString());
+  plugins::ChainRun run(chain_.snapshot());
+  // on_complete for every plugin whose hook ran, however this function is left (idempotent).
+  struct Complete {
+    plugins::ChainRun& run;
+    RequestContext& ctx;
+    ~Complete() { run.complete(ctx); }
+  } complete{run, ctx};
+  // Headers phase (auth …) before any body byte is read: a refusal leaves the body unread.
+  if (const plugins::HookResult h = run.request_headers(ctx); h != plugins::HookResult::Continue) {
+    resp.setKeepAlive(false);  // the unread body must not be parsed as the next request
+    if (ctx.plugin_stream) ctx.status = ctx.status ? ctx.status : 200;
+    else if (ctx.early_response) send_early(resp, ctx);
+    else send_error(resp, ctx, {500, "a plugin failed the request without a response"});
+    return;
+  }
   if (!read_body(req, resp, ctx)) return;
   TopLevelScan scan;
   if (!inspect_body(req, resp, ctx, scan)) return;
@@ -198,13 +218,6 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
   auto pool_it = pools_.find(route.upstream);
   upstream::Pool& pool = *pool_it->second;
 
-  map_request_headers(req, ctx.upstream_headers);
-  // Forwarding headers describe what this proxy saw, never what the client claims.
-  ctx.upstream_headers.erase("Forwarded");
-  ctx.upstream_headers.erase("X-Real-IP");
-  ctx.upstream_headers.set("X-Forwarded-For", req.clientAddress().host().toString());
-
-  plugins::ChainRun run(chain_.snapshot());
   try {
     const plugins::HookResult r = run.request(ctx);
     if (r == plugins::HookResult::Continue && !pool.config().auth_error.empty()) {
@@ -225,7 +238,6 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
     else abort_client(resp);
     if (ctx.error.empty()) ctx.error = e.what();
   }
-  run.complete(ctx);
 }
 
 void Proxy::forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,

@@ -197,10 +197,12 @@ int register_route(glmp_instance_host_ptr* instance, const char* method, size_t 
     route.prefix = true;
     route.path.pop_back();
   }
-  // Core routes stay the core's.
-  if (route.path == "/health" || route.path == "/admin/reload" || route.path == "/admin/plugins" ||
-      route.path == "/metrics" || route.path == "/api/metrics/prometheus" || route.path.rfind("/v1/", 0) == 0)
+  // Core routes stay the core's: nothing that would match or shadow one (plugin routes are looked
+  // up before /health and /metrics, so a prefix "/heal*" would otherwise take /health over).
+  if (shadows_core_route(route.path, route.prefix)) {
+    plugin.logger().error("register_route(\"" + S(path, pl) + "\") refused: it would match or shadow a core route");
     return -1;
+  }
   route.access = access;
   route.handler = handler;
   route.user_data = user_data;

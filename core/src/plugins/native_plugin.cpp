@@ -1,5 +1,7 @@
 #include "plugins/native_plugin.hpp"
 
+#include <cstddef>
+
 #include "pipeline/errors.hpp"
 
 namespace glmp::core::plugins {
@@ -15,6 +17,20 @@ void fail_request(pipeline::RequestContext& ctx, const std::string& plugin) {
   if (ctx.error.empty()) ctx.error = "plugin '" + plugin + "' failed";
 }
 
+// What a hook's glmp_status means for the chain.
+HookResult result_of(glmp_status status, pipeline::RequestContext& ctx, const std::string& plugin) {
+  switch (status) {
+    case GLMP_CONTINUE: return HookResult::Continue;
+    case GLMP_RESPONDED:
+      if (ctx.early_response || ctx.plugin_stream) return HookResult::Responded;
+      fail_request(ctx, plugin);  // claimed to respond but did not
+      return HookResult::Error;
+    default:
+      fail_request(ctx, plugin);
+      return HookResult::Error;
+  }
+}
+
 }  // namespace
 
 NativePlugin::NativePlugin(std::shared_ptr<Library> library, const config::PluginConfig& cfg, size_t position,
@@ -25,6 +41,10 @@ NativePlugin::NativePlugin(std::shared_ptr<Library> library, const config::Plugi
       logger_(Poco::Logger::get("plugin." + cfg.name)),
       services_(services) {
   const glmp_plugin_descriptor* d = library_->descriptor;
+  // ABI 1.2 member: read only when the plugin's descriptor is long enough to hold it (a 1.0/1.1
+  // descriptor ends before it; reading past struct_size reads whatever follows in the library).
+  if (d->struct_size >= offsetof(glmp_plugin_descriptor, on_request_headers) + sizeof(d->on_request_headers))
+    headers_hook_ = d->on_request_headers;
   if (!d->on_config_new) return;
   char error[1024] = {0};
   configuring_ = true;
@@ -42,19 +62,15 @@ NativePlugin::~NativePlugin() {
   if (state_ && library_->descriptor->on_config_destroy) library_->descriptor->on_config_destroy(state_);
 }
 
+HookResult NativePlugin::on_request_headers(pipeline::RequestContext& ctx) {
+  if (!headers_hook_) return HookResult::Continue;
+  return result_of(headers_hook_(state_, handle(ctx)), ctx, name_);
+}
+
 HookResult NativePlugin::on_request(pipeline::RequestContext& ctx) {
   const auto* d = library_->descriptor;
   if (!d->on_request) return HookResult::Continue;
-  switch (d->on_request(state_, handle(ctx))) {
-    case GLMP_CONTINUE: return HookResult::Continue;
-    case GLMP_RESPONDED:
-      if (ctx.early_response || ctx.plugin_stream) return HookResult::Responded;
-      fail_request(ctx, name_);  // claimed to respond but did not
-      return HookResult::Error;
-    default:
-      fail_request(ctx, name_);
-      return HookResult::Error;
-  }
+  return result_of(d->on_request(state_, handle(ctx)), ctx, name_);
 }
 
 void NativePlugin::on_response_headers(pipeline::RequestContext& ctx) {

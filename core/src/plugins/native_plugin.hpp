@@ -37,6 +37,8 @@ public:
   ~NativePlugin() override;  // on_config_destroy
 
   const std::string& name() const override { return name_; }
+  HookResult on_request_headers(pipeline::RequestContext& ctx) override;
+  bool has_request_headers_hook() const override { return headers_hook_ != nullptr; }
   HookResult on_request(pipeline::RequestContext& ctx) override;
   void on_response_headers(pipeline::RequestContext& ctx) override;
   void on_response_body(pipeline::RequestContext& ctx, std::string_view chunk, bool end_of_stream) override;
@@ -62,6 +64,8 @@ private:
   Poco::Logger& logger_;
   Services services_;
   glmp_config_plugin_ptr* state_ = nullptr;
+  // The descriptor's on_request_headers (ABI 1.2) when its struct_size covers it, else NULL.
+  glmp_status (*headers_hook_)(glmp_config_plugin_ptr*, glmp_request_host_ptr*) = nullptr;
   std::vector<PluginRoute> routes_;
   bool configuring_ = false;
 };

@@ -305,8 +305,18 @@ void Server::serve_plugin_route(const plugins::Route& route, std::shared_ptr<con
                                 Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
                                 pipeline::RequestContext& ctx) {
   if (route.access == plugins::Route::Access::Admin && !admin_allowed(req, resp, ctx)) return;
-  if (!proxy_.read_body(req, resp, ctx)) return;  // the handler sees it through request_body
   plugins::ChainRun run(chain);
+  // Key routes: the headers phase (auth) answers before a byte of the body is read.
+  if (route.access == plugins::Route::Access::Key && run.request_headers(ctx) != plugins::HookResult::Continue) {
+    resp.setKeepAlive(false);
+    if (!ctx.plugin_stream && ctx.early_response) pipeline::send_early(resp, ctx);
+    run.complete(ctx);
+    return;
+  }
+  if (!proxy_.read_body(req, resp, ctx)) {  // the handler sees it through request_body
+    run.complete(ctx);
+    return;
+  }
   if (route.access == plugins::Route::Access::Key) {
     // The chain's on_request hooks (auth, …) run first; a refusal answers instead of the route.
     if (run.request(ctx) != plugins::HookResult::Continue) {

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GLMP_ABI_MAJOR 1u
-#define GLMP_ABI_MINOR 1u
+#define GLMP_ABI_MINOR 2u
 
 /* ---------------------------------------------------------------------------------------------
  * Opaque handles
@@ -70,7 +70,7 @@ typedef enum glmp_log_level {
 typedef enum glmp_route_access {
   GLMP_ACCESS_PUBLIC = 0, /* anyone */
   GLMP_ACCESS_ADMIN = 1,  /* needs the admin token ([admin] token), compared in constant time */
-  GLMP_ACCESS_KEY = 2     /* goes through the chain's on_request hooks first (so auth has run) */
+  GLMP_ACCESS_KEY = 2     /* goes through the chain's on_request_headers and on_request hooks first (so auth has run) */
 } glmp_route_access;
 
 /* Token usage of a response, as extracted by the core (valid in on_complete). */
@@ -200,9 +200,11 @@ typedef struct glmp_host_api {
   /* --- HTTP routes (on_config_new only) --- */
   /* Serves METHOD PATH with `handler` while this plugin's chain is live. `path` ending in '*' is a
    * prefix (e.g. "/admin/keys/" followed by a star). method "" = any. Returns 0, or -1 when called
-   * outside on_config_new, when the path does not start with '/', or when it is a core route
-   * (/health, /admin/reload, /admin/plugins, /v1/...). Two plugins of one chain registering the same
-   * method and path make that chain fail to build (the error names both). */
+   * outside on_config_new, when the path does not start with '/', or when the route would match or
+   * shadow a core route: /health, /metrics, /api/metrics/prometheus, /admin/reload, /admin/plugins,
+   * /v1 and anything under /v1/ (so "/v1/x", a prefix "/v1" + star, "/heal" + star and "/" + star are
+   * all refused). Two plugins of one chain registering the same method and path make that chain
+   * fail to build (the error names both). */
   int (*register_route)(glmp_instance_host_ptr* instance, const char* method, size_t method_len, const char* path,
                         size_t path_len, glmp_route_access access, glmp_route_handler handler, void* user_data);
 
@@ -292,9 +294,27 @@ typedef struct glmp_plugin_descriptor {
   /* In reverse order, for every chunk relayed to the client (host-owned bytes). */
   void (*on_response_body)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request, const char* chunk,
                            size_t chunk_len, int end_of_stream);
-  /* In reverse order, exactly once for every on_request that ran — also when the client went away
-   * or the upstream failed. Usage is final here. */
+  /* In reverse order, exactly once for every plugin whose on_request ran, or (ABI 1.2) whose
+   * on_request_headers ran — also when it refused there, when a plugin after it refused, when
+   * the client went away or the upstream failed. Usage is final here. */
   void (*on_complete)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request);
+
+  /* ===== ABI 1.2. A host reads this member only when struct_size covers it: descriptors of ABI
+   * 1.0/1.1 plugins end before it, and their plugins simply have no such hook. ===== */
+
+  /* In configured order, once the request line and headers are complete and BEFORE the core reads
+   * the request body; every plugin's on_request_headers runs before the first on_request.
+   * Available: request_id, request_method, request_path, request_query, request_flavour,
+   * request_header (the headers that will go upstream), request_client_header, attributes,
+   * response_set_header, respond / respond_error. Not yet known: the body (request_body gives ""),
+   * request_streaming (0) and request_model; request_set_body and request_set_model must not be
+   * called here (use on_request). GLMP_RESPONDED refuses the request from its headers alone: the
+   * body is never read (no "100 Continue" is sent; the connection is closed after the answer) and
+   * no on_request runs. GLMP_ERROR fails it with a 500 naming the plugin. A plugin refused here
+   * still gets on_complete (see above); on_response_headers/on_response_body run only for plugins
+   * whose on_request ran. For a route registered with GLMP_ACCESS_KEY it runs right before the
+   * chain's on_request hooks (the body may then already be read). NULL = continue. */
+  glmp_status (*on_request_headers)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request);
 } glmp_plugin_descriptor;
 
 /* The one symbol a plugin exports (with default visibility). Returns NULL to refuse the host (e.g.

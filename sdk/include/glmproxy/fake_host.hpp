@@ -20,6 +20,13 @@
 //   GLMP_EXPECT(checks, host.counter("my_plugin:hits") == 3);
 //   GLMP_EXPECT(checks, host.metric("glmp_my_plugin_requests_total", {{"plugin", "my_plugin"}})->value == 1);
 //
+// ABI 1.2: PluginInstance::on_request_headers runs the headers-phase hook as the core does (the
+// body hidden: "" while it runs; a descriptor too short to hold the hook, or a NULL hook, means
+// GLMP_CONTINUE), and request_hooks() runs the headers phase then on_request. register_route
+// refuses the core's routes (/health, /metrics, /v1/..., and prefixes that would shadow them) as
+// the core does. FakeHost::on_store_put lets a test interleave another writer with the plugin's
+// store writes (e.g. an admin change landing between a plugin's read and its write).
+//
 // Test-only: header-only, depends on nothing but the C ABI, the standard library and dlopen
 // (link ${CMAKE_DL_LIBS}). It models the core's contract loosely (no hook-order enforcement, no
 // hop-by-hop rules); integration tests against the real binary remain the reference.
@@ -34,6 +41,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -434,6 +442,22 @@ class FakeHost {
   std::vector<RegisteredRoute> routes;
   bool reject_routes = false;  // register_route returns -1 (a clash) when true
 
+  // True when a route on `path` (a trailing '*' = prefix) would match or shadow a core route:
+  // /health, /metrics, /api/metrics/prometheus, /admin/reload, /admin/plugins, /v1 and anything
+  // under /v1/. register_route refuses those (returns -1), as the core does.
+  static bool shadows_core_route(std::string_view path) {
+    const bool prefix = !path.empty() && path.back() == '*';
+    if (prefix) path.remove_suffix(1);
+    constexpr std::string_view kTree = "/v1/";
+    if (path.substr(0, kTree.size()) == kTree) return true;
+    for (std::string_view core : {std::string_view("/health"), std::string_view("/metrics"),
+                                  std::string_view("/api/metrics/prometheus"), std::string_view("/admin/reload"),
+                                  std::string_view("/admin/plugins"), std::string_view("/v1")}) {
+      if (prefix ? core.substr(0, path.size()) == path : core == path) return true;
+    }
+    return prefix && kTree.substr(0, path.size()) == path;
+  }
+
   // --- state store (ABI 1.1) -------------------------------------------------------------------
   // The data is plain public members, for setting up and checking between hook calls; the host
   // functions (and the helpers below) take a mutex, so hooks may run on several threads.
@@ -448,6 +472,12 @@ class FakeHost {
   void set_store_unavailable(bool unavailable = true) noexcept {
     store_mode = unavailable ? StoreMode::Unavailable : StoreMode::Normal;
   }
+
+  // Called at the start of every store_put with valid arguments, before it is applied and outside
+  // the store lock (the plugin's call is in progress; the hook may edit `records`). Lets a test
+  // play another writer (an admin PATCH, another replica) landing between a plugin's read and its
+  // write.
+  std::function<void(std::string_view ns, std::string_view key)> on_store_put;
 
   std::int64_t bucket_ms = 60'000;              // [store] bucket
   std::int64_t max_window_ms = 86'400'000;      // [store] max_window
@@ -548,6 +578,8 @@ class FakeHost {
                                glmp_route_handler handler, void* user_data) {
     FakeHost& self = host(instance);
     if (self.reject_routes) return -1;
+    if (path == nullptr || path_len == 0 || path[0] != '/' || handler == nullptr) return -1;
+    if (shadows_core_route(std::string_view(path, path_len))) return -1;
     self.routes.push_back({std::string(method, method_len), std::string(path, path_len), access, handler, user_data});
     return 0;
   }
@@ -600,6 +632,7 @@ class FakeHost {
     if (!valid_name(n) || !valid_name(k) || v.empty() || v.size() > kMaxValue || !detail::JsonSyntax::valid(v)) {
       return GLMP_STORE_INVALID;
     }
+    if (self.on_store_put) self.on_store_put(n, k);
     if (self.store_mode != StoreMode::Normal) return GLMP_STORE_UNAVAILABLE;
     std::lock_guard<std::mutex> lock(self.store_mutex_);
     self.records[std::string(n)][std::string(k)] = std::string(v);
@@ -919,8 +952,29 @@ class PluginInstance {
   PluginInstance(const PluginInstance&) = delete;
   PluginInstance& operator=(const PluginInstance&) = delete;
 
+  // ABI 1.2: the headers-phase hook, as the core runs it: only when the descriptor's struct_size
+  // covers the member and it is not NULL (GLMP_CONTINUE otherwise), and with r.body hidden ("")
+  // while it runs, since the core has not read the body yet (restored afterwards).
+  glmp_status on_request_headers(FakeRequest& r) {
+    if (!has_request_headers_hook()) return GLMP_CONTINUE;
+    std::string body = std::move(r.body);
+    r.body.clear();
+    const glmp_status status = descriptor_->on_request_headers(state_, r.handle());
+    r.body = std::move(body);
+    return status;
+  }
+  bool has_request_headers_hook() const noexcept {
+    return descriptor_->struct_size >= offsetof(glmp_plugin_descriptor, on_request_headers) +
+                                           sizeof(glmp_plugin_descriptor::on_request_headers) &&
+           descriptor_->on_request_headers != nullptr;
+  }
   glmp_status on_request(FakeRequest& r) {
     return descriptor_->on_request != nullptr ? descriptor_->on_request(state_, r.handle()) : GLMP_CONTINUE;
+  }
+  // What the core runs before the upstream call: on_request_headers, then on_request if it continued.
+  glmp_status request_hooks(FakeRequest& r) {
+    const glmp_status headers = on_request_headers(r);
+    return headers != GLMP_CONTINUE ? headers : on_request(r);
   }
   void on_response_headers(FakeRequest& r) {
     if (descriptor_->on_response_headers != nullptr) descriptor_->on_response_headers(state_, r.handle());

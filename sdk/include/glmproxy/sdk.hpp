@@ -36,8 +36,8 @@
 // Exceptions never reach the core. The SDK catches everything at the boundary:
 //   - constructor (on_config_new): the configuration is refused; the exception's what() is the
 //     reason the core reports (a reload then keeps the old chain);
-//   - on_request: the request fails with a 500 naming the plugin (GLMP_ERROR), and the exception
-//     is logged;
+//   - on_request_headers / on_request: the request fails with a 500 naming the plugin (GLMP_ERROR),
+//     and the exception is logged;
 //   - on_response_headers / on_response_body / on_complete: swallowed and logged;
 //   - route handlers: logged; if the handler had not answered yet, the client gets a 500.
 // Destructors must not throw (they are noexcept; a throw there terminates the process).
@@ -56,6 +56,13 @@
 // and update them from any hook (lock-free, no allocation). On a host whose table lacks these
 // functions (ABI 1.0), store calls answer StoreStatus::Unavailable and metrics are null handles
 // whose updates do nothing, so a plugin never crashes for want of them.
+//
+// Headers phase (ABI 1.2). Override on_request_headers to decide from the request line and headers
+// alone, BEFORE the core reads the body (a refusal there costs no body read, and no "100 Continue"
+// is sent). body(), streaming() and model() are not known yet; set_body / set_model belong in
+// on_request. A plugin that does not override it leaves the descriptor's hook NULL. The SDK has no
+// per-request storage for a plugin: what on_request needs from the headers phase travels as a
+// request attribute, or is recomputed (cheaply, e.g. through the plugin's own cache).
 #pragma once
 
 #include <glmproxy/plugin_api.h>
@@ -91,7 +98,7 @@ namespace glmp {
 // Plain values (mirror the C enums one to one)
 // ---------------------------------------------------------------------------------------------
 
-// What on_request tells the core.
+// What on_request_headers / on_request tell the core.
 enum class Status : int {
   Continue = GLMP_CONTINUE,    // go on with the next plugin / the upstream
   Responded = GLMP_RESPONDED,  // the plugin answered (respond / respond_error / stream_*)
@@ -557,7 +564,7 @@ class Request {
   }
   void remove_header(std::string_view name) { api_->request_remove_header(handle_, detail::ptr(name), name.size()); }
 
-  // --- request body (on_request) ---
+  // --- request body (on_request; "" in on_request_headers, which runs before the body is read) ---
   std::string_view body() const { return get(api_->request_body); }
   // The core copies the body and recomputes Content-Length.
   void set_body(std::string_view body) { api_->request_set_body(handle_, detail::ptr(body), body.size()); }
@@ -1059,6 +1066,16 @@ class Plugin {
   Plugin(Plugin&&) = delete;
   Plugin& operator=(Plugin&&) = delete;
 
+  // ABI 1.2. In configured order, once the request headers are complete and BEFORE the core reads
+  // the body; every plugin's on_request_headers runs before the first on_request. Method, path,
+  // query, flavour, header(), client_header(), attributes and respond / respond_error are
+  // available; body() is "" and streaming()/model() are not known yet (set_body and set_model
+  // belong in on_request). Continue, or Responded after answering (the body is then never read and
+  // no on_request runs); Error fails the request with a 500. on_complete runs for a plugin whose
+  // on_request_headers ran, even if it refused or its on_request never ran. Default: Continue (and
+  // not overriding it leaves the hook out of the descriptor).
+  virtual Status on_request_headers(Request& /*request*/) { return Status::Continue; }
+
   // In configured order, before the upstream call. Continue, or Responded after answering with
   // request.respond / respond_error / stream_*; Error fails the request with a 500. Default: Continue.
   virtual Status on_request(Request& /*request*/) { return Status::Continue; }
@@ -1069,8 +1086,9 @@ class Plugin {
   // In reverse order, for every chunk relayed to the client. `chunk` is host-owned: copy what you keep.
   virtual void on_response_body(Request& /*request*/, std::string_view /*chunk*/, bool /*end_of_stream*/) {}
 
-  // In reverse order, exactly once for every on_request that ran (also when the client went away
-  // or the upstream failed). Usage is final here.
+  // In reverse order, exactly once for every request whose on_request or (when overridden)
+  // on_request_headers ran (also when the client went away or the upstream failed). Usage is final
+  // here.
   virtual void on_complete(Request& /*request*/) {}
 
   const Host& host() const noexcept { return host_; }
@@ -1130,6 +1148,7 @@ inline bool host_accepted(std::uint32_t host_abi_major, std::uint32_t host_abi_m
       return true;                                                                              \
     }                                                                                           \
   }
+GLMP_DETAIL_OVERRIDES(on_request_headers)
 GLMP_DETAIL_OVERRIDES(on_request)
 GLMP_DETAIL_OVERRIDES(on_response_headers)
 GLMP_DETAIL_OVERRIDES(on_response_body)
@@ -1176,24 +1195,35 @@ struct Adapter {
 
   static void config_destroy(glmp_config_plugin_ptr* p) noexcept { delete self(p); }
 
-  static glmp_status on_request(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) noexcept {
+  // Runs a Status-returning hook: anything thrown, or a Status out of range, is GLMP_ERROR (logged).
+  template <Status (Plugin::*Hook)(Request&)>
+  static glmp_status status_hook(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r, const char* hook) noexcept {
     Instance* inst = self(p);
     try {
       Request request(inst->state.api, r);
-      const Status status = inst->plugin->on_request(request);
+      Plugin& plugin = *inst->plugin;  // virtual dispatch: T's override, also when it is private
+      const Status status = (plugin.*Hook)(request);
       switch (status) {
         case Status::Continue:
         case Status::Responded:
         case Status::Error:
           return static_cast<glmp_status>(status);
       }
-      inst->state.log(GLMP_LOG_ERROR, "on_request returned an invalid glmp::Status");
+      inst->state.log(GLMP_LOG_ERROR, std::string(hook) + " returned an invalid glmp::Status");
     } catch (const std::exception& e) {
-      inst->state.log_failure("on_request", e.what());
+      inst->state.log_failure(hook, e.what());
     } catch (...) {
-      inst->state.log_failure("on_request", nullptr);
+      inst->state.log_failure(hook, nullptr);
     }
     return GLMP_ERROR;
+  }
+
+  static glmp_status on_request_headers(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) noexcept {
+    return status_hook<&Plugin::on_request_headers>(p, r, "on_request_headers");
+  }
+
+  static glmp_status on_request(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) noexcept {
+    return status_hook<&Plugin::on_request>(p, r, "on_request");
   }
 
   static void on_response_headers(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) noexcept {
@@ -1246,6 +1276,7 @@ struct Adapter {
     d.on_response_headers = overrides_on_response_headers<T>() ? &on_response_headers : nullptr;
     d.on_response_body = overrides_on_response_body<T>() ? &on_response_body : nullptr;
     d.on_complete = overrides_on_complete<T>() ? &on_complete : nullptr;
+    d.on_request_headers = overrides_on_request_headers<T>() ? &on_request_headers : nullptr;
     return d;
   }
 };
