@@ -55,6 +55,7 @@ void RequestParser::begin(Poco::Net::HTTPRequest* head) {
   header_bytes_ = 0;
   body_bytes_ = 0;
   last_byte_ = '\n';  // a request starting with SP/HTAB is refused like an obs-fold
+  first_line_ = true;
   headers_done_ = message_done_ = expect_continue_ = false;
 }
 
@@ -73,6 +74,10 @@ bool RequestParser::scan_header_bytes(const char* data, size_t len) {
   for (size_t i = 0; i < len; ++i) {
     const char c = data[i];
     if ((c == ' ' || c == '\t') && last_byte_ == '\n') return false;
+    // The request line: exactly one SP between its three parts (RFC 9112 §3), which llhttp
+    // does not insist on.
+    if (first_line_ && (c == '\t' || (c == ' ' && last_byte_ == ' '))) return false;
+    if (c == '\n') first_line_ = false;
     last_byte_ = c;
   }
   return true;
@@ -91,14 +96,17 @@ RequestParser::Event RequestParser::feed(const char* data, size_t len, size_t& c
   } else {
     if (error_status_ == 0) {
       const char* reason = llhttp_get_error_reason(&parser_);
-      fail(err == HPE_INVALID_VERSION ? 505 : 400, reason && *reason ? reason : llhttp_errno_name(err));
+      // llhttp reports both a syntactically broken version token and an unknown version as
+      // HPE_INVALID_VERSION; only the latter is a 505.
+      const bool unknown_version = err == HPE_INVALID_VERSION && reason && std::strcmp(reason, "Invalid HTTP version") == 0;
+      fail(unknown_version ? 505 : 400, reason && *reason ? reason : llhttp_errno_name(err));
     }
     return Event::Error;
   }
   if (in_headers) {
     const size_t header_part = headers_done_ ? consumed : len;
     if (!scan_header_bytes(data, header_part)) {
-      fail(400, "obsolete line folding (obs-fold) in the request headers");
+      fail(400, "malformed request line or obsolete line folding (obs-fold) in the headers");
       return Event::Error;
     }
     header_bytes_ += header_part;
@@ -173,6 +181,7 @@ int RequestParser::on_header_value_complete(llhttp_t* p) {
 
 int RequestParser::check_head() {
   auto& h = *head_;
+  if (parser_.http_major == 0) return fail(400, "invalid request line (HTTP/0.9 is not supported)");
   if (parser_.http_major != 1 || parser_.http_minor > 1)
     return fail(505, "HTTP version " + std::to_string(parser_.http_major) + "." + std::to_string(parser_.http_minor) +
                          " not supported");

@@ -62,6 +62,8 @@ public:
   // After Error: the status to answer with (400, 413, 414, 417, 431, 501, 505) and why.
   int error_status() const { return error_status_; }
   const std::string& error_message() const { return error_message_; }
+  // The request-target received so far (for an error's flavour before the headers are complete).
+  const std::string& target() const { return url_; }
 
 private:
   static int on_message_begin(llhttp_t*);
@@ -87,6 +89,7 @@ private:
   size_t header_bytes_ = 0;
   uint64_t body_bytes_ = 0;
   char last_byte_ = 0;  // obs-fold detection across feeds
+  bool first_line_ = true;  // still in the request line
   bool headers_done_ = false, message_done_ = false, expect_continue_ = false;
   int error_status_ = 0;
   std::string error_message_;

@@ -195,7 +195,8 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
   // Forwarding headers describe what this proxy saw, never what the client claims.
   ctx.upstream_headers.erase("Forwarded");
   ctx.upstream_headers.erase("X-Real-IP");
-  ctx.upstream_headers.set("X-Forwarded-For", req.clientAddress().host().toString());
+  ctx.upstream_headers.erase("X-Forwarded-For");  // every copy the client sent
+  ctx.upstream_headers.add("X-Forwarded-For", req.clientAddress().host().toString());
   plugins::ChainRun run(chain_.snapshot());
   // on_complete for every plugin whose hook ran, however this function is left (idempotent).
   struct Complete {

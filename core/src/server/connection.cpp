@@ -248,7 +248,7 @@ bool ClientConnection::send_all(iovec* iov, int count, std::chrono::milliseconds
 }
 
 void ClientConnection::reject(int status, const std::string& message, std::chrono::milliseconds timeout) {
-  const std::string& uri = request_->getURI();
+  const std::string& uri = parser_.target().empty() ? request_->getURI() : parser_.target();  // as much as arrived
   const auto flavour = pipeline::Router::guess_flavour(uri.empty() ? std::string_view("/") : std::string_view(uri));
   const std::string body = pipeline::error_body(flavour, {status, message});
   std::string out = "HTTP/1.1 " + std::to_string(status) + " " + reason_for(status) +
