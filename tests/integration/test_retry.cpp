@@ -17,7 +17,7 @@ using namespace glmp::test;
 namespace {
 
 // What the scripted upstream does with the n-th request it reads (0-based, across connections).
-enum class Act { Respond, CloseSilently, CloseAfterPartialHeaders, CloseAfterPartialBody };
+enum class Act { Respond, CloseSilently, CloseAfterPartialHeaders, ResetAfterPartialHeaders, CloseAfterPartialBody };
 
 class ScriptedUpstream {
 public:
@@ -80,9 +80,13 @@ private:
         s.close();
         return;
       }
-      if (act == Act::CloseAfterPartialHeaders) {
+      if (act == Act::CloseAfterPartialHeaders || act == Act::ResetAfterPartialHeaders) {
         const std::string partial = "HTTP/1.1 200 OK\r\nContent-Type: appl";
         s.sendBytes(partial.data(), static_cast<int>(partial.size()));
+        if (act == Act::ResetAfterPartialHeaders) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the proxy has read the bytes
+          s.setLinger(true, 0);  // close → RST
+        }
         s.close();
         return;
       }
@@ -139,6 +143,18 @@ TEST(StaleRetry, PartialHeadersAreNeverRetried) {
   http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false));
   EXPECT_EQ(up.requests(), 2) << "the upstream may have started working on it: no retry";
   // The next request works on a new connection.
+  EXPECT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).status, 200);
+}
+
+// A reset (not a clean close) after part of the headers: a byte arrived, so no retry either.
+TEST(StaleRetry, ResetAfterPartialHeadersIsNeverRetried) {
+  TempDir dir;
+  ScriptedUpstream up({Act::Respond, Act::ResetAfterPartialHeaders, Act::Respond});
+  auto proxy = proxy_for(dir, up.port());
+  ASSERT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).status, 200);
+  const Response r = http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false));
+  EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(up.requests(), 2) << "the upstream may have started working on it: no retry";
   EXPECT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).status, 200);
 }
 

@@ -130,6 +130,19 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
   return Progress::NeedMore;
 }
 
+ClientConnection::Progress ClientConnection::await_next_request(std::chrono::milliseconds window) {
+  const auto until = Clock::now() + window;
+  for (;;) {
+    const Progress p = advance_nonblocking();
+    if (p != Progress::NeedMore) return p;
+    switch (wait_readable(until)) {
+      case Wait::Ready: break;
+      case Wait::Timeout: return Progress::NeedMore;
+      case Wait::Stopped: return Progress::Closed;
+    }
+  }
+}
+
 ClientConnection::Wait ClientConnection::wait_readable(Clock::time_point until) {
   for (;;) {
     if (stopping_ && stopping_->load(std::memory_order_relaxed)) return Wait::Stopped;

@@ -19,6 +19,11 @@
 namespace glmp::core::server {
 namespace {
 
+// How long a worker waits for the next request on a keep-alive connection before handing it back
+// to the event loop: long enough for a client that sends its next request right after reading a
+// response (no thread hand-over per request), short enough that idle connections hold no thread.
+constexpr std::chrono::milliseconds kKeepAliveWindow{20};
+
 // Splits a request-target into path and query; accepts absolute-form ("http://host/p?q").
 void split_target(const std::string& target, std::string& path, std::string& query) {
   std::string_view t = target;
@@ -193,14 +198,18 @@ std::unique_ptr<ClientConnection> Server::serve_connection(std::unique_ptr<Clien
       return conn;
     }
     conn->begin_request();
-    switch (conn->advance_buffered()) {
+    // A pipelined request, or the next one on a busy keep-alive connection, is served on this
+    // thread; a connection that goes quiet goes back to the listener, which holds it without a thread.
+    switch (conn->await_next_request(kKeepAliveWindow)) {
       case ClientConnection::Progress::HeadersDone:
-        continue;  // a pipelined request, answered in order on this thread
+        continue;
       case ClientConnection::Progress::Error:
         conn->reject(conn->parser().error_status(), conn->parser().error_message(), cfg_.server.send_timeout);
         conn->close_after = true;
         return conn;
-      default:
+      case ClientConnection::Progress::Closed:
+        return nullptr;
+      case ClientConnection::Progress::NeedMore:
         return conn;  // idle or part of the next request: back to the listener
     }
   }
