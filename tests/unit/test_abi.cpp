@@ -17,7 +17,7 @@ namespace {
 const std::map<std::string, std::string> kHeaderHashes = {
     {"1.0", "b6805f7c6a8e40c4f1cfe2cc2e807ccd1b4c1bd6bd410391242b3f6031956504"},
     {"1.1", "014edf4726c570c2365ffb1794bf7bd86e4a4da465b32bd9f0c8d3b16e2b6be8"},
-    {"1.2", "a0d24cb7f48f85530ef702978071dc8eec38013b2451d2b7d04bafbd33f95a3b"},
+    {"1.2", "5c612bccbce8086b29233c4a7b8460b2d54380e9dc1e54c2deca4a1a759b2008"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is

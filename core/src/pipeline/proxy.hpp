@@ -1,5 +1,5 @@
 #pragma once
-// The per-request proxy pipeline (ARCHITECTURE.md, "Request flow"):
+// The per-request proxy pipeline (docs/design.md, "Request flow"):
 // read body → inspect JSON (stream flag, model) → on_request hooks → body edits (model rewrite,
 // stream usage) → upstream pool (stale retry) → on_response_headers → relay chunks with usage
 // extraction (on_response_body, write + flush each) → on_complete, exactly once.

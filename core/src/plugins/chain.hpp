@@ -1,5 +1,5 @@
 #pragma once
-// The plugin chain: an immutable snapshot published atomically (ARCHITECTURE.md, "Plugin chain").
+// The plugin chain: an immutable snapshot published atomically (docs/design.md, "Plugin chain").
 // Each request takes the snapshot when it starts and keeps it until on_complete, so a reload never
 // changes the chain under a running request. The C ABI (plugin-api/) binds to this interface.
 

@@ -131,15 +131,21 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
 }
 
 ClientConnection::Progress ClientConnection::await_next_request(std::chrono::milliseconds window) {
+  if (!in_.empty()) {  // pipelined bytes first
+    const Progress p = feed_buffered();
+    if (p != Progress::NeedMore) return p;
+  }
   const auto until = Clock::now() + window;
   for (;;) {
-    const Progress p = advance_nonblocking();
-    if (p != Progress::NeedMore) return p;
+    // poll first: on a keep-alive connection the next request is rarely there already, and a
+    // recv that finds nothing would be a wasted system call per request.
     switch (wait_readable(until)) {
       case Wait::Ready: break;
       case Wait::Timeout: return Progress::NeedMore;
       case Wait::Stopped: return Progress::Closed;
     }
+    const Progress p = advance_nonblocking();
+    if (p != Progress::NeedMore) return p;
   }
 }
 

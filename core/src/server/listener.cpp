@@ -33,7 +33,11 @@ void raise_fd_limit() {
 }  // namespace
 
 Listener::Listener(const Poco::Net::SocketAddress& address, ListenerOptions options, Serve serve)
-    : options_(std::move(options)), serve_(std::move(serve)), socket_(address, 1024) {
+    : options_(std::move(options)), serve_(std::move(serve)) {
+  // SO_REUSEADDR (restart while old connections linger in TIME_WAIT), never SO_REUSEPORT: a second
+  // proxy on the same port must fail to start, not silently share it.
+  socket_.bind(address, true, false);
+  socket_.listen(1024);
   port_ = socket_.address().port();
   listen_fd_ = socket_.impl()->sockfd();
   ::fcntl(listen_fd_, F_SETFL, ::fcntl(listen_fd_, F_GETFL) | O_NONBLOCK);
@@ -266,18 +270,19 @@ void Listener::dispatch(std::unique_ptr<ClientConnection> conn) {
     return;
   }
   queue_.push_back(std::move(conn));
+  queued_.store(static_cast<int>(queue_.size()), std::memory_order_relaxed);
   if (idle_ > 0) {
     work_cv_.notify_one();
     return;
   }
   if (running_ < options_.max_threads) {
-    ++running_;
+    running_now_.store(++running_, std::memory_order_relaxed);
     lock.unlock();
     try {
       threads_->start(runnable_);
     } catch (const Poco::Exception&) {
       lock.lock();
-      --running_;
+      running_now_.store(--running_, std::memory_order_relaxed);
     }
   }
 }
@@ -287,19 +292,20 @@ void Listener::worker_loop() {
   for (;;) {
     while (queue_.empty()) {
       if (stopping_.load(std::memory_order_relaxed)) {
-        --running_;
+        running_now_.store(--running_, std::memory_order_relaxed);
         return;
       }
       ++idle_;
       const bool got = work_cv_.wait_for(lock, kWorkerIdle, [&] { return !queue_.empty() || stopping_.load(); });
       --idle_;
       if (!got) {
-        --running_;
+        running_now_.store(--running_, std::memory_order_relaxed);
         return;
       }
     }
     auto conn = std::move(queue_.front());
     queue_.pop_front();
+    queued_.store(static_cast<int>(queue_.size()), std::memory_order_relaxed);
     ClientConnection* const serving = conn.get();
     serving_.insert(serving);
     lock.unlock();

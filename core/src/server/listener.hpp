@@ -57,6 +57,11 @@ public:
 
   uint16_t port() const { return port_; }
   int open_connections() const { return open_.load(std::memory_order_relaxed); }
+  // Every worker thread is taken and requests are waiting for one: a worker then hands a quiet
+  // connection back at once instead of waiting for its next request (fairness under overload).
+  bool saturated() const {
+    return queued_.load(std::memory_order_relaxed) > 0 && running_now_.load(std::memory_order_relaxed) >= options_.max_threads;
+  }
   const std::atomic<bool>& stopping() const { return stopping_; }
 
 private:
@@ -91,6 +96,8 @@ private:
   std::atomic<bool> accepting_{true};
   std::atomic<bool> stopping_{false};
   std::atomic<int> open_{0};
+  std::atomic<int> queued_{0};       // queue_.size(), readable without the lock
+  std::atomic<int> running_now_{0};  // running_, readable without the lock
   std::thread thread_;
   bool accept_paused_ = false;  // loop-owned: out of descriptors, accepts resume at the next sweep
 

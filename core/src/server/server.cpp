@@ -200,7 +200,8 @@ std::unique_ptr<ClientConnection> Server::serve_connection(std::unique_ptr<Clien
     conn->begin_request();
     // A pipelined request, or the next one on a busy keep-alive connection, is served on this
     // thread; a connection that goes quiet goes back to the listener, which holds it without a thread.
-    switch (conn->await_next_request(kKeepAliveWindow)) {
+    const auto window = listener_->saturated() ? std::chrono::milliseconds(0) : kKeepAliveWindow;
+    switch (conn->await_next_request(window)) {
       case ClientConnection::Progress::HeadersDone:
         continue;
       case ClientConnection::Progress::Error:

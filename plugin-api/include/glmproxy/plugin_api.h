@@ -1,7 +1,7 @@
 /*
  * GLM Proxy plugin ABI — THE stable C contract between the core and every plugin.
  *
- * Rules (see README "Plugin SDK" and ARCHITECTURE.md "The plugin ABI"):
+ * Rules (see README "The ABI rules" and docs/design.md "The plugin ABI"):
  *  - Pure C. No C++ types, exceptions or allocators cross this boundary.
  *  - Versioning: a plugin built for ABI major M, minor N loads on a host whose major is M and whose
  *    minor is >= N. Structs only ever grow at their end; every struct starts with `struct_size`, so
