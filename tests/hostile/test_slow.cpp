@@ -126,7 +126,8 @@ TEST_F(Slow, ClientThatStopsReadingIsDisconnected) {
   const auto deadline = Clock::now() + 20s;
   while (Clock::now() < deadline && line.empty()) {
     peak = std::max(peak, rss());
-    if (const auto [status, ms] = timed_request(port(), request("GET", "/health"), 2s); status != 200) {
+    // Availability, not latency: the budget leaves room for a loaded CI machine.
+    if (const auto [status, ms] = timed_request(port(), request("GET", "/health"), 5s); status != 200) {
       ++health_failures;
       health_report += " [status " + std::to_string(status) + " after " + std::to_string(ms) + " ms]";
     }
