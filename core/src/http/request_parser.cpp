@@ -150,18 +150,18 @@ int RequestParser::on_url(llhttp_t* p, const char* at, size_t n) {
 }
 
 int RequestParser::on_header_field(llhttp_t* p, const char* at, size_t n) {
-  auto& s = self(p);
-  s.field_.append(at, n);
-  if (s.field_.size() + s.value_.size() > s.limits_.max_header_bytes)
-    return s.fail(431, "a request header exceeds " + std::to_string(s.limits_.max_header_bytes) + " bytes");
-  return 0;
+  return self(p).append_header_part(self(p).field_, at, n);
 }
 
 int RequestParser::on_header_value(llhttp_t* p, const char* at, size_t n) {
-  auto& s = self(p);
-  s.value_.append(at, n);
-  if (s.field_.size() + s.value_.size() > s.limits_.max_header_bytes)
-    return s.fail(431, "a request header exceeds " + std::to_string(s.limits_.max_header_bytes) + " bytes");
+  return self(p).append_header_part(self(p).value_, at, n);
+}
+
+// One header line (name + value, arriving in pieces) may not exceed the header limit on its own.
+int RequestParser::append_header_part(std::string& part, const char* at, size_t n) {
+  part.append(at, n);
+  if (field_.size() + value_.size() > limits_.max_header_bytes)
+    return fail(431, "a request header exceeds " + std::to_string(limits_.max_header_bytes) + " bytes");
   return 0;
 }
 

@@ -75,6 +75,7 @@ private:
   static int on_body(llhttp_t*, const char*, size_t);
   static int on_message_complete(llhttp_t*);
   int fail(int status, std::string message);
+  int append_header_part(std::string& part, const char* at, size_t n);
   int check_head();
   bool scan_header_bytes(const char* data, size_t len);
 
