@@ -403,15 +403,16 @@ void Proxy::forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
     if (!out) ctx.client_gone = true;
     else ctx.bytes_out += bytes.size();
   };
-  struct Sink {
-    UsageExtractor& usage;
-    decltype(emit)& out;
-    static void body(void* self, std::string_view bytes) {
-      auto& s = *static_cast<Sink*>(self);
-      s.out(s.usage.feed(bytes), false);
-    }
-  } sink{usage, emit};
-  parser.set_body_sink(&Sink::body, &sink);
+  // The parser's body pieces of one read (views into `buffer`) are collected and relayed after the
+  // read is parsed, so the upstream connection is released before the client sees the last byte.
+  std::vector<std::string_view> pieces;
+  pieces.reserve(8);
+  parser.set_body_sink([](void* list, std::string_view bytes) { static_cast<std::vector<std::string_view>*>(list)->push_back(bytes); },
+                       &pieces);
+  auto relay = [&] {
+    for (std::string_view piece : pieces) emit(usage.feed(piece), false);
+    pieces.clear();
+  };
 
   // The upstream connection goes back to the pool the moment its response is fully read — before
   // the last bytes reach the client — so a client's next request finds it idle.
@@ -433,6 +434,7 @@ void Proxy::forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
     const auto ev = parser.feed(buffer.data() + start, filled - start, consumed);  // body bytes read with the headers
     used = start + consumed;
     on_event(ev);
+    relay();
   }
   while (!ctx.client_gone && !upstream_done && upstream_error.empty()) {
     try {
@@ -447,7 +449,7 @@ void Proxy::forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
     }
     if (filled == 0) {
       const auto ev = parser.finish();  // a body delimited by the close ends here; anything else was cut
-      if (ev != http::ResponseParser::Event::Error) on_event(ev);
+      if (ev != http::ResponseParser::Event::Error) on_event(ev);  // (a close-delimited end adds no body bytes)
       else if (uresp.hasContentLength())
         upstream_error = "upstream '" + ucfg.name + "' closed the response after " + std::to_string(parser.body_bytes()) +
                          " of " + std::to_string(uresp.getContentLength64()) + " bytes";
@@ -456,6 +458,7 @@ void Proxy::forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
     }
     const auto ev = parser.feed(buffer.data(), filled, used);
     on_event(ev);
+    relay();
   }
 
   // After a failure, what the extractor still holds is an unfinished event: counted, not relayed.
