@@ -208,6 +208,9 @@ Proxy::~Proxy() {
   if (child_->running()) {
     child_->signal(SIGTERM);
     child_->wait(3s);
+    // What the proxy reports while shutting down and exiting (drain, stop, leak check) counts too.
+    const std::string err = child_->err();
+    if (sanitizer_report(err)) ADD_FAILURE() << "glm-proxy reported a sanitizer error while stopping:\n" << err;
   }
 }
 

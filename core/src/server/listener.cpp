@@ -306,24 +306,29 @@ void Listener::worker_loop() {
     auto conn = std::move(queue_.front());
     queue_.pop_front();
     queued_.store(static_cast<int>(queue_.size()), std::memory_order_relaxed);
-    ClientConnection* const serving = conn.get();
-    serving_.insert(serving);
+    serving_.insert(conn.get());
     lock.unlock();
-    auto back = serve_(std::move(conn));  // keeps the connection alive (returned) until erased below
+    After after = After::Close;
+    try {
+      after = serve_(*conn);
+    } catch (const std::exception& e) {
+      Poco::Logger::get("glm-proxy").error("connection failed: %s", std::string(e.what()));
+    }
     lock.lock();
-    serving_.erase(serving);
+    serving_.erase(conn.get());  // before the connection can be freed: stop() reads this set
     lock.unlock();
-    if (back && back->close_after) {
+    if (after == After::Close) {
       // Half-close, then read what the client still sends until it closes: only if it already did
-      // can the socket be closed here without the risk of a reset.
-      ::shutdown(back->fd(), SHUT_WR);
+      // can the socket be closed here without the risk of a reset; else the loop lingers.
+      conn->close_after = true;
+      ::shutdown(conn->fd(), SHUT_WR);
       char buf[4096];
       ssize_t n;
-      while ((n = ::recv(back->fd(), buf, sizeof buf, 0)) > 0) {
+      while ((n = ::recv(conn->fd(), buf, sizeof buf, 0)) > 0) {
       }
-      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) back.reset();
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) conn.reset();
     }
-    if (back) adopt(std::move(back));
+    if (conn) adopt(std::move(conn));
     lock.lock();
   }
 }

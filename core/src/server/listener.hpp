@@ -39,10 +39,11 @@ struct ListenerOptions {
 
 class Listener {
 public:
-  // Serves one connection whose request headers are complete, on a worker thread. Returns the
-  // connection when it should go back to the loop (kept alive, next request not complete yet),
-  // or nullptr when it was closed.
-  using Serve = std::function<std::unique_ptr<ClientConnection>(std::unique_ptr<ClientConnection>)>;
+  // Serves one connection whose request headers are complete, on a worker thread, and says what
+  // becomes of it: back to the loop (kept alive, next request not complete yet) or closed. The
+  // listener keeps ownership throughout, so stop() can always reach a connection being served.
+  enum class After { Idle, Close };
+  using Serve = std::function<After(ClientConnection&)>;
 
   Listener(const Poco::Net::SocketAddress& address, ListenerOptions options, Serve serve);
   ~Listener();

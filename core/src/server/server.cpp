@@ -176,7 +176,7 @@ void Server::start() {
   options.max_queued = sc.max_queued;
   options.thread_stack_size = sc.thread_stack_size;
   listener_ = std::make_unique<Listener>(Poco::Net::SocketAddress(sc.host, sc.port), options,
-                                         [this](std::unique_ptr<ClientConnection> c) { return serve_connection(std::move(c)); });
+                                         [this](ClientConnection& c) { return serve_connection(c); });
   for (auto& [name, pool] : pools_) pool->start();
   listener_->start();
   if (cfg_.loader.watch) watcher_ = std::thread([this] { watch_loop(); });
@@ -184,34 +184,30 @@ void Server::start() {
 
 uint16_t Server::port() const { return listener_ ? listener_->port() : 0; }
 
-std::unique_ptr<ClientConnection> Server::serve_connection(std::unique_ptr<ClientConnection> conn) {
+Listener::After Server::serve_connection(ClientConnection& conn) {
   for (;;) {
-    Request& req = conn->request();
-    Response resp(*conn, req.getMethod() == "HEAD", conn->parser().keep_alive());
+    Request& req = conn.request();
+    Response resp(conn, req.getMethod() == "HEAD", conn.parser().keep_alive());
     req.set_response(&resp);
     handle(req, resp);
     bool keep = resp.finish() && !draining();
     // A short body the handler did not read is skipped; anything else closes the connection.
-    if (keep && !conn->body_complete()) keep = conn->skip_body(64 * 1024);
-    if (!keep) {
-      conn->close_after = true;
-      return conn;
-    }
-    conn->begin_request();
+    if (keep && !conn.body_complete()) keep = conn.skip_body(64 * 1024);
+    if (!keep) return Listener::After::Close;
+    conn.begin_request();
     // A pipelined request, or the next one on a busy keep-alive connection, is served on this
     // thread; a connection that goes quiet goes back to the listener, which holds it without a thread.
     const auto window = listener_->saturated() ? std::chrono::milliseconds(0) : kKeepAliveWindow;
-    switch (conn->await_next_request(window)) {
+    switch (conn.await_next_request(window)) {
       case ClientConnection::Progress::HeadersDone:
         continue;
       case ClientConnection::Progress::Error:
-        conn->reject(conn->parser().error_status(), conn->parser().error_message(), cfg_.server.send_timeout);
-        conn->close_after = true;
-        return conn;
+        conn.reject(conn.parser().error_status(), conn.parser().error_message(), cfg_.server.send_timeout);
+        return Listener::After::Close;
       case ClientConnection::Progress::Closed:
-        return nullptr;
+        return Listener::After::Close;
       case ClientConnection::Progress::NeedMore:
-        return conn;  // idle or part of the next request: back to the listener
+        return Listener::After::Idle;  // idle or part of the next request: back to the listener
     }
   }
 }

@@ -68,7 +68,7 @@ private:
   void handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
   bool admin_token_matches(const Poco::Net::HTTPServerRequest& req) const;
   // Serves requests on one connection until it must go back to the listener or close.
-  std::unique_ptr<ClientConnection> serve_connection(std::unique_ptr<ClientConnection> conn);
+  Listener::After serve_connection(ClientConnection& conn);
 
   config::Config cfg_;
   // Declared before the chain, so plugins (whose on_config_destroy may still use them) go first.
