@@ -1,7 +1,7 @@
 #pragma once
 // Shared by the broken-upstream tests: the two API flavours (their requests, SSE events and JSON
 // answers), a fixture that starts glm-proxy in front of a ScriptedUpstream, and the checks that
-// spell out spec.md "Broken upstreams".
+// spell out docs/design.md "HTTP/1.1 server and hostile input".
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// Broken upstreams over plain HTTP (spec.md "Broken upstreams"): the scripted upstream writes exact
+// Broken upstreams over plain HTTP (docs/design.md "HTTP/1.1 server and hostile input"): the scripted upstream writes exact
 // bytes and ends the connection as scripted; the client checks exactly what the proxy relayed and
 // whether it closed the connection. Every case runs for both API flavours.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Broken upstreams over TLS (spec.md "Broken upstreams"): a TLS upstream (OpenSSL, cert from the
+// Broken upstreams over TLS (docs/design.md "HTTP/1.1 server and hostile input"): a TLS upstream (OpenSSL, cert from the
 // harness PKI) that closes the TCP connection without close_notify. In an EOF-delimited body that is
 // truncation (an error for the client); after a body whose own framing was complete it is harmless.
 #include <gtest/gtest.h>
