@@ -1,8 +1,16 @@
 #include "pipeline/errors.hpp"
 
+#include <Poco/Net/HTTPResponse.h>
+
 #include "pipeline/json_body.hpp"  // json_quote
 
 namespace glmp::core::pipeline {
+
+std::string reason_phrase(int status) {
+  using Poco::Net::HTTPResponse;
+  return status >= 100 && status <= 511 ? HTTPResponse::getReasonForStatus(static_cast<HTTPResponse::HTTPStatus>(status))
+                                        : std::string("Unknown");
+}
 
 std::string default_error_type(Flavour flavour, int status) {
   const bool anthropic = flavour == Flavour::Anthropic;

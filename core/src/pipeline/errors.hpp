@@ -23,6 +23,10 @@ struct ApiError {
 // rate_limit_exceeded, server_error).
 std::string default_error_type(Flavour flavour, int status);
 
+// The standard reason phrase for a status ("Unknown" outside 100..511). Never casts a code Poco's
+// HTTPStatus enum lacks into it blindly: the status-line writers all go through here.
+std::string reason_phrase(int status);
+
 // A complete JSON error body.
 std::string error_body(Flavour flavour, const ApiError& error);
 

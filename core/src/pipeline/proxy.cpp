@@ -52,12 +52,17 @@ void abort_client(Poco::Net::HTTPServerResponse& resp) {
 
 enum class Phase { Connect, Wait };
 
+// A plugin stopped the request (either phase): its own stream, its early answer, or a 500.
+void answer_refusal(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) {
+  if (ctx.plugin_stream) ctx.status = ctx.status ? ctx.status : 200;  // it streamed the response itself
+  else if (ctx.early_response) send_early(resp, ctx);
+  else send_error(resp, ctx, {500, "a plugin failed the request without a response"});
+}
+
 }  // namespace
 
 void set_status(Poco::Net::HTTPServerResponse& resp, int status, std::string reason) {
-  if (reason.empty())
-    reason = status >= 100 && status <= 511 ? HTTPResponse::getReasonForStatus(static_cast<HTTPResponse::HTTPStatus>(status))
-                                            : std::string("Unknown");
+  if (reason.empty()) reason = reason_phrase(status);
   resp.setStatus(std::to_string(status));
   resp.setReason(reason);
 }
@@ -207,9 +212,7 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
   // Headers phase (auth …) before any body byte is read: a refusal leaves the body unread.
   if (const plugins::HookResult h = run.request_headers(ctx); h != plugins::HookResult::Continue) {
     resp.setKeepAlive(false);  // the unread body must not be parsed as the next request
-    if (ctx.plugin_stream) ctx.status = ctx.status ? ctx.status : 200;
-    else if (ctx.early_response) send_early(resp, ctx);
-    else send_error(resp, ctx, {500, "a plugin failed the request without a response"});
+    answer_refusal(resp, ctx);
     return;
   }
   if (!read_body(req, resp, ctx)) return;
@@ -227,12 +230,8 @@ void Proxy::handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRespo
     } else if (r == plugins::HookResult::Continue) {
       const bool hide_usage_chunk = finalize_body(ctx, scan);
       forward(resp, ctx, run, pool, hide_usage_chunk);
-    } else if (ctx.plugin_stream) {
-      ctx.status = ctx.status ? ctx.status : 200;  // a plugin streamed the response itself
-    } else if (ctx.early_response) {
-      send_early(resp, ctx);
     } else {
-      send_error(resp, ctx, {500, "a plugin failed the request without a response"});
+      answer_refusal(resp, ctx);
     }
   } catch (const std::exception& e) {
     if (!resp.sent()) send_error(resp, ctx, {500, std::string("internal error: ") + e.what()});
@@ -428,15 +427,15 @@ void Proxy::forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
       else lease.discard(false);
     }
   };
-  {
+  // Each round parses what is in the buffer (first the body bytes that came with the headers),
+  // relays it, then reads more.
+  for (size_t start = used;; start = 0) {
     size_t consumed = 0;
-    const size_t start = used;
-    const auto ev = parser.feed(buffer.data() + start, filled - start, consumed);  // body bytes read with the headers
+    const auto ev = parser.feed(buffer.data() + start, filled - start, consumed);
     used = start + consumed;
     on_event(ev);
     relay();
-  }
-  while (!ctx.client_gone && !upstream_done && upstream_error.empty()) {
+    if (ctx.client_gone || upstream_done || !upstream_error.empty()) break;
     try {
       Stopwatch sw{ctx.upstream_time};
       filled = lease->read_some(buffer.data(), buffer.size());
@@ -448,17 +447,14 @@ void Proxy::forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
       break;
     }
     if (filled == 0) {
-      const auto ev = parser.finish();  // a body delimited by the close ends here; anything else was cut
-      if (ev != http::ResponseParser::Event::Error) on_event(ev);  // (a close-delimited end adds no body bytes)
+      const auto end = parser.finish();  // a body delimited by the close ends here; anything else was cut
+      if (end != http::ResponseParser::Event::Error) on_event(end);  // (a close-delimited end adds no body bytes)
       else if (uresp.hasContentLength())
         upstream_error = "upstream '" + ucfg.name + "' closed the response after " + std::to_string(parser.body_bytes()) +
                          " of " + std::to_string(uresp.getContentLength64()) + " bytes";
       else upstream_error = "upstream '" + ucfg.name + "' " + parser.error();
       break;
     }
-    const auto ev = parser.feed(buffer.data(), filled, used);
-    on_event(ev);
-    relay();
   }
 
   // After a failure, what the extractor still holds is an unfinished event: counted, not relayed.

@@ -21,13 +21,9 @@ namespace {
 
 constexpr size_t kReadSize = 16 * 1024;      // one recv(2)
 constexpr size_t kSmallWrite = 4 * 1024;     // writes below this are gathered until the next flush
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr auto kPollSlice = std::chrono::milliseconds(250);  // stop requests are noticed this fast
 
-std::string reason_for(int status) {
-  return status >= 100 && status <= 511
-             ? Poco::Net::HTTPResponse::getReasonForStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status))
-             : std::string("Unknown");
-}
 
 // RFC 9110 IMF-fixdate, formatted once per second per thread.
 const std::string& http_date() {
@@ -91,6 +87,18 @@ ClientConnection::Progress ClientConnection::feed_buffered() {
   }
 }
 
+// Bytes just read, from a caller's buffer: header bytes are copied into the request by the parser
+// and body bytes into the body, so only what follows a pause point (the body's first bytes after
+// the headers, a pipelined request after a message) is kept in in_.
+ClientConnection::Progress ClientConnection::feed_read(const char* data, size_t len) {
+  size_t used = 0;
+  const auto ev = parser_.feed(data, len, used);
+  if (ev == http::RequestParser::Event::Error) return Progress::Error;
+  if (used < len) in_.append(data + used, len - used);
+  if (ev == http::RequestParser::Event::MessageDone) body_done_ = true;
+  return ev == http::RequestParser::Event::HeadersDone ? Progress::HeadersDone : Progress::NeedMore;
+}
+
 ClientConnection::Progress ClientConnection::advance_buffered() {
   if (in_.empty()) return Progress::NeedMore;
   return feed_buffered();
@@ -105,20 +113,8 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
   for (int round = 0; round < 4; ++round) {  // bounded: one connection cannot monopolise the loop
     const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
     if (n > 0) {
-      // Header bytes are copied into the request by the parser; only what follows a pause point
-      // (the body's first bytes, a pipelined request) is kept in in_.
-      size_t off = 0;
-      while (off < static_cast<size_t>(n)) {
-        size_t used = 0;
-        const auto ev = parser_.feed(buf + off, static_cast<size_t>(n) - off, used);
-        off += used;
-        if (ev == http::RequestParser::Event::Error) return Progress::Error;
-        if (ev == http::RequestParser::Event::HeadersDone) {
-          in_.append(buf + off, static_cast<size_t>(n) - off);
-          return Progress::HeadersDone;
-        }
-        if (ev == http::RequestParser::Event::NeedMore) break;
-      }
+      const Progress p = feed_read(buf, static_cast<size_t>(n));
+      if (p != Progress::NeedMore) return p;
       if (static_cast<size_t>(n) < sizeof buf) return Progress::NeedMore;
       continue;
     }
@@ -171,7 +167,7 @@ ClientConnection::BodyResult ClientConnection::read_body(std::string& out) {
   body_deadline_ = Clock::now() + limits_.body_timeout;
   if (parser_.expect_continue() && !continue_sent_ && !body_done_ && parser_.has_body()) {
     continue_sent_ = true;
-    if (!send_all("HTTP/1.1 100 Continue\r\n\r\n")) return BodyResult::ClientGone;
+    if (!send_all(kContinue)) return BodyResult::ClientGone;
   }
   auto failed = [&] { return parser_.error_status() == 413 ? BodyResult::TooLarge : BodyResult::Malformed; };
   if (feed_buffered() == Progress::Error) return failed();
@@ -188,19 +184,7 @@ ClientConnection::BodyResult ClientConnection::read_body(std::string& out) {
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
       return BodyResult::ClientGone;
     }
-    size_t off = 0;
-    while (off < static_cast<size_t>(n)) {
-      size_t used = 0;
-      const auto ev = parser_.feed(buf + off, static_cast<size_t>(n) - off, used);
-      off += used;
-      if (ev == http::RequestParser::Event::Error) return failed();
-      if (ev == http::RequestParser::Event::MessageDone) {
-        body_done_ = true;
-        in_.append(buf + off, static_cast<size_t>(n) - off);  // a pipelined request
-        break;
-      }
-      if (ev == http::RequestParser::Event::NeedMore) break;
-    }
+    if (feed_read(buf, static_cast<size_t>(n)) == Progress::Error) return failed();
   }
   return BodyResult::Ok;
 }
@@ -270,7 +254,7 @@ void ClientConnection::reject(int status, const std::string& message, std::chron
   const std::string& uri = parser_.target().empty() ? request_->getURI() : parser_.target();  // as much as arrived
   const auto flavour = pipeline::Router::guess_flavour(uri.empty() ? std::string_view("/") : std::string_view(uri));
   const std::string body = pipeline::error_body(flavour, {status, message});
-  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + reason_for(status) +
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + pipeline::reason_phrase(status) +
                     "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
                     "\r\nX-Request-ID: " + pipeline::generate_request_id() + "\r\nDate: " + http_date() +
                     "\r\nConnection: close\r\n\r\n" + body;
@@ -346,7 +330,7 @@ std::string Response::head_block() {
   block += "HTTP/1.1 ";
   block += std::to_string(status);
   block += ' ';
-  block += getReason().empty() ? reason_for(status) : getReason();
+  block += getReason().empty() ? pipeline::reason_phrase(status) : getReason();
   block += "\r\n";
   for (const auto& [name, value] : static_cast<const Poco::Net::NameValueCollection&>(*this)) {
     block += name;
@@ -398,7 +382,7 @@ bool Response::write(std::string_view body, bool chunk_frame) {
 }
 
 void Response::sendContinue() {
-  if (!conn_.send_all("HTTP/1.1 100 Continue\r\n\r\n")) failed_ = true;
+  if (!conn_.send_all(kContinue)) failed_ = true;
 }
 
 void Response::sendBuffer(const void* buffer, std::size_t length) {

@@ -103,6 +103,7 @@ public:
 
 private:
   Progress feed_buffered();
+  Progress feed_read(const char* data, size_t len);
   enum class Wait { Ready, Timeout, Stopped };
   Wait wait_readable(Clock::time_point deadline);
 

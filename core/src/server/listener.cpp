@@ -60,21 +60,21 @@ void Listener::start() {
   thread_ = std::thread([this] { loop(); });
 }
 
+void Listener::wake() {
+  if (wake_fd_ < 0) return;
+  const uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+}
+
 void Listener::stop_accepting() {
   accepting_ = false;
-  if (wake_fd_ >= 0) {
-    const uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
-  }
+  wake();
 }
 
 void Listener::stop() {
   if (stopping_.exchange(true)) return;
   accepting_ = false;
-  if (wake_fd_ >= 0) {
-    const uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
-  }
+  wake();
   if (thread_.joinable()) thread_.join();
   {
     // Requests still running (past the drain timeout) are cut: their client sockets are shut down,
@@ -183,9 +183,15 @@ void Listener::watch(std::unique_ptr<ClientConnection> conn, bool lingering) {
   w.timing_headers = w.conn->started();
 }
 
+std::unique_ptr<ClientConnection> Listener::unwatch(std::unordered_map<int, Waiting>::iterator it) {
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, it->first, nullptr);
+  auto conn = std::move(it->second.conn);
+  waiting_.erase(it);
+  return conn;
+}
+
 void Listener::close_conn(int fd) {
-  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-  waiting_.erase(fd);  // closes the socket
+  if (auto it = waiting_.find(fd); it != waiting_.end()) unwatch(it);  // the connection closes here
 }
 
 void Listener::reject_and_linger(std::unique_ptr<ClientConnection> conn, int status, const std::string& message) {
@@ -221,17 +227,11 @@ void Listener::on_readable(int fd) {
         w.conn->deadline = Clock::now() + options_.limits.header_timeout;
       }
       return;
-    case ClientConnection::Progress::HeadersDone: {
-      ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-      auto conn = std::move(w.conn);
-      waiting_.erase(it);
-      dispatch(std::move(conn));
+    case ClientConnection::Progress::HeadersDone:
+      dispatch(unwatch(it));
       return;
-    }
     case ClientConnection::Progress::Error: {
-      ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-      auto conn = std::move(w.conn);
-      waiting_.erase(it);
+      auto conn = unwatch(it);
       const int status = conn->parser().error_status();
       const std::string message = conn->parser().error_message();
       reject_and_linger(std::move(conn), status, message);
@@ -251,10 +251,7 @@ void Listener::sweep() {
   for (int fd : expired) {
     auto it = waiting_.find(fd);
     if (!it->second.lingering && it->second.timing_headers) {
-      ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-      auto conn = std::move(it->second.conn);
-      waiting_.erase(it);
-      reject_and_linger(std::move(conn), 408,
+      reject_and_linger(unwatch(it), 408,
                         "request headers not received within " + std::to_string(options_.limits.header_timeout.count()) + " ms");
     } else {
       close_conn(fd);  // idle keep-alive, a fresh connection that never sent a byte, or done lingering
@@ -338,8 +335,7 @@ void Listener::adopt(std::unique_ptr<ClientConnection> conn) {
     std::lock_guard lock(adopt_mutex_);
     adopted_.push_back(std::move(conn));
   }
-  const uint64_t one = 1;
-  [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+  wake();
 }
 
 void Listener::take_adopted() {

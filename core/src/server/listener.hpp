@@ -84,6 +84,7 @@ private:
   void take_adopted();
   void watch(std::unique_ptr<ClientConnection> conn, bool lingering);
   void close_conn(int fd);
+  void wake();  // the loop wakes up: adopted connections, stop
   void sweep();
   void reject_and_linger(std::unique_ptr<ClientConnection> conn, int status, const std::string& message);
 
@@ -109,6 +110,8 @@ private:
     bool timing_headers = false;  // a request has started: the deadline is the header deadline
   };
   std::unordered_map<int, Waiting> waiting_;
+  // Takes a waiting connection out of epoll and the map, for a worker or an answer.
+  std::unique_ptr<ClientConnection> unwatch(std::unordered_map<int, Waiting>::iterator it);
 
   std::mutex adopt_mutex_;
   std::vector<std::unique_ptr<ClientConnection>> adopted_;
