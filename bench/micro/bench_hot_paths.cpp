@@ -8,7 +8,6 @@
 #include "pipeline/headers.hpp"
 #include "pipeline/json_body.hpp"
 #include "pipeline/usage.hpp"
-#include "pool/buffer_pool.hpp"
 
 namespace {
 
@@ -116,14 +115,6 @@ void BM_MapRequestHeaders(benchmark::State& state) {
 }
 BENCHMARK(BM_MapRequestHeaders);
 
-void BM_BufferPoolAcquireRelease(benchmark::State& state) {
-  static glmp::core::pool::BufferPool pool(32768, 1024);
-  for (auto _ : state) {
-    auto b = pool.acquire();
-    benchmark::DoNotOptimize(b.data());
-  }
-}
-BENCHMARK(BM_BufferPoolAcquireRelease)->Threads(1)->Threads(2);
 
 void BM_GenerateRequestId(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(generate_request_id());

@@ -45,6 +45,10 @@ void respond_validation(glmp::Request& r, const ValidationError& err) {
 
 class Auth final : public glmp::Plugin {
 public:
+  // Hooks only compute and use the store (short critical sections, no I/O of their own): with a
+  // memory or SQLite store they run on the event loop, with Redis on a worker (the core decides).
+  static constexpr bool nonblocking = true;
+
   Auth(const glmp::Settings& settings, glmp::Host host)
       : Plugin(host),
         store_(host.store()),

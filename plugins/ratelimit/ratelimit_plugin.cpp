@@ -91,6 +91,10 @@ std::optional<int64_t> parse_int(std::optional<std::string_view> text) {
 
 class Ratelimit final : public glmp::Plugin {
 public:
+  // Hooks only compute and use the store (short critical sections, no I/O of their own): with a
+  // memory or SQLite store they run on the event loop, with Redis on a worker (the core decides).
+  static constexpr bool nonblocking = true;
+
   Ratelimit(const glmp::Settings& settings, glmp::Host host)
       : Plugin(host),
         store_(host.store()),

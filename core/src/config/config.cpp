@@ -148,7 +148,7 @@ private:
 };
 
 void read_server(const TableReader& r, ServerConfig& s) {
-  r.allow_only({"listen", "max_threads", "thread_stack_size", "max_queued", "max_request_body", "header_timeout",
+  r.allow_only({"listen", "workers", "max_threads", "thread_stack_size", "max_queued", "max_request_body", "header_timeout",
                 "keepalive_timeout", "drain_timeout", "max_connections", "max_header_bytes", "max_headers",
                 "max_uri_bytes", "body_timeout", "send_timeout"});
   std::string listen;
@@ -166,6 +166,7 @@ void read_server(const TableReader& r, ServerConfig& s) {
     s.host = host.empty() ? "0.0.0.0" : host;
     s.port = static_cast<uint16_t>(port);
   }
+  r.get_int("workers", s.workers, 0, 256);
   r.get_int("max_threads", s.max_threads, 2, 65535);
   r.get_int("max_queued", s.max_queued, 1, 1 << 20);
   r.get_int("max_connections", s.max_connections, 1, 1 << 22);

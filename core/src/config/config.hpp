@@ -23,9 +23,10 @@ public:
 struct ServerConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 3000;
-  int max_threads = 512;                 // worker threads: requests being served at once (not connections)
-  size_t thread_stack_size = 256 * 1024; // small stacks: 512 threads must not cost 4 GiB of address space
-  int max_queued = 1024;                 // complete requests waiting for a worker; beyond -> 503
+  int workers = 0;                       // event loops (threads owning connections); 0 = one per core
+  int max_threads = 512;                 // worker threads for blocking work (admin and plugin routes, blocking hooks)
+  size_t thread_stack_size = 256 * 1024; // small stacks for those worker threads
+  int max_queued = 1024;                 // blocking tasks waiting for a worker thread; beyond -> 503
   int max_connections = 10000;           // open client connections; beyond -> 503 and close at once
   size_t max_request_body = 32u << 20;   // larger -> 413
   size_t max_header_bytes = 32 * 1024;   // request line + headers; larger -> 431

@@ -1,8 +1,7 @@
 #pragma once
-// The per-request proxy pipeline (docs/design.md, "Request flow"):
-// read body → inspect JSON (stream flag, model) → on_request hooks → body edits (model rewrite,
-// stream usage) → upstream pool (stale retry) → on_response_headers → relay chunks with usage
-// extraction (on_response_body, write + flush each) → on_complete, exactly once.
+// The pieces of the proxy pipeline that do not depend on where they run (docs/design.md, "Request
+// flow"): header mapping, body inspection and edits, the upstream request, and the responders.
+// The request itself runs as a pipeline::Exchange on its event loop (exchange.hpp).
 
 #include <atomic>
 #include <map>
@@ -17,7 +16,6 @@
 #include "pipeline/json_body.hpp"
 #include "pipeline/request_context.hpp"
 #include "plugins/chain.hpp"
-#include "pool/buffer_pool.hpp"
 #include "upstream/pool.hpp"
 
 namespace glmp::core::pipeline {
@@ -26,34 +24,43 @@ using Pools = std::map<std::string, std::unique_ptr<upstream::Pool>, std::less<>
 
 class Proxy {
 public:
-  Proxy(const config::Config& cfg, Pools& pools, plugins::ChainHolder& chain, pool::BufferPool& buffers);
-
-  // Proxies a request whose route is ctx.route. Never throws; fills ctx for the access log.
-  void handle(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
+  Proxy(const config::Config& cfg, Pools& pools);
 
   // Event streams being relayed right now (for the glmp_active_streams gauge).
   int active_streams() const { return active_streams_.load(std::memory_order_relaxed); }
+  void stream_started() { active_streams_.fetch_add(1, std::memory_order_relaxed); }
+  void stream_ended() { active_streams_.fetch_sub(1, std::memory_order_relaxed); }
 
-  // Reads the request body into ctx.body ([server] max_request_body → 413, bad framing → 400; the
-  // error is sent and false returned). Also used for plugin routes.
+  // Worker side (plugin routes): reads the request body into ctx.body ([server] max_request_body
+  // → 413, bad framing → 400; the error is sent and false returned).
   bool read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
 
-private:
+  // Maps the client's headers for the upstream (forwarding headers describe what this proxy saw).
+  void map_headers(const Poco::Net::HTTPServerRequest& req, RequestContext& ctx) const;
   // Validates a JSON body (400 when malformed) and reads "stream"/"model"; `scan` keeps the result.
   bool inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
-                    TopLevelScan& scan);
+                    TopLevelScan& scan) const;
   // Body edits decided by the core and the chain; returns true when the usage-only stream chunk
   // must be hidden from the client (the proxy asked for it, the client did not).
-  bool finalize_body(RequestContext& ctx, const TopLevelScan& inspected);
-  void forward(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
-               plugins::ChainRun& run, upstream::Pool& pool, bool hide_usage_chunk);
+  bool finalize_body(RequestContext& ctx, const TopLevelScan& inspected) const;
+  // The upstream request, head and body, as written on the connection.
+  std::string upstream_request(RequestContext& ctx, const upstream::Pool& pool) const;
 
+  const config::Config& config() const { return cfg_; }
+  Pools& pools() { return pools_; }
+
+private:
   const config::Config& cfg_;
   Pools& pools_;
-  plugins::ChainHolder& chain_;
-  pool::BufferPool& buffers_;
   std::atomic<int> active_streams_{0};
 };
+
+// A plugin stopped the request (either phase): its own stream, its early answer, or a 500.
+void answer_refusal(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
+// The client connection can't carry a valid end any more (a body cut short, a stream that failed):
+// end it without the terminating chunk and close it, so the client sees an error instead of a
+// silently truncated body.
+void abort_client(Poco::Net::HTTPServerResponse& resp);
 
 // Sends a proxy-generated error in the request's flavour (JSON, Content-Length, X-Request-ID kept).
 void send_error(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx, const ApiError& error);

@@ -30,6 +30,8 @@ public:
   // SDK plugin that does not override it) is not "run" by the headers phase, so the phase alone
   // never earns it an on_complete: its on_complete still pairs with its on_request.
   virtual bool has_request_headers_hook() const { return false; }
+  // GLMP_PLUGIN_NONBLOCKING: its request and completion hooks may run on an event loop.
+  virtual bool nonblocking() const { return false; }
   // Runs in configured order. Responded: ctx.early_response is set and the upstream is skipped.
   virtual HookResult on_request(pipeline::RequestContext&) { return HookResult::Continue; }
   // Runs in reverse order once the upstream response headers are known.
@@ -59,6 +61,9 @@ struct Chain {
   std::vector<std::shared_ptr<Plugin>> plugins;
   std::vector<Route> routes;
   uint64_t generation = 0;
+  // Request and completion hooks run on the loop (every plugin non-blocking, the store never
+  // blocks); otherwise each of those phases runs on a worker thread. See plugin_api.h, flags.
+  bool inline_hooks = true;
   const Route* find_route(std::string_view method, std::string_view path) const {
     for (const auto& r : routes) {
       if (!r.method.empty() && r.method != method) continue;

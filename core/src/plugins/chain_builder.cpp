@@ -1,5 +1,7 @@
 #include "plugins/chain_builder.hpp"
 
+#include "store/store.hpp"
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -82,8 +84,10 @@ std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t gen
           throw LoadError("plugin '" + pc.name + "' registers " + route.path + ", already served by plugin '" + other.plugin + "'");
       chain->routes.push_back(std::move(route));
     }
+    if (!plugin->nonblocking()) chain->inline_hooks = false;
     chain->plugins.push_back(std::move(plugin));
   }
+  if (!chain->plugins.empty() && services.store && services.store->may_block()) chain->inline_hooks = false;
   return chain;
 }
 

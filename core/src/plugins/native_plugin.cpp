@@ -45,6 +45,8 @@ NativePlugin::NativePlugin(std::shared_ptr<Library> library, const config::Plugi
   // descriptor ends before it; reading past struct_size reads whatever follows in the library).
   if (d->struct_size >= offsetof(glmp_plugin_descriptor, on_request_headers) + sizeof(d->on_request_headers))
     headers_hook_ = d->on_request_headers;
+  if (d->struct_size >= offsetof(glmp_plugin_descriptor, flags) + sizeof(d->flags))
+    nonblocking_ = (d->flags & GLMP_PLUGIN_NONBLOCKING) != 0;
   if (!d->on_config_new) return;
   char error[1024] = {0};
   configuring_ = true;

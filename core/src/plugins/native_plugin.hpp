@@ -39,6 +39,7 @@ public:
   const std::string& name() const override { return name_; }
   HookResult on_request_headers(pipeline::RequestContext& ctx) override;
   bool has_request_headers_hook() const override { return headers_hook_ != nullptr; }
+  bool nonblocking() const override { return nonblocking_; }
   HookResult on_request(pipeline::RequestContext& ctx) override;
   void on_response_headers(pipeline::RequestContext& ctx) override;
   void on_response_body(pipeline::RequestContext& ctx, std::string_view chunk, bool end_of_stream) override;
@@ -64,6 +65,7 @@ private:
   Poco::Logger& logger_;
   Services services_;
   glmp_config_plugin_ptr* state_ = nullptr;
+  bool nonblocking_ = false;  // descriptor flags (ABI 1.2): GLMP_PLUGIN_NONBLOCKING
   // The descriptor's on_request_headers (ABI 1.2) when its struct_size covers it, else NULL.
   glmp_status (*headers_hook_)(glmp_config_plugin_ptr*, glmp_request_host_ptr*) = nullptr;
   std::vector<PluginRoute> routes_;

@@ -56,6 +56,7 @@ ClientConnection::ClientConnection(int fd, const Poco::Net::SocketAddress& peer,
 }
 
 ClientConnection::~ClientConnection() {
+  if (on_destroy) on_destroy(slot);
   request_.reset();
   ::close(fd_);
   if (open_count_) open_count_->fetch_sub(1, std::memory_order_relaxed);
@@ -66,6 +67,7 @@ void ClientConnection::begin_request() {
   parser_.begin(request_.get());
   body_done_ = false;
   continue_sent_ = false;
+  write_timed_out_ = false;
 }
 
 // Feeds the buffered bytes (and, with none, an empty feed: that completes a body-less message).
@@ -110,12 +112,13 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
     if (p != Progress::NeedMore) return p;
   }
   char buf[kReadSize];
-  for (int round = 0; round < 4; ++round) {  // bounded: one connection cannot monopolise the loop
+  // Until the socket has nothing more (the loop's events are edge-triggered); the header limits
+  // bound what one connection can make it read.
+  for (;;) {
     const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
     if (n > 0) {
       const Progress p = feed_read(buf, static_cast<size_t>(n));
       if (p != Progress::NeedMore) return p;
-      if (static_cast<size_t>(n) < sizeof buf) return Progress::NeedMore;
       continue;
     }
     if (n == 0) return Progress::Closed;
@@ -123,7 +126,6 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Progress::NeedMore;
     return Progress::Closed;
   }
-  return Progress::NeedMore;
 }
 
 ClientConnection::Progress ClientConnection::await_next_request(std::chrono::milliseconds window) {
@@ -196,7 +198,96 @@ bool ClientConnection::skip_body(uint64_t budget) {
   return read_body(discard) == BodyResult::Ok;
 }
 
+ClientConnection::BodyStep ClientConnection::read_body_step(std::string& out) {
+  parser_.set_body_sink(&out);
+  struct ClearSink {
+    http::RequestParser& p;
+    ~ClearSink() { p.set_body_sink(nullptr); }
+  } clear_sink{parser_};
+  auto failed = [&] { return parser_.error_status() == 413 ? BodyStep::TooLarge : BodyStep::Malformed; };
+  if (!in_.empty() || !body_done_) {
+    if (feed_buffered() == Progress::Error) return failed();
+  }
+  char buf[kReadSize];
+  while (!body_done_) {
+    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n == 0) return BodyStep::ClientGone;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return BodyStep::NeedMore;
+      return BodyStep::ClientGone;
+    }
+    if (feed_read(buf, static_cast<size_t>(n)) == Progress::Error) return failed();
+  }
+  return BodyStep::Done;
+}
+
+void ClientConnection::send_continue() {
+  continue_sent_ = true;
+  send_all(kContinue);
+}
+
+bool ClientConnection::flush_queued() {
+  while (out_off_ < out_.size()) {
+    const ssize_t n = ::send(fd_, out_.data() + out_off_, out_.size() - out_off_, MSG_NOSIGNAL);
+    if (n > 0) {
+      out_off_ += static_cast<size_t>(n);
+      last_write_progress_ = Clock::now();
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    return false;
+  }
+  out_.clear();
+  out_off_ = 0;
+  return true;
+}
+
 bool ClientConnection::send_all(iovec* iov, int count, std::chrono::milliseconds timeout) {
+  if (loop_writes_) {
+    // Never blocks: behind bytes already queued, or whatever one sendmsg does not take, queued.
+    size_t total = 0;
+    for (int i = 0; i < count; ++i) total += iov[i].iov_len;
+    if (total == 0) return true;
+    size_t skip = 0;
+    if (out_off_ == out_.size()) {
+      msghdr m{};
+      m.msg_iov = iov;
+      m.msg_iovlen = static_cast<size_t>(count);
+      ssize_t n;
+      do n = ::sendmsg(fd_, &m, MSG_NOSIGNAL);
+      while (n < 0 && errno == EINTR);
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;
+      if (n > 0) {
+        skip = static_cast<size_t>(n);
+        last_write_progress_ = Clock::now();
+      }
+      if (skip == total) return true;
+      if (out_off_ == out_.size()) {
+        out_.clear();
+        out_off_ = 0;
+        last_write_progress_ = Clock::now();  // the send timeout counts from the first queued byte
+      }
+    }
+    for (int i = 0; i < count; ++i) {
+      const size_t len = iov[i].iov_len;
+      if (skip >= len) {
+        skip -= len;
+        continue;
+      }
+      out_.append(static_cast<const char*>(iov[i].iov_base) + skip, len - skip);
+      skip = 0;
+    }
+    return true;
+  }
+  if (out_off_ < out_.size()) {  // what a loop queued goes first
+    std::string queued = out_.substr(out_off_);
+    out_.clear();
+    out_off_ = 0;
+    iovec q{queued.data(), queued.size()};
+    if (!send_all(&q, 1, timeout)) return false;
+  }
   msghdr msg{};
   msg.msg_iov = iov;
   msg.msg_iovlen = static_cast<size_t>(count);

@@ -2,12 +2,13 @@
 // One client connection and the request/response objects the pipeline sees (docs/design.md,
 // "HTTP/1.1 server and hostile input").
 //
-// A connection has exactly one owner at a time: the listener's event loop while it is idle or
-// receiving a request's headers, a worker thread from the moment the headers are complete until
-// its response is finished. The hand-over goes through a mutex-protected queue, so nothing in
-// here is shared between threads. The socket is non-blocking throughout; a worker waits with
-// poll(2) against the request's deadlines (body: server.body_timeout in total; writes:
-// server.send_timeout without progress).
+// A connection has exactly one owner at a time: its event loop (idle, receiving headers, or
+// carrying a proxied request), or a worker thread it is lent to (admin and plugin routes, hooks of
+// blocking plugins). Hand-overs go through a mutex-protected queue, so nothing in here is shared
+// between threads. The socket is non-blocking throughout. Writes come in two modes: on a loop
+// (loop_writes on) what the socket does not take at once is queued and flushed on EPOLLOUT; on a
+// worker, a write waits with poll(2) against server.send_timeout without progress, as does a
+// worker's body read against server.body_timeout.
 //
 // Request and Response implement Poco's HTTPServerRequest/HTTPServerResponse, so the pipeline and
 // the plugin host API keep one interface whatever parses the bytes.
@@ -75,7 +76,25 @@ public:
   bool body_complete() const { return body_done_; }
   bool body_pending() const { return !body_done_ && parser_.has_body(); }
 
-  // Blocking writes bounded by send_timeout without progress (also used by the loop for its
+  // ---- Loop side ----
+  // Reads the request body without blocking into `out` (grows with the bytes that arrive; the
+  // caller sends 100 Continue first when continue_wanted()). Done when the body is complete.
+  enum class BodyStep { Done, NeedMore, TooLarge, Malformed, ClientGone };
+  BodyStep read_body_step(std::string& out);
+  bool continue_wanted() const {
+    return parser_.expect_continue() && !continue_sent_ && !body_done_ && parser_.has_body();
+  }
+  void send_continue();
+  // Loop mode: writes never block; what the socket does not take is queued (see flush_queued).
+  void set_loop_writes(bool on) { loop_writes_ = on; }
+  bool loop_writes() const { return loop_writes_; }
+  size_t queued() const { return out_.size() - out_off_; }
+  // Sends what is queued without blocking; false when the client is gone.
+  bool flush_queued();
+  Clock::time_point last_write_progress() const { return last_write_progress_; }
+  void mark_write_timed_out() { write_timed_out_ = true; }
+
+  // Writes bounded by send_timeout without progress (loop mode: queued, never blocking) (also used by the loop for its
   // small error answers, with a short timeout). False when the client is gone or stopped reading.
   bool send_all(iovec* iov, int count, std::chrono::milliseconds timeout);
   bool send_all(std::string_view bytes) {
@@ -98,6 +117,9 @@ public:
 
   // The loop's deadline for this connection (header or keep-alive), set when it takes it.
   Clock::time_point deadline{};
+  // The loop's bookkeeping: its slot, told when the connection is destroyed.
+  void* slot = nullptr;
+  void (*on_destroy)(void* slot) = nullptr;
   // Set by the worker: the connection must close (after a lingering read) instead of serving more.
   bool close_after = false;
 
@@ -120,6 +142,10 @@ private:
   bool continue_sent_ = false;
   bool write_timed_out_ = false;
   Clock::time_point body_deadline_{};
+  bool loop_writes_ = false;
+  std::string out_;     // loop mode: bytes the socket has not taken yet
+  size_t out_off_ = 0;
+  Clock::time_point last_write_progress_{};
 };
 
 // The request as the pipeline sees it. stream() reads the body through the connection.

@@ -19,11 +19,6 @@
 namespace glmp::core::server {
 namespace {
 
-// How long a worker waits for the next request on a keep-alive connection before handing it back
-// to the event loop: long enough for a client that sends its next request right after reading a
-// response (no thread hand-over per request), short enough that idle connections hold no thread.
-constexpr std::chrono::milliseconds kKeepAliveWindow{20};
-
 // Splits a request-target into path and query; accepts absolute-form ("http://host/p?q").
 void split_target(const std::string& target, std::string& path, std::string& query) {
   std::string_view t = target;
@@ -92,9 +87,8 @@ Server::Server(config::Config cfg)
       }()),
       store_(store::make_store(cfg_.store, &metrics_.registry())),  // throws: a proxy without its state never starts
       router_(cfg_.routes),
-      buffers_(cfg_.proxy.chunk_size, static_cast<size_t>(cfg_.server.max_threads)),  // one per worker
       access_log_(cfg_.log.access_log),
-      proxy_(cfg_, pools_, chain_, buffers_),
+      proxy_(cfg_, pools_),
       plugin_cfg_(cfg_) {
   for (const auto& [name, ucfg] : cfg_.upstreams) pools_.emplace(name, std::make_unique<upstream::Pool>(ucfg));
   chain_.publish(plugins::build_chain(cfg_, ++generation_, services()));  // throws: a broken chain never starts
@@ -164,57 +158,133 @@ void Server::watch_loop() {
 Server::~Server() { stop(); }
 
 void Server::start() {
-  ListenerOptions options;
+  EngineOptions options;
   const auto& sc = cfg_.server;
   options.limits.request = {sc.max_header_bytes, sc.max_headers, sc.max_uri_bytes, sc.max_request_body};
   options.limits.header_timeout = sc.header_timeout;
   options.limits.body_timeout = sc.body_timeout;
   options.limits.keepalive_timeout = sc.keepalive_timeout;
   options.limits.send_timeout = sc.send_timeout;
+  options.loops = sc.workers > 0 ? sc.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   options.max_connections = sc.max_connections;
   options.max_threads = sc.max_threads;
   options.max_queued = sc.max_queued;
   options.thread_stack_size = sc.thread_stack_size;
-  listener_ = std::make_unique<Listener>(Poco::Net::SocketAddress(sc.host, sc.port), options,
-                                         [this](ClientConnection& c) { return serve_connection(c); });
+  engine_ = std::make_unique<Engine>(Poco::Net::SocketAddress(sc.host, sc.port), options,
+                                     [this](Loop& loop, std::unique_ptr<ClientConnection> c) { dispatch(loop, std::move(c)); });
+  engine_->on_loop_stop = [this](Loop& loop) { stop_loop(loop); };
+  loop_states_.resize(engine_->loop_count());
+  for (size_t i = 0; i < engine_->loop_count(); ++i) {
+    loop_states_[i].read_buffer = std::make_unique<char[]>(cfg_.proxy.chunk_size);
+    event_loops_.push_back(&engine_->loop(i).ev());
+  }
+  attach_pools();
+  engine_->start();
   for (auto& [name, pool] : pools_) pool->start();
-  listener_->start();
   if (cfg_.loader.watch) watcher_ = std::thread([this] { watch_loop(); });
 }
 
-uint16_t Server::port() const { return listener_ ? listener_->port() : 0; }
-
-Listener::After Server::serve_connection(ClientConnection& conn) {
-  for (;;) {
-    Request& req = conn.request();
-    Response resp(conn, req.getMethod() == "HEAD", conn.parser().keep_alive());
-    req.set_response(&resp);
-    handle(req, resp);
-    bool keep = resp.finish() && !draining();
-    // A short body the handler did not read is skipped; anything else closes the connection.
-    if (keep && !conn.body_complete()) keep = conn.skip_body(64 * 1024);
-    if (!keep) return Listener::After::Close;
-    conn.begin_request();
-    // A pipelined request, or the next one on a busy keep-alive connection, is served on this
-    // thread; a connection that goes quiet goes back to the listener, which holds it without a thread.
-    const auto window = listener_->saturated() ? std::chrono::milliseconds(0) : kKeepAliveWindow;
-    switch (conn.await_next_request(window)) {
-      case ClientConnection::Progress::HeadersDone:
-        continue;
-      case ClientConnection::Progress::Error:
-        conn.reject(conn.parser().error_status(), conn.parser().error_message(), cfg_.server.send_timeout);
-        return Listener::After::Close;
-      case ClientConnection::Progress::Closed:
-        return Listener::After::Close;
-      case ClientConnection::Progress::NeedMore:
-        return Listener::After::Idle;  // idle or part of the next request: back to the listener
-    }
+// Each pool reaches the loops through these: a released connection (or a freed slot) goes to the
+// loop of the request waiting for it, which registers it in its own epoll.
+void Server::attach_pools() {
+  for (auto& [name, p] : pools_) {
+    upstream::Pool* pool = p.get();
+    pool->attach(
+        event_loops_.size(), event_loops_.data(),
+        [this, pool](const upstream::Pool::Waiter& w, std::unique_ptr<upstream::Connection> c) {
+          Loop& loop = engine_->loop(w.loop);
+          upstream::Connection* raw = c.release();
+          loop.ev().post([this, pool, &loop, w, raw] {
+            std::unique_ptr<upstream::Connection> conn(raw);
+            if (conn && !pool->register_on(loop.index(), *conn)) {
+              pool->discard(std::move(conn), true);
+              return;  // (its slot went to the next waiter)
+            }
+            auto& exchanges = loop_states_[loop.index()].exchanges;
+            auto it = exchanges.find(w.id);
+            if (it != exchanges.end()) return it->second->on_delivered(std::move(conn));
+            if (conn) pool->keep_idle(std::move(conn));
+            else pool->pass_slot();
+          });
+        },
+        [this](size_t loop, std::function<void()> fn) { engine_->loop(loop).ev().post(std::move(fn)); });
   }
+}
+
+// The loop is stopping (after the drain and the workers): what still runs ends now.
+void Server::stop_loop(Loop& loop) {
+  auto& exchanges = loop_states_[loop.index()].exchanges;
+  std::vector<uint64_t> ids;
+  for (const auto& [id, x] : exchanges) ids.push_back(id);
+  for (uint64_t id : ids) {
+    auto it = exchanges.find(id);
+    if (it != exchanges.end()) it->second->abort("server stopping");
+  }
+  for (auto& [id, x] : exchanges) loop.ev().retire(std::move(x));
+  exchanges.clear();
+  for (auto& [name, pool] : pools_) pool->close_loop(loop.index());
+}
+
+uint16_t Server::port() const { return engine_ ? engine_->port() : 0; }
+
+void Server::dispatch(Loop& loop, std::unique_ptr<ClientConnection> conn) {
+  Request& req = conn->request();
+  pipeline::RequestContext ctx;
+  split_target(req.getURI(), ctx.path, ctx.query);
+  ctx.method = req.getMethod();
+  const std::string& path = ctx.path;
+  auto chain = chain_.snapshot();
+  // Proxied routes run on the loop; everything else (it may block: admin, plugin routes, the
+  // store behind /health) is lent to a worker.
+  const bool core_path = path == "/health" || path == "/metrics" || path == "/api/metrics/prometheus" ||
+                         path == "/admin/reload" || path == "/admin/plugins";
+  if (core_path || is_unsafe_path(path) || chain->find_route(ctx.method, path) || !(ctx.route = router_.match(path))) {
+    engine_->lend(loop, std::move(conn), [this](ClientConnection& c) { return serve_one(c); });
+    return;
+  }
+  in_flight_.fetch_add(1, std::memory_order_relaxed);
+  metrics_.request_started();
+  const std::string client_id = req.get("X-Request-ID", std::string());
+  ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
+  ctx.flavour = ctx.route->flavour;
+  upstream::Pool& pool = *pools_.find(ctx.route->upstream)->second;
+  LoopState& state = loop_states_[loop.index()];
+  const uint64_t id = state.next_id++;
+  auto x = std::make_unique<pipeline::Exchange>(id, loop, std::move(conn), proxy_, pool, std::move(chain),
+                                                state.read_buffer.get(), cfg_.proxy.chunk_size, *this, std::move(ctx), draining());
+  pipeline::Exchange* raw = x.get();
+  state.exchanges.emplace(id, std::move(x));
+  raw->start();
+}
+
+bool Server::serve_one(ClientConnection& conn) {
+  Request& req = conn.request();
+  Response resp(conn, req.getMethod() == "HEAD", conn.parser().keep_alive());
+  req.set_response(&resp);
+  handle(req, resp);
+  bool keep = resp.finish() && !draining();
+  // A short body the handler did not read is skipped; anything else closes the connection.
+  if (keep && !conn.body_complete()) keep = conn.skip_body(64 * 1024);
+  return keep;
+}
+
+void Server::exchange_done(pipeline::Exchange& x) {
+  access_log_.write(x.ctx());
+  metrics_.request_finished(x.ctx());
+  in_flight_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Server::exchange_finished(pipeline::Exchange& x) {
+  auto& exchanges = loop_states_[x.loop().index()].exchanges;
+  auto it = exchanges.find(x.id());
+  if (it == exchanges.end()) return;
+  x.loop().ev().retire(std::move(it->second));  // it may be the watcher whose event is running
+  exchanges.erase(it);
 }
 
 bool Server::drain(std::chrono::milliseconds timeout) {
   draining_ = true;
-  if (listener_) listener_->stop_accepting();  // running requests continue; idle connections close
+  if (engine_) engine_->stop_accepting();  // running requests continue; idle connections close
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (in_flight() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -231,7 +301,7 @@ void Server::stop() {
   }
   watch_cv_.notify_all();
   if (watcher_.joinable()) watcher_.join();
-  if (listener_) listener_->stop();  // workers' blocked client reads and writes give up promptly
+  if (engine_) engine_->stop();  // workers' blocked client reads and writes give up promptly; loops end what is left
   for (auto& [name, pool] : pools_) pool->stop();
   store_->flush();  // every update made by the requests above is on disk before exit
 }
@@ -359,7 +429,9 @@ void Server::handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPSer
     return pipeline::send_json(resp, ctx, 200, os.str());
   }
   body.set("in_flight", in_flight());
-  body.set("connections", listener_ ? listener_->open_connections() : 0);
+  body.set("connections", engine_ ? engine_->open_connections() : 0);
+  body.set("loops", engine_ ? static_cast<int>(engine_->loop_count()) : 0);
+  body.set("worker_threads", engine_ ? engine_->worker_threads() : 0);
   Poco::JSON::Object ups;
   for (const auto& [name, pool] : pools_) {
     const upstream::PoolStats s = pool->stats();
@@ -411,9 +483,7 @@ void Server::handle(Request& req, Response& resp) {
     } else if (ctx.path == "/health") {
       if (ctx.method == "GET" || ctx.method == "HEAD") handle_health(req, resp, ctx);
       else pipeline::send_error(resp, ctx, {405, "method " + ctx.method + " not allowed on /health"});
-    } else if ((ctx.route = router_.match(ctx.path))) {
-      proxy_.handle(req, resp, ctx);
-    } else {
+    } else {  // proxied routes never come here: they run on their loop (dispatch)
       ctx.flavour = pipeline::Router::guess_flavour(ctx.path);
       pipeline::send_error(resp, ctx, {404, "no route for " + ctx.method + " " + ctx.path, "", "unknown_route"});
     }

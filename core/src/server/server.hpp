@@ -1,12 +1,14 @@
 #pragma once
-// The server: the listener (an epoll thread for connections waiting for their headers, worker
-// threads for complete requests; see listener.hpp), the request dispatch (/health, /metrics,
-// admin, plugin routes, proxied routes, 404), hot reload, and graceful drain on SIGTERM.
+// The server: the engine (event loops and a worker pool; see engine.hpp), the request dispatch
+// (proxied routes run as exchanges on their loop; /health, /metrics, admin and plugin routes and
+// the 404s on a worker), hot reload, and graceful drain on SIGTERM.
 
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
+#include <vector>
 #include <memory>
 #include <string>
 
@@ -18,13 +20,13 @@
 #include "pipeline/router.hpp"
 #include "plugins/chain.hpp"
 #include "plugins/services.hpp"
-#include "server/listener.hpp"
-#include "pool/buffer_pool.hpp"
+#include "pipeline/exchange.hpp"
+#include "server/engine.hpp"
 #include "store/store.hpp"
 
 namespace glmp::core::server {
 
-class Server {
+class Server final : public pipeline::ExchangeHost {
 public:
   explicit Server(config::Config cfg);
   ~Server();
@@ -55,8 +57,11 @@ public:
   int in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
 
-  // Runs one request (on a worker thread).
+  // Runs one request that is not proxied (on a worker thread).
   void handle(Request& req, Response& resp);
+
+  void exchange_done(pipeline::Exchange& x) override;
+  void exchange_finished(pipeline::Exchange& x) override;
 
 private:
   void handle_admin(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
@@ -67,8 +72,12 @@ private:
   plugins::Services services() { return {store_.get(), &metrics_.plugin_metrics()}; }
   void handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
   bool admin_token_matches(const Poco::Net::HTTPServerRequest& req) const;
-  // Serves requests on one connection until it must go back to the listener or close.
-  Listener::After serve_connection(ClientConnection& conn);
+  // On the loop: a complete request's headers arrived.
+  void dispatch(Loop& loop, std::unique_ptr<ClientConnection> conn);
+  // On a worker: serves one request; true when the connection may carry another.
+  bool serve_one(ClientConnection& conn);
+  void attach_pools();
+  void stop_loop(Loop& loop);
 
   config::Config cfg_;
   // Declared before the chain, so plugins (whose on_config_destroy may still use them) go first.
@@ -77,10 +86,17 @@ private:
   pipeline::Pools pools_;
   pipeline::Router router_;
   plugins::ChainHolder chain_;
-  pool::BufferPool buffers_;
   pipeline::AccessLog access_log_;
   pipeline::Proxy proxy_;
-  std::unique_ptr<Listener> listener_;
+  std::unique_ptr<Engine> engine_;
+  // Per loop, touched only by that loop's thread: its exchanges and its read buffer.
+  struct LoopState {
+    std::unordered_map<uint64_t, std::unique_ptr<pipeline::Exchange>> exchanges;
+    uint64_t next_id = 1;
+    std::unique_ptr<char[]> read_buffer;
+  };
+  std::vector<LoopState> loop_states_;
+  std::vector<EventLoop*> event_loops_;
   std::atomic<int> in_flight_{0};
   std::atomic<bool> draining_{false};
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

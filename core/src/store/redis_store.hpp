@@ -60,6 +60,7 @@ public:
   ~RedisStore() override;
 
   std::string describe() const override;
+  bool may_block() const override { return true; }  // every call is a network round trip
   bool healthy() const override { return up_.load(std::memory_order_relaxed); }
 
   // Where Redis is and how to log in (parsed from the URL).

@@ -91,6 +91,9 @@ public:
   Status counter_add(std::string_view name, int64_t amount, int64_t* value);
   Status counter_get(std::string_view name, int64_t& value);
 
+  // True when a call may wait on the network (Redis): hooks that use the store then run on
+  // worker threads, never on an event loop. Memory and SQLite (write-behind) answer from memory.
+  virtual bool may_block() const { return false; }
   // Persists everything pending and waits for it (clean shutdown, tests). Redis: no-op.
   virtual void flush() {}
   // "sqlite data/glm-proxy.db", "redis redis://***@host:6379/0", "memory" (no secrets).

@@ -1,75 +1,244 @@
 #include "upstream/pool.hpp"
 
-#include <algorithm>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-#include <Poco/Net/HTTPSClientSession.h>
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <Poco/Net/DNS.h>
 #include <Poco/Net/NetException.h>
-#include <Poco/Net/SocketAddress.h>
 #include <Poco/Net/StreamSocket.h>
 #include <Poco/URI.h>
-
-#include "server/poll.hpp"  // poll_socket
 
 namespace glmp::core::upstream {
 namespace {
 
 Poco::Timespan to_timespan(std::chrono::milliseconds ms) { return Poco::Timespan(ms.count() * 1000); }
 
-constexpr auto kStaleCheckAfter = std::chrono::milliseconds(20);
+constexpr auto kResolveEvery = std::chrono::seconds(30);
+// Registered once, edge-triggered, for every event: using a connection costs no epoll_ctl.
+constexpr uint32_t kEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 
-template <class Base>
-class SessionConnection final : public Base, public Connection {
-public:
-  using Base::Base;
-  Poco::Net::HTTPClientSession& http() override { return *this; }
-  void open() override { this->reconnect(); }
-  bool wait_first_byte() override { return this->peek() != std::char_traits<char>::eof(); }
-  size_t read_some(char* buf, size_t n) override {
-    const int got = this->read(buf, static_cast<std::streamsize>(n));
-    return got > 0 ? static_cast<size_t>(got) : 0;
+std::string ssl_error_text() {
+  std::string text;
+  while (const unsigned long e = ::ERR_get_error()) {
+    char buf[256];
+    ::ERR_error_string_n(e, buf, sizeof buf);
+    if (!text.empty()) text += "; ";
+    text += buf;
   }
+  return text;
+}
+
+// Opens warm-up connections: finishes their connect and handshake, then puts them idle.
+class Warmer final : public ConnectionUser {
+public:
+  Warmer(Pool& pool, std::unique_ptr<Connection> conn, server::EventLoop& ev) : pool_(pool), conn_(std::move(conn)), ev_(ev) {
+    conn_->user = this;
+  }
+  void step() {
+    switch (conn_->establish()) {
+      case Connection::Io::Ok:
+        conn_->user = nullptr;
+        pool_.keep_idle(std::move(conn_));
+        delete this;
+        return;
+      case Connection::Io::WouldBlock:
+        return;  // the next event continues
+      default:
+        conn_->user = nullptr;
+        pool_.discard(std::move(conn_), true);
+        delete this;
+        return;
+    }
+  }
+  void on_upstream_event(uint32_t) override { step(); }
+
+private:
+  Pool& pool_;
+  std::unique_ptr<Connection> conn_;
+  server::EventLoop& ev_;
 };
 
 }  // namespace
 
-bool Connection::idle_looks_stale() {
-  auto& s = http();
-  if (!s.connected()) return false;  // not opened yet: nothing can be stale
-  try {
-    // One poll(2): Poco's own poll costs four syscalls (a fresh epoll instance per call).
-    return server::poll_socket(s.socket().impl()->sockfd(), Poco::Timespan(0),
-                               Poco::Net::Socket::SELECT_READ | Poco::Net::Socket::SELECT_ERROR);
-  } catch (const Poco::Exception&) {
-    return true;
+// ---------------------------------------------------------------------------------------------
+// Connection
+
+Connection::Connection(Pool& pool, int fd, size_t loop) : pool_(pool), fd_(fd), loop_(loop) {}
+
+Connection::~Connection() {
+  if (ssl_) ::SSL_free(ssl_);
+  ::close(fd_);
+}
+
+bool Connection::buffered() const { return ssl_ && ::SSL_pending(ssl_) > 0; }
+
+void Connection::on_event(uint32_t events) {
+  if (user) user->on_upstream_event(events);
+  else if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pool_.expire_idle(this);  // closed (or talking) while idle
+}
+
+Connection::Io Connection::ssl_result(int rc, const char* what) {
+  const int err = ::SSL_get_error(ssl_, rc);
+  switch (err) {
+    case SSL_ERROR_WANT_READ:
+      want_ = EPOLLIN | EPOLLRDHUP;
+      return Io::WouldBlock;
+    case SSL_ERROR_WANT_WRITE:
+      want_ = EPOLLOUT;
+      return Io::WouldBlock;
+    case SSL_ERROR_ZERO_RETURN:
+      clean_eof_ = true;  // close_notify
+      return Io::Eof;
+    case SSL_ERROR_SYSCALL: {
+      const int e = errno;
+      const std::string queued = ssl_error_text();
+      if (queued.empty() && (e == 0 || rc == 0)) {
+        clean_eof_ = false;  // the TCP connection ended without close_notify
+        error_ = "TLS connection closed without close_notify";
+        return Io::Eof;
+      }
+      error_ = std::string(what) + ": " + (queued.empty() ? std::strerror(e) : queued);
+      return Io::Error;
+    }
+    default: {
+      const std::string queued = ssl_error_text();
+      error_ = std::string("TLS error with upstream '") + pool_.cfg_.name + "': " + what + ": " +
+               (queued.empty() ? "error " + std::to_string(err) : queued);
+      const long verify = ::SSL_get_verify_result(ssl_);
+      if (verify != X509_V_OK) error_ += std::string(" (certificate verify failed: ") + ::X509_verify_cert_error_string(verify) + ")";
+      return Io::Error;
+    }
   }
 }
 
-Pool::Lease& Pool::Lease::operator=(Lease&& other) noexcept {
-  if (this != &other) {
-    if (conn_) discard(false);
-    pool_ = other.pool_;
-    conn_ = std::move(other.conn_);
+Connection::Io Connection::establish() {
+  if (established) return Io::Ok;
+  if (!ssl_) {
+    // TCP: the non-blocking connect has finished when the socket is writable; SO_ERROR says how.
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) {
+      error_ = err == ECONNREFUSED ? "upstream '" + pool_.cfg_.name + "' refused the connection"
+                                   : "upstream '" + pool_.cfg_.name + "' connection failed: " + std::strerror(err);
+      return Io::Error;
+    }
+    sockaddr_storage peer{};
+    socklen_t plen = sizeof peer;
+    if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) {
+      if (errno == ENOTCONN) {  // still connecting
+        want_ = EPOLLOUT;
+        return Io::WouldBlock;
+      }
+      error_ = "upstream '" + pool_.cfg_.name + "' connection failed: " + std::strerror(errno);
+      return Io::Error;
+    }
+    if (!pool_.secure_) {
+      established = true;
+      return Io::Ok;
+    }
+    ssl_ = ::SSL_new(pool_.ssl_context_->sslContext());
+    if (!ssl_) {
+      error_ = "TLS error with upstream '" + pool_.cfg_.name + "': " + ssl_error_text();
+      return Io::Error;
+    }
+    ::SSL_set_fd(ssl_, fd_);
+    ::SSL_set_connect_state(ssl_);
+    // Verification on, against the context's CA store; the certificate must name the host.
+    ::SSL_set_verify(ssl_, SSL_VERIFY_PEER, nullptr);
+    if (pool_.host_is_ip_) {
+      ::X509_VERIFY_PARAM_set1_ip_asc(::SSL_get0_param(ssl_), pool_.host_.c_str());
+    } else {
+      ::SSL_set_tlsext_host_name(ssl_, pool_.host_.c_str());
+      ::SSL_set1_host(ssl_, pool_.host_.c_str());
+    }
   }
-  return *this;
-}
-
-Pool::Lease::~Lease() {
-  if (conn_) discard(false);
-}
-
-void Pool::Lease::release() {
-  if (conn_) pool_->give_back(std::move(conn_));
-}
-
-void Pool::Lease::discard(bool failure) {
-  if (!conn_) return;
-  try {
-    conn_->http().abort();
-  } catch (...) {
+  ::ERR_clear_error();
+  const int rc = ::SSL_do_handshake(ssl_);
+  if (rc == 1) {
+    established = true;
+    return Io::Ok;
   }
-  conn_.reset();
-  pool_->drop(failure);
+  const Io r = ssl_result(rc, "handshake");
+  if (r == Io::Eof) {
+    error_ = "TLS error with upstream '" + pool_.cfg_.name + "': the connection closed during the handshake";
+    return Io::Error;
+  }
+  if (r == Io::Error && error_.rfind("TLS error", 0) != 0) error_ = "TLS error with upstream '" + pool_.cfg_.name + "': " + error_;
+  return r;
 }
+
+Connection::Io Connection::read(char* buf, size_t cap, size_t& got) {
+  got = 0;
+  if (ssl_) {
+    ::ERR_clear_error();
+    size_t n = 0;
+    const int rc = ::SSL_read_ex(ssl_, buf, cap, &n);
+    if (rc == 1) {
+      got = n;
+      return Io::Ok;
+    }
+    return ssl_result(rc, "read");
+  }
+  for (;;) {
+    const ssize_t n = ::recv(fd_, buf, cap, 0);
+    if (n > 0) {
+      got = static_cast<size_t>(n);
+      return Io::Ok;
+    }
+    if (n == 0) return Io::Eof;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      want_ = EPOLLIN | EPOLLRDHUP;
+      return Io::WouldBlock;
+    }
+    error_ = errno == ECONNRESET ? "Connection reset by peer" : std::strerror(errno);
+    return Io::Error;
+  }
+}
+
+Connection::Io Connection::write(const char* data, size_t len, size_t& sent) {
+  sent = 0;
+  if (ssl_) {
+    ::ERR_clear_error();
+    size_t n = 0;
+    const int rc = ::SSL_write_ex(ssl_, data, len, &n);
+    if (rc == 1) {
+      sent = n;
+      return Io::Ok;
+    }
+    const Io r = ssl_result(rc, "write");
+    return r == Io::Eof ? Io::Error : r;
+  }
+  for (;;) {
+    const ssize_t n = ::send(fd_, data, len, MSG_NOSIGNAL);
+    if (n >= 0) {
+      sent = static_cast<size_t>(n);
+      return Io::Ok;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      want_ = EPOLLOUT;
+      return Io::WouldBlock;
+    }
+    error_ = errno == ECONNRESET ? "Connection reset by peer" : std::strerror(errno);
+    return Io::Error;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool
 
 Pool::Pool(const config::UpstreamConfig& cfg) : cfg_(cfg) {
   Poco::URI uri(cfg.base_url);
@@ -80,119 +249,254 @@ Pool::Pool(const config::UpstreamConfig& cfg) : cfg_(cfg) {
   while (!base_path_.empty() && base_path_.back() == '/') base_path_.pop_back();
   const bool default_port = (secure_ && port_ == 443) || (!secure_ && port_ == 80);
   const bool ipv6 = host_.find(':') != std::string::npos;
+  Poco::Net::IPAddress ip;
+  host_is_ip_ = Poco::Net::IPAddress::tryParse(host_, ip);
   if (ipv6) host_header_.append(1, '[').append(host_).append(1, ']');
   else host_header_ = host_;
   if (!default_port) host_header_.append(1, ':').append(std::to_string(port_));
   if (secure_) {
-    // Verification on: system CA store (loadDefaultCAs) plus the optional extra bundle; Poco checks
-    // the certificate's host name against host_ after the handshake.
+    // Verification on: system CA store (loadDefaultCAs) plus the optional extra bundle. The
+    // connections check the certificate's name against host_ (SSL_set1_host).
     ssl_context_ = new Poco::Net::Context(Poco::Net::Context::TLS_CLIENT_USE, "", "", cfg.ca_file,
                                           Poco::Net::Context::VERIFY_RELAXED, 9, true);
     ssl_context_->requireMinimumProtocol(Poco::Net::Context::PROTO_TLSV1_2);
   }
+  std::string ignored;
+  resolve(ignored);  // a host that does not resolve yet is retried by the maintenance thread
 }
 
 Pool::~Pool() { stop(); }
 
-std::unique_ptr<Connection> Pool::make_connection() {
-  std::unique_ptr<Connection> conn;
-  if (secure_)
-    conn = std::make_unique<SessionConnection<Poco::Net::HTTPSClientSession>>(host_, port_, ssl_context_);
-  else
-    conn = std::make_unique<SessionConnection<Poco::Net::HTTPClientSession>>(host_, port_);
-  auto& s = conn->http();
-  s.setKeepAlive(true);
-  // The pool expires idle sessions itself; Poco's own 8 s client keep-alive would silently reconnect.
-  s.setKeepAliveTimeout(Poco::Timespan(static_cast<long>(cfg_.idle_timeout.count() / 1000 + 3600), 0));
-  s.setTimeout(to_timespan(cfg_.connect_timeout), to_timespan(cfg_.read_timeout), to_timespan(cfg_.read_timeout));
+void Pool::attach(size_t loops, server::EventLoop* const* evs, Deliver deliver, Post post) {
+  loops_ = loops;
+  evs_ = evs;
+  deliver_ = std::move(deliver);
+  post_ = std::move(post);
+  per_loop_.resize(loops);
+}
+
+bool Pool::resolve(std::string& error) {
+  std::vector<Poco::Net::SocketAddress> found;
+  try {
+    if (host_is_ip_) {
+      found.emplace_back(host_, port_);
+    } else {
+      const Poco::Net::HostEntry entry = Poco::Net::DNS::hostByName(host_);
+      for (const auto& a : entry.addresses()) found.emplace_back(a, port_);
+    }
+  } catch (const Poco::Net::HostNotFoundException&) {
+    error = "upstream '" + cfg_.name + "' host not found";
+  } catch (const Poco::Net::NoAddressFoundException&) {
+    error = "upstream '" + cfg_.name + "' host has no address";
+  } catch (const Poco::Exception& e) {
+    error = "upstream '" + cfg_.name + "' host lookup failed: " + e.displayText();
+  }
+  std::lock_guard lock(state_mutex_);
+  if (!found.empty()) addresses_ = std::move(found);
+  else if (error.empty()) error = "upstream '" + cfg_.name + "' host has no address";
+  return !addresses_.empty();
+}
+
+std::unique_ptr<Connection> Pool::take_idle(size_t loop) {
+  auto& idle = per_loop_[loop].idle;
+  const auto now = Clock::now();
+  while (!idle.empty()) {
+    std::unique_ptr<Connection> conn = std::move(idle.back());
+    idle.pop_back();
+    idle_count_.fetch_sub(1, std::memory_order_relaxed);
+    if (now - conn->idle_since > cfg_.idle_timeout) {
+      evs_[loop]->remove(conn->fd());
+      expired_.fetch_add(1, std::memory_order_relaxed);
+      conn.reset();
+      free_slot(false);
+      continue;
+    }
+    conn->reused = true;
+    reused_.fetch_add(1, std::memory_order_relaxed);
+    return conn;
+  }
+  return nullptr;
+}
+
+std::unique_ptr<Connection> Pool::open(size_t loop, std::string& error) {
+  int size = size_.load(std::memory_order_relaxed);
+  do {
+    if (size >= cfg_.max_connections) return nullptr;
+  } while (!size_.compare_exchange_weak(size, size + 1, std::memory_order_relaxed));
+  created_.fetch_add(1, std::memory_order_relaxed);
+  Poco::Net::SocketAddress address;
+  {
+    std::lock_guard lock(state_mutex_);
+    if (!addresses_.empty()) address = addresses_.front();
+  }
+  if (address.port() == 0) {
+    if (!resolve(error)) {
+      free_slot(true);
+      return nullptr;
+    }
+    std::lock_guard lock(state_mutex_);
+    address = addresses_.front();
+  }
+  const int fd = ::socket(address.family() == Poco::Net::SocketAddress::IPv6 ? AF_INET6 : AF_INET,
+                          SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = "upstream '" + cfg_.name + "' connection failed: " + std::strerror(errno);
+    free_slot(true);
+    return nullptr;
+  }
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  auto conn = std::make_unique<Connection>(*this, fd, loop);
+  if (::connect(fd, address.addr(), address.length()) != 0 && errno != EINPROGRESS) {
+    error = errno == ECONNREFUSED ? "upstream '" + cfg_.name + "' refused the connection"
+                                  : "upstream '" + cfg_.name + "' connection failed: " + std::strerror(errno);
+    conn.reset();
+    free_slot(true);
+    return nullptr;
+  }
+  if (!evs_[loop]->add(fd, kEvents, conn.get())) {
+    error = "upstream '" + cfg_.name + "' connection failed: epoll: " + std::strerror(errno);
+    conn.reset();
+    free_slot(true);
+    return nullptr;
+  }
   return conn;
 }
 
-Pool::Lease Pool::acquire() {
-  const auto deadline = Clock::now() + cfg_.acquire_timeout;
-  std::unique_lock lock(mutex_);
-  for (;;) {
-    while (!idle_.empty()) {
-      std::unique_ptr<Connection> conn = std::move(idle_.back());
-      idle_.pop_back();
-      const auto idle_for = Clock::now() - conn->idle_since;
-      const bool too_old = idle_for > cfg_.idle_timeout;
-      lock.unlock();
-      // A socket idle for a few milliseconds is not checked (one poll(2) saved per request under
-      // load); should the upstream have closed it in that instant, the stale-socket retry covers it.
-      const bool stale = too_old || (idle_for > kStaleCheckAfter && conn->idle_looks_stale());
-      if (!stale) {
-        conn->reused = conn->http().connected();
-        lock.lock();
-        if (conn->reused) ++reused_;
-        return Lease(this, std::move(conn));
-      }
-      try {
-        conn->http().abort();
-      } catch (...) {
-      }
-      conn.reset();
-      lock.lock();
-      --size_;
-      ++expired_;
-    }
-    if (size_ < static_cast<size_t>(cfg_.max_connections)) {
-      ++size_;
-      ++created_;
-      lock.unlock();
-      try {
-        auto conn = make_connection();
-        conn->reused = false;
-        return Lease(this, std::move(conn));
-      } catch (...) {
-        drop(true);
-        throw;
-      }
-    }
-    ++waiting_;
-    const bool woke = available_.wait_until(lock, deadline, [&] {
-      return !idle_.empty() || size_ < static_cast<size_t>(cfg_.max_connections);
-    });
-    --waiting_;
-    if (!woke) {
-      ++timeouts_;
-      throw PoolExhausted("upstream '" + cfg_.name + "': all " + std::to_string(cfg_.max_connections) +
-                          " connections are busy (waited " + std::to_string(cfg_.acquire_timeout.count()) + " ms)");
-    }
-  }
+bool Pool::register_on(size_t loop, Connection& conn) {
+  conn.set_loop(loop);
+  return evs_[loop]->add(conn.fd(), kEvents, &conn);
 }
 
-void Pool::give_back(std::unique_ptr<Connection> conn) {
+void Pool::add_waiter(const Waiter& w) {
+  std::lock_guard lock(waiters_mutex_);
+  waiters_.push_back(w);
+  waiting_.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool Pool::remove_waiter(const Waiter& w) {
+  std::lock_guard lock(waiters_mutex_);
+  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+    if (it->loop == w.loop && it->id == w.id) {
+      waiters_.erase(it);
+      waiting_.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
+}
+
+void Pool::release(std::unique_ptr<Connection> conn) {
+  conn->user = nullptr;
+  if (waiting_.load(std::memory_order_relaxed) > 0) {
+    std::unique_lock lock(waiters_mutex_);
+    if (!waiters_.empty()) {
+      const Waiter w = waiters_.front();
+      waiters_.pop_front();
+      waiting_.fetch_sub(1, std::memory_order_relaxed);
+      lock.unlock();
+      reused_.fetch_add(1, std::memory_order_relaxed);
+      conn->reused = true;
+      conn->idle_since = Clock::now();
+      evs_[conn->loop()]->remove(conn->fd());  // the waiter's loop registers it again (register_on)
+      deliver_(w, std::move(conn));
+      return;
+    }
+  }
+  keep_idle(std::move(conn));
+}
+
+void Pool::keep_idle(std::unique_ptr<Connection> conn) {
+  const size_t loop = conn->loop();
+  conn->user = nullptr;
   conn->idle_since = Clock::now();
-  {
-    std::lock_guard lock(mutex_);
-    idle_.push_back(std::move(conn));
-  }
-  available_.notify_one();
+  // Still registered: the upstream closing it (or sending anything) while idle expires it at once.
+  per_loop_[loop].idle.push_back(std::move(conn));
+  idle_count_.fetch_add(1, std::memory_order_relaxed);
 }
 
-void Pool::drop(bool failure) {
-  {
-    std::lock_guard lock(mutex_);
-    --size_;
-    if (failure) ++failed_;
+void Pool::discard(std::unique_ptr<Connection> conn, bool failure) {
+  if (!conn) return;
+  const size_t loop = conn->loop();
+  conn->user = nullptr;
+  evs_[loop]->remove(conn->fd());
+  ::shutdown(conn->fd(), SHUT_RDWR);
+  evs_[loop]->retire(std::move(conn));  // it may be the watcher whose event is running
+  free_slot(failure);
+}
+
+void Pool::expire_idle(Connection* conn) {
+  auto& idle = per_loop_[conn->loop()].idle;
+  auto it = std::find_if(idle.begin(), idle.end(), [&](const auto& c) { return c.get() == conn; });
+  if (it == idle.end()) return;
+  std::unique_ptr<Connection> owned = std::move(*it);
+  idle.erase(it);
+  idle_count_.fetch_sub(1, std::memory_order_relaxed);
+  expired_.fetch_add(1, std::memory_order_relaxed);
+  evs_[owned->loop()]->remove(owned->fd());
+  evs_[owned->loop()]->retire(std::move(owned));
+  free_slot(false);
+}
+
+void Pool::free_slot(bool failure) {
+  size_.fetch_sub(1, std::memory_order_relaxed);
+  if (failure) failed_.fetch_add(1, std::memory_order_relaxed);
+  pass_slot();
+}
+
+void Pool::pass_slot() {
+  if (waiting_.load(std::memory_order_relaxed) == 0) return;
+  std::unique_lock lock(waiters_mutex_);
+  if (waiters_.empty()) return;
+  const Waiter w = waiters_.front();
+  waiters_.pop_front();
+  waiting_.fetch_sub(1, std::memory_order_relaxed);
+  lock.unlock();
+  deliver_(w, nullptr);
+}
+
+void Pool::close_loop(size_t loop) {
+  if (loop >= per_loop_.size()) return;
+  auto& idle = per_loop_[loop].idle;
+  for (auto& c : idle) {
+    evs_[loop]->remove(c->fd());
+    idle_count_.fetch_sub(1, std::memory_order_relaxed);
+    size_.fetch_sub(1, std::memory_order_relaxed);
   }
-  available_.notify_one();
+  idle.clear();
+}
+
+void Pool::warm(size_t loop) {
+  while (size_.load(std::memory_order_relaxed) < cfg_.min_connections) {
+    std::string error;
+    auto conn = open(loop, error);
+    if (!conn) {
+      if (!error.empty()) {
+        std::lock_guard lock(state_mutex_);
+        healthy_ = false;
+        last_error_ = error;
+      }
+      return;
+    }
+    (new Warmer(*this, std::move(conn), *evs_[loop]))->step();
+  }
 }
 
 PoolStats Pool::stats() const {
-  std::lock_guard lock(mutex_);
   PoolStats s;
-  s.size = size_;
-  s.idle = idle_.size();
-  s.in_use = size_ - idle_.size();
-  s.waiting = waiting_;
+  const int size = std::max(0, size_.load(std::memory_order_relaxed));
+  const int idle = std::max(0, idle_count_.load(std::memory_order_relaxed));
+  s.size = static_cast<size_t>(size);
+  s.idle = static_cast<size_t>(idle);
+  s.in_use = size > idle ? static_cast<size_t>(size - idle) : 0;
+  s.waiting = static_cast<size_t>(std::max(0, waiting_.load(std::memory_order_relaxed)));
   s.max = static_cast<size_t>(cfg_.max_connections);
-  s.created = created_;
-  s.reused = reused_;
-  s.failed = failed_;
-  s.expired = expired_;
-  s.timeouts = timeouts_;
+  s.created = created_.load(std::memory_order_relaxed);
+  s.reused = reused_.load(std::memory_order_relaxed);
+  s.failed = failed_.load(std::memory_order_relaxed);
+  s.expired = expired_.load(std::memory_order_relaxed);
+  s.timeouts = timeouts_.load(std::memory_order_relaxed);
+  std::lock_guard lock(state_mutex_);
   s.healthy = healthy_;
   s.last_error = last_error_;
   return s;
@@ -217,13 +521,19 @@ void Pool::stop() {
 void Pool::health_check() {
   std::string error;
   try {
+    Poco::Net::SocketAddress address;
+    {
+      std::lock_guard lock(state_mutex_);
+      if (!addresses_.empty()) address = addresses_.front();
+    }
+    if (address.port() == 0) throw Poco::Net::HostNotFoundException(host_);
     Poco::Net::StreamSocket probe;
-    probe.connect(Poco::Net::SocketAddress(host_, port_), to_timespan(cfg_.connect_timeout));
+    probe.connect(address, to_timespan(cfg_.connect_timeout));
     probe.close();
   } catch (const Poco::Exception& e) {
     error = e.displayText();
   }
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(state_mutex_);
   healthy_ = error.empty();
   last_error_ = error;
 }
@@ -231,65 +541,48 @@ void Pool::health_check() {
 void Pool::maintenance_loop() {
   constexpr auto kWarmRetry = std::chrono::seconds(2);
   auto next_health = Clock::now();
+  auto next_resolve = Clock::now() + kResolveEvery;
   auto next_warm = Clock::now();
   // Wake often enough for the shortest configured period (between 50 ms and 1 s).
   std::chrono::milliseconds tick = std::min<std::chrono::milliseconds>(std::chrono::seconds(1), cfg_.idle_timeout / 2);
   if (cfg_.health_interval.count() > 0) tick = std::min(tick, cfg_.health_interval);
   tick = std::max(tick, std::chrono::milliseconds(50));
+  size_t next_loop = 0;
   std::unique_lock stop_lock(stop_mutex_);
   while (!stopping_) {
     stop_lock.unlock();
-    // 1. Expire idle connections that are too old or that the upstream closed.
-    std::vector<std::unique_ptr<Connection>> expired;
-    {
-      std::lock_guard lock(mutex_);
-      const auto now = Clock::now();
-      for (auto it = idle_.begin(); it != idle_.end();) {
-        if (now - (*it)->idle_since > cfg_.idle_timeout || (*it)->idle_looks_stale()) {
-          expired.push_back(std::move(*it));
-          it = idle_.erase(it);
-          --size_;
-          ++expired_;
-        } else {
-          ++it;
-        }
+    if (!host_is_ip_ && Clock::now() >= next_resolve) {
+      std::string ignored;
+      resolve(ignored);
+      next_resolve = Clock::now() + kResolveEvery;
+    }
+    // Idle expiry by age: each loop closes its own (posted; loops own their connections).
+    if (loops_ > 0 && idle_count_.load(std::memory_order_relaxed) > 0) {
+      for (size_t l = 0; l < loops_; ++l) {
+        post_(l, [this, l] {
+          auto& idle = per_loop_[l].idle;
+          const auto now = Clock::now();
+          for (auto it = idle.begin(); it != idle.end();) {
+            if (now - (*it)->idle_since > cfg_.idle_timeout) {
+              evs_[l]->remove((*it)->fd());
+              it = idle.erase(it);
+              idle_count_.fetch_sub(1, std::memory_order_relaxed);
+              expired_.fetch_add(1, std::memory_order_relaxed);
+              free_slot(false);
+            } else {
+              ++it;
+            }
+          }
+        });
       }
     }
-    for (auto& c : expired) {
-      try {
-        c->http().abort();
-      } catch (...) {
-      }
+    // Warm: keep at least min_connections open, opened by the loops in turn. After a failed
+    // dial, back off instead of hammering a down upstream; a success marks the upstream healthy.
+    if (cfg_.warm && loops_ > 0 && Clock::now() >= next_warm && size_.load(std::memory_order_relaxed) < cfg_.min_connections) {
+      const size_t l = next_loop++ % loops_;
+      post_(l, [this, l] { warm(l); });
+      next_warm = Clock::now() + kWarmRetry;
     }
-    if (!expired.empty()) available_.notify_all();
-    // 2. Warm: keep at least min_connections open and idle. After a failed dial, back off
-    //    (kWarmRetry) instead of hammering a down upstream; a success marks the upstream healthy.
-    if (cfg_.warm && Clock::now() >= next_warm) {
-      for (;;) {
-        {
-          std::lock_guard lock(mutex_);
-          if (size_ >= static_cast<size_t>(cfg_.min_connections)) break;
-          ++size_;
-          ++created_;
-        }
-        try {
-          auto conn = make_connection();
-          conn->open();
-          give_back(std::move(conn));
-          std::lock_guard lock(mutex_);
-          healthy_ = true;
-          last_error_.clear();
-        } catch (const Poco::Exception& e) {
-          drop(true);
-          std::lock_guard lock(mutex_);
-          healthy_ = false;
-          last_error_ = e.displayText();
-          next_warm = Clock::now() + kWarmRetry;
-          break;
-        }
-      }
-    }
-    // 3. Health check.
     if (cfg_.health_interval.count() > 0 && Clock::now() >= next_health) {
       health_check();
       next_health = Clock::now() + cfg_.health_interval;

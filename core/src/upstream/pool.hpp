@@ -1,19 +1,25 @@
 #pragma once
-// One keep-alive connection pool per upstream (docs/design.md, "Upstream pool").
+// Upstream connections (docs/design.md, "Upstream pool").
 //
-// - HTTP/1.1 keep-alive sessions over HTTP or HTTPS (Poco NetSSL: verification on, system CA
-//   store plus an optional extra CA file, SNI and host-name checks by Poco).
-// - min/max connections, optional warm-up, a wait queue bounded by acquire_timeout,
-//   idle expiry, and a background TCP health check.
-// - Idle connections are taken most-recently-used first (hottest socket) and are checked for a
-//   pending EOF/RST before use, so most sockets the upstream closed while idle never see a request.
-// - Stale-socket retry support: Connection::wait_first_byte() tells "the upstream closed before
-//   sending a single byte" apart from every later failure, so a request is retried only when the
-//   upstream cannot have started working on it.
+// - Non-blocking HTTP/1.1 keep-alive connections, plain or TLS (OpenSSL on the socket, the
+//   SSL_CTX from Poco's NetSSL Context: verification on, system CA store plus an optional extra CA
+//   file, SNI, host-name check), each owned by one event loop.
+// - One Pool per upstream: a global max_connections (a counter every loop reserves from) and one
+//   global waiter queue, so acquire_timeout and its 503 mean what they always meant; idle
+//   connections are kept per loop (no lock to take one), most recently used first, and stay in
+//   their loop's epoll, so an upstream that closes an idle socket is noticed at once (EPOLLRDHUP)
+//   instead of being polled.
+// - Stale-socket retry support: a reused connection that fails before the first response byte is
+//   retried once on a fresh one (the upstream cannot have started working on the request).
+// - A maintenance thread resolves the host (loops never block on DNS), runs the TCP health check,
+//   and asks the loops to warm min_connections.
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -21,18 +27,16 @@
 #include <vector>
 
 #include <Poco/Net/Context.h>
-#include <Poco/Net/HTTPClientSession.h>
+#include <Poco/Net/SocketAddress.h>
 
 #include "config/config.hpp"
+#include "server/event_loop.hpp"
+
+typedef struct ssl_st SSL;
 
 namespace glmp::core::upstream {
 
 using Clock = std::chrono::steady_clock;
-
-class PoolExhausted : public std::runtime_error {
-public:
-  using std::runtime_error::runtime_error;
-};
 
 struct PoolStats {
   size_t size = 0;      // open or opening connections (idle + in use)
@@ -40,10 +44,10 @@ struct PoolStats {
   size_t in_use = 0;
   size_t waiting = 0;   // requests waiting for a connection
   size_t max = 0;
-  uint64_t created = 0; // sessions created
-  uint64_t reused = 0;  // acquisitions served by an already open session (kept alive or warmed)
+  uint64_t created = 0; // connections opened
+  uint64_t reused = 0;  // acquisitions served by an already open connection
   uint64_t failed = 0;  // connections discarded after an error
-  uint64_t expired = 0; // idle connections closed for age or staleness
+  uint64_t expired = 0; // idle connections closed for age or because the upstream closed them
   uint64_t timeouts = 0;// acquisitions that gave up after acquire_timeout
   bool healthy = true;
   std::string last_error;  // last health-check failure ("" when healthy)
@@ -56,25 +60,59 @@ struct PoolStats {
   }
 };
 
-// A pooled session. Poco's HTTPClientSession plus the two protected operations the pool needs.
-class Connection {
-public:
-  virtual ~Connection() = default;
-  virtual Poco::Net::HTTPClientSession& http() = 0;
-  // Opens the TCP (and TLS) connection now, for warm-up.
-  virtual void open() = 0;
-  // Blocks (up to the session's receive timeout) for the first response byte without consuming it.
-  // Returns false on a clean EOF before any byte; throws Poco exceptions on reset/timeout.
-  virtual bool wait_first_byte() = 0;
-  // Reads up to n raw response bytes (what wait_first_byte peeked first): 0 at EOF; throws Poco
-  // exceptions on reset, TLS failure or a read timeout. The response is parsed by the caller
-  // (http::ResponseParser), never by Poco, so a cut response is always seen as cut.
-  virtual size_t read_some(char* buf, size_t n) = 0;
-  // An idle keep-alive connection with something to read (EOF, RST or stray bytes) is unusable.
-  bool idle_looks_stale();
+class Pool;
 
+// Whoever uses a connection gets its events.
+class ConnectionUser {
+public:
+  virtual ~ConnectionUser() = default;
+  virtual void on_upstream_event(uint32_t events) = 0;
+};
+
+// One upstream connection on one loop.
+class Connection final : public server::Watcher {
+public:
+  Connection(Pool& pool, int fd, size_t loop);
+  ~Connection() override;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  enum class Io { Ok, WouldBlock, Eof, Error };
+  // Finishes the TCP connect and the TLS handshake. WouldBlock: wait for want() and call again.
+  Io establish();
+  // Reads up to `cap` bytes (`got`). Eof: the upstream closed (clean_eof() tells a TLS
+  // close_notify or plain FIN from a TLS connection cut without one).
+  Io read(char* buf, size_t cap, size_t& got);
+  // Writes from `data` (`sent` bytes taken; may be fewer than `len`).
+  Io write(const char* data, size_t len, size_t& sent);
+  // The events to wait for after WouldBlock (TLS may need to write to read and the reverse).
+  uint32_t want() const { return want_; }
+  bool clean_eof() const { return clean_eof_; }
+  // Decrypted bytes OpenSSL holds that epoll cannot report.
+  bool buffered() const;
+  // Moves the connection to another loop (it is registered there by the caller).
+  void set_loop(size_t loop) { loop_ = loop; }
+  const std::string& error() const { return error_; }
+  int fd() const { return fd_; }
+  size_t loop() const { return loop_; }
+  Pool& pool() { return pool_; }
+
+  void on_event(uint32_t events) override;
+
+  ConnectionUser* user = nullptr;  // nullptr while idle: then any event means it is unusable
+  bool established = false;
   bool reused = false;             // this acquisition reuses a kept-alive connection
-  Clock::time_point idle_since{};  // when it was last returned to the pool
+  Clock::time_point idle_since{};
+
+private:
+  Io ssl_result(int rc, const char* what);
+  Pool& pool_;
+  int fd_;
+  size_t loop_;
+  SSL* ssl_ = nullptr;
+  uint32_t want_ = 0;
+  bool clean_eof_ = true;
+  std::string error_;
 };
 
 class Pool {
@@ -84,30 +122,44 @@ public:
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  // RAII handle: the connection goes back to the pool only through release(); destroying a lease
-  // that was not released closes the connection (an error path never returns a dirty socket).
-  class Lease {
-  public:
-    Lease() = default;
-    Lease(Pool* pool, std::unique_ptr<Connection> conn) : pool_(pool), conn_(std::move(conn)) {}
-    Lease(Lease&&) noexcept = default;
-    Lease& operator=(Lease&&) noexcept;
-    ~Lease();
-    Connection* operator->() const { return conn_.get(); }
-    Connection& operator*() const { return *conn_; }
-    explicit operator bool() const { return conn_ != nullptr; }
-    void release();               // healthy, fully read: keep alive for the next request
-    void discard(bool failure);   // close; `failure` counts in the failed metric
-  private:
-    Pool* pool_ = nullptr;
-    std::unique_ptr<Connection> conn_;
+  // How a loop is reached from another thread, and who on it waits for a connection.
+  struct Waiter {
+    size_t loop = 0;
+    uint64_t id = 0;
   };
+  // Delivers a connection (or, with nullptr, a free slot to open one in) to a waiter's loop. Set
+  // by the server before start(); called on any loop thread.
+  using Deliver = std::function<void(const Waiter&, std::unique_ptr<Connection>)>;
+  // Asks loop i (any thread) to run fn on it.
+  using Post = std::function<void(size_t loop, std::function<void()>)>;
+  void attach(size_t loops, server::EventLoop* const* evs, Deliver deliver, Post post);
 
-  // Waits up to acquire_timeout. Throws PoolExhausted on timeout.
-  Lease acquire();
+  // ---- loop thread ----
+  // An idle connection of this loop (most recently used first; too old ones are closed), or null.
+  std::unique_ptr<Connection> take_idle(size_t loop);
+  // Reserves a slot under max_connections and starts a non-blocking connect. Null with `error`
+  // set when the connect failed at once; null with error empty when every slot is taken.
+  std::unique_ptr<Connection> open(size_t loop, std::string& error);
+  // Queues a waiter (every slot taken); remove_waiter: false when it was already handed one.
+  void add_waiter(const Waiter& w);
+  bool remove_waiter(const Waiter& w);
+  // A connection whose response was fully read: to the first waiter, else idle on its loop.
+  void release(std::unique_ptr<Connection> conn);
+  // Closes a connection (failure counts in the failed metric) and frees its slot.
+  void discard(std::unique_ptr<Connection> conn, bool failure);
+  // An idle connection of `loop` that turned unusable (event while idle): closed.
+  void expire_idle(Connection* conn);
+  // Registers a connection delivered from another loop with `loop`.
+  bool register_on(size_t loop, Connection& conn);
+  // Puts a connection delivered to a loop whose waiter is gone into that loop's idle list.
+  void keep_idle(std::unique_ptr<Connection> conn);
+  // A slot was freed for a waiter that is gone: passed on to the next one.
+  void pass_slot();
+  // Closes every idle connection of `loop` (the loop is stopping).
+  void close_loop(size_t loop);
+  void count_timeout() { timeouts_.fetch_add(1, std::memory_order_relaxed); }
 
-  // Starts warm-up and the maintenance thread (idle expiry, min fill, health check).
-  void start();
+  void start();  // maintenance thread: DNS, health check, warm-up
   void stop();
 
   PoolStats stats() const;
@@ -119,26 +171,41 @@ public:
   const std::string& host_header() const { return host_header_; }
 
 private:
-  std::unique_ptr<Connection> make_connection();
-  void give_back(std::unique_ptr<Connection> conn);
-  void drop(bool failure);
+  friend class Connection;
+  struct LoopIdle {
+    std::vector<std::unique_ptr<Connection>> idle;  // back = most recently used
+  };
+  void free_slot(bool failure);
   void maintenance_loop();
+  bool resolve(std::string& error);
   void health_check();
+  void warm(size_t loop);
 
   config::UpstreamConfig cfg_;
   bool secure_ = false;
+  bool host_is_ip_ = false;
   std::string host_;
   uint16_t port_ = 0;
   std::string base_path_;
   std::string host_header_;
   Poco::Net::Context::Ptr ssl_context_;  // HTTPS only
 
-  mutable std::mutex mutex_;
-  std::condition_variable available_;
-  std::vector<std::unique_ptr<Connection>> idle_;  // back = most recently used
-  size_t size_ = 0;
-  size_t waiting_ = 0;
-  uint64_t created_ = 0, reused_ = 0, failed_ = 0, expired_ = 0, timeouts_ = 0;
+  size_t loops_ = 0;
+  server::EventLoop* const* evs_ = nullptr;
+  Deliver deliver_;
+  Post post_;
+  std::vector<LoopIdle> per_loop_;
+
+  std::atomic<int> size_{0};
+  std::atomic<int> idle_count_{0};
+  std::atomic<uint64_t> created_{0}, reused_{0}, failed_{0}, expired_{0}, timeouts_{0};
+
+  mutable std::mutex waiters_mutex_;
+  std::deque<Waiter> waiters_;
+  std::atomic<int> waiting_{0};
+
+  mutable std::mutex state_mutex_;  // addresses, health
+  std::vector<Poco::Net::SocketAddress> addresses_;
   bool healthy_ = true;
   std::string last_error_;
 

@@ -315,7 +315,24 @@ typedef struct glmp_plugin_descriptor {
    * whose on_request ran. For a route registered with GLMP_ACCESS_KEY it runs right before the
    * chain's on_request hooks (the body may then already be read). NULL = continue. */
   glmp_status (*on_request_headers)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request);
+
+  /* ABI 1.2 (appended; read only when struct_size covers it). GLMP_PLUGIN_* flags, 0 = none.
+   *
+   * Where hooks run. The core runs requests on event loops (one thread per core, each carrying
+   * thousands of requests), so a hook that blocks stalls every request of its loop:
+   * - on_response_headers and on_response_body always run on the loop thread, for every plugin:
+   *   they must only compute (they see each chunk as it is relayed).
+   * - on_request_headers, on_request and on_complete run on the loop thread only when every
+   *   plugin of the chain sets GLMP_PLUGIN_NONBLOCKING and the store never blocks (memory,
+   *   sqlite); otherwise the request waits, without holding its loop, while each of these phases
+   *   runs on a worker thread. A plugin without the flag (every ABI 1.0/1.1 plugin) may block in
+   *   them: sleep, call a remote service, wait on a lock.
+   * GLMP_PLUGIN_NONBLOCKING promises that these three hooks only compute and use the host API
+   * (store calls included: the core knows when its store may block). */
+  uint32_t flags;
 } glmp_plugin_descriptor;
+
+#define GLMP_PLUGIN_NONBLOCKING 1u
 
 /* The one symbol a plugin exports (with default visibility). Returns NULL to refuse the host (e.g.
  * a major mismatch). Called once per load, on the reload thread. */

@@ -1057,6 +1057,12 @@ class Host {
 // in the descriptor. All hooks may run concurrently for different requests (see the top of the
 // file); they run on the connection's thread and may block, always with a timeout.
 // ---------------------------------------------------------------------------------------------
+// Where hooks run (see GLMP_PLUGIN_NONBLOCKING in plugin_api.h): on_response_headers and
+// on_response_body always run on an event loop and must only compute. on_request_headers,
+// on_request and on_complete run on a worker thread unless the class declares
+//   static constexpr bool nonblocking = true;
+// (they then only compute and use the host API, store included) and every other plugin of the
+// chain does too: the request then never leaves its loop.
 class Plugin {
  public:
   explicit Plugin(Host host) noexcept : host_(host) {}
@@ -1154,6 +1160,13 @@ GLMP_DETAIL_OVERRIDES(on_response_headers)
 GLMP_DETAIL_OVERRIDES(on_response_body)
 GLMP_DETAIL_OVERRIDES(on_complete)
 #undef GLMP_DETAIL_OVERRIDES
+
+// `static constexpr bool nonblocking = true;` in the plugin class sets GLMP_PLUGIN_NONBLOCKING.
+template <class T>
+constexpr bool declares_nonblocking() {
+  if constexpr (requires { T::nonblocking; }) return static_cast<bool>(T::nonblocking);
+  else return false;
+}
 
 // Info (made by GLMP_PLUGIN): `using type = T;` plus `name` and `version` (const char*).
 template <class Info>
@@ -1277,6 +1290,7 @@ struct Adapter {
     d.on_response_body = overrides_on_response_body<T>() ? &on_response_body : nullptr;
     d.on_complete = overrides_on_complete<T>() ? &on_complete : nullptr;
     d.on_request_headers = overrides_on_request_headers<T>() ? &on_request_headers : nullptr;
+    d.flags = declares_nonblocking<T>() ? GLMP_PLUGIN_NONBLOCKING : 0u;
     return d;
   }
 };

@@ -1,0 +1,685 @@
+#include "pipeline/exchange.hpp"
+
+#include <sys/epoll.h>
+
+#include "pipeline/errors.hpp"
+#include "pipeline/headers.hpp"
+
+namespace glmp::core::pipeline {
+namespace {
+
+// Backpressure: past kHighWater bytes queued for the client the upstream is no longer read; it is
+// read again once the queue is down to kLowWater. Memory per slow client stays bounded.
+constexpr size_t kHighWater = 256 * 1024;
+constexpr size_t kLowWater = 64 * 1024;
+constexpr uint32_t kReadable = EPOLLIN | EPOLLRDHUP;
+
+bool is_event_stream(const std::string& ct) { return ct.rfind("text/event-stream", 0) == 0; }
+
+std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
+
+}  // namespace
+
+Exchange::Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::ClientConnection> conn, Proxy& proxy,
+                   upstream::Pool& pool, std::shared_ptr<const plugins::Chain> chain, char* read_buffer, size_t read_capacity,
+                   ExchangeHost& host, RequestContext ctx, bool draining)
+    : id_(id),
+      loop_(loop),
+      conn_(std::move(conn)),
+      proxy_(proxy),
+      pool_(pool),
+      run_(chain),
+      inline_hooks_(chain->inline_hooks),
+      buf_(read_buffer),
+      buf_cap_(read_capacity),
+      host_(host),
+      ctx_(std::move(ctx)),
+      resp_(*conn_, ctx_.method == "HEAD", conn_->parser().keep_alive()),
+      draining_(draining) {
+  ctx_.request = &conn_->request();
+  ctx_.response = &resp_;
+  conn_->request().set_response(&resp_);
+  resp_.set("X-Request-ID", ctx_.request_id);
+  if (draining_) resp_.setKeepAlive(false);
+}
+
+Exchange::~Exchange() {
+  if (waiting_) pool_.remove_waiter({loop_.index(), id_});
+  if (up_) pool_.discard(std::move(up_), false);
+  if (counted_stream_) proxy_.stream_ended();
+  loop_.ev().cancel(timer_);
+  loop_.ev().cancel(send_timer_);
+  loop_.ev().cancel(resume_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks: inline, or on a worker while the exchange is parked.
+
+template <class Work, class Then>
+void Exchange::hooks(Work work, Then then) {
+  auto guarded = [this, work]() mutable {
+    try {
+      return work();
+    } catch (const std::exception& e) {
+      if (ctx_.error.empty()) ctx_.error = e.what();
+      return plugins::HookResult::Error;
+    }
+  };
+  if (!inline_hooks_) {
+    park();
+    Exchange* self = this;
+    const bool queued = loop_.engine().submit([self, guarded, then]() mutable {
+      const plugins::HookResult r = guarded();
+      self->loop_.ev().post([self, r, then]() mutable {
+        self->unpark();
+        then(r);
+      });
+    });
+    if (queued) return;
+    unpark();  // no worker to take it (stopping, or the queue is full): run here
+  }
+  then(guarded());
+}
+
+// While parked the loop drops the exchange's events (the sockets are registered edge-triggered,
+// for good); what they would have said is caught up on when it resumes.
+void Exchange::park() {
+  parked_ = true;
+  conn_->set_loop_writes(false);  // a plugin may stream its own answer from the worker
+}
+
+void Exchange::unpark() {
+  parked_ = false;
+  conn_->set_loop_writes(true);
+  if (conn_->queued() > 0 && !conn_->flush_queued()) client_hup_ = true;
+}
+
+void Exchange::arm_timer(std::chrono::milliseconds in) {
+  loop_.ev().arm(timer_, loop_.ev().now() + in, [this] { on_timer(); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request side
+
+void Exchange::start() {
+  conn_->set_loop_writes(true);
+  if (loop_.attach(*conn_, this) & (EPOLLHUP | EPOLLERR)) client_hup_ = true;
+  proxy_.map_headers(conn_->request(), ctx_);
+  hooks([this] { return run_.request_headers(ctx_); }, [this](plugins::HookResult r) { after_header_hooks(r); });
+}
+
+void Exchange::fail(const ApiError& error) {
+  send_error(resp_, ctx_, error);
+  complete();
+}
+
+void Exchange::after_header_hooks(plugins::HookResult r) {
+  if (r != plugins::HookResult::Continue) {
+    resp_.setKeepAlive(false);  // the unread body must not be parsed as the next request
+    answer_refusal(resp_, ctx_);
+    complete();
+    return;
+  }
+  const uint64_t limit = proxy_.config().server.max_request_body;
+  if (conn_->parser().content_length() > limit) {  // refused before a byte of it is read
+    resp_.setKeepAlive(false);
+    fail({413, "request body of " + std::to_string(conn_->parser().content_length()) + " bytes exceeds the limit of " +
+                   std::to_string(limit) + " bytes"});
+    return;
+  }
+  state_ = State::Body;
+  arm_timer(proxy_.config().server.body_timeout);
+  if (conn_->continue_wanted()) conn_->send_continue();
+  read_body();
+}
+
+void Exchange::read_body() {
+  const auto& sc = proxy_.config().server;
+  auto refuse = [&](ApiError e) {
+    loop_.ev().cancel(timer_);
+    resp_.setKeepAlive(false);  // the unread rest of the body must never be parsed as a request
+    fail(e);
+  };
+  switch (conn_->read_body_step(ctx_.body)) {  // grows with the bytes that arrive, never from the header
+    case server::ClientConnection::BodyStep::Done:
+      loop_.ev().cancel(timer_);
+      after_body();
+      return;
+    case server::ClientConnection::BodyStep::NeedMore:
+      return;
+    case server::ClientConnection::BodyStep::TooLarge:
+      return refuse({413, "request body exceeds the limit of " + std::to_string(sc.max_request_body) + " bytes"});
+    case server::ClientConnection::BodyStep::Malformed:
+      return refuse({400, "malformed request body: " + conn_->parser().error_message()});
+    case server::ClientConnection::BodyStep::ClientGone:
+      ctx_.client_gone = true;
+      return refuse({400, "the client closed the connection before sending the whole body"});
+  }
+}
+
+void Exchange::after_body() {
+  ctx_.bytes_in = ctx_.body.size();
+  if (!proxy_.inspect_body(conn_->request(), resp_, ctx_, scan_)) {
+    complete();
+    return;
+  }
+  state_ = State::RequestHooks;
+  hooks([this] { return run_.request(ctx_); }, [this](plugins::HookResult r) { after_request_hooks(r); });
+}
+
+void Exchange::after_request_hooks(plugins::HookResult r) {
+  if (r != plugins::HookResult::Continue) {
+    answer_refusal(resp_, ctx_);
+    complete();
+    return;
+  }
+  if (!pool_.config().auth_error.empty()) {
+    // After the chain: a client without a valid key learns nothing about the configuration.
+    fail({503, "proxy configuration error: " + pool_.config().auth_error, "", "upstream_not_configured"});
+    return;
+  }
+  try {
+    hide_usage_chunk_ = proxy_.finalize_body(ctx_, scan_);
+    request_bytes_ = proxy_.upstream_request(ctx_, pool_);
+  } catch (const std::exception& e) {
+    if (ctx_.error.empty()) ctx_.error = e.what();
+    fail({500, std::string("internal error: ") + e.what()});
+    return;
+  }
+  phase_start_ = Clock::now();
+  acquire();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream connection
+
+void Exchange::acquire() {
+  state_ = State::Acquire;
+  if (attempt_ == 0) {
+    if (auto c = pool_.take_idle(loop_.index())) return use(std::move(c));
+  }
+  std::string error;
+  if (auto c = pool_.open(loop_.index(), error)) return use(std::move(c));
+  if (!error.empty()) return upstream_failed(502, error, false);
+  // Every slot is taken: wait in the pool's queue for a released connection or a freed slot.
+  waiting_ = true;
+  pool_.add_waiter({loop_.index(), id_});
+  arm_timer(pool_.config().acquire_timeout);
+}
+
+void Exchange::on_delivered(std::unique_ptr<upstream::Connection> conn) {
+  if (state_ != State::Acquire || !waiting_) {
+    if (conn) pool_.keep_idle(std::move(conn));
+    else pool_.pass_slot();
+    return;
+  }
+  waiting_ = false;
+  loop_.ev().cancel(timer_);
+  if (conn) return use(std::move(conn));
+  acquire();  // a slot was freed: open a connection in it
+}
+
+void Exchange::use(std::unique_ptr<upstream::Connection> conn) {
+  loop_.ev().cancel(timer_);
+  up_ = std::move(conn);
+  up_->user = this;
+  first_byte_ = false;
+  if (up_->established) return send_request();
+  state_ = State::Connect;
+  phase_ = Phase::Connect;
+  arm_timer(pool_.config().connect_timeout);
+  establish();
+}
+
+void Exchange::establish() {
+  switch (up_->establish()) {
+    case upstream::Connection::Io::Ok:
+      return send_request();
+    case upstream::Connection::Io::WouldBlock:
+      return;  // the next edge-triggered event continues
+    default:
+      return upstream_failed(502, up_->error(), false);
+  }
+}
+
+void Exchange::send_request() {
+  if (state_ != State::Send) {
+    state_ = State::Send;
+    phase_ = Phase::Connect;
+    request_sent_ = 0;
+    arm_timer(pool_.config().read_timeout);
+  }
+  while (request_sent_ < request_bytes_.size()) {
+    size_t n = 0;
+    switch (up_->write(request_bytes_.data() + request_sent_, request_bytes_.size() - request_sent_, n)) {
+      case upstream::Connection::Io::Ok:
+        request_sent_ += n;
+        continue;
+      case upstream::Connection::Io::WouldBlock:
+        return;  // the next edge-triggered event continues
+      default:
+        // Reset/EPIPE on a reused socket before any byte was read: the stale-socket race.
+        return upstream_failed(502, "upstream '" + pool_.config().name + "' connection failed: " + up_->error(),
+                               up_->reused && attempt_ == 0);
+    }
+  }
+  state_ = State::AwaitHead;
+  phase_ = Phase::Wait;
+  parser_ = std::make_unique<http::ResponseParser>(uresp_, ctx_.method == "HEAD");
+  arm_timer(pool_.config().read_timeout);
+  read_upstream();
+}
+
+void Exchange::upstream_failed(int status, std::string failure, bool retryable) {
+  if (up_) pool_.discard(std::move(up_), !retryable);
+  if (retryable) {
+    // Once, on a fresh connection: the upstream closed a kept-alive socket before reading the request.
+    ++attempt_;
+    state_ = State::Acquire;
+    return acquire();
+  }
+  loop_.ev().cancel(timer_);
+  ctx_.upstream_status = 0;
+  fail({status, failure, "", status == 504 ? "upstream_timeout" : "upstream_unavailable"});
+}
+
+void Exchange::on_upstream_event(uint32_t events) {
+  if (parked_) return;
+  switch (state_) {
+    case State::Connect:
+      return establish();
+    case State::Send:
+      return send_request();
+    case State::AwaitHead:
+    case State::Relay:
+      if (paused_ && !(events & (EPOLLHUP | EPOLLERR))) return;
+      return read_upstream();
+    default:
+      return;
+  }
+}
+
+void Exchange::read_upstream() {
+  const auto& name = pool_.config().name;
+  for (int round = 0;; ++round) {
+    if (parked_ || paused_ || (state_ != State::AwaitHead && state_ != State::Relay)) return;
+    if (round >= 16) {
+      // Fairness: the rest is read after the loop's other events (edge-triggered: it must be).
+      loop_.ev().arm(resume_, loop_.ev().now(), [this] { read_upstream(); });
+      return;
+    }
+    size_t got = 0;
+    const auto io = up_->read(buf_, buf_cap_, got);
+    const auto now = Clock::now();
+    if (io == upstream::Connection::Io::WouldBlock) {
+      if (wait_since_ == Clock::time_point{}) wait_since_ = now;
+      return;
+    }
+    if (wait_since_ != Clock::time_point{} && state_ == State::Relay) ctx_.upstream_time += now - wait_since_;
+    wait_since_ = {};
+    if (io == upstream::Connection::Io::Ok) {
+      last_upstream_io_ = now;
+      first_byte_ = true;
+      filled_ = got;
+      if (state_ == State::AwaitHead) {
+        used_ = 0;
+        const auto ev = parser_->feed(buf_, filled_, used_);
+        if (ev == http::ResponseParser::Event::Error)
+          return upstream_failed(502, "invalid response from upstream '" + name + "': " + parser_->error(), false);
+        if (ev == http::ResponseParser::Event::HeadersDone) return on_head_parsed();
+        continue;
+      }
+      relay_from(0);
+      continue;
+    }
+    if (io == upstream::Connection::Io::Eof) {
+      if (state_ == State::AwaitHead) {
+        if (!first_byte_)
+          return upstream_failed(502, "upstream closed the connection without responding", up_->reused && attempt_ == 0);
+        parser_->finish();
+        return upstream_failed(502, "invalid response from upstream '" + name + "': " + parser_->error(), false);
+      }
+      // A body delimited by the close ends here (unless TLS was cut without close_notify);
+      // anything else was cut.
+      const auto end = up_->clean_eof() ? parser_->finish() : http::ResponseParser::Event::Error;
+      if (end != http::ResponseParser::Event::Error) {
+        upstream_done();
+      } else if (uresp_.hasContentLength()) {
+        upstream_error_ = "upstream '" + name + "' closed the response after " + std::to_string(parser_->body_bytes()) +
+                          " of " + std::to_string(uresp_.getContentLength64()) + " bytes";
+      } else {
+        parser_->finish();
+        upstream_error_ = "upstream '" + name + "' " + (up_->clean_eof() ? parser_->error() : up_->error());
+      }
+      return end_relay();
+    }
+    // Io::Error
+    if (state_ == State::AwaitHead) {
+      const std::string& e = up_->error();
+      if (e.rfind("TLS error", 0) == 0) return upstream_failed(502, e, false);
+      return upstream_failed(502, "upstream '" + name + "' connection failed: " + e, up_->reused && attempt_ == 0 && !first_byte_);
+    }
+    upstream_error_ = "upstream '" + name + "' failed mid-response: " + up_->error();
+    return end_relay();
+  }
+}
+
+void Exchange::on_timer() {
+  const auto& ucfg = pool_.config();
+  const auto now = loop_.ev().now();
+  switch (state_) {
+    case State::Body:
+      resp_.setKeepAlive(false);
+      return fail({408, "request body not received within " + ms(proxy_.config().server.body_timeout)});
+    case State::Acquire:
+      if (!waiting_ || !pool_.remove_waiter({loop_.index(), id_})) return;  // a delivery is on its way
+      waiting_ = false;
+      pool_.count_timeout();
+      return fail({503,
+                   "upstream busy: upstream '" + ucfg.name + "': all " + std::to_string(ucfg.max_connections) +
+                       " connections are busy (waited " + ms(ucfg.acquire_timeout) + ")",
+                   "", "upstream_pool_exhausted"});
+    case State::Connect:
+      return upstream_failed(502, "could not connect to upstream '" + ucfg.name + "': timed out after " + ms(ucfg.connect_timeout), false);
+    case State::Send:
+      return upstream_failed(502, "could not connect to upstream '" + ucfg.name + "': sending the request timed out after " + ms(ucfg.read_timeout), false);
+    case State::AwaitHead:
+      return upstream_failed(504, "upstream '" + ucfg.name + "' did not respond within " + ms(ucfg.read_timeout), false);
+    case State::Relay:
+      if (paused_ || now - last_upstream_io_ < ucfg.read_timeout) {
+        // Reading resumed since (or the client is the slow one): the deadline moves.
+        loop_.ev().arm(timer_, (paused_ ? now : last_upstream_io_) + ucfg.read_timeout, [this] { on_timer(); });
+        return;
+      }
+      upstream_error_ = "upstream '" + ucfg.name + "' stalled for more than " + ms(ucfg.read_timeout) + " mid-response";
+      return end_relay();
+    default:
+      return;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response side
+
+void Exchange::on_head_parsed() {
+  ctx_.upstream_time += Clock::now() - phase_start_;
+  ctx_.upstream_status = uresp_.getStatus();
+  map_response_headers(uresp_, ctx_.response_headers);
+  state_ = State::ResponseHooks;
+  // on_response_headers and on_response_body run on the loop for every plugin (ABI: they only
+  // compute; they see each chunk as it is relayed).
+  run_.response_headers(ctx_);
+  begin_response();
+}
+
+void Exchange::begin_response() {
+  const bool success = ctx_.upstream_status >= 200 && ctx_.upstream_status < 300;
+  sse_ = is_event_stream(uresp_.getContentType());
+  hide_usage_chunk_ = hide_usage_chunk_ && sse_ && success;
+  usage_ = std::make_unique<UsageExtractor>(ctx_.flavour, sse_, hide_usage_chunk_);
+  if (sse_) {
+    proxy_.stream_started();  // counted from the first byte relayed until the stream ends
+    counted_stream_ = true;
+  }
+  set_status(resp_, ctx_.upstream_status, uresp_.getReason());
+  // The server already stamped Date (and the upstream's is the one to keep): never send it twice.
+  if (ctx_.response_headers.has("Date")) resp_.erase("Date");
+  for (const auto& [k, v] : ctx_.response_headers) resp_.add(k, v);
+  for (const auto& [k, v] : ctx_.extra_response_headers) resp_.add(k, v);
+  resp_.set("X-Request-ID", ctx_.request_id);
+  // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay.
+  const bool no_body = ctx_.method == "HEAD" || ctx_.upstream_status == 204 || ctx_.upstream_status == 304;
+  known_length_ = uresp_.hasContentLength() && !hide_usage_chunk_;
+  if (no_body) {
+    if (uresp_.hasContentLength()) resp_.setContentLength64(uresp_.getContentLength64());
+    else resp_.setContentLength64(0);
+  } else if (known_length_) {
+    resp_.setContentLength64(uresp_.getContentLength64());
+  } else {
+    resp_.setChunkedTransferEncoding(true);
+  }
+  ctx_.status = ctx_.upstream_status;
+  out_ = &resp_.send();
+  if (!known_length_) {
+    // Streams: the client sees the status at once, before the first event. (With a known length,
+    // the headers wait for the body, so headers and first bytes leave in one write.)
+    out_->flush();
+    ctx_.ttfb = Clock::now() - ctx_.start;
+    if (!*out_) ctx_.client_gone = true;
+  }
+  parser_->set_body_sink(
+      [](void* list, std::string_view bytes) { static_cast<std::vector<std::string_view>*>(list)->push_back(bytes); }, &pieces_);
+  pieces_.reserve(8);
+  state_ = State::Relay;
+  last_upstream_io_ = Clock::now();
+  arm_timer(pool_.config().read_timeout);
+  relay_from(used_);  // the body bytes that came with the headers
+  if (state_ == State::Relay) read_upstream();
+}
+
+// Parses buf_[start, filled_), relays the body pieces, and ends the relay when it is over.
+void Exchange::relay_from(size_t start) {
+  size_t consumed = 0;
+  const auto ev = parser_->feed(buf_ + start, filled_ - start, consumed);
+  used_ = start + consumed;
+  if (ev == http::ResponseParser::Event::Error)
+    upstream_error_ = "upstream '" + pool_.config().name + "' sent a broken response: " + parser_->error();
+  else if (ev == http::ResponseParser::Event::MessageDone)
+    upstream_done();  // released before the client sees the last byte: its next request finds it idle
+  // The pieces are views into buf_, relayed before the next read reuses it.
+  for (std::string_view piece : pieces_) emit(usage_->feed(piece), false);
+  pieces_.clear();
+  after_relay();
+}
+
+void Exchange::after_relay() {
+  if (ctx_.client_gone || upstream_done_ || !upstream_error_.empty()) return end_relay();
+  check_backpressure();
+}
+
+void Exchange::upstream_done() {
+  upstream_done_ = true;
+  loop_.ev().cancel(timer_);
+  // Bytes after the response, or a response that ends with the connection: never reused.
+  if (parser_->keep_alive() && used_ == filled_ && !up_->buffered()) pool_.release(std::move(up_));
+  else pool_.discard(std::move(up_), false);
+}
+
+void Exchange::emit(std::string_view bytes, bool end) {
+  if (!bytes.empty() || end) run_.response_body(ctx_, bytes, end);
+  write_client(bytes);
+}
+
+void Exchange::write_client(std::string_view bytes) {
+  if (bytes.empty() || ctx_.client_gone) return;
+  if (bytes.size() >= 2) {
+    tail_[0] = bytes[bytes.size() - 2];
+    tail_[1] = bytes.back();
+  } else {
+    tail_[0] = tail_[1];
+    tail_[1] = bytes.back();
+  }
+  out_->write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out_->flush();
+  if (!ctx_.ttfb) ctx_.ttfb = Clock::now() - ctx_.start;
+  if (!*out_) {
+    ctx_.client_gone = true;
+    return;
+  }
+  ctx_.bytes_out += bytes.size();
+  if (conn_->queued() > 0) {
+    arm_send_timer();
+  }
+}
+
+void Exchange::check_backpressure() {
+  const size_t queued = conn_->queued();
+  if (!paused_ && queued > kHighWater) {
+    paused_ = true;
+  } else if (paused_ && queued <= kLowWater) {
+    paused_ = false;
+    read_upstream();  // edge-triggered: whatever arrived meanwhile is read now
+  }
+}
+
+void Exchange::arm_send_timer() {
+  if (send_timer_) return;
+  const auto timeout = proxy_.config().server.send_timeout;
+  loop_.ev().arm(send_timer_, conn_->last_write_progress() + timeout, [this, timeout] {
+    send_timer_ = {};
+    if (conn_->queued() == 0) return;
+    if (loop_.ev().now() - conn_->last_write_progress() < timeout) return arm_send_timer();
+    conn_->mark_write_timed_out();
+    client_gone("client stopped reading for more than " + ms(timeout));
+  });
+}
+
+// The client is gone (hang-up, write error, or not reading within send_timeout).
+void Exchange::client_gone(const std::string& why) {
+  ctx_.client_gone = true;
+  if (ctx_.error.empty()) ctx_.error = why;
+  switch (state_) {
+    case State::Relay:
+      return end_relay();
+    case State::Flushing:
+      return hand_back();
+    case State::Body:
+      loop_.ev().cancel(timer_);
+      return complete();
+    case State::Acquire:
+    case State::Connect:
+    case State::Send:
+    case State::AwaitHead:
+      loop_.ev().cancel(timer_);
+      if (waiting_ && pool_.remove_waiter({loop_.index(), id_})) waiting_ = false;
+      if (up_) pool_.discard(std::move(up_), false);  // it may have started: never reuse it
+      state_ = State::Completing;
+      return complete();
+    default:
+      return;  // Completing: finish_response will see it
+  }
+}
+
+void Exchange::on_event(uint32_t events) {
+  if (parked_) {
+    if (events & (EPOLLHUP | EPOLLERR)) client_hup_ = true;
+    return;
+  }
+  if ((events & EPOLLOUT) && conn_->queued() > 0) {
+    if (!conn_->flush_queued()) return client_gone("client disconnected");
+    if (conn_->queued() == 0) {
+      loop_.ev().cancel(send_timer_);
+      if (state_ == State::Flushing) return hand_back();
+    }
+    if (state_ == State::Relay) check_backpressure();
+  }
+  if (state_ == State::Body && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return read_body();
+  if (events & (EPOLLHUP | EPOLLERR)) return client_gone("client disconnected");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The end
+
+void Exchange::end_relay() {
+  if (state_ != State::Relay) return;
+  state_ = State::Completing;
+  loop_.ev().cancel(timer_);
+  // After a failure, what the extractor still holds is an unfinished event: counted, not relayed.
+  const std::string_view rest = usage_->finish();
+  if (!ctx_.client_gone && upstream_error_.empty()) emit(rest, true);
+  ctx_.usage = usage_->usage();
+  if (ctx_.client_gone) {
+    if (up_) pool_.discard(std::move(up_), false);  // the upstream may still be sending: never reuse that socket
+    if (ctx_.error.empty()) ctx_.error = "client disconnected";
+    return complete();
+  }
+  if (!upstream_error_.empty()) {
+    if (up_) pool_.discard(std::move(up_), true);
+    ctx_.error = upstream_error_;
+    // A stream gets the flavour's error event so SDKs raise instead of hanging; either way the
+    // response ends without its terminating chunk (or short of its length) and the connection
+    // closes, so no client can take it for complete.
+    if (sse_ && !known_length_) {
+      // A half-relayed event is ended first, so the error arrives as an event of its own.
+      std::string event = sse_error_event(ctx_.flavour, {502, upstream_error_});
+      if (tail_[1] != '\n') event.insert(0, "\n\n");
+      else if (tail_[0] != '\n') event.insert(0, "\n");
+      emit(event, true);
+    }
+    abort_client(resp_);
+  }
+  complete();
+}
+
+void Exchange::complete() {
+  state_ = State::Completing;
+  hooks(
+      [this] {
+        run_.complete(ctx_);
+        return plugins::HookResult::Continue;
+      },
+      [this](plugins::HookResult) { finish_response(); });
+}
+
+void Exchange::finish_response() {
+  if (client_hup_) ctx_.client_gone = true;
+  keep_ = resp_.finish() && !draining_ && !ctx_.client_gone && conn_->body_complete();
+  if (resp_.failed()) ctx_.client_gone = true;
+  if (conn_->write_timed_out() && ctx_.error.empty())
+    ctx_.error = "client stopped reading for more than " + ms(proxy_.config().server.send_timeout);
+  if (counted_stream_) {
+    proxy_.stream_ended();
+    counted_stream_ = false;
+  }
+  host_.exchange_done(*this);
+  if (!ctx_.client_gone && conn_->queued() > 0) {
+    state_ = State::Flushing;
+    arm_send_timer();
+    return;
+  }
+  hand_back();
+}
+
+void Exchange::hand_back() {
+  if (state_ == State::Finished) return;
+  const bool flushed = state_ == State::Flushing;
+  state_ = State::Finished;
+  loop_.ev().cancel(timer_);
+  loop_.ev().cancel(send_timer_);
+  loop_.ev().cancel(resume_);
+  loop_.attach(*conn_, nullptr);
+  if (flushed && ctx_.client_gone) keep_ = false;
+  conn_->set_loop_writes(false);
+  if (ctx_.client_gone) {
+    conn_.reset();  // nothing more can reach it
+  } else if (keep_) {
+    loop_.keep(std::move(conn_));
+  } else {
+    loop_.linger(std::move(conn_));
+  }
+  host_.exchange_finished(*this);
+}
+
+void Exchange::abort(const std::string& why) {
+  if (state_ == State::Finished || parked_) return;
+  inline_hooks_ = true;  // the workers are gone: what is left runs here
+  draining_ = true;
+  switch (state_) {
+    case State::Relay:
+      upstream_error_ = why;
+      return end_relay();
+    case State::Flushing:
+      ctx_.client_gone = true;
+      return hand_back();
+    case State::Completing:
+      return;
+    default:
+      loop_.ev().cancel(timer_);
+      if (waiting_ && pool_.remove_waiter({loop_.index(), id_})) waiting_ = false;
+      if (up_) pool_.discard(std::move(up_), false);
+      if (!resp_.sent()) return fail({503, why, "", "server_stopping"});
+      return complete();
+  }
+}
+
+}  // namespace glmp::core::pipeline

@@ -1,0 +1,158 @@
+#pragma once
+// One proxied request on its event loop (docs/design.md, "Request flow" and "The engine"):
+//
+//   headers hooks → body (non-blocking, 100 Continue, 413/400/408) → JSON inspection → on_request
+//   hooks → body edits → upstream connection (idle on this loop, a new one, or a wait in the
+//   global queue) → connect + TLS handshake → request written → response headers (llhttp) →
+//   on_response_headers → relay: each read (up to proxy.chunk_size) is parsed, its body pieces go
+//   through usage extraction and on_response_body and are written to the client with writev;
+//   what the client's socket does not take is queued, and past a high watermark the upstream is
+//   not read until the queue drains below the low one → on_complete, access log, metrics.
+//
+// Hooks run inline when every plugin of the chain declared itself non-blocking and the store
+// never blocks; otherwise each hook phase runs on a worker thread while the exchange waits
+// (parked: the loop neither reads nor writes its sockets), then continues on its loop.
+// Everything else happens on the loop thread, without a lock.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <Poco/Net/HTTPResponse.h>
+
+#include "http/response_parser.hpp"
+#include "pipeline/proxy.hpp"
+#include "pipeline/request_context.hpp"
+#include "pipeline/usage.hpp"
+#include "plugins/chain.hpp"
+#include "server/connection.hpp"
+#include "server/engine.hpp"
+#include "upstream/pool.hpp"
+
+namespace glmp::core::pipeline {
+
+class Exchange;
+
+// What an exchange needs from the server, and what the server learns when it ends.
+struct ExchangeHost {
+  virtual ~ExchangeHost() = default;
+  // The request is over (response finished or abandoned): log it, count it.
+  virtual void exchange_done(Exchange& x) = 0;
+  // The exchange gave its connection back and can be freed (after the current event batch).
+  virtual void exchange_finished(Exchange& x) = 0;
+};
+
+class Exchange final : public server::Watcher, public upstream::ConnectionUser {
+public:
+  Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::ClientConnection> conn, Proxy& proxy,
+           upstream::Pool& pool, std::shared_ptr<const plugins::Chain> chain, char* read_buffer, size_t read_capacity,
+           ExchangeHost& host, RequestContext ctx, bool draining);
+  ~Exchange() override;
+
+  void start();
+  // A connection (or, with nullptr, a free slot) for this exchange, which waits in the pool's queue.
+  void on_delivered(std::unique_ptr<upstream::Connection> conn);
+  // The server stops: ends the request now (client cut, upstream closed, on_complete run).
+  void abort(const std::string& why);
+
+  uint64_t id() const { return id_; }
+  server::Loop& loop() { return loop_; }
+  RequestContext& ctx() { return ctx_; }
+  bool finished() const { return state_ == State::Finished; }
+
+  void on_event(uint32_t events) override;             // the client socket
+  void on_upstream_event(uint32_t events) override;    // the upstream socket
+
+private:
+  enum class State {
+    HeaderHooks, Body, RequestHooks, Acquire, Connect, Send, AwaitHead, ResponseHooks, Relay, Completing, Flushing, Finished
+  };
+  enum class Phase { Connect, Wait };
+
+  // Hook phases: inline, or on a worker while parked; `then` continues on the loop.
+  template <class Work, class Then>
+  void hooks(Work work, Then then);
+  void park();
+  void unpark();
+
+  void after_header_hooks(plugins::HookResult r);
+  void read_body();
+  void after_body();
+  void after_request_hooks(plugins::HookResult r);
+  void acquire();
+  void use(std::unique_ptr<upstream::Connection> conn);
+  void establish();
+  void send_request();
+  void read_upstream();
+  void on_head_parsed();
+  void begin_response();
+  void after_relay();
+  void relay_from(size_t start);
+  void end_relay();
+  void write_client(std::string_view bytes);
+  void upstream_failed(int status, std::string failure, bool retryable);
+  void upstream_done();
+  void emit(std::string_view bytes, bool end);
+  void fail(const ApiError& error);  // before the upstream: an error answer, then complete
+  void client_gone(const std::string& why);
+  void complete();
+  void finish_response();
+  void hand_back();
+  void arm_timer(std::chrono::milliseconds in);
+  void on_timer();
+  void arm_send_timer();
+  void check_backpressure();
+
+  uint64_t id_;
+  server::Loop& loop_;
+  std::unique_ptr<server::ClientConnection> conn_;
+  Proxy& proxy_;
+  upstream::Pool& pool_;
+  plugins::ChainRun run_;
+  bool inline_hooks_;
+  // The loop's read buffer: every read is parsed and relayed before the loop reads anything else
+  // (what the client does not take is copied to its queue), so one buffer serves all its streams.
+  char* buf_;
+  size_t buf_cap_;
+  ExchangeHost& host_;
+  RequestContext ctx_;
+  server::Response resp_;
+  State state_ = State::HeaderHooks;
+  bool parked_ = false;
+  bool client_hup_ = false;  // a hang-up seen while parked
+
+  // Upstream request and response.
+  std::string request_bytes_;  // head + body, as written upstream
+  size_t request_sent_ = 0;
+  std::unique_ptr<upstream::Connection> up_;
+  int attempt_ = 0;
+  bool first_byte_ = false;
+  Phase phase_ = Phase::Connect;
+  Poco::Net::HTTPResponse uresp_;
+  std::unique_ptr<http::ResponseParser> parser_;
+  size_t filled_ = 0, used_ = 0;
+  std::vector<std::string_view> pieces_;
+  TopLevelScan scan_;
+  bool hide_usage_chunk_ = false;
+  bool keep_ = false;
+  bool waiting_ = false;  // in the pool's waiter queue
+  bool draining_ = false;
+  Clock::time_point wait_since_{};  // waiting for upstream bytes since
+  bool sse_ = false, known_length_ = false;
+  std::unique_ptr<UsageExtractor> usage_;
+  std::ostream* out_ = nullptr;
+  char tail_[2] = {'\n', '\n'};  // the last two bytes relayed: is the client at an event boundary?
+  bool upstream_done_ = false;
+  bool paused_ = false;          // backpressure: the upstream is not read
+  bool counted_stream_ = false;
+  std::string upstream_error_;
+  Clock::time_point last_upstream_io_{};
+  Clock::time_point phase_start_{};
+
+  server::EventLoop::Timer timer_;
+  server::EventLoop::Timer send_timer_;
+  server::EventLoop::Timer resume_;  // reading continues after the loop's other events
+};
+
+}  // namespace glmp::core::pipeline
