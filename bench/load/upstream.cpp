@@ -1,7 +1,7 @@
 // glmp-load upstream: an event-driven stand-in for tests/mock-upstream, for benchmarks only.
 //
-// The Poco mock holds a thread per connection and sleeps on it between stream events; with 5000
-// concurrent streams it runs 5000 threads on the cores the proxy is measured on. This one runs
+// Written when the mock held a thread per connection and slept on it between stream events (5000
+// concurrent streams = 5000 threads on the cores the proxy is measured on). This one runs
 // --threads epoll loops (SO_REUSEPORT listeners), parses requests with llhttp and sends stream
 // events from timers. It answers the subset of the mock the benchmarks use, byte for byte in the
 // same shapes (tests/mock-upstream/README.md):
