@@ -1,15 +1,29 @@
 #!/usr/bin/env python3
-"""Turns the raw results of scripts/bench into the tables it prints and one JSON file.
+"""Summaries of scripts/bench runs (glmp-load JSON files).
 
-Per concurrency: RPS and p50/p99 latency per target (median over rounds), the latency each proxy
-adds over the direct upstream, and glm-proxy's RPS as a ratio of nginx's.
+  report.py line FILE          one progress line for one glmp-load run
+  report.py report --manifest M --out OUT [--micro F] [--config F] [--params "k=v ..."]
+                   [--check] [--fail-on-errors]
+                               tables, a markdown summary for README "Performance", issue 12's
+                               targets, and one JSON file with every run in it
+
+The headline figure is the CPU a process spends (utime + stime from /proc/PID/stat, every thread)
+per request or per relayed SSE event over the measured window; with rounds, the median of rounds.
 """
 import argparse
+import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROXIES = ("nginx", "glm-proxy", "glm-proxy+plugins")
+TARGET_ORDER = ("direct", "nginx", "glm-proxy", "glm-proxy+plugins")
+MIB = 1024  # KiB per MiB
 
 
 def load_json(path):
@@ -20,119 +34,431 @@ def load_json(path):
         return {}
 
 
+def get(d, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d or d[k] is None:
+            return default
+        d = d[k]
+    return d
+
+
+def fmt(v, decimals=0, unit=""):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and decimals == 0:
+        v = round(v)
+    s = f"{v:,.{decimals}f}".replace(",", " ") if isinstance(v, (int, float)) else str(v)
+    return s + unit
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def run_errors(r):
+    """Every failure a run saw: request errors, failed idle probes and idle connections not opened."""
+    n = get(r, "traffic", "errors", default=0) or 0
+    n += get(r, "large", "errors", default=0) or 0
+    idle = r.get("idle")
+    if idle:
+        n += get(idle, "probe_before_us", "errors", default=0) + get(idle, "probe_with_idle_us", "errors", default=0)
+        n += max(0, idle.get("connections", 0) - idle.get("opened_ok", 0))
+    return n
+
+
+# --- line ---------------------------------------------------------------------------------------
+
+
+def line(path):
+    r = load_json(path)
+    if not r:
+        print(f"   (no result in {path})")
+        return 0
+    label = r.get("label", "")
+    t = r.get("traffic", {})
+    p = get(r, "processes", "target", default={})
+    parts = [f"   {label:<36}"]
+    if r.get("scenario") == "large":
+        lg = r["large"]
+        parts.append(f"read {lg['body_bytes'] / 1e6:.1f} MB in {lg['seconds']:.1f} s ({lg['kb_per_s']:.0f} kB/s)"
+                     f"{', complete' if lg['complete'] else ''}, errors {lg['errors']}")
+        parts.append(f"RSS growth {fmt(get(p, 'rss_peak_growth_kib', default=0) / MIB, 2)} MiB")
+    elif r.get("scenario") == "idle":
+        idle = r["idle"]
+        parts.append(f"held {idle['held']}/{idle['connections']}, new request p50 "
+                     f"{fmt(get(idle, 'probe_before_us', 'p50'), 0)} µs before, "
+                     f"{fmt(get(idle, 'probe_with_idle_us', 'p50'), 0)} µs (max "
+                     f"{fmt(get(idle, 'probe_with_idle_us', 'max'), 0)}) with them")
+        parts.append(f"RSS {fmt(get(p, 'rss_kib_end', default=0) / MIB, 1)} MiB, threads {get(p, 'threads_peak')}")
+    else:
+        parts.append(f"{fmt(t.get('rps'), 0):>7} rps")
+        if t.get("streams"):
+            parts.append(f"TTFT p50 {fmt(get(t, 'ttft_us', 'p50'), 0)} p99 {fmt(get(t, 'ttft_us', 'p99'), 0)} µs")
+            parts.append(f"{fmt(get(p, 'cpu_us_per_event'), 2)} µs CPU/event")
+        else:
+            parts.append(f"p50 {fmt(get(t, 'latency_us', 'p50'), 0):>6} p99 {fmt(get(t, 'latency_us', 'p99'), 0):>6} "
+                         f"max {fmt(get(t, 'latency_us', 'max'), 0):>7} µs")
+        parts.append(f"{fmt(get(p, 'cpu_us_per_request'), 1):>6} µs CPU/req")
+        parts.append(f"errors {run_errors(r)}")
+        if t.get("connections_answered", 0) < t.get("connections", 0) and r.get("scenario") in ("constant", "soak"):
+            parts.append(f"ONLY {t['connections_answered']} of {t['connections']} connections answered in the window")
+        if r.get("scenario") != "constant" or t.get("streams"):
+            parts.append(f"threads {get(p, 'threads_peak')}, RSS peak {fmt(get(p, 'rss_kib_peak', default=0) / MIB, 1)} MiB")
+    parts.append(f"client {fmt(get(r, 'client', 'cpu_pct'), 0)}% CPU")
+    print("  ".join(parts) if len(parts) < 3 else parts[0] + "  ".join(parts[1:]), flush=True)
+    for msg, n in (r.get("error_samples") or {}).items():
+        print(f"      error x{n}: {msg[:160]}")
+    return 0
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
 def machine():
-    info = {"kernel": platform.release(), "cpus": 0, "cpu_model": "", "mem_gib": 0}
+    info = {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": "", "mem_gib": 0}
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not info["cpu_model"]:
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                if line.startswith("processor"):
-                    info["cpus"] += 1
+            for ln in f:
+                if ln.startswith("model name"):
+                    info["cpu_model"] = ln.split(":", 1)[1].strip()
+                    break
         with open("/proc/meminfo") as f:
             info["mem_gib"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
-    try:
-        info["nginx"] = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
-    except OSError:
-        pass
+    for key, cmd in (("nginx", ["nginx", "-v"]), ("commit", ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+                     ("dirty", ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"])):
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            info[key] = (res.stdout + res.stderr).strip() if key != "dirty" else bool(res.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
     return info
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--wrk", required=True)
-    ap.add_argument("--streams")
-    ap.add_argument("--large")
-    ap.add_argument("--micro")
-    ap.add_argument("--idle-rss-kb", type=int, default=0)
-    ap.add_argument("--config", default="")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--fail-on-errors", action="store_true", help="exit 1 if any request failed (CI smoke)")
-    a = ap.parse_args()
-
-    runs = []
-    with open(a.wrk) as f:
-        for line in f:
-            if line.strip():
-                runs.append(json.loads(line))
-
-    grouped = defaultdict(list)
+def summarize(runs):
+    by = defaultdict(list)
     for r in runs:
-        grouped[(r["conns"], r["target"])].append(r["wrk"])
+        by[r["section"]].append(r)
+    s = {}
 
-    tables = {}
-    for conns in sorted({c for c, _ in grouped}):
-        rows = {}
-        for target in ("direct", "nginx", "glm-proxy", "glm-proxy+auth", "glm-proxy+auth+rl"):
-            samples = grouped.get((conns, target), [])
-            if not samples:
-                continue
-            rps = [s["requests"] / (s["duration_us"] / 1e6) for s in samples]
-            rows[target] = {
-                "rps": statistics.median(rps),
-                "p50_us": statistics.median(s["p50_us"] for s in samples),
-                "p99_us": statistics.median(s["p99_us"] for s in samples),
-                "errors": sum(s["socket_errors"] + s["non2xx"] for s in samples),
-                "rounds": len(samples),
-            }
-        direct = rows.get("direct")
-        for target, row in rows.items():
-            if direct and target != "direct":
-                row["added_p50_us"] = row["p50_us"] - direct["p50_us"]
-                row["added_p99_us"] = row["p99_us"] - direct["p99_us"]
-        proxies = ("glm-proxy", "glm-proxy+auth", "glm-proxy+auth+rl")
-        for proxy in proxies:
-            if "nginx" in rows and proxy in rows and rows["nginx"]["rps"] > 0:
-                rows[proxy]["rps_vs_nginx"] = rows[proxy]["rps"] / rows["nginx"]["rps"]
-            if proxy != "glm-proxy" and proxy in rows and "glm-proxy" in rows and rows["glm-proxy"]["rps"] > 0:
-                core = rows["glm-proxy"]
-                rows[proxy]["rps_vs_core"] = rows[proxy]["rps"] / core["rps"]
-                rows[proxy]["cost_p50_us"] = rows[proxy]["p50_us"] - core["p50_us"]
-        tables[conns] = rows
+    # requests: per (c, target), the median over rounds; added p50 per round against direct.
+    req = defaultdict(list)
+    direct_p50 = {}
+    for r in by["requests"]:
+        c = get(r, "result", "params", "concurrency")
+        rnd = r["key"].split("-r")[-1]
+        req[(c, r["target"])].append(r)
+        if r["target"] == "direct":
+            direct_p50[(c, rnd)] = get(r, "result", "traffic", "latency_us", "p50")
+    rows = []
+    for (c, target), rs in sorted(req.items(), key=lambda kv: (kv[0][0], TARGET_ORDER.index(kv[0][1]))):
+        added = []
+        for r in rs:
+            d = direct_p50.get((c, r["key"].split("-r")[-1]))
+            p = get(r, "result", "traffic", "latency_us", "p50")
+            if d is not None and p is not None and target != "direct":
+                added.append(p - d)
+        res = [r["result"] for r in rs]
+        rows.append({
+            "conns": c, "target": target, "rounds": len(rs),
+            "rps": median(get(x, "traffic", "rps") for x in res),
+            "p50_us": median(get(x, "traffic", "latency_us", "p50") for x in res),
+            "p99_us": median(get(x, "traffic", "latency_us", "p99") for x in res),
+            "max_us": max((get(x, "traffic", "latency_us", "max") or 0) for x in res),
+            "connections_answered_min": min(get(x, "traffic", "connections_answered", default=0) for x in res),
+            "connections": c,
+            "added_p50_us": median(added),
+            "cpu_us_per_request": median(get(x, "processes", "target", "cpu_us_per_request") for x in res),
+            "cpu_us_per_request_rounds": [get(x, "processes", "target", "cpu_us_per_request") for x in res],
+            "upstream_cpu_us_per_request": median(get(x, "processes", "upstream", "cpu_us_per_request") for x in res),
+            "client_cpu_us_per_request": median(get(x, "client", "cpu_us_per_request") for x in res),
+            "machine_busy_pct": median(get(x, "machine", "busy_pct") for x in res),
+            "errors": sum(run_errors(x) for x in res),
+        })
+    s["requests"] = rows
 
-    for conns, rows in tables.items():
-        print(f"\nconcurrency {conns}")
-        print(f"  {'target':<17} {'RPS':>10} {'p50 µs':>9} {'p99 µs':>9} {'+p50 µs':>9} {'+p99 µs':>9} {'errors':>7}")
-        for target, row in rows.items():
-            added50 = f"{row['added_p50_us']:>9.0f}" if "added_p50_us" in row else f"{'-':>9}"
-            added99 = f"{row['added_p99_us']:>9.0f}" if "added_p99_us" in row else f"{'-':>9}"
-            print(f"  {target:<17} {row['rps']:>10.0f} {row['p50_us']:>9.0f} {row['p99_us']:>9.0f} {added50} {added99} {row['errors']:>7}")
-        for proxy in ("glm-proxy", "glm-proxy+auth", "glm-proxy+auth+rl"):
-            if "rps_vs_nginx" in rows.get(proxy, {}):
-                print(f"  {proxy} RPS / nginx RPS = {rows[proxy]['rps_vs_nginx']:.2f}")
-            if "rps_vs_core" in rows.get(proxy, {}):
-                print(f"  {proxy}: RPS x{rows[proxy]['rps_vs_core']:.2f} of the core alone, p50 {rows[proxy]['cost_p50_us']:+.0f} µs")
+    def stream_rows(section):
+        out = []
+        for r in by[section]:
+            x = r["result"]
+            p = get(x, "processes", "target", default={})
+            out.append({
+                "target": r["target"], "streams": get(x, "params", "concurrency"), "events": get(x, "params", "events"),
+                "gap_ms": get(x, "params", "gap_ms"), "completed": get(x, "traffic", "completed"),
+                "errors": run_errors(x), "events_relayed": get(x, "traffic", "events"),
+                "cpu_us_per_event": get(p, "cpu_us_per_event"), "cpu_us": get(p, "cpu_us"),
+                "ttft_p50_ms": (get(x, "traffic", "ttft_us", "p50") or 0) / 1000 or None,
+                "ttft_p99_ms": (get(x, "traffic", "ttft_us", "p99") or 0) / 1000 or None,
+                "gap_excess_p99_ms": (get(x, "traffic", "gap_excess_us", "p99") or 0) / 1000,
+                "threads_start": get(p, "threads_start"), "threads_peak": get(p, "threads_peak"),
+                "rss_peak_mib": (get(p, "rss_kib_peak") or 0) / MIB, "rss_start_mib": (get(p, "rss_kib_start") or 0) / MIB,
+                "upstream_cpu_us_per_event": get(x, "processes", "upstream", "cpu_us_per_event"),
+                "client_cpu_pct": get(x, "client", "cpu_pct"), "machine_busy_pct": get(x, "machine", "busy_pct"),
+                "window_s": x.get("window_s"),
+            })
+        return out
 
-    streams = load_json(a.streams) if a.streams else {}
-    large = load_json(a.large) if a.large else {}
+    s["streams"] = stream_rows("streams")
+    s["bigstreams"] = stream_rows("bigstreams")
+    s["idle"] = []
+    for r in by["idle"]:
+        x = r["result"]
+        i, p = x["idle"], get(x, "processes", "target", default={})
+        s["idle"].append({
+            "target": r["target"], "connections": i["connections"], "opened_ok": i["opened_ok"], "held": i["held"],
+            "closed_by_server": i["closed_by_server"],
+            "before_p50_ms": (get(i, "probe_before_us", "p50") or 0) / 1000,
+            "p50_ms": (get(i, "probe_with_idle_us", "p50") or 0) / 1000 if get(i, "probe_with_idle_us", "p50") else None,
+            "max_ms": (get(i, "probe_with_idle_us", "max") or 0) / 1000 if get(i, "probe_with_idle_us", "max") else None,
+            "probe_errors": get(i, "probe_with_idle_us", "errors"), "rss_mib": (get(p, "rss_kib_end") or 0) / MIB,
+            "threads_peak": get(p, "threads_peak"), "errors": run_errors(x),
+        })
+    s["large"] = []
+    for r in by["large"]:
+        x = r["result"]
+        lg, p = x["large"], get(x, "processes", "target", default={})
+        s["large"].append({
+            "target": r["target"], "bytes_requested": lg["bytes_requested"], "body_bytes": lg["body_bytes"],
+            "seconds": lg["seconds"], "kb_per_s": lg["kb_per_s"], "complete": lg["complete"], "errors": lg["errors"],
+            "error": lg["error"], "rss_start_mib": (get(p, "rss_kib_start") or 0) / MIB,
+            "rss_growth_mib": (get(p, "rss_peak_growth_kib") or 0) / MIB,
+        })
+    s["soak"] = []
+    for r in by["soak"]:
+        x = r["result"]
+        p = get(x, "processes", "target", default={})
+        s["soak"].append({
+            "target": r["target"], "seconds": x.get("window_s"), "warmup_s": get(x, "params", "warmup_s"),
+            "requests": get(x, "traffic", "completed"), "streams": get(x, "traffic", "streams"),
+            "errors": run_errors(x), "rps": get(x, "traffic", "rps"),
+            "p99_us": get(x, "traffic", "latency_us", "p99"),
+            "rss_start_mib": (get(p, "rss_kib_start") or 0) / MIB, "rss_end_mib": (get(p, "rss_kib_end") or 0) / MIB,
+            "rss_growth_mib": (get(p, "rss_growth_kib") or 0) / MIB, "rss_trend_mib": (get(p, "rss_trend_kib") or 0) / MIB,
+            "cpu_us_per_request": get(p, "cpu_us_per_request"),
+        })
+    return s
+
+
+def checks(s, cpus, sections):
+    """Issue 12's targets. Each: name, the figure, the limit, ok (None: not measured)."""
+    out = []
+
+    def add(section, name, value, limit, ok, unit=""):
+        if section not in sections:
+            return
+        out.append({"section": section, "target": name, "value": value, "limit": limit,
+                    "ok": ok, "unit": unit})
+
+    req = {(r["conns"], r["target"]): r for r in s["requests"]}
+    for c in (10, 100):
+        g, n = req.get((c, "glm-proxy")), req.get((c, "nginx"))
+        gv, nv = get(g, "cpu_us_per_request"), get(n, "cpu_us_per_request")
+        add("requests", f"core: CPU per request <= nginx's at c={c}", gv, nv,
+            None if gv is None or nv is None else gv <= nv, "µs")
+    g, n = req.get((1, "glm-proxy")), req.get((1, "nginx"))
+    gv, nv = get(g, "added_p50_us"), get(n, "added_p50_us")
+    add("requests", "core: added p50 at c=1 within 10 µs of nginx's", gv, None if nv is None else nv + 10,
+        None if gv is None or nv is None else gv <= nv + 10, "µs")
+    for c in (10, 100):
+        f, n = req.get((c, "glm-proxy+plugins")), req.get((c, "nginx"))
+        fv, nv = get(f, "cpu_us_per_request"), get(n, "cpu_us_per_request")
+        add("requests", f"auth+ratelimit+metrics+access log: CPU per request <= 1.5 x nginx's at c={c}", fv,
+            None if nv is None else round(1.5 * nv, 1), None if fv is None or nv is None else fv <= 1.5 * nv, "µs")
+    for c in (10, 100):
+        if (c, "glm-proxy") not in req and "requests" in sections:
+            out.append({"section": "requests", "target": f"c={c} was not measured (--conns)", "value": None,
+                        "limit": None, "ok": None, "unit": ""})
+
+    st = {r["target"]: r for r in s["streams"]}
+    g, n = st.get("glm-proxy"), st.get("nginx")
+    thread_limit = 2 * cpus + 16
+    if g:
+        label = f"{g['streams']} streams x {g['events']} events x {g['gap_ms']} ms"
+        gv, nv = g["cpu_us_per_event"], get(n, "cpu_us_per_event")
+        add("streams", f"{label}: CPU per relayed event <= nginx's", gv, nv,
+            None if gv is None or nv is None else gv <= nv, "µs")
+        add("streams", f"{label}: 0 errors", g["errors"], 0, g["errors"] == 0)
+        add("streams", f"{label}: threads <= 2 x cores + 16", g["threads_peak"], thread_limit,
+            g["threads_peak"] is not None and g["threads_peak"] <= thread_limit)
+    else:
+        add("streams", "streams: glm-proxy not measured", None, None, False)
+    b = {r["target"]: r for r in s["bigstreams"]}.get("glm-proxy")
+    if b:
+        label = f"{b['streams']} concurrent streams"
+        add("streams", f"{label}: 0 errors", b["errors"], 0, b["errors"] == 0)
+        add("streams", f"{label}: RSS <= 200 MiB", round(b["rss_peak_mib"], 1), 200, b["rss_peak_mib"] <= 200, "MiB")
+        add("streams", f"{label}: threads <= 2 x cores + 16 (not growing with connections)", b["threads_peak"],
+            thread_limit, b["threads_peak"] is not None and b["threads_peak"] <= thread_limit)
+    i = {r["target"]: r for r in s["idle"]}.get("glm-proxy")
+    if i:
+        ok = i["opened_ok"] == i["connections"] and i["max_ms"] is not None and i["max_ms"] <= 20 and not i["probe_errors"]
+        add("idle", f"{i['connections']} idle client connections: every new request answered within 20 ms",
+            None if i["max_ms"] is None else round(i["max_ms"], 2), 20, ok, "ms")
+    else:
+        add("idle", "idle: glm-proxy not measured", None, None, False)
+    lg = {r["target"]: r for r in s["large"]}.get("glm-proxy")
+    if lg:
+        add("large", f"{lg['bytes_requested'] / 1e6:.0f} MB stream read at {lg['kb_per_s']:.0f} kB/s: RSS growth <= 5 MiB"
+            + ("" if lg["complete"] else f" (read {lg['body_bytes'] / 1e6:.1f} MB, then cut)"),
+            round(lg["rss_growth_mib"], 2), 5, lg["rss_growth_mib"] <= 5 and lg["errors"] == 0, "MiB")
+    else:
+        add("large", "large: glm-proxy not measured", None, None, False)
+    for so in s["soak"]:
+        add("soak", f"soak {so['seconds'] / 60:.1f} min ({so['target']}): RSS growth after warm-up <= 5 MiB, 0 errors",
+            round(so["rss_trend_mib"], 2), 5, so["rss_trend_mib"] <= 5 and so["errors"] == 0, "MiB")
+    if not s["soak"]:
+        add("soak", "soak: not measured", None, None, False)
+    return out
+
+
+def markdown(s, cks, info, params):
+    md = []
+    req = {(r["conns"], r["target"]): r for r in s["requests"]}
+    conns = sorted({r["conns"] for r in s["requests"]})
+    if conns:
+        has_full = any(t == "glm-proxy+plugins" for _, t in req)
+        md.append("CPU per request (the proxy process's own utime + stime / requests served; median of "
+                  f"{max(r['rounds'] for r in s['requests'])} round(s)):")
+        md.append("")
+        head = "| load | nginx CPU µs / request | glm-proxy CPU µs / request | ratio |"
+        sep = "| --- | ---: | ---: | ---: |"
+        if has_full:
+            head += " glm-proxy + auth, ratelimit, access log µs / request | ratio |"
+            sep += " ---: | ---: |"
+        md += [head, sep]
+        for c in conns:
+            n = get(req.get((c, "nginx")), "cpu_us_per_request")
+            g = get(req.get((c, "glm-proxy")), "cpu_us_per_request")
+            row = f"| c={c} | {fmt(n, 1)} | {fmt(g, 1)} | {fmt(g / n if g and n else None, 2)} |"
+            if has_full:
+                f = get(req.get((c, "glm-proxy+plugins")), "cpu_us_per_request")
+                row += f" {fmt(f, 1)} | {fmt(f / n if f and n else None, 2)} |"
+            md.append(row)
+        md.append("")
+        md.append("| c | target | RPS | p50 µs | p99 µs | max ms | added p50 µs | CPU µs / request | errors |")
+        md.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        starved = []
+        for r in s["requests"]:
+            name = f"**{r['target']}**" if r["target"].startswith("glm-proxy") else r["target"]
+            md.append(f"| {r['conns']} | {name} | {fmt(r['rps'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | "
+                      f"{fmt(r['max_us'] / 1000, 1)} | {fmt(r['added_p50_us']) if r['target'] != 'direct' else ''} | "
+                      f"{fmt(r['cpu_us_per_request'], 1)} | {r['errors']} |")
+            if r["connections_answered_min"] < r["connections"]:
+                starved.append(f"{r['target']} at c={r['conns']}: {r['connections_answered_min']} of {r['connections']}")
+        md.append("")
+        client = {c: median(r["client_cpu_us_per_request"] for r in s["requests"] if r["conns"] == c) for c in conns}
+        md.append("The load client's own CPU (glmp-load, one thread): "
+                  + ", ".join(f"{fmt(v, 1)} µs / request at c={c}" for c, v in client.items()) + ".")
+        md.append("")
+        if starved:
+            md.append("Connections that got no answer during a whole measured window (the rest waited; "
+                      "see max): " + "; ".join(starved) + ".")
+            md.append("")
+    rows = s["streams"] + s["bigstreams"]
+    if rows:
+        md.append("| streams | target | CPU µs / relayed event | errors | TTFT p50 / p99 ms | threads | RSS peak MiB |")
+        md.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            md.append(f"| {r['streams']} × {r['events']} × {r['gap_ms']} ms | {r['target']} | {fmt(r['cpu_us_per_event'], 2)} | "
+                      f"{r['errors']} | {fmt(r['ttft_p50_ms'], 1)} / {fmt(r['ttft_p99_ms'], 1)} | "
+                      f"{r['threads_start']} → {r['threads_peak']} | {fmt(r['rss_peak_mib'], 1)} |")
+        md.append("")
+    if s["idle"]:
+        md.append("| idle connections | target | held | new request p50 ms (none idle) | new request p50 / max ms | RSS MiB | threads |")
+        md.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in s["idle"]:
+            md.append(f"| {r['connections']} | {r['target']} | {r['held']} | {fmt(r['before_p50_ms'], 2)} | "
+                      f"{fmt(r['p50_ms'], 2)} / {fmt(r['max_ms'], 2)} | {fmt(r['rss_mib'], 1)} | {r['threads_peak']} |")
+        md.append("")
+    for r in s["large"]:
+        md.append(f"Large stream ({r['target']}): {r['bytes_requested'] / 1e6:.0f} MB requested, read "
+                  f"{r['body_bytes'] / 1e6:.1f} MB at {r['kb_per_s']:.0f} kB/s in {r['seconds']:.0f} s"
+                  f"{'' if r['complete'] else ' (then cut)'}; RSS {r['rss_start_mib']:.1f} MiB, growth "
+                  f"{r['rss_growth_mib']:.2f} MiB; errors {r['errors']}.")
+    for r in s["soak"]:
+        md.append(f"Soak ({r['target']}): {r['seconds'] / 60:.1f} min after {r['warmup_s']:.0f} s warm-up, "
+                  f"{fmt(r['requests'])} requests ({fmt(r['streams'])} streamed), {r['errors']} errors, RSS "
+                  f"{r['rss_start_mib']:.1f} → {r['rss_end_mib']:.1f} MiB (trend {r['rss_trend_mib']:+.2f} MiB), "
+                  f"{fmt(r['cpu_us_per_request'], 1)} µs CPU / request.")
+    if s["large"] or s["soak"]:
+        md.append("")
+    if cks:
+        md.append("Issue 12 targets:")
+        md.append("")
+        md.append("| target | measured | limit | |")
+        md.append("| --- | ---: | ---: | --- |")
+        for c in cks:
+            mark = "n/a" if c["ok"] is None else ("met" if c["ok"] else "**missed**")
+            md.append(f"| {c['target']} | {fmt(c['value'], 2 if isinstance(c['value'], float) else 0)} {c['unit']} | "
+                      f"{fmt(c['limit'], 2 if isinstance(c['limit'], float) else 0)} {c['unit']} | {mark} |")
+        md.append("")
+    md.append(f"Machine: {info.get('cpus')} CPUs ({info.get('cpu_model')}), Linux {info.get('kernel')}, "
+              f"{info.get('nginx', 'nginx ?')}; commit {info.get('commit', '?')}{' (dirty)' if info.get('dirty') else ''}; "
+              f"`scripts/bench` {params}.")
+    return "\n".join(md)
+
+
+def report(a):
+    runs = []
+    with open(a.manifest) as f:
+        for ln in f:
+            if ln.strip():
+                m = json.loads(ln)
+                m["result"] = load_json(m["file"])
+                del m["file"]
+                runs.append(m)
+    info = machine()
+    s = summarize(runs)
+    sections = {r["section"] for r in runs}
+    if "bigstreams" in sections:
+        sections.add("streams")
+    cks = checks(s, info.get("cpus") or 1, sections)
+    md = markdown(s, cks, info, a.params)
+    print("\n" + md)
+
     micro = load_json(a.micro) if a.micro else {}
-    print(f"\nidle RSS after start-up: {a.idle_rss_kb / 1024:.1f} MB")
-    if streams:
-        print("streams:", json.dumps(streams.get("summary", streams)))
-    if large:
-        print("large:", json.dumps(large.get("summary", large)))
-
     result = {
-        "machine": machine(),
-        "config": a.config,
-        "wrk_runs": runs,
-        "tables": {str(k): v for k, v in tables.items()},
-        "idle_rss_mb": a.idle_rss_kb / 1024,
-        "streams": streams,
-        "large": large,
-        "micro": micro.get("benchmarks", []),
+        "tool": "scripts/bench", "format": 2,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": info, "params": a.params, "config": a.config,
+        "summary": s, "checks": cks, "markdown": md, "runs": runs, "micro": micro.get("benchmarks", []),
     }
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
 
-    failed = sum(row["errors"] for rows in tables.values() for row in rows.values())
-    failed += int(streams.get("summary", streams).get("errors", 0) or 0)
-    if a.fail_on_errors and (failed or not tables):
-        print(f"FAILED: {failed} request(s) failed" if tables else "FAILED: no wrk results")
-        return 1
-    return 0
+    rc = 0
+    errors = sum(run_errors(r["result"]) for r in runs)
+    if a.fail_on_errors and (errors or not runs):
+        print(f"FAILED: {errors} error(s) across the runs" if runs else "FAILED: no results")
+        rc = 1
+    if a.check:
+        missed = [c for c in cks if c["ok"] is False]
+        if missed:
+            print(f"\n--check: {len(missed)} of {len(cks)} issue-12 target(s) missed:")
+            for c in missed:
+                print(f"  MISSED  {c['target']}: {fmt(c['value'], 2 if isinstance(c['value'], float) else 0)} {c['unit']}"
+                      f" (limit {fmt(c['limit'], 2 if isinstance(c['limit'], float) else 0)} {c['unit']})")
+            rc = 1
+        else:
+            print(f"\n--check: all {len(cks)} measured issue-12 targets met")
+    return rc
+
+
+def main():
+    if len(sys.argv) >= 3 and sys.argv[1] == "line":
+        return line(sys.argv[2])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["report"])
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--micro")
+    ap.add_argument("--config", default="")
+    ap.add_argument("--params", default="")
+    ap.add_argument("--check", action="store_true", help="exit 1 when an issue-12 target is missed")
+    ap.add_argument("--fail-on-errors", action="store_true", help="exit 1 if any request failed (CI smoke)")
+    return report(ap.parse_args())
 
 
 if __name__ == "__main__":

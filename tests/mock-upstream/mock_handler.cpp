@@ -4,28 +4,13 @@
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/Net/HTTPResponse.h>
-#include <Poco/Net/HTTPServer.h>
-#include <Poco/Net/HTTPServerRequest.h>
-#include <Poco/Net/HTTPServerRequestImpl.h>
-#include <Poco/Net/HTTPServerResponse.h>
-#include <Poco/Net/SecureStreamSocketImpl.h>
-#include <Poco/Net/StreamSocket.h>
-#include <Poco/StreamCopier.h>
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
-#include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <ctime>
 #include <initializer_list>
-#include <mutex>
 #include <optional>
-#include <ostream>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -34,25 +19,7 @@
 
 namespace glmp::mock {
 
-using Poco::Net::HTTPResponse;
-using Poco::Net::HTTPServerRequest;
-using Poco::Net::HTTPServerResponse;
-
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Stop flag and interruptible sleep
-
-std::mutex g_stop_mutex;
-std::condition_variable g_stop_cv;
-std::atomic<bool> g_stop{false};
-
-// Sleeps `ms` milliseconds; returns false if the process is stopping.
-bool sleep_ms(std::uint64_t ms) {
-  if (ms == 0) return !g_stop.load();
-  std::unique_lock lock(g_stop_mutex);
-  return !g_stop_cv.wait_for(lock, std::chrono::milliseconds(ms), [] { return g_stop.load(); });
-}
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -143,9 +110,9 @@ std::optional<bool> parse_bool(std::string_view v) {
 }
 
 // Fills `c` from the request's x-mock-* headers. Returns an error message, or nothing.
-std::optional<std::string> parse_controls(const HTTPServerRequest& req, Controls& c) {
+std::optional<std::string> parse_controls(const Request& req, Controls& c) {
   static constexpr std::string_view kPrefix = "x-mock-";
-  for (const auto& [raw_name, value] : req) {
+  for (const auto& [raw_name, value] : req.headers) {
     if (raw_name.size() <= kPrefix.size()) continue;
     const std::string name = lower(raw_name);
     if (std::string_view(name).substr(0, kPrefix.size()) != kPrefix) continue;
@@ -257,29 +224,6 @@ struct Content {
   }
 };
 
-// ---------------------------------------------------------------------------------------------
-// Response helpers
-
-void set_status(HTTPServerResponse& resp, int status) {
-  const auto s = static_cast<HTTPResponse::HTTPStatus>(status);
-  std::string reason = HTTPResponse::getReasonForStatus(s);
-  if (reason == HTTPResponse::HTTP_REASON_UNKNOWN) {
-    reason = status == 529 ? "Overloaded" : (status >= 500 ? "Server Error" : "Client Error");
-  }
-  resp.setStatusAndReason(s, reason);
-}
-
-void send_body(HTTPServerResponse& resp, int status, std::string_view content_type,
-               std::string_view body) {
-  set_status(resp, status);
-  resp.setContentType(std::string(content_type));
-  resp.sendBuffer(body.data(), body.size());
-}
-
-void send_json(HTTPServerResponse& resp, int status, std::string_view body) {
-  send_body(resp, status, "application/json", body);
-}
-
 std::pair<std::string, std::string> openai_error_kind(int status) {
   switch (status) {
     case 400:
@@ -355,92 +299,143 @@ std::string error_body(Flavour flavour, int status, std::string_view message) {
   return out;
 }
 
-void send_error(HTTPServerResponse& resp, Flavour flavour, int status, std::string_view message) {
-  send_json(resp, status, error_body(flavour, status, message));
+// Poco's reason phrase for the status, with the mock's own for the ones Poco does not know.
+std::string_view reason_for(int status) {
+  const auto s = static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status);
+  const std::string& reason = Poco::Net::HTTPResponse::getReasonForStatus(s);
+  if (reason == Poco::Net::HTTPResponse::HTTP_REASON_UNKNOWN) {
+    return status == 529 ? "Overloaded" : (status >= 500 ? "Server Error" : "Client Error");
+  }
+  return reason;
 }
 
-// Waits until the peer has acknowledged everything queued on `fd` (or 2 s), so that an RST sent
-// right after cannot discard data the test expects to have received.
-void wait_for_send_queue(int fd) {
-  for (int i = 0; i < 2000; ++i) {
-    int pending = 0;
-    if (::ioctl(fd, SIOCOUTQ, &pending) != 0 || pending <= 0) return;
-    ::usleep(1000);
+// The Date header's value (RFC 1123), formatted once a second per thread.
+const std::string& http_date() {
+  thread_local std::time_t cached = -1;
+  thread_local std::string text;
+  const std::time_t now = std::time(nullptr);
+  if (now != cached) {
+    cached = now;
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    char buf[64];
+    const std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    text.assign(buf, n);
   }
+  return text;
 }
 
-// Aborts the connection with a TCP RST. The socket is detached from Poco's session first, so the
-// server does not write anything more on it (the connection thread then just ends).
-void reset_connection(HTTPServerRequest& req, HTTPServerResponse& resp) {
-  resp.setKeepAlive(false);
-  auto* impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&req);
-  if (impl == nullptr) return;
-  Poco::Net::StreamSocket socket = impl->detachSocket();
-  const bool tls = dynamic_cast<Poco::Net::SecureStreamSocketImpl*>(socket.impl()) != nullptr;
-  const int fd = socket.impl()->sockfd();
-  if (fd >= 0) {
-    wait_for_send_queue(fd);
-    const ::linger lg{1, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    if (tls) {
-      // Closing a TLS socket through Poco first writes a close_notify alert. Disconnecting the
-      // TCP socket (connect with AF_UNSPEC) sends the RST right away instead; the close below
-      // then only releases the descriptor.
-      ::sockaddr sa{};
-      sa.sa_family = AF_UNSPEC;
-      (void)::connect(fd, &sa, sizeof sa);
-    }
+void append_hex(std::string& out, std::uint64_t v) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v, 16);
+  for (char* p = buf; p != r.ptr; ++p) {
+    if (*p >= 'a' && *p <= 'f') *p = static_cast<char>(*p - 'a' + 'A');
   }
-  try {
-    socket.close();
-  } catch (...) {
-  }
+  out.append(buf, r.ptr);
 }
-
-// Writes SSE events (or any pieces) to the response stream, flushing after each event.
-class EventWriter {
- public:
-  explicit EventWriter(std::ostream& out) : out_(out) {}
-
-  bool emit(std::initializer_list<std::string_view> parts) {
-    if (!ok_) return false;
-    try {
-      for (const auto part : parts)
-        out_.write(part.data(), static_cast<std::streamsize>(part.size()));
-      out_.flush();
-      ok_ = out_.good();
-    } catch (...) {
-      ok_ = false;
-    }
-    return ok_;
-  }
-
-  bool ok() const { return ok_; }
-
- private:
-  std::ostream& out_;
-  bool ok_ = true;
-};
 
 // ---------------------------------------------------------------------------------------------
 // The handler
 
-class MockHandler : public Poco::Net::HTTPRequestHandler {
+class MockHandler final : public Handler {
  public:
-  MockHandler(const Options& options, Stats& stats) : opt_(options), stats_(stats) {}
+  MockHandler(const Options& options, Stats& stats, const Request& req)
+      : opt_(options), stats_(stats), req_(req), keep_alive_(req.keep_alive()) {}
 
-  void handleRequest(HTTPServerRequest& req, HTTPServerResponse& resp) override {
-    try {
-      handle(req, resp);
-    } catch (const std::exception& e) {
-      if (opt_.verbose) std::fprintf(stderr, "mock-upstream: handler error: %s\n", e.what());
-      if (!resp.sent()) {
-        try {
-          send_error(resp, flavour_, 500, std::string("mock-upstream internal error: ") + e.what());
-        } catch (...) {
-        }
+  bool keep_alive() const override { return keep_alive_; }
+
+  std::string internal_error(const std::exception& e) override {
+    if (opt_.verbose) std::fprintf(stderr, "mock-upstream: handler error: %s\n", e.what());
+    return error(500, std::string("mock-upstream internal error: ") + e.what());
+  }
+
+  Script run() override {
+    const std::string& uri = req_.uri;
+    const auto qpos = uri.find('?');
+    path_ = uri.substr(0, qpos);
+    query_ = qpos == std::string::npos ? std::string() : uri.substr(qpos + 1);
+
+    if (path_ == "/__mock/stats") {
+      co_yield Step::write(stats_response());
+      co_return;
+    }
+    stats_.requests.fetch_add(1);
+    ActiveGuard active(stats_);
+
+    route_ = route_for(path_);
+    flavour_ = flavour_for(route_, path_);
+    if (opt_.verbose) {
+      std::fprintf(stderr, "mock-upstream: %s %s (%zu body bytes)\n", req_.method.c_str(),
+                   uri.c_str(), req_.body.size());
+    }
+
+    if (auto err = parse_controls(req_, ctl_)) {
+      co_yield Step::write(error(400, *err));
+      co_return;
+    }
+    if (ctl_.stall_ms && *ctl_.stall_ms > 0) co_yield Step::wait(*ctl_.stall_ms);
+    if (ctl_.echo) {
+      co_yield Step::write(echo_response());
+      co_return;
+    }
+
+    const std::string& method = req_.method;
+    if (route_ == Route::Unknown) {
+      co_yield Step::write(error(404, "mock-upstream: unknown path " + path_));
+      co_return;
+    }
+    const bool want_get = route_ == Route::Models;
+    if (method != (want_get ? "GET" : "POST")) {
+      co_yield Step::write(
+          error(405, "mock-upstream: method " + method + " not allowed on " + path_));
+      co_return;
+    }
+    if (!authorized()) {
+      co_yield Step::write(
+          error(401, flavour_ == Flavour::OpenAI
+                         ? "mock-upstream: missing or invalid API key (Authorization: Bearer)"
+                         : "mock-upstream: missing or invalid API key (x-api-key)"));
+      co_return;
+    }
+    if (ctl_.status) {
+      co_yield Step::write(mock_error_response());
+      co_return;
+    }
+    if (route_ == Route::Models) {
+      co_yield Step::write(models_response());
+      co_return;
+    }
+    if (auto bad = analyze_body()) {
+      co_yield Step::write(std::move(*bad));
+      co_return;
+    }
+
+    prompt_tokens_ = std::max<std::uint64_t>(1, req_.body.size() / 4);
+    if (route_ == Route::CountTokens) {
+      co_yield Step::write(json_response(200, "{\"input_tokens\":" + to_str(prompt_tokens_) + "}"));
+      co_return;
+    }
+
+    Script sub;
+    if (ctl_.garbage) {
+      sub = garbage();
+    } else {
+      Content content;
+      if (ctl_.large_bytes) {
+        content.large = true;
+        content.bytes = *ctl_.large_bytes;
+      } else if (ctl_.chunks) {
+        content.count = *ctl_.chunks;
+      }
+      if (route_ == Route::Chat) {
+        sub = stream_ ? stream_openai(content) : nonstream_openai(content);
+      } else {
+        sub = stream_ ? stream_anthropic(content) : nonstream_anthropic(content);
       }
     }
+    while (sub.next()) co_yield std::move(sub.step());
+    // The end of a chunked body (a reset never gets here: it ends the script).
+    if (chunked_) co_yield Step::write("0\r\n\r\n");
   }
 
  private:
@@ -452,133 +447,113 @@ class MockHandler : public Poco::Net::HTTPRequestHandler {
     Stats& stats;
   };
 
-  void handle(HTTPServerRequest& req, HTTPServerResponse& resp) {
-    // The whole body is read first, so keep-alive framing stays intact whatever we answer.
-    {
-      std::istream& in = req.stream();
-      Poco::StreamCopier::copyToString(in, body_);
-    }
-    const std::string& uri = req.getURI();
-    const auto qpos = uri.find('?');
-    path_ = uri.substr(0, qpos);
-    query_ = qpos == std::string::npos ? std::string() : uri.substr(qpos + 1);
+  // -------------------------------------------------------------------------------------------
+  // Response heads and bodies, byte for byte as Poco's HTTPServer wrote them: the status line,
+  // Date and Connection first, then the handler's headers in the order they were set.
 
-    if (path_ == "/__mock/stats") {
-      send_stats(resp);
-      return;
-    }
-    stats_.requests.fetch_add(1);
-    ActiveGuard active(stats_);
-
-    route_ = route_for(path_);
-    flavour_ = flavour_for(route_, path_);
-    if (opt_.verbose) {
-      std::fprintf(stderr, "mock-upstream: %s %s (%zu body bytes)\n", req.getMethod().c_str(),
-                   uri.c_str(), body_.size());
-    }
-
-    if (auto err = parse_controls(req, ctl_)) {
-      send_error(resp, flavour_, 400, *err);
-      return;
-    }
-    if (ctl_.stall_ms && !sleep_ms(*ctl_.stall_ms)) return;
-    if (ctl_.echo) {
-      send_echo(req, resp);
-      return;
-    }
-
-    const std::string& method = req.getMethod();
-    if (route_ == Route::Unknown) {
-      send_error(resp, flavour_, 404, "mock-upstream: unknown path " + path_);
-      return;
-    }
-    const bool want_get = route_ == Route::Models;
-    if (method != (want_get ? "GET" : "POST")) {
-      send_error(resp, flavour_, 405,
-                 "mock-upstream: method " + method + " not allowed on " + path_);
-      return;
-    }
-    if (!authorized(req)) {
-      send_error(resp, flavour_, 401,
-                 flavour_ == Flavour::OpenAI
-                     ? "mock-upstream: missing or invalid API key (Authorization: Bearer)"
-                     : "mock-upstream: missing or invalid API key (x-api-key)");
-      return;
-    }
-    if (ctl_.status) {
-      send_mock_error(resp);
-      return;
-    }
-    if (route_ == Route::Models) {
-      send_models(resp);
-      return;
-    }
-    if (!analyze_body(resp)) return;
-
-    prompt_tokens_ = std::max<std::uint64_t>(1, body_.size() / 4);
-    if (route_ == Route::CountTokens) {
-      send_json(resp, 200, "{\"input_tokens\":" + to_str(prompt_tokens_) + "}");
-      return;
-    }
-    if (ctl_.garbage) {
-      send_garbage(req, resp);
-      return;
-    }
-
-    Content content;
-    if (ctl_.large_bytes) {
-      content.large = true;
-      content.bytes = *ctl_.large_bytes;
-    } else if (ctl_.chunks) {
-      content.count = *ctl_.chunks;
-    }
-    if (route_ == Route::Chat) {
-      if (stream_)
-        stream_openai(req, resp, content);
-      else
-        nonstream_openai(req, resp, content);
-    } else {
-      if (stream_)
-        stream_anthropic(req, resp, content);
-      else
-        nonstream_anthropic(req, resp, content);
-    }
+  void start_head(std::string& out, int status) const {
+    out += req_.version();
+    out += ' ';
+    append_num(out, static_cast<std::uint64_t>(status));
+    out += ' ';
+    out += reason_for(status);
+    out += "\r\nDate: ";
+    out += http_date();
+    out += keep_alive_ ? "\r\nConnection: Keep-Alive\r\n" : "\r\nConnection: Close\r\n";
   }
 
-  bool authorized(const HTTPServerRequest& req) const {
+  // A whole response with a Content-Length (Poco's sendBuffer: no body for HEAD).
+  std::string body_response(int status, std::string_view content_type, std::string_view body,
+                            std::string_view extra_headers = {}) const {
+    std::string out;
+    out.reserve(160 + extra_headers.size() + body.size());
+    start_head(out, status);
+    out += extra_headers;
+    out += "Content-Type: ";
+    out += content_type;
+    out += "\r\nContent-Length: ";
+    append_num(out, body.size());
+    out += "\r\n\r\n";
+    if (req_.method != "HEAD") out += body;
+    return out;
+  }
+
+  std::string json_response(int status, std::string_view body,
+                            std::string_view extra_headers = {}) const {
+    return body_response(status, "application/json", body, extra_headers);
+  }
+
+  std::string error(int status, std::string_view message) const {
+    return json_response(status, error_body(flavour_, status, message));
+  }
+
+  // The head of a streamed response: chunked on HTTP/1.1; on HTTP/1.0 the end of the body is the
+  // close.
+  std::string sse_head() {
+    chunked_ = req_.version_major == 1 && req_.version_minor == 1;
+    if (!chunked_) keep_alive_ = false;
+    std::string out;
+    start_head(out, 200);
+    out += "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+    if (chunked_) out += "Transfer-Encoding: chunked\r\n";
+    out += "\r\n";
+    return out;
+  }
+
+  // One event (or any piece of a streamed body), framed as one chunk when the body is chunked.
+  // (A variadic template, not an initializer_list: GCC 12 miscompiles initializer_lists in
+  // coroutines.)
+  template <class... Parts>
+  std::string event(const Parts&... parts) const {
+    const std::string_view views[] = {std::string_view(parts)...};
+    std::size_t size = 0;
+    for (const auto part : views) size += part.size();
+    std::string out;
+    out.reserve(size + 24);
+    if (chunked_) {
+      append_hex(out, size);
+      out += "\r\n";
+    }
+    for (const auto part : views) out += part;
+    if (chunked_) out += "\r\n";
+    return out;
+  }
+
+  bool authorized() const {
     const std::string& key = opt_.api_key;
+    static const std::string kEmpty;
     const auto bearer_ok = [&] {
-      const std::string& auth = req.get("Authorization", "");
+      const std::string& auth = req_.get("Authorization", kEmpty);
       if (auth.size() != key.size() + 7) return false;
       return lower(std::string_view(auth).substr(0, 7)) == "bearer " &&
              std::string_view(auth).substr(7) == key;
     };
     if (route_ == Route::Chat) return bearer_ok();
     if (route_ == Route::Messages || route_ == Route::CountTokens) {
-      return req.get("x-api-key", "") == key || bearer_ok();
+      return req_.get("x-api-key", kEmpty) == key || bearer_ok();
     }
     // /models: OpenAI auth, but an Anthropic-style x-api-key is accepted as well.
-    return bearer_ok() || req.get("x-api-key", "") == key;
+    return bearer_ok() || req_.get("x-api-key", kEmpty) == key;
   }
 
-  // Reads model / stream / include_usage from the body. Sends the 400 itself on failure.
-  bool analyze_body(HTTPServerResponse& resp) {
+  // Reads model / stream / include_usage from the body. On failure, the 400 response.
+  std::optional<std::string> analyze_body() {
+    const std::string& body = req_.body;
     if (opt_.fast) {
       FastScan scan;
       // A model with escapes goes through the full parser, so both modes answer byte-identically.
-      if (fast_scan(body_, scan) && scan.model_raw.find('\\') == std::string_view::npos) {
+      if (fast_scan(body, scan) && scan.model_raw.find('\\') == std::string_view::npos) {
         if (scan.model_found) model_json_ = "\"" + std::string(scan.model_raw) + "\"";
         stream_ = scan.stream;
         include_usage_ = scan.include_usage;
-        return true;
+        return std::nullopt;
       }
     }
     try {
       Poco::JSON::Parser parser;
-      const Poco::Dynamic::Var parsed = parser.parse(body_);
+      const Poco::Dynamic::Var parsed = parser.parse(body);
       if (parsed.type() != typeid(Poco::JSON::Object::Ptr)) {
-        send_error(resp, flavour_, 400, "mock-upstream: request body must be a JSON object");
-        return false;
+        return error(400, "mock-upstream: request body must be a JSON object");
       }
       const auto obj = parsed.extract<Poco::JSON::Object::Ptr>();
       if (obj->has("model")) {
@@ -595,30 +570,26 @@ class MockHandler : public Poco::Net::HTTPRequestHandler {
           include_usage_ = u.isBoolean() && u.extract<bool>();
         }
       }
-      return true;
+      return std::nullopt;
     } catch (const Poco::Exception& e) {
-      send_error(resp, flavour_, 400, "mock-upstream: malformed JSON body: " + e.displayText());
+      return error(400, "mock-upstream: malformed JSON body: " + e.displayText());
     } catch (const std::exception& e) {
-      send_error(resp, flavour_, 400,
-                 std::string("mock-upstream: malformed JSON body: ") + e.what());
+      return error(400, std::string("mock-upstream: malformed JSON body: ") + e.what());
     }
-    return false;
   }
 
-  void send_stats(HTTPServerResponse& resp) {
-    std::string out = "{\"connections\":" + to_str(stats_.connections.load()) +
-                      ",\"requests\":" + to_str(stats_.requests.load()) +
-                      ",\"active\":" + std::to_string(stats_.active.load());
-    if (auto* server = stats_.server.load()) {
-      out += ",\"current_connections\":" + std::to_string(server->currentConnections());
-    }
-    out += "}";
-    send_json(resp, 200, out);
+  std::string stats_response() const {
+    const std::string out =
+        "{\"connections\":" + to_str(stats_.connections.load()) +
+        ",\"requests\":" + to_str(stats_.requests.load()) +
+        ",\"active\":" + std::to_string(stats_.active.load()) +
+        ",\"current_connections\":" + std::to_string(stats_.current_connections.load()) + "}";
+    return json_response(200, out);
   }
 
-  void send_echo(const HTTPServerRequest& req, HTTPServerResponse& resp) {
+  std::string echo_response() const {
     std::vector<std::pair<std::string, std::string>> headers;
-    for (const auto& [name, value] : req) {
+    for (const auto& [name, value] : req_.headers) {
       std::string key = lower(name);
       auto it = std::find_if(headers.begin(), headers.end(),
                              [&](const auto& h) { return h.first == key; });
@@ -630,7 +601,7 @@ class MockHandler : public Poco::Net::HTTPRequestHandler {
       }
     }
     std::string out = "{\"method\":";
-    append_json_string(out, req.getMethod());
+    append_json_string(out, req_.method);
     out += ",\"path\":";
     append_json_string(out, path_);
     out += ",\"query\":";
@@ -645,66 +616,49 @@ class MockHandler : public Poco::Net::HTTPRequestHandler {
       append_json_string(out, value);
     }
     out += "},\"body\":";
-    append_json_string(out, body_);
+    append_json_string(out, req_.body);
     out += '}';
-    send_json(resp, 200, out);
+    return json_response(200, out);
   }
 
-  void send_mock_error(HTTPServerResponse& resp) {
+  std::string mock_error_response() const {
     const int status = static_cast<int>(*ctl_.status);
     const std::string message = ctl_.error_message
                                     ? *ctl_.error_message
                                     : "mock-upstream: simulated error " + to_str(*ctl_.status);
-    resp.set("x-mock-error", "1");
-    if (status == 429) resp.set("retry-after", "7");
-    send_error(resp, flavour_, status, message);
+    const std::string_view extra =
+        status == 429 ? "x-mock-error: 1\r\nretry-after: 7\r\n" : "x-mock-error: 1\r\n";
+    return json_response(status, error_body(flavour_, status, message), extra);
   }
 
-  void send_models(HTTPServerResponse& resp) {
+  std::string models_response() const {
     static const std::string body =
         "{\"object\":\"list\",\"data\":["
         "{\"id\":\"glm-4.7\",\"object\":\"model\",\"created\":1735689600,\"owned_by\":\"z-ai\"},"
         "{\"id\":\"glm-4.5-air\",\"object\":\"model\",\"created\":1735689600,\"owned_by\":\"z-ai\"}"
         "]}";
-    send_json(resp, 200, body);
+    return json_response(200, body);
   }
 
-  void send_garbage(const HTTPServerRequest& req, HTTPServerResponse& resp) {
+  Script garbage() {
     using namespace std::string_view_literals;
     if (!stream_) {
-      send_body(resp, 200, "application/json", "\x00\xffnot json{{{"sv);
-      return;
+      co_yield Step::write(body_response(200, "application/json", "\x00\xffnot json{{{"sv));
+      co_return;
     }
-    std::ostream& out = begin_sse(req, resp);
-    EventWriter w(out);
-    w.emit({"data: {not json{{{\n\n"sv});
-    w.emit({"\x00\xff\xfe garbage line without framing\n"sv});
-    w.emit({"event: ???\ndata: {\"unterminated\": \"str\n\n"sv});
-    w.emit({"data: \xc3\x28 [DONE\n\n"sv});
+    std::string out = sse_head();
+    out += event("data: {not json{{{\n\n"sv);
+    co_yield Step::write(std::move(out));
+    co_yield Step::write(event("\x00\xff\xfe garbage line without framing\n"sv));
+    co_yield Step::write(event("event: ???\ndata: {\"unterminated\": \"str\n\n"sv));
+    co_yield Step::write(event("data: \xc3\x28 [DONE\n\n"sv));
   }
 
-  std::ostream& begin_sse(const HTTPServerRequest& req, HTTPServerResponse& resp) {
-    set_status(resp, 200);
-    resp.setContentType("text/event-stream");
-    resp.set("Cache-Control", "no-cache");
-    if (req.getVersion() == HTTPResponse::HTTP_1_1) {
-      resp.setChunkedTransferEncoding(true);
-    } else {
-      resp.setKeepAlive(false);  // HTTP/1.0: no chunking, the end of the body is the close
-    }
-    return resp.send();
-  }
-
-  // Resets when `sent` content events have gone out and reset-after asks for it (`last` is true
-  // after the final content event, where any reset-after >= the piece count fires).
-  bool maybe_reset(HTTPServerRequest& req, HTTPServerResponse& resp, std::uint64_t sent,
-                   bool last) {
+  // Whether to reset when `sent` content events have gone out (`last` is true after the final
+  // content event, where any reset-after >= the piece count fires).
+  bool reset_due(std::uint64_t sent, bool last) const {
     if (!ctl_.reset_after) return false;
-    if (*ctl_.reset_after == sent || (last && *ctl_.reset_after >= sent)) {
-      reset_connection(req, resp);
-      return true;
-    }
-    return false;
+    return *ctl_.reset_after == sent || (last && *ctl_.reset_after >= sent);
   }
 
   std::string openai_usage(std::uint64_t completion) const {
@@ -719,7 +673,7 @@ class MockHandler : public Poco::Net::HTTPRequestHandler {
            ",\"cache_creation_input_tokens\":" + to_str(ctl_.cache_creation.value_or(0)) + "}";
   }
 
-  void stream_openai(HTTPServerRequest& req, HTTPServerResponse& resp, const Content& content) {
+  Script stream_openai(Content content) {
     const std::string head = "{\"id\":\"chatcmpl-mock-" + to_str(g_next_id.fetch_add(1)) +
                              "\",\"object\":\"chat.completion.chunk\",\"created\":" +
                              to_str(static_cast<std::uint64_t>(std::time(nullptr))) +
@@ -729,145 +683,140 @@ class MockHandler : public Poco::Net::HTTPRequestHandler {
     // Like OpenAI: with include_usage, every chunk but the usage chunk carries "usage":null.
     const std::string_view tail = separate_usage ? ",\"usage\":null}\n\n" : "}\n\n";
 
-    EventWriter w(begin_sse(req, resp));
-    if (!w.emit({"data: ", head,
-                 "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
-                 "\"finish_reason\":null}]",
-                 tail})) {
-      return;
-    }
+    std::string first = sse_head();
+    first += event("data: ", head,
+                   "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+                   "\"finish_reason\":null}]",
+                   tail);
+    co_yield Step::write(std::move(first));
     const std::uint64_t n = content.pieces();
-    if (maybe_reset(req, resp, 0, n == 0)) return;
+    if (reset_due(0, n == 0)) {
+      co_yield Step::reset();
+      co_return;
+    }
     std::string scratch;
     for (std::uint64_t i = 0; i < n; ++i) {
-      if (ctl_.delay_ms && !sleep_ms(*ctl_.delay_ms)) return;
-      if (!w.emit({"data: ", head, "{\"index\":0,\"delta\":{\"content\":\"",
-                   content.piece(i, scratch), "\"},\"finish_reason\":null}]", tail})) {
-        return;
+      if (ctl_.delay_ms && *ctl_.delay_ms > 0) co_yield Step::wait(*ctl_.delay_ms);
+      co_yield Step::write(event("data: ", head, "{\"index\":0,\"delta\":{\"content\":\"",
+                                 content.piece(i, scratch), "\"},\"finish_reason\":null}]", tail));
+      if (reset_due(i + 1, i + 1 == n)) {
+        co_yield Step::reset();
+        co_return;
       }
-      if (maybe_reset(req, resp, i + 1, i + 1 == n)) return;
     }
     const std::string usage = openai_usage(n);
     const std::string finish_tail =
         usage_last ? ",\"usage\":" + usage + "}\n\n" : std::string(tail);
-    if (!w.emit({"data: ", head, "{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]",
-                 finish_tail})) {
-      return;
-    }
-    if (separate_usage && !w.emit({"data: ", head, "],\"usage\":", usage, "}\n\n"})) return;
-    w.emit({"data: [DONE]\n\n"});
+    co_yield Step::write(event(
+        "data: ", head, "{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]", finish_tail));
+    if (separate_usage) co_yield Step::write(event("data: ", head, "],\"usage\":", usage, "}\n\n"));
+    co_yield Step::write(event("data: [DONE]\n\n"));
   }
 
-  void stream_anthropic(HTTPServerRequest& req, HTTPServerResponse& resp, const Content& content) {
+  Script stream_anthropic(Content content) {
     const std::string id = "msg_mock_" + to_str(g_next_id.fetch_add(1));
-    EventWriter w(begin_sse(req, resp));
     const std::string start =
         "{\"type\":\"message_start\",\"message\":{\"id\":\"" + id +
         "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":" + model_json_ +
         ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":" +
         anthropic_usage(prompt_tokens_, 1) + "}}";
-    if (!w.emit({"event: message_start\ndata: ", start, "\n\n"})) return;
-    if (!w.emit({"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
-                 "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"})) {
-      return;
-    }
-    if (!w.emit({"event: ping\ndata: {\"type\":\"ping\"}\n\n"})) return;
+    std::string first = sse_head();
+    first += event("event: message_start\ndata: ", start, "\n\n");
+    first += event(
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+        "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+    first += event("event: ping\ndata: {\"type\":\"ping\"}\n\n");
+    co_yield Step::write(std::move(first));
     const std::uint64_t n = content.pieces();
-    if (maybe_reset(req, resp, 0, n == 0)) return;
+    if (reset_due(0, n == 0)) {
+      co_yield Step::reset();
+      co_return;
+    }
     std::string scratch;
     for (std::uint64_t i = 0; i < n; ++i) {
-      if (ctl_.delay_ms && !sleep_ms(*ctl_.delay_ms)) return;
-      if (!w.emit(
-              {"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
-               "\"delta\":{\"type\":\"text_delta\",\"text\":\"",
-               content.piece(i, scratch), "\"}}\n\n"})) {
-        return;
+      if (ctl_.delay_ms && *ctl_.delay_ms > 0) co_yield Step::wait(*ctl_.delay_ms);
+      co_yield Step::write(
+          event("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+                "\"delta\":{\"type\":\"text_delta\",\"text\":\"",
+                content.piece(i, scratch), "\"}}\n\n"));
+      if (reset_due(i + 1, i + 1 == n)) {
+        co_yield Step::reset();
+        co_return;
       }
-      if (maybe_reset(req, resp, i + 1, i + 1 == n)) return;
     }
-    if (!w.emit({"event: content_block_stop\ndata: "
-                 "{\"type\":\"content_block_stop\",\"index\":0}\n\n"})) {
-      return;
-    }
-    if (!w.emit(
-            {"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
-             "\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":",
-             to_str(n), "}}\n\n"})) {
-      return;
-    }
-    w.emit({"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"});
+    std::string last = event(
+        "event: content_block_stop\ndata: "
+        "{\"type\":\"content_block_stop\",\"index\":0}\n\n");
+    last += event(
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
+        "\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":",
+        to_str(n), "}}\n\n");
+    last += event("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    co_yield Step::write(std::move(last));
   }
 
-  void nonstream_openai(HTTPServerRequest& req, HTTPServerResponse& resp, const Content& content) {
-    const std::string prefix =
+  Script nonstream_openai(Content content) {
+    std::string prefix =
         "{\"id\":\"chatcmpl-mock-" + to_str(g_next_id.fetch_add(1)) +
         "\",\"object\":\"chat.completion\",\"created\":" +
         to_str(static_cast<std::uint64_t>(std::time(nullptr))) + ",\"model\":" + model_json_ +
         ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"";
-    const std::string suffix =
+    std::string suffix =
         "\"},\"finish_reason\":\"stop\"}],\"usage\":" + openai_usage(content.pieces()) + "}";
-    write_nonstream(req, resp, prefix, content, suffix);
+    return nonstream(std::move(prefix), content, std::move(suffix));
   }
 
-  void nonstream_anthropic(HTTPServerRequest& req, HTTPServerResponse& resp,
-                           const Content& content) {
-    const std::string prefix =
-        "{\"id\":\"msg_mock_" + to_str(g_next_id.fetch_add(1)) +
-        "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":" + model_json_ +
-        ",\"content\":[{\"type\":\"text\",\"text\":\"";
-    const std::string suffix =
-        "\"}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":" +
-        anthropic_usage(prompt_tokens_, content.pieces()) + "}";
-    write_nonstream(req, resp, prefix, content, suffix);
+  Script nonstream_anthropic(Content content) {
+    std::string prefix = "{\"id\":\"msg_mock_" + to_str(g_next_id.fetch_add(1)) +
+                         "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":" + model_json_ +
+                         ",\"content\":[{\"type\":\"text\",\"text\":\"";
+    std::string suffix = "\"}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":" +
+                         anthropic_usage(prompt_tokens_, content.pieces()) + "}";
+    return nonstream(std::move(prefix), content, std::move(suffix));
   }
 
-  // prefix + content text + suffix. Small bodies go out in one buffer; large ones (or a reset)
-  // are generated as they are written, with an exact Content-Length, in constant memory.
-  void write_nonstream(HTTPServerRequest& req, HTTPServerResponse& resp, const std::string& prefix,
-                       const Content& content, const std::string& suffix) {
+  // prefix + content text + suffix. Small bodies go out in one write; large ones (or a reset)
+  // are generated piece by piece as the peer takes them, with an exact Content-Length, in
+  // constant memory. With a reset, only the first half of the body is sent, then the RST.
+  Script nonstream(std::string prefix, Content content, std::string suffix) {
     const std::uint64_t text_bytes = content.total_bytes();
     const std::uint64_t total = prefix.size() + text_bytes + suffix.size();
+    const std::uint64_t n = content.pieces();
     std::string scratch;
     if (!ctl_.reset_after && total <= (1u << 20)) {
       std::string body;
       body.reserve(total);
       body += prefix;
-      const std::uint64_t n = content.pieces();
       for (std::uint64_t i = 0; i < n; ++i) body += content.piece(i, scratch);
       body += suffix;
-      send_json(resp, 200, body);
-      return;
+      co_yield Step::write(json_response(200, body));
+      co_return;
     }
-    set_status(resp, 200);
-    resp.setContentType("application/json");
-    resp.setContentLength64(static_cast<Poco::Int64>(total));
-    std::ostream& out = resp.send();
-    // With a reset, only the first half of the body is sent.
+    std::string head;
+    start_head(head, 200);
+    head += "Content-Type: application/json\r\nContent-Length: ";
+    append_num(head, total);
+    head += "\r\n\r\n";
     std::uint64_t budget = ctl_.reset_after ? total / 2 : total;
-    const auto put = [&](std::string_view s) {
-      if (budget == 0 || !out.good()) return false;
-      const std::uint64_t n = std::min<std::uint64_t>(budget, s.size());
-      out.write(s.data(), static_cast<std::streamsize>(n));
-      budget -= n;
-      return out.good();
+    const auto take = [&](std::string_view s) {
+      const std::uint64_t k = std::min<std::uint64_t>(budget, s.size());
+      budget -= k;
+      return std::string(s.substr(0, k));
     };
-    try {
-      if (put(prefix)) {
-        const std::uint64_t n = content.pieces();
-        bool ok = true;
-        for (std::uint64_t i = 0; i < n && ok; ++i) ok = put(content.piece(i, scratch));
-        if (ok) put(suffix);
-      }
-      out.flush();
-    } catch (...) {
-      return;
+    head += take(prefix);
+    co_yield Step::write(std::move(head));
+    for (std::uint64_t i = 0; i < n && budget > 0; ++i) {
+      co_yield Step::write(take(content.piece(i, scratch)));
     }
-    if (ctl_.reset_after && out.good()) reset_connection(req, resp);
+    if (budget > 0) co_yield Step::write(take(suffix));
+    if (ctl_.reset_after) co_yield Step::reset();
   }
 
   const Options& opt_;
   Stats& stats_;
-  std::string body_;
+  const Request& req_;
+  bool keep_alive_;
+  bool chunked_ = false;
   std::string path_;
   std::string query_;
   Route route_ = Route::Unknown;
@@ -881,26 +830,62 @@ class MockHandler : public Poco::Net::HTTPRequestHandler {
 
 }  // namespace
 
-void request_stop() {
-  {
-    std::lock_guard lock(g_stop_mutex);
-    g_stop.store(true);
+// -----------------------------------------------------------------------------------------------
+// Request
+
+const std::string* Request::find(std::string_view name) const {
+  for (const auto& [k, v] : headers) {
+    if (k.size() != name.size()) continue;
+    bool same = true;
+    for (std::size_t i = 0; i < k.size() && same; ++i) {
+      char a = k[i];
+      char b = name[i];
+      if (a >= 'A' && a <= 'Z') a = static_cast<char>(a - 'A' + 'a');
+      if (b >= 'A' && b <= 'Z') b = static_cast<char>(b - 'A' + 'a');
+      same = a == b;
+    }
+    if (same) return &v;
   }
-  g_stop_cv.notify_all();
+  return nullptr;
 }
 
-bool stop_requested() { return g_stop.load(); }
-
-bool CountingFilter::accept(const Poco::Net::StreamSocket&) {
-  stats_.connections.fetch_add(1);
-  return true;
+const std::string& Request::get(std::string_view name, const std::string& fallback) const {
+  const std::string* v = find(name);
+  return v != nullptr ? *v : fallback;
 }
 
-MockHandlerFactory::MockHandlerFactory(const Options& options, Stats& stats)
-    : options_(options), stats_(stats) {}
+std::string Request::version() const {
+  std::string out = "HTTP/";
+  append_num(out, static_cast<std::uint64_t>(version_major));
+  out += '.';
+  append_num(out, static_cast<std::uint64_t>(version_minor));
+  return out;
+}
 
-Poco::Net::HTTPRequestHandler* MockHandlerFactory::createRequestHandler(const HTTPServerRequest&) {
-  return new MockHandler(options_, stats_);
+bool Request::keep_alive() const {
+  if (const std::string* c = find("Connection"); c != nullptr && !c->empty()) {
+    return lower(*c) != "close";
+  }
+  return version_major == 1 && version_minor == 1;
+}
+
+bool Request::expect_continue() const {
+  const std::string* e = find("Expect");
+  return e != nullptr && lower(*e) == "100-continue";
+}
+
+void Request::clear() {
+  method.clear();
+  uri.clear();
+  version_major = 1;
+  version_minor = 1;
+  headers.clear();
+  body.clear();
+}
+
+std::unique_ptr<Handler> make_handler(const Options& options, Stats& stats,
+                                      const Request& request) {
+  return std::make_unique<MockHandler>(options, stats, request);
 }
 
 }  // namespace glmp::mock

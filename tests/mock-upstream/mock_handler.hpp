@@ -1,18 +1,18 @@
 #pragma once
 // Request handling for the mock upstream: routing, auth, control headers and the response
-// generators for the OpenAI and Anthropic flavours. See README.md for the behaviour.
-
-#include <Poco/Net/HTTPRequestHandler.h>
-#include <Poco/Net/HTTPRequestHandlerFactory.h>
-#include <Poco/Net/TCPServer.h>
+// generators for the OpenAI and Anthropic flavours. A handler turns one parsed request into a
+// Script of timed steps (mock_script.hpp) that the event loop plays. See README.md.
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
+#include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
-namespace Poco::Net {
-class HTTPServer;
-}
+#include "mock_script.hpp"
 
 namespace glmp::mock {
 
@@ -24,42 +24,52 @@ struct Options {
   std::string cert_file;
   std::string key_file;
   long keepalive_timeout_ms = 10000;
-  int threads = 256;
+  int loops = 1;  // event loop threads
   bool fast = false;
   bool verbose = false;
 };
 
 struct Stats {
-  std::atomic<std::uint64_t> connections{0};  // accepted TCP connections (counted at accept)
-  std::atomic<std::uint64_t> requests{0};     // requests, excluding /__mock/* ones
-  std::atomic<std::int64_t> active{0};        // in-flight requests, excluding /__mock/* ones
-  std::atomic<Poco::Net::HTTPServer*> server{nullptr};
+  std::atomic<std::uint64_t> connections{0};         // accepted TCP connections (counted at accept)
+  std::atomic<std::uint64_t> requests{0};            // requests, excluding /__mock/* ones
+  std::atomic<std::int64_t> active{0};               // in-flight requests, excluding /__mock/* ones
+  std::atomic<std::int64_t> current_connections{0};  // open connections
 };
 
-// Process-wide stop flag; sleeps in the handlers wake up early when it is set.
-void request_stop();
-bool stop_requested();
+// One parsed request. Header names keep their case; lookups ignore it.
+struct Request {
+  std::string method;
+  std::string uri;
+  int version_major = 1;
+  int version_minor = 1;
+  std::vector<std::pair<std::string, std::string>> headers;  // in the order received
+  std::string body;
 
-// Counts every accepted TCP connection (the filter runs in the acceptor thread, before the
-// connection is queued), and accepts them all.
-class CountingFilter : public Poco::Net::TCPServerConnectionFilter {
+  // The first value of header `name` (case-insensitive), or nullptr.
+  const std::string* find(std::string_view name) const;
+  const std::string& get(std::string_view name, const std::string& fallback) const;
+  // "HTTP/1.1" or "HTTP/1.0" (whatever the request line said).
+  std::string version() const;
+  // As Poco's HTTPMessage::getKeepAlive: a Connection header other than "close" keeps the
+  // connection alive; without one, only HTTP/1.1 does.
+  bool keep_alive() const;
+  // Expect: 100-continue.
+  bool expect_continue() const;
+  void clear();
+};
+
+class Handler {
  public:
-  explicit CountingFilter(Stats& stats) : stats_(stats) {}
-  bool accept(const Poco::Net::StreamSocket& socket) override;
-
- private:
-  Stats& stats_;
+  virtual ~Handler() = default;
+  // The response. The handler and its request must outlive the script.
+  virtual Script run() = 0;
+  // After the script: whether the connection may carry another request (the response's
+  // Connection header).
+  virtual bool keep_alive() const = 0;
+  // A 500 response for an exception the script threw before it wrote anything.
+  virtual std::string internal_error(const std::exception& e) = 0;
 };
 
-class MockHandlerFactory : public Poco::Net::HTTPRequestHandlerFactory {
- public:
-  MockHandlerFactory(const Options& options, Stats& stats);
-  Poco::Net::HTTPRequestHandler* createRequestHandler(
-      const Poco::Net::HTTPServerRequest& request) override;
-
- private:
-  const Options& options_;
-  Stats& stats_;
-};
+std::unique_ptr<Handler> make_handler(const Options& options, Stats& stats, const Request& request);
 
 }  // namespace glmp::mock

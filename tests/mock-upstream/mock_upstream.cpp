@@ -1,31 +1,24 @@
 // mock-upstream: a deterministic fake of Z.AI's OpenAI-compatible and Anthropic-compatible APIs,
-// used by the integration tests, the e2e SDK tests and the benchmarks. See README.md.
+// used by the integration tests, the e2e SDK tests and the benchmarks. An event-driven server
+// (mock_server.hpp): a few epoll loops, no thread per connection, no sleeping. See README.md.
 
 #include <Poco/Exception.h>
 #include <Poco/Net/Context.h>
-#include <Poco/Net/HTTPServer.h>
-#include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/NetSSL.h>
-#include <Poco/Net/SecureServerSocket.h>
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/Net/SocketAddress.h>
-#include <Poco/ThreadPool.h>
-#include <Poco/Timespan.h>
 #include <semaphore.h>
 #include <signal.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
-#include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
-#include <thread>
 
 #include "mock_handler.hpp"
+#include "mock_server.hpp"
 
 namespace {
 
@@ -43,8 +36,9 @@ void usage(std::FILE* to) {
   std::fputs(
       "usage: mock-upstream [--host 127.0.0.1] [--port 0] [--api-key KEY]\n"
       "                     [--https --cert FILE --key FILE] [--keepalive-timeout-ms 10000]\n"
-      "                     [--threads 256] [--fast] [--verbose]\n"
-      "Prints 'LISTENING <port>' on stdout once it accepts connections.\n",
+      "                     [--loops 1] [--fast] [--verbose]\n"
+      "Prints 'LISTENING <port>' on stdout once it accepts connections.\n"
+      "--threads N (the old connection-thread pool) is accepted and ignored.\n",
       to);
 }
 
@@ -101,8 +95,12 @@ Options parse_args(int argc, char** argv) {
       o.key_file = value();
     } else if (arg == "--keepalive-timeout-ms") {
       o.keepalive_timeout_ms = parse_long(arg, value(), 1, 86400000);
+    } else if (arg == "--loops") {
+      o.loops = static_cast<int>(parse_long(arg, value(), 1, 64));
     } else if (arg == "--threads") {
-      o.threads = static_cast<int>(parse_long(arg, value(), 1, 100000));
+      // The thread-per-connection server's pool size; accepted (and checked) so existing command
+      // lines keep working, but unused: connections no longer hold threads.
+      (void)parse_long(arg, value(), 1, 100000);
     } else if (arg == "--fast") {
       no_value();
       o.fast = true;
@@ -144,45 +142,26 @@ int main(int argc, char** argv) {
   try {
     const Poco::Net::SocketAddress address(opt.host, opt.port);
     constexpr int kBacklog = 1024;
-    std::unique_ptr<Poco::Net::ServerSocket> socket;
+    Poco::Net::ServerSocket socket(address, kBacklog);
+    socket.setNoDelay(true);
+    const std::uint16_t port = socket.address().port();
+
+    // TLS: Poco's server context (certificate chain, key, cipher list) as before; the loops run
+    // OpenSSL on the non-blocking sockets themselves.
+    Poco::Net::Context::Ptr context;
     if (opt.https) {
-      Poco::Net::Context::Ptr context =
-          new Poco::Net::Context(Poco::Net::Context::SERVER_USE, opt.key_file, opt.cert_file, "",
-                                 Poco::Net::Context::VERIFY_NONE);
-      socket = std::make_unique<Poco::Net::SecureServerSocket>(address, kBacklog, context);
-    } else {
-      socket = std::make_unique<Poco::Net::ServerSocket>(address, kBacklog);
+      context = new Poco::Net::Context(Poco::Net::Context::SERVER_USE, opt.key_file, opt.cert_file,
+                                       "", Poco::Net::Context::VERIFY_NONE);
     }
-    socket->setNoDelay(true);
-    const std::uint16_t port = socket->address().port();
-
-    // Poco's default pool has 16 threads; every connection holds a thread for its whole life.
-    Poco::ThreadPool pool(2, opt.threads, 60, 1024 * 1024);
-    Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
-    params->setMaxThreads(opt.threads);
-    params->setMaxQueued(16384);
-    params->setKeepAlive(true);
-    params->setKeepAliveTimeout(
-        Poco::Timespan(static_cast<Poco::Timespan::TimeDiff>(opt.keepalive_timeout_ms) * 1000));
-    params->setMaxKeepAliveRequests(0);  // unlimited
-    // Poco waits getTimeout() for the first request on a new connection and getKeepAliveTimeout()
-    // for the next ones; both are the keep-alive timeout, so an idle connection is closed after
-    // that long whether or not it has carried a request (pool warm-up sockets go stale too).
-    // The same value is the socket receive timeout while a request is being read.
-    params->setTimeout(params->getKeepAliveTimeout());
-
-    auto* server = new Poco::Net::HTTPServer(new glmp::mock::MockHandlerFactory(opt, stats), pool,
-                                             *socket, params);
-    std::unique_ptr<Poco::Net::HTTPServer> server_owner(server);
-    server->setConnectionFilter(new glmp::mock::CountingFilter(stats));
-    stats.server.store(server);
-    server->start();
+    glmp::mock::Server server(opt, stats, socket.impl()->sockfd(),
+                              context.isNull() ? nullptr : context->sslContext());
+    server.start();
 
     std::cout << "LISTENING " << port << std::endl;
     if (opt.verbose) {
-      std::fprintf(stderr, "mock-upstream: listening on %s:%u (%s, %d threads%s)\n",
-                   opt.host.c_str(), port, opt.https ? "https" : "http", opt.threads,
-                   opt.fast ? ", fast" : "");
+      std::fprintf(stderr, "mock-upstream: listening on %s:%u (%s, %d event loop%s%s)\n",
+                   opt.host.c_str(), port, opt.https ? "https" : "http", opt.loops,
+                   opt.loops == 1 ? "" : "s", opt.fast ? ", fast" : "");
     }
 
     while (sem_wait(&g_stop_sem) != 0) {
@@ -190,22 +169,7 @@ int main(int argc, char** argv) {
     if (opt.verbose) {
       std::fprintf(stderr, "mock-upstream: signal %d, stopping\n", static_cast<int>(g_stop_signal));
     }
-
-    glmp::mock::request_stop();  // wakes handlers that sleep (delays, stalls)
-    stats.server.store(nullptr);
-    server->stopAll(true);  // stop accepting and shut down the open connections
-
-    // Wait for the connection threads to finish; never hang the test run on a stuck peer.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (pool.used() > 0 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    if (pool.used() > 0) {
-      std::fflush(nullptr);
-      std::_Exit(0);
-    }
-    server_owner.reset();
-    pool.joinAll();
+    server.stop();  // stop accepting, shut down the open connections, join the loops
   } catch (const Poco::Exception& e) {
     std::fprintf(stderr, "mock-upstream: %s\n", e.displayText().c_str());
     exit_code = 1;
