@@ -18,6 +18,7 @@ const std::map<std::string, std::string> kHeaderHashes = {
     {"1.0", "b6805f7c6a8e40c4f1cfe2cc2e807ccd1b4c1bd6bd410391242b3f6031956504"},
     {"1.1", "014edf4726c570c2365ffb1794bf7bd86e4a4da465b32bd9f0c8d3b16e2b6be8"},
     {"1.2", "5c612bccbce8086b29233c4a7b8460b2d54380e9dc1e54c2deca4a1a759b2008"},
+    {"1.3", "dfb1013660120410905f3e577acfd1ca57cc37c740bf9ac443382693fc6fa228"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is
@@ -33,7 +34,9 @@ TEST(Abi, MinorVersionsOnlyAppend) {
   // 1.2 appends on_request_headers to the descriptor, right after 1.0/1.1's last member (a 1.1
   // descriptor's struct_size, 80, ends exactly where it begins).
   EXPECT_EQ(offsetof(glmp_plugin_descriptor, on_request_headers), 80u);
-  EXPECT_EQ(sizeof(glmp_plugin_descriptor), 88u);
+  // 1.3 appends the flags (GLMP_PLUGIN_NONBLOCKING) right after it.
+  EXPECT_EQ(offsetof(glmp_plugin_descriptor, flags), 88u);
+  EXPECT_EQ(sizeof(glmp_plugin_descriptor), 96u);
 }
 
 TEST(Abi, HeaderHashMatchesItsVersion) {

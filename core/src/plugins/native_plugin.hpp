@@ -65,7 +65,7 @@ private:
   Poco::Logger& logger_;
   Services services_;
   glmp_config_plugin_ptr* state_ = nullptr;
-  bool nonblocking_ = false;  // descriptor flags (ABI 1.2): GLMP_PLUGIN_NONBLOCKING
+  bool nonblocking_ = false;  // descriptor flags (ABI 1.3): GLMP_PLUGIN_NONBLOCKING
   // The descriptor's on_request_headers (ABI 1.2) when its struct_size covers it, else NULL.
   glmp_status (*headers_hook_)(glmp_config_plugin_ptr*, glmp_request_host_ptr*) = nullptr;
   std::vector<PluginRoute> routes_;

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GLMP_ABI_MAJOR 1u
-#define GLMP_ABI_MINOR 2u
+#define GLMP_ABI_MINOR 3u
 
 /* ---------------------------------------------------------------------------------------------
  * Opaque handles
@@ -316,7 +316,7 @@ typedef struct glmp_plugin_descriptor {
    * chain's on_request hooks (the body may then already be read). NULL = continue. */
   glmp_status (*on_request_headers)(glmp_config_plugin_ptr* plugin, glmp_request_host_ptr* request);
 
-  /* ABI 1.2 (appended; read only when struct_size covers it). GLMP_PLUGIN_* flags, 0 = none.
+  /* ===== ABI 1.3 (appended; read only when struct_size covers it). ===== GLMP_PLUGIN_* flags, 0 = none.
    *
    * Where hooks run. The core runs requests on event loops (one thread per core, each carrying
    * thousands of requests), so a hook that blocks stalls every request of its loop:
