@@ -77,10 +77,18 @@ class ChainHolder {
 public:
   ChainHolder() : chain_(std::make_shared<const Chain>()) {}
   std::shared_ptr<const Chain> snapshot() const { return std::atomic_load_explicit(&chain_, std::memory_order_acquire); }
-  void publish(std::shared_ptr<const Chain> chain) { std::atomic_store_explicit(&chain_, std::move(chain), std::memory_order_release); }
+  void publish(std::shared_ptr<const Chain> chain) {
+    std::atomic_store_explicit(&chain_, std::move(chain), std::memory_order_release);
+    version_.fetch_add(1, std::memory_order_release);
+  }
+  // Changes with every publish: an event loop keeps its own snapshot and takes a new one only
+  // when this moved (one relaxed load per request instead of the shared_ptr's atomic load,
+  // which takes a lock in libstdc++).
+  uint64_t version() const { return version_.load(std::memory_order_acquire); }
 
 private:
   std::shared_ptr<const Chain> chain_;
+  std::atomic<uint64_t> version_{0};
 };
 
 // Runs one request through a chain snapshot and guarantees on_complete for every plugin whose

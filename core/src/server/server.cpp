@@ -101,6 +101,14 @@ Server::ReloadResult Server::reload() {
     config::Config fresh = config::load_config(cfg_.source_path);
     auto chain = plugins::build_chain(fresh, generation_ + 1, services());
     chain_.publish(std::move(chain));  // requests in flight keep the snapshot they started with
+    // Each loop drops its cached snapshot now, so an idle loop does not keep the old chain loaded.
+    if (engine_) {
+      for (size_t i = 0; i < engine_->loop_count(); ++i)
+        engine_->loop(i).ev().post([this, i] {
+          loop_states_[i].chain_version = chain_.version();  // read first: never newer than the snapshot
+          loop_states_[i].chain = chain_.snapshot();
+        });
+    }
     metrics_.reload(true);
     plugin_cfg_ = std::move(fresh);
     result.ok = true;
@@ -222,6 +230,7 @@ void Server::stop_loop(Loop& loop) {
   }
   for (auto& [id, x] : exchanges) loop.ev().retire(std::move(x));
   exchanges.clear();
+  loop_states_[loop.index()].chain.reset();  // the last requests' chain may be unloaded now
   for (auto& [name, pool] : pools_) pool->close_loop(loop.index());
 }
 
@@ -233,7 +242,12 @@ void Server::dispatch(Loop& loop, std::unique_ptr<ClientConnection> conn) {
   split_target(req.getURI(), ctx.path, ctx.query);
   ctx.method = req.getMethod();
   const std::string& path = ctx.path;
-  auto chain = chain_.snapshot();
+  LoopState& state = loop_states_[loop.index()];
+  if (const uint64_t v = chain_.version(); v != state.chain_version) {
+    state.chain = chain_.snapshot();  // a reload: this loop's requests take the new chain from now on
+    state.chain_version = v;
+  }
+  std::shared_ptr<const plugins::Chain> chain = state.chain;
   // Proxied routes run on the loop; everything else (it may block: admin, plugin routes, the
   // store behind /health) is lent to a worker.
   const bool core_path = path == "/health" || path == "/metrics" || path == "/api/metrics/prometheus" ||
@@ -248,7 +262,6 @@ void Server::dispatch(Loop& loop, std::unique_ptr<ClientConnection> conn) {
   ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
   ctx.flavour = ctx.route->flavour;
   upstream::Pool& pool = *pools_.find(ctx.route->upstream)->second;
-  LoopState& state = loop_states_[loop.index()];
   const uint64_t id = state.next_id++;
   auto x = std::make_unique<pipeline::Exchange>(id, loop, std::move(conn), proxy_, pool, std::move(chain),
                                                 state.read_buffer.get(), cfg_.proxy.chunk_size, *this, std::move(ctx), draining());

@@ -94,6 +94,8 @@ private:
     std::unordered_map<uint64_t, std::unique_ptr<pipeline::Exchange>> exchanges;
     uint64_t next_id = 1;
     std::unique_ptr<char[]> read_buffer;
+    std::shared_ptr<const plugins::Chain> chain;  // this loop's snapshot (see ChainHolder::version)
+    uint64_t chain_version = ~uint64_t{0};
   };
   std::vector<LoopState> loop_states_;
   std::vector<EventLoop*> event_loops_;
