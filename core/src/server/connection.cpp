@@ -128,25 +128,6 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
   }
 }
 
-ClientConnection::Progress ClientConnection::await_next_request(std::chrono::milliseconds window) {
-  if (!in_.empty()) {  // pipelined bytes first
-    const Progress p = feed_buffered();
-    if (p != Progress::NeedMore) return p;
-  }
-  const auto until = Clock::now() + window;
-  for (;;) {
-    // poll first: on a keep-alive connection the next request is rarely there already, and a
-    // recv that finds nothing would be a wasted system call per request.
-    switch (wait_readable(until)) {
-      case Wait::Ready: break;
-      case Wait::Timeout: return Progress::NeedMore;
-      case Wait::Stopped: return Progress::Closed;
-    }
-    const Progress p = advance_nonblocking();
-    if (p != Progress::NeedMore) return p;
-  }
-}
-
 ClientConnection::Wait ClientConnection::wait_readable(Clock::time_point until) {
   for (;;) {
     if (stopping_ && stopping_->load(std::memory_order_relaxed)) return Wait::Stopped;

@@ -61,10 +61,6 @@ public:
   Progress advance_nonblocking();
   // Feeds only what is already buffered (pipelined bytes after a response).
   Progress advance_buffered();
-  // Worker side, after a response: waits up to `window` for the next request's headers (a client
-  // on a busy keep-alive connection sends it at once), so the common case needs no hand-over to
-  // the event loop and back. NeedMore = not complete in time: the connection goes to the loop.
-  Progress await_next_request(std::chrono::milliseconds window);
 
   // Worker side, after HeadersDone: reads the body into `out` (grows with the bytes that arrive,
   // never sized from Content-Length). Sends 100 Continue first when the client asked for it.
