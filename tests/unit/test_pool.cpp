@@ -1201,7 +1201,7 @@ TEST(Pool, StartStopAreIdempotent) {
 // connections keep their descriptors until the batch ends, so it only stops when socket() fails
 // with EMFILE, after thousands of dials, with every descriptor of the process in use meanwhile.
 // The documented behaviour is a 2 s back-off after a failed dial.
-TEST(Pool, DISABLED_WarmUpAgainstARefusedPortBacksOff) {
+TEST(Pool, WarmUpAgainstARefusedPortBacksOff) {
   auto cfg = make_config("http://127.0.0.1:" + std::to_string(closed_port()));
   cfg.warm = true;
   cfg.min_connections = 2;
@@ -1221,7 +1221,7 @@ TEST(Pool, DISABLED_WarmUpAgainstARefusedPortBacksOff) {
 // release() and a freed slot serve waiters, and the idle connection on loop 0 is neither until
 // idle_timeout expires it (60 s by default, beyond acquire_timeout: a 503 with a connection idle).
 // Warm-up makes this likely: warm(l) opens all min_connections on one loop.
-TEST(Pool, DISABLED_WaiterIsServedWhileAnotherLoopHoldsTheIdleConnection) {
+TEST(Pool, WaiterIsServedWhileAnotherLoopHoldsTheIdleConnection) {
   TestServer server;
   auto cfg = make_config(server.base_url());
   cfg.max_connections = 1;
@@ -1251,7 +1251,7 @@ TEST(Pool, DISABLED_WaiterIsServedWhileAnotherLoopHoldsTheIdleConnection) {
 // take_idle runs inside event handlers; when the same epoll batch also holds an event for that
 // connection (here: the upstream closed it), the loop then calls on_event on freed memory. A
 // release build usually survives it by chance; AddressSanitizer reports a heap-use-after-free.
-TEST(Pool, DISABLED_TakeIdleInAnEventHandlerDoesNotFreeAConnectionWithAPendingEvent) {
+TEST(Pool, TakeIdleInAnEventHandlerDoesNotFreeAConnectionWithAPendingEvent) {
   TestServer server;
   auto cfg = make_config(server.base_url());
   cfg.idle_timeout = 100ms;

@@ -50,12 +50,14 @@ public:
       case Connection::Io::Ok:
         conn_->user = nullptr;
         pool_.keep_idle(std::move(conn_));
+        pool_.set_health("");
         delete this;
         return;
       case Connection::Io::WouldBlock:
         return;  // the next event continues
       default:
         conn_->user = nullptr;
+        pool_.set_health(conn_->error());
         pool_.discard(std::move(conn_), true);
         delete this;
         return;
@@ -307,7 +309,7 @@ std::unique_ptr<Connection> Pool::take_idle(size_t loop) {
     if (now - conn->idle_since > cfg_.idle_timeout) {
       evs_[loop]->remove(conn->fd());
       expired_.fetch_add(1, std::memory_order_relaxed);
-      conn.reset();
+      evs_[loop]->retire(std::move(conn));  // an event for it may still be queued in this batch
       free_slot(false);
       continue;
     }
@@ -323,7 +325,6 @@ std::unique_ptr<Connection> Pool::open(size_t loop, std::string& error) {
   do {
     if (size >= cfg_.max_connections) return nullptr;
   } while (!size_.compare_exchange_weak(size, size + 1, std::memory_order_relaxed));
-  created_.fetch_add(1, std::memory_order_relaxed);
   Poco::Net::SocketAddress address;
   {
     std::lock_guard lock(state_mutex_);
@@ -337,6 +338,7 @@ std::unique_ptr<Connection> Pool::open(size_t loop, std::string& error) {
     std::lock_guard lock(state_mutex_);
     address = addresses_.front();
   }
+  created_.fetch_add(1, std::memory_order_relaxed);
   const int fd = ::socket(address.family() == Poco::Net::SocketAddress::IPv6 ? AF_INET6 : AF_INET,
                           SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
@@ -369,9 +371,26 @@ bool Pool::register_on(size_t loop, Connection& conn) {
 }
 
 void Pool::add_waiter(const Waiter& w) {
-  std::lock_guard lock(waiters_mutex_);
-  waiters_.push_back(w);
-  waiting_.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(waiters_mutex_);
+    waiters_.push_back(w);
+    waiting_.fetch_add(1, std::memory_order_relaxed);
+  }
+  // Every slot is taken, but some may be idle on other loops: each of them hands one over (a
+  // loop reads only its own idle list, so it is asked through its post queue).
+  if (idle_count_.load(std::memory_order_relaxed) > 0) {
+    for (size_t l = 0; l < loops_; ++l) {
+      if (l == w.loop) continue;
+      post_(l, [this, l] {
+        auto& idle = per_loop_[l].idle;
+        if (idle.empty() || waiting_.load(std::memory_order_relaxed) == 0) return;
+        std::unique_ptr<Connection> conn = std::move(idle.back());
+        idle.pop_back();
+        idle_count_.fetch_sub(1, std::memory_order_relaxed);
+        release(std::move(conn));  // to the first waiter (or back to idle if it was served meanwhile)
+      });
+    }
+  }
 }
 
 bool Pool::remove_waiter(const Waiter& w) {
@@ -467,19 +486,24 @@ void Pool::close_loop(size_t loop) {
 }
 
 void Pool::warm(size_t loop) {
-  while (size_.load(std::memory_order_relaxed) < cfg_.min_connections) {
+  // At most the connections missing now: a dial that fails later (a refused connect is reported
+  // by the socket) frees its slot, and is retried by the next warm-up round, not at once.
+  const int missing = cfg_.min_connections - size_.load(std::memory_order_relaxed);
+  for (int i = 0; i < missing; ++i) {
     std::string error;
     auto conn = open(loop, error);
     if (!conn) {
-      if (!error.empty()) {
-        std::lock_guard lock(state_mutex_);
-        healthy_ = false;
-        last_error_ = error;
-      }
+      if (!error.empty()) set_health(error);
       return;
     }
     (new Warmer(*this, std::move(conn), *evs_[loop]))->step();
   }
+}
+
+void Pool::set_health(const std::string& error) {
+  std::lock_guard lock(state_mutex_);
+  healthy_ = error.empty();
+  last_error_ = error;
 }
 
 PoolStats Pool::stats() const {
@@ -533,9 +557,7 @@ void Pool::health_check() {
   } catch (const Poco::Exception& e) {
     error = e.displayText();
   }
-  std::lock_guard lock(state_mutex_);
-  healthy_ = error.empty();
-  last_error_ = error;
+  set_health(error);
 }
 
 void Pool::maintenance_loop() {

@@ -158,6 +158,8 @@ public:
   // Closes every idle connection of `loop` (the loop is stopping).
   void close_loop(size_t loop);
   void count_timeout() { timeouts_.fetch_add(1, std::memory_order_relaxed); }
+  // Warm-up and health check: "" = healthy, else the last failure.
+  void set_health(const std::string& error);
 
   void start();  // maintenance thread: DNS, health check, warm-up
   void stop();
