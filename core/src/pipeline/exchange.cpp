@@ -128,7 +128,7 @@ void Exchange::after_header_hooks(plugins::HookResult r) {
     return;
   }
   state_ = State::Body;
-  arm_timer(proxy_.config().server.body_timeout);
+  body_since_ = Clock::now();
   if (conn_->continue_wanted()) conn_->send_continue();
   read_body();
 }
@@ -146,6 +146,8 @@ void Exchange::read_body() {
       after_body();
       return;
     case server::ClientConnection::BodyStep::NeedMore:
+      // The deadline counts from the end of the headers; armed only for a body still on its way.
+      if (!timer_) loop_.ev().arm(timer_, body_since_ + sc.body_timeout, [this] { on_timer(); });
       return;
     case server::ClientConnection::BodyStep::TooLarge:
       return refuse({413, "request body exceeds the limit of " + std::to_string(sc.max_request_body) + " bytes"});
@@ -247,6 +249,7 @@ void Exchange::send_request() {
     state_ = State::Send;
     phase_ = Phase::Connect;
     request_sent_ = 0;
+    // One deadline for writing the request and for its response's headers (both read_timeout).
     arm_timer(pool_.config().read_timeout);
   }
   while (request_sent_ < request_bytes_.size()) {
@@ -266,7 +269,6 @@ void Exchange::send_request() {
   state_ = State::AwaitHead;
   phase_ = Phase::Wait;
   parser_ = std::make_unique<http::ResponseParser>(uresp_, ctx_.method == "HEAD");
-  arm_timer(pool_.config().read_timeout);
   read_upstream();
 }
 
@@ -452,7 +454,8 @@ void Exchange::begin_response() {
   pieces_.reserve(8);
   state_ = State::Relay;
   last_upstream_io_ = Clock::now();
-  arm_timer(pool_.config().read_timeout);
+  // The headers' deadline stays armed and becomes the stall deadline, which moves lazily:
+  // on_timer re-arms it from the last upstream read.
   relay_from(used_);  // the body bytes that came with the headers
   if (state_ == State::Relay) read_upstream();
 }

@@ -149,6 +149,7 @@ private:
   std::string upstream_error_;
   Clock::time_point last_upstream_io_{};
   Clock::time_point phase_start_{};
+  Clock::time_point body_since_{};
 
   server::EventLoop::Timer timer_;
   server::EventLoop::Timer send_timer_;
