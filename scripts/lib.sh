@@ -27,16 +27,32 @@ ensure_npm() {
   command -v npm >/dev/null 2>&1 || ensure_packages npm
 }
 
-# build PRESET [extra cmake args...]
+# build PRESET [extra cmake args...] [-- TARGET...]
+# Configures build/PRESET and builds every target, or only the TARGETs (and what they depend on).
+# PRESET: release, test, debug, or any name starting with asan (ASan+UBSan, UBSan fatal) or tsan
+# (TSan); e.g. asan-mine configures build/asan-mine with ASan+UBSan. Sanitizer builds are
+# RelWithDebInfo at -O1 -g1 (as in CMakePresets.json): half the compile time of -O2 -g (ASan build
+# of the integration binaries from scratch at -j2: 355 s against 719 s), and line tables are all a
+# sanitizer's stack trace needs.
 build() {
   local preset="$1"; shift
   local dir="$ROOT/build/$preset"
-  local type=Release
-  case "$preset" in debug) type=Debug ;; asan|tsan) type=RelWithDebInfo ;; esac
-  local san=""
-  case "$preset" in asan) san=address ;; tsan) san=thread ;; esac
+  local args=() targets=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then shift; targets=(--target "$@"); break; fi
+    args+=("$1"); shift
+  done
+  local type=Release san=""
+  case "$preset" in
+    debug) type=Debug ;;
+    asan*) type=RelWithDebInfo san=address ;;
+    tsan*) type=RelWithDebInfo san=thread ;;
+  esac
+  if [ -n "$san" ]; then
+    args=("-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" "${args[@]}")
+  fi
   local launcher=()
   command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
-  cmake -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE="$type" -DGLMP_SANITIZE="$san" "${launcher[@]}" "$@" >/dev/null
-  cmake --build "$dir" -j "$JOBS"
+  cmake -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE="$type" -DGLMP_SANITIZE="$san" "${launcher[@]}" "${args[@]}" >/dev/null
+  cmake --build "$dir" -j "$JOBS" "${targets[@]}"
 }
