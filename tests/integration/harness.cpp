@@ -207,7 +207,7 @@ Proxy::~Proxy() {
   // A clean stop (not the SIGKILL of ~Child), so the proxy removes its runtime dir.
   if (child_->running()) {
     child_->signal(SIGTERM);
-    child_->wait(3s);
+    child_->wait(5s);  // a sanitizer build's teardown and leak check take ~2 s on a quiet machine
     // What the proxy reports while shutting down and exiting (drain, stop, leak check) counts too.
     const std::string err = child_->err();
     if (sanitizer_report(err)) ADD_FAILURE() << "glm-proxy reported a sanitizer error while stopping:\n" << err;

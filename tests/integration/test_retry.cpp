@@ -108,6 +108,9 @@ private:
 
 std::unique_ptr<Proxy> proxy_for(const TempDir& dir, uint16_t port) {
   ProxyOptions opts;
+  // One event loop: idle upstream connections are kept per loop, and these scripts need the
+  // second request to reuse the first one's connection whichever loop accepts its client.
+  opts.server_extra = "workers = 1\n";
   opts.openai_base = "http://127.0.0.1:" + std::to_string(port);
   opts.anthropic_base = opts.openai_base;
   return std::make_unique<Proxy>(dir, nullptr, opts);
