@@ -41,6 +41,18 @@ const std::string& http_date() {
   return text;
 }
 
+// Body bytes go to `out` while a body read runs, and nowhere once it returns.
+class BodySinkScope {
+public:
+  BodySinkScope(http::RequestParser& parser, std::string& out) : parser_(parser) { parser_.set_body_sink(&out); }
+  ~BodySinkScope() { parser_.set_body_sink(nullptr); }
+  BodySinkScope(const BodySinkScope&) = delete;
+  BodySinkScope& operator=(const BodySinkScope&) = delete;
+
+private:
+  http::RequestParser& parser_;
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -142,11 +154,7 @@ ClientConnection::Wait ClientConnection::wait_readable(Clock::time_point until) 
 }
 
 ClientConnection::BodyResult ClientConnection::read_body(std::string& out) {
-  parser_.set_body_sink(&out);
-  struct ClearSink {
-    http::RequestParser& p;
-    ~ClearSink() { p.set_body_sink(nullptr); }
-  } clear_sink{parser_};
+  const BodySinkScope sink(parser_, out);
   body_deadline_ = Clock::now() + limits_.body_timeout;
   if (parser_.expect_continue() && !continue_sent_ && !body_done_ && parser_.has_body()) {
     continue_sent_ = true;
@@ -180,11 +188,7 @@ bool ClientConnection::skip_body(uint64_t budget) {
 }
 
 ClientConnection::BodyStep ClientConnection::read_body_step(std::string& out) {
-  parser_.set_body_sink(&out);
-  struct ClearSink {
-    http::RequestParser& p;
-    ~ClearSink() { p.set_body_sink(nullptr); }
-  } clear_sink{parser_};
+  const BodySinkScope sink(parser_, out);
   auto failed = [&] { return parser_.error_status() == 413 ? BodyStep::TooLarge : BodyStep::Malformed; };
   if (!in_.empty() || !body_done_) {
     if (feed_buffered() == Progress::Error) return failed();
