@@ -146,12 +146,14 @@ static void on_complete(glmp_config_plugin_ptr* p, glmp_request_host_ptr* r) {
 static __attribute__((unused)) glmp_plugin_descriptor g_descriptor = {
     sizeof(glmp_plugin_descriptor), GLMP_ABI_MAJOR, PLUGIN_ABI_MINOR, "c_plugin", STAMP,
     config_new, config_destroy, on_request, on_response_headers, NULL, on_complete, on_request_headers,
+    0, /* flags (ABI 1.3): its hooks may block */
 };
 #else
 /* An older plugin's descriptor ends at on_complete: struct_size says so. */
 static __attribute__((unused)) glmp_plugin_descriptor g_descriptor = {
     offsetof(glmp_plugin_descriptor, on_request_headers), GLMP_ABI_MAJOR, PLUGIN_ABI_MINOR, "c_plugin", STAMP,
     config_new, config_destroy, on_request, on_response_headers, NULL, on_complete, past_struct_size,
+    0,
 };
 #endif
 

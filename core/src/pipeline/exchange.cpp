@@ -228,7 +228,6 @@ void Exchange::use(std::unique_ptr<upstream::Connection> conn) {
   first_byte_ = false;
   if (up_->established) return send_request();
   state_ = State::Connect;
-  phase_ = Phase::Connect;
   arm_timer(pool_.config().connect_timeout);
   establish();
 }
@@ -247,7 +246,6 @@ void Exchange::establish() {
 void Exchange::send_request() {
   if (state_ != State::Send) {
     state_ = State::Send;
-    phase_ = Phase::Connect;
     request_sent_ = 0;
     // One deadline for writing the request and for its response's headers (both read_timeout).
     arm_timer(pool_.config().read_timeout);
@@ -267,7 +265,6 @@ void Exchange::send_request() {
     }
   }
   state_ = State::AwaitHead;
-  phase_ = Phase::Wait;
   parser_ = std::make_unique<http::ResponseParser>(uresp_, ctx_.method == "HEAD");
   read_upstream();
 }
@@ -285,7 +282,7 @@ void Exchange::upstream_failed(int status, std::string failure, bool retryable) 
   fail({status, failure, "", status == 504 ? "upstream_timeout" : "upstream_unavailable"});
 }
 
-void Exchange::on_upstream_event(uint32_t events) {
+void Exchange::on_upstream_event(uint32_t /*events*/) {
   if (parked_) return;
   switch (state_) {
     case State::Connect:
@@ -294,8 +291,7 @@ void Exchange::on_upstream_event(uint32_t events) {
       return send_request();
     case State::AwaitHead:
     case State::Relay:
-      if (paused_ && !(events & (EPOLLHUP | EPOLLERR))) return;
-      return read_upstream();
+      return read_upstream();  // nothing while paused: resuming reads what arrived
     default:
       return;
   }

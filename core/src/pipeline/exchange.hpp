@@ -68,7 +68,6 @@ private:
   enum class State {
     HeaderHooks, Body, RequestHooks, Acquire, Connect, Send, AwaitHead, ResponseHooks, Relay, Completing, Flushing, Finished
   };
-  enum class Phase { Connect, Wait };
 
   // Hook phases: inline, or on a worker while parked; `then` continues on the loop.
   template <class Work, class Then>
@@ -128,7 +127,6 @@ private:
   std::unique_ptr<upstream::Connection> up_;
   int attempt_ = 0;
   bool first_byte_ = false;
-  Phase phase_ = Phase::Connect;
   Poco::Net::HTTPResponse uresp_;
   std::unique_ptr<http::ResponseParser> parser_;
   size_t filled_ = 0, used_ = 0;

@@ -47,7 +47,6 @@ public:
   std::string upstream_request(RequestContext& ctx, const upstream::Pool& pool) const;
 
   const config::Config& config() const { return cfg_; }
-  Pools& pools() { return pools_; }
 
 private:
   const config::Config& cfg_;

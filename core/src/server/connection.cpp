@@ -249,11 +249,9 @@ bool ClientConnection::send_all(iovec* iov, int count, std::chrono::milliseconds
         last_write_progress_ = Clock::now();
       }
       if (skip == total) return true;
-      if (out_off_ == out_.size()) {
-        out_.clear();
-        out_off_ = 0;
-        last_write_progress_ = Clock::now();  // the send timeout counts from the first queued byte
-      }
+      out_.clear();
+      out_off_ = 0;
+      last_write_progress_ = Clock::now();  // the send timeout counts from the first queued byte
     }
     for (int i = 0; i < count; ++i) {
       const size_t len = iov[i].iov_len;

@@ -203,12 +203,8 @@ void Loop::keep(std::unique_ptr<ClientConnection> conn) {
       if (s) s->pending = 0;
       engine_.dispatch_(*this, std::move(conn));
       return;
-    case ClientConnection::Progress::Error: {
-      const int status = conn->parser().error_status();
-      const std::string message = conn->parser().error_message();
-      reject(std::move(conn), status, message);
-      return;
-    }
+    case ClientConnection::Progress::Error:
+      return reject_malformed(std::move(conn));
     case ClientConnection::Progress::Closed:
       return;  // the connection closes here
     case ClientConnection::Progress::NeedMore:
@@ -231,13 +227,15 @@ void Loop::reject(std::unique_ptr<ClientConnection> conn, int status, const std:
   linger(std::move(conn));
 }
 
+void Loop::reject_malformed(std::unique_ptr<ClientConnection> conn) {
+  const int status = conn->parser().error_status();
+  const std::string message = conn->parser().error_message();
+  reject(std::move(conn), status, message);
+}
+
 void Loop::adopt(std::unique_ptr<ClientConnection> conn) {
   ClientConnection* raw = conn.release();
-  ev_.post([this, raw] {
-    std::unique_ptr<ClientConnection> c(raw);
-    if (c->close_after) linger(std::move(c));
-    else keep(std::move(c));
-  });
+  ev_.post([this, raw] { keep(std::unique_ptr<ClientConnection>(raw)); });  // keep() lingers on close_after
 }
 
 void Loop::on_slot_event(Slot& s, uint32_t events) {
@@ -257,13 +255,8 @@ void Loop::on_slot_event(Slot& s, uint32_t events) {
     case ClientConnection::Progress::HeadersDone:
       engine_.dispatch_(*this, take(s));
       return;
-    case ClientConnection::Progress::Error: {
-      auto conn = take(s);
-      const int status = conn->parser().error_status();
-      const std::string message = conn->parser().error_message();
-      reject(std::move(conn), status, message);
-      return;
-    }
+    case ClientConnection::Progress::Error:
+      return reject_malformed(take(s));
     case ClientConnection::Progress::Closed:
       s.conn.reset();
       return;

@@ -58,6 +58,8 @@ public:
   void linger(std::unique_ptr<ClientConnection> conn);
   // Loop thread. Answers a request that cannot be served (status + JSON error) and lingers.
   void reject(std::unique_ptr<ClientConnection> conn, int status, const std::string& message);
+  // Loop thread. The request failed parsing or a limit: answers with the parser's status and reason.
+  void reject_malformed(std::unique_ptr<ClientConnection> conn);
   // Any thread: gives a connection back after a worker served it (or close_after set: linger).
   void adopt(std::unique_ptr<ClientConnection> conn);
   // Loop thread. Sends the events of a connection being served to `handler` (an exchange) and
@@ -111,7 +113,6 @@ public:
   int open_connections() const { return open_.load(std::memory_order_relaxed); }
   bool accepting() const { return accepting_.load(std::memory_order_relaxed); }
   const std::atomic<bool>& stopping() const { return stopping_; }
-  const EngineOptions& options() const { return options_; }
   size_t loop_count() const { return loops_.size(); }
   Loop& loop(size_t i) { return *loops_[i]; }
   int worker_threads() const { return running_now_.load(std::memory_order_relaxed); }

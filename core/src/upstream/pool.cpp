@@ -94,11 +94,8 @@ Connection::Io Connection::ssl_result(int rc, const char* what) {
   const int err = ::SSL_get_error(ssl_, rc);
   switch (err) {
     case SSL_ERROR_WANT_READ:
-      want_ = EPOLLIN | EPOLLRDHUP;
-      return Io::WouldBlock;
     case SSL_ERROR_WANT_WRITE:
-      want_ = EPOLLOUT;
-      return Io::WouldBlock;
+      return Io::WouldBlock;  // the socket is registered for both: the next event continues
     case SSL_ERROR_ZERO_RETURN:
       clean_eof_ = true;  // close_notify
       return Io::Eof;
@@ -140,7 +137,6 @@ Connection::Io Connection::establish() {
     socklen_t plen = sizeof peer;
     if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&peer), &plen) != 0) {
       if (errno == ENOTCONN) {  // still connecting
-        want_ = EPOLLOUT;
         return Io::WouldBlock;
       }
       error_ = "upstream '" + pool_.cfg_.name + "' connection failed: " + std::strerror(errno);
@@ -202,7 +198,6 @@ Connection::Io Connection::read(char* buf, size_t cap, size_t& got) {
     if (n == 0) return Io::Eof;
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      want_ = EPOLLIN | EPOLLRDHUP;
       return Io::WouldBlock;
     }
     error_ = errno == ECONNRESET ? "Connection reset by peer" : std::strerror(errno);
@@ -231,7 +226,6 @@ Connection::Io Connection::write(const char* data, size_t len, size_t& sent) {
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      want_ = EPOLLOUT;
       return Io::WouldBlock;
     }
     error_ = errno == ECONNRESET ? "Connection reset by peer" : std::strerror(errno);

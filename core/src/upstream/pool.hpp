@@ -78,15 +78,13 @@ public:
   Connection& operator=(const Connection&) = delete;
 
   enum class Io { Ok, WouldBlock, Eof, Error };
-  // Finishes the TCP connect and the TLS handshake. WouldBlock: wait for want() and call again.
+  // Finishes the TCP connect and the TLS handshake. WouldBlock: call again on the next event.
   Io establish();
   // Reads up to `cap` bytes (`got`). Eof: the upstream closed (clean_eof() tells a TLS
   // close_notify or plain FIN from a TLS connection cut without one).
   Io read(char* buf, size_t cap, size_t& got);
   // Writes from `data` (`sent` bytes taken; may be fewer than `len`).
   Io write(const char* data, size_t len, size_t& sent);
-  // The events to wait for after WouldBlock (TLS may need to write to read and the reverse).
-  uint32_t want() const { return want_; }
   bool clean_eof() const { return clean_eof_; }
   // Decrypted bytes OpenSSL holds that epoll cannot report.
   bool buffered() const;
@@ -110,7 +108,6 @@ private:
   int fd_;
   size_t loop_;
   SSL* ssl_ = nullptr;
-  uint32_t want_ = 0;
   bool clean_eof_ = true;
   std::string error_;
 };
