@@ -256,10 +256,7 @@ void Server::dispatch(Loop& loop, std::unique_ptr<ClientConnection> conn) {
     engine_->lend(loop, std::move(conn), [this](ClientConnection& c) { return serve_one(c); });
     return;
   }
-  in_flight_.fetch_add(1, std::memory_order_relaxed);
-  metrics_.request_started();
-  const std::string client_id = req.get("X-Request-ID", std::string());
-  ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
+  request_started(req, ctx);
   ctx.flavour = ctx.route->flavour;
   upstream::Pool& pool = *pools_.find(ctx.route->upstream)->second;
   const uint64_t id = state.next_id++;
@@ -281,9 +278,18 @@ bool Server::serve_one(ClientConnection& conn) {
   return keep;
 }
 
-void Server::exchange_done(pipeline::Exchange& x) {
-  access_log_.write(x.ctx());
-  metrics_.request_finished(x.ctx());
+void Server::exchange_done(pipeline::Exchange& x) { request_finished(x.ctx()); }
+
+void Server::request_started(const Request& req, pipeline::RequestContext& ctx) {
+  in_flight_.fetch_add(1, std::memory_order_relaxed);
+  metrics_.request_started();
+  const std::string client_id = req.get("X-Request-ID", std::string());  // by value: get() may return its default
+  ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
+}
+
+void Server::request_finished(const pipeline::RequestContext& ctx) {
+  access_log_.write(ctx);
+  metrics_.request_finished(ctx);
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -470,11 +476,8 @@ void Server::handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPSer
 }
 
 void Server::handle(Request& req, Response& resp) {
-  in_flight_.fetch_add(1, std::memory_order_relaxed);
-  metrics_.request_started();
   pipeline::RequestContext ctx;
-  const std::string client_id = req.get("X-Request-ID", std::string());  // by value: get() may return its default
-  ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
+  request_started(req, ctx);
   ctx.method = req.getMethod();
   ctx.request = &req;
   ctx.response = &resp;
@@ -509,9 +512,7 @@ void Server::handle(Request& req, Response& resp) {
     if (req.connection().write_timed_out())
       ctx.error = "client stopped reading for more than " + std::to_string(cfg_.server.send_timeout.count()) + " ms";
   }
-  access_log_.write(ctx);
-  metrics_.request_finished(ctx);
-  in_flight_.fetch_sub(1, std::memory_order_relaxed);
+  request_finished(ctx);
 }
 
 }  // namespace glmp::core::server

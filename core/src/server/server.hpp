@@ -77,6 +77,10 @@ private:
   // On a worker: serves one request; true when the connection may carry another.
   bool serve_one(ClientConnection& conn);
   void attach_pools();
+  // Every request, proxied or not: counted in flight and in the metrics, given its X-Request-ID;
+  // at its end, one access-log line and the metrics.
+  void request_started(const Request& req, pipeline::RequestContext& ctx);
+  void request_finished(const pipeline::RequestContext& ctx);
   void stop_loop(Loop& loop);
 
   config::Config cfg_;

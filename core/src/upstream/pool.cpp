@@ -301,10 +301,7 @@ std::unique_ptr<Connection> Pool::take_idle(size_t loop) {
     idle.pop_back();
     idle_count_.fetch_sub(1, std::memory_order_relaxed);
     if (now - conn->idle_since > cfg_.idle_timeout) {
-      evs_[loop]->remove(conn->fd());
-      expired_.fetch_add(1, std::memory_order_relaxed);
-      evs_[loop]->retire(std::move(conn));  // an event for it may still be queued in this batch
-      free_slot(false);
+      close_expired(std::move(conn));
       continue;
     }
     conn->reused = true;
@@ -445,9 +442,14 @@ void Pool::expire_idle(Connection* conn) {
   std::unique_ptr<Connection> owned = std::move(*it);
   idle.erase(it);
   idle_count_.fetch_sub(1, std::memory_order_relaxed);
+  close_expired(std::move(owned));
+}
+
+void Pool::close_expired(std::unique_ptr<Connection> conn) {
+  const size_t loop = conn->loop();
   expired_.fetch_add(1, std::memory_order_relaxed);
-  evs_[owned->loop()]->remove(owned->fd());
-  evs_[owned->loop()]->retire(std::move(owned));
+  evs_[loop]->remove(conn->fd());
+  evs_[loop]->retire(std::move(conn));  // an event for it may still be queued in this batch
   free_slot(false);
 }
 
@@ -580,11 +582,10 @@ void Pool::maintenance_loop() {
           const auto now = Clock::now();
           for (auto it = idle.begin(); it != idle.end();) {
             if (now - (*it)->idle_since > cfg_.idle_timeout) {
-              evs_[l]->remove((*it)->fd());
+              std::unique_ptr<Connection> conn = std::move(*it);
               it = idle.erase(it);
               idle_count_.fetch_sub(1, std::memory_order_relaxed);
-              expired_.fetch_add(1, std::memory_order_relaxed);
-              free_slot(false);
+              close_expired(std::move(conn));
             } else {
               ++it;
             }

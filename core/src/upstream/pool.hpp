@@ -175,6 +175,8 @@ private:
     std::vector<std::unique_ptr<Connection>> idle;  // back = most recently used
   };
   void free_slot(bool failure);
+  // An idle connection taken out of its loop's list because it is too old or unusable: closed.
+  void close_expired(std::unique_ptr<Connection> conn);
   void maintenance_loop();
   bool resolve(std::string& error);
   void health_check();
