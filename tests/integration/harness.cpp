@@ -304,6 +304,17 @@ void collect_headers(const Poco::Net::HTTPResponse& resp, std::map<std::string, 
 
 }  // namespace
 
+Response settled_metrics(uint16_t port) {
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  for (;;) {
+    Response r = http(port, "GET", "/metrics");
+    if (r.status != 200 || r.body.find("\nglmp_requests_in_flight 1\n") != std::string::npos ||
+        std::chrono::steady_clock::now() >= deadline)
+      return r;
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
 Response http(uint16_t port, const std::string& method, const std::string& uri, const std::string& body,
               const std::map<std::string, std::string>& headers, std::chrono::milliseconds timeout) {
   Response r;

@@ -140,6 +140,12 @@ struct Response {
 Response http(uint16_t port, const std::string& method, const std::string& uri, const std::string& body = "",
               const std::map<std::string, std::string>& headers = {}, std::chrono::milliseconds timeout = 30s);
 
+// GET /metrics once every request answered before it has been accounted. The proxy counts a
+// request (metrics, access log) right after its last byte is handed to the socket, so a client
+// can read a response and scrape, on another event loop, before that: this scrapes until
+// glmp_requests_in_flight is 1 (the scrape itself), at most 5 s, and returns that scrape.
+Response settled_metrics(uint16_t port);
+
 // A streamed response read as it arrives: each element is (ms since the request was sent, bytes).
 struct StreamedResponse {
   int status = 0;

@@ -27,7 +27,7 @@ TEST_F(Metrics, ProxiedRequestsMoveTheRightSeries) {
   ASSERT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).status, 200);
   ASSERT_EQ(http_stream(proxy->port(), "POST", "/v1/messages", anthropic_body(true), {{"x-mock-chunks", "5"}}).status, 200);
   ASSERT_EQ(http(proxy->port(), "GET", "/nope").status, 404);
-  Response m = http(proxy->port(), "GET", "/metrics");
+  Response m = settled_metrics(proxy->port());
   ASSERT_EQ(m.status, 200);
   EXPECT_EQ(m.header("content-type").rfind("text/plain; version=0.0.4", 0), 0u);
   const std::string& t = m.body;
@@ -47,7 +47,7 @@ TEST_F(Metrics, ProxiedRequestsMoveTheRightSeries) {
 
 TEST_F(Metrics, ExpositionIsWellFormed) {
   ASSERT_EQ(http(proxy->port(), "POST", "/v1/chat/completions", openai_body(false)).status, 200);
-  const std::string t = http(proxy->port(), "GET", "/metrics").body;
+  const std::string t = settled_metrics(proxy->port()).body;
   // Every family has exactly one HELP and one TYPE line (the old proxy repeated them), and every
   // sample line is "name{labels} value".
   std::map<std::string, int> help, type;
@@ -74,7 +74,7 @@ TEST_F(Metrics, PromtoolAcceptsTheExposition) {
   ASSERT_EQ(std::system("command -v promtool >/dev/null 2>&1"), 0) << "promtool missing: apt-get install prometheus";
   ASSERT_EQ(http(proxy->port(), "POST", "/v1/messages", anthropic_body(false)).status, 200);
   const std::string file = dir.file("metrics.txt");
-  write_file(file, http(proxy->port(), "GET", "/metrics").body);
+  write_file(file, settled_metrics(proxy->port()).body);
   const std::string out = dir.file("promtool.out");
   const int rc = std::system(("promtool check metrics < " + file + " > " + out + " 2>&1").c_str());
   EXPECT_EQ(rc, 0) << read_file(out);

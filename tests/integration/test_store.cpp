@@ -174,7 +174,7 @@ TEST(StoreThroughPlugins, MetricsShowStorePluginAndStreams) {
   }
   EXPECT_EQ(active, 0);
   meter_until(proxy.port(), "anonymous", 1);
-  const std::string t = http(proxy.port(), "GET", "/metrics").body;
+  const std::string t = settled_metrics(proxy.port()).body;
   EXPECT_EQ(sample(t, R"(glmp_usage_meter_requests_total{plugin="usage_meter"})"), 4) << t;
   EXPECT_EQ(sample(t, R"(glmp_usage_meter_request_tokens_count{plugin="usage_meter"})"), 4);
   EXPECT_GE(sample(t, R"(glmp_store_operations_total{backend="sqlite",op="window_add",result="ok"})"), 4);
@@ -249,7 +249,7 @@ TEST(StoreThroughPlugins, TwoProxiesShareRedisAndSurviveItsRestart) {
   // Proxied traffic keeps flowing while Redis is down (the meter only observes it).
   ASSERT_EQ(http(a.port(), "POST", "/v1/chat/completions", openai_body(false), {{"x-meter-key", "erin"}}).status, 200);
   EXPECT_EQ(json_get(health(a.port()), "store.healthy"), "false");
-  const std::string t = http(a.port(), "GET", "/metrics").body;
+  const std::string t = settled_metrics(a.port()).body;
   EXPECT_GE(sample(t, R"(glmp_store_operations_total{backend="redis",op="window_sum",result="unavailable"})"), 1) << t;
 
   redis.start();  // empty: persistence is off in the test server
