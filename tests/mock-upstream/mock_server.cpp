@@ -25,6 +25,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include <Poco/String.h>
+
 namespace glmp::mock {
 
 namespace {
@@ -57,18 +59,6 @@ constexpr std::string_view kBadRequest = "HTTP/1.1 400 Bad Request\r\nConnection
 
 constexpr std::uint64_t kListenerId = 0;
 constexpr std::uint64_t kWakeId = 1;
-
-bool iequal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i];
-    char y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -635,9 +625,9 @@ int Conn::on_header_value_complete(llhttp_t* p) {
   }
   auto pos = headers.end();
   for (auto it = headers.begin(); it != headers.end(); ++it) {
-    if (iequal(it->first, c.field_)) {
+    if (Poco::icompare(it->first, c.field_) == 0) {
       pos = it;
-      while (pos != headers.end() && iequal(pos->first, c.field_)) ++pos;
+      while (pos != headers.end() && Poco::icompare(pos->first, c.field_) == 0) ++pos;
       break;
     }
   }
