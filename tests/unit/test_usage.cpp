@@ -847,3 +847,39 @@ TEST(UsageTotals, TotalPrefersTotalTokens) {
 }
 
 }  // namespace
+
+// Token counts are read with the request scanner: integer literals, and numbers written another
+// way (12.0, 1e2) as their integral value; strings, booleans, nested look-alikes and broken JSON
+// give nothing.
+TEST(UsageNumbers, IntegralFormsCountOthersDoNot) {
+  const auto plain = [](std::string_view body) { return run_whole(Flavour::OpenAI, false, false, body).usage; };
+  Usage u = plain(R"({"usage":{"prompt_tokens":12.0,"completion_tokens":1e2,"total_tokens":112}})");
+  EXPECT_TRUE(u.seen);
+  EXPECT_EQ(u.input_tokens, 12);
+  EXPECT_EQ(u.output_tokens, 100);
+  EXPECT_EQ(u.total_tokens, 112);
+  u = plain(R"({"usage":{"prompt_tokens":"7","completion_tokens":true,"total_tokens":null}})");
+  EXPECT_TRUE(u.seen);
+  EXPECT_EQ(u.input_tokens, 0);
+  EXPECT_EQ(u.output_tokens, 0);
+  EXPECT_EQ(u.total_tokens, 0);
+  // The last of duplicate members wins, as in most parsers; details are an object or nothing.
+  u = plain(R"({"usage":{"prompt_tokens":1,"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":3}}})");
+  EXPECT_EQ(u.input_tokens, 5);
+  EXPECT_EQ(u.cache_read_input_tokens, 3);
+  u = plain(R"({"usage":{"prompt_tokens":5,"prompt_tokens_details":[{"cached_tokens":3}]}})");
+  EXPECT_EQ(u.cache_read_input_tokens, 0);
+  EXPECT_FALSE(plain(R"({"usage":{"prompt_tokens":5,}})").seen);  // not JSON
+}
+
+TEST(UsageNumbers, SseUsageChunkDroppedOnlyWithEmptyChoices) {
+  const std::string usage_only = "data: {\"choices\": [ ],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3}}\n\n";
+  const std::string with_choice =
+      "data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3}}\n\n";
+  Outcome r = run_whole(Flavour::OpenAI, true, true, usage_only);
+  EXPECT_EQ(r.forwarded, "");
+  EXPECT_EQ(r.usage.output_tokens, 3);
+  r = run_whole(Flavour::OpenAI, true, true, with_choice);
+  EXPECT_EQ(r.forwarded, with_choice);
+  EXPECT_EQ(r.usage.input_tokens, 2);
+}

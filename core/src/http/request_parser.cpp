@@ -173,7 +173,10 @@ int RequestParser::on_header_value_complete(llhttp_t* p) {
     if (!is_tchar(c)) return s.fail(400, "invalid character in a header name (whitespace before the colon?)");
   for (unsigned char c : s.value_)
     if (c == 0x7f || (c < 0x20 && c != '\t')) return s.fail(400, "control character in a header value");
-  s.head_->add(s.field_, std::string(trim(s.value_)));
+  const std::string_view v = trim(s.value_);
+  const size_t begin = static_cast<size_t>(v.data() - s.value_.data());
+  s.value_.erase(begin + v.size()).erase(0, begin);  // trimmed in place: add() copies it once
+  s.head_->add(s.field_, s.value_);
   s.field_.clear();
   s.value_.clear();
   return 0;

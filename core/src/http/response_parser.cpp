@@ -89,9 +89,10 @@ int ResponseParser::on_header_value(llhttp_t* p, const char* at, size_t n) {
 
 int ResponseParser::on_header_value_complete(llhttp_t* p) {
   auto& s = self(p);
-  std::string_view v = s.value_;
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  s.head_.add(s.field_, std::string(v));
+  size_t n = s.value_.size();
+  while (n > 0 && (s.value_[n - 1] == ' ' || s.value_[n - 1] == '\t')) --n;
+  s.value_.resize(n);  // trimmed in place: add() copies it once
+  s.head_.add(s.field_, s.value_);
   s.field_.clear();
   s.value_.clear();
   return 0;

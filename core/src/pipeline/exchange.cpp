@@ -39,7 +39,7 @@ Exchange::Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::Clie
   ctx_.request = &conn_->request();
   ctx_.response = &resp_;
   conn_->request().set_response(&resp_);
-  resp_.set("X-Request-ID", ctx_.request_id);
+  resp_.set_request_id(&ctx_.request_id);
   if (draining_) resp_.setKeepAlive(false);
 }
 
@@ -265,7 +265,7 @@ void Exchange::send_request() {
     }
   }
   state_ = State::AwaitHead;
-  parser_ = std::make_unique<http::ResponseParser>(uresp_, ctx_.method == "HEAD");
+  parser_.emplace(uresp_, ctx_.method == "HEAD");
   read_upstream();
 }
 
@@ -342,9 +342,9 @@ void Exchange::read_upstream() {
       const auto end = up_->clean_eof() ? parser_->finish() : http::ResponseParser::Event::Error;
       if (end != http::ResponseParser::Event::Error) {
         upstream_done();
-      } else if (uresp_.hasContentLength()) {
+      } else if (upstream_length_ >= 0) {
         upstream_error_ = "upstream '" + name + "' closed the response after " + std::to_string(parser_->body_bytes()) +
-                          " of " + std::to_string(uresp_.getContentLength64()) + " bytes";
+                          " of " + std::to_string(upstream_length_) + " bytes";
       } else {
         parser_->finish();
         upstream_error_ = "upstream '" + name + "' " + (up_->clean_eof() ? parser_->error() : up_->error());
@@ -402,7 +402,11 @@ void Exchange::on_timer() {
 void Exchange::on_head_parsed() {
   ctx_.upstream_time += Clock::now() - phase_start_;
   ctx_.upstream_status = uresp_.getStatus();
+  // Read before the headers move out of uresp_.
+  sse_ = is_event_stream(uresp_.getContentType());
+  upstream_length_ = uresp_.hasContentLength() ? uresp_.getContentLength64() : -1;
   map_response_headers(uresp_, ctx_.response_headers);
+  ctx_.response_headers.erase("X-Request-ID");  // the client gets the proxy's (resp_ stamps it)
   state_ = State::ResponseHooks;
   // on_response_headers and on_response_body run on the loop for every plugin (ABI: they only
   // compute; they see each chunk as it is relayed).
@@ -412,38 +416,34 @@ void Exchange::on_head_parsed() {
 
 void Exchange::begin_response() {
   const bool success = ctx_.upstream_status >= 200 && ctx_.upstream_status < 300;
-  sse_ = is_event_stream(uresp_.getContentType());
   hide_usage_chunk_ = hide_usage_chunk_ && sse_ && success;
-  usage_ = std::make_unique<UsageExtractor>(ctx_.flavour, sse_, hide_usage_chunk_);
+  usage_.emplace(ctx_.flavour, sse_, hide_usage_chunk_);
   if (sse_) {
     proxy_.stream_started();  // counted from the first byte relayed until the stream ends
     counted_stream_ = true;
   }
   set_status(resp_, ctx_.upstream_status, uresp_.getReason());
   // The server already stamped Date (and the upstream's is the one to keep): never send it twice.
-  if (ctx_.response_headers.has("Date")) resp_.erase("Date");
-  for (const auto& [k, v] : ctx_.response_headers) resp_.add(k, v);
+  if (ctx_.response_headers.has("Date")) resp_.omit_date();
+  resp_.forward_headers(&ctx_.response_headers);  // written after resp_'s own, never copied
   for (const auto& [k, v] : ctx_.extra_response_headers) resp_.add(k, v);
-  resp_.set("X-Request-ID", ctx_.request_id);
   // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay.
   const bool no_body = ctx_.method == "HEAD" || ctx_.upstream_status == 204 || ctx_.upstream_status == 304;
-  known_length_ = uresp_.hasContentLength() && !hide_usage_chunk_;
+  known_length_ = upstream_length_ >= 0 && !hide_usage_chunk_;
   if (no_body) {
-    if (uresp_.hasContentLength()) resp_.setContentLength64(uresp_.getContentLength64());
-    else resp_.setContentLength64(0);
+    resp_.setContentLength64(std::max<int64_t>(upstream_length_, 0));
   } else if (known_length_) {
-    resp_.setContentLength64(uresp_.getContentLength64());
+    resp_.setContentLength64(upstream_length_);
   } else {
     resp_.setChunkedTransferEncoding(true);
   }
   ctx_.status = ctx_.upstream_status;
-  out_ = &resp_.send();
+  resp_.start();
   if (!known_length_) {
     // Streams: the client sees the status at once, before the first event. (With a known length,
     // the headers wait for the body, so headers and first bytes leave in one write.)
-    out_->flush();
+    if (!resp_.flush()) ctx_.client_gone = true;
     ctx_.ttfb = Clock::now() - ctx_.start;
-    if (!*out_) ctx_.client_gone = true;
   }
   parser_->set_body_sink(
       [](void* list, std::string_view bytes) { static_cast<std::vector<std::string_view>*>(list)->push_back(bytes); }, &pieces_);
@@ -498,10 +498,9 @@ void Exchange::write_client(std::string_view bytes) {
     tail_[0] = tail_[1];
     tail_[1] = bytes.back();
   }
-  out_->write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  out_->flush();
+  const bool ok = resp_.write_body(bytes) && resp_.flush();
   if (!ctx_.ttfb) ctx_.ttfb = Clock::now() - ctx_.start;
-  if (!*out_) {
+  if (!ok) {
     ctx_.client_gone = true;
     return;
   }

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -128,7 +129,7 @@ private:
   int attempt_ = 0;
   bool first_byte_ = false;
   Poco::Net::HTTPResponse uresp_;
-  std::unique_ptr<http::ResponseParser> parser_;
+  std::optional<http::ResponseParser> parser_;
   size_t filled_ = 0, used_ = 0;
   std::vector<std::string_view> pieces_;
   TopLevelScan scan_;
@@ -138,8 +139,8 @@ private:
   bool draining_ = false;
   Clock::time_point wait_since_{};  // waiting for upstream bytes since
   bool sse_ = false, known_length_ = false;
-  std::unique_ptr<UsageExtractor> usage_;
-  std::ostream* out_ = nullptr;
+  int64_t upstream_length_ = -1;  // the upstream's Content-Length, -1 without one
+  std::optional<UsageExtractor> usage_;
   char tail_[2] = {'\n', '\n'};  // the last two bytes relayed: is the client at an event boundary?
   bool upstream_done_ = false;
   bool paused_ = false;          // backpressure: the upstream is not read

@@ -73,12 +73,18 @@ void map_request_headers(const Poco::Net::NameValueCollection& client, Poco::Net
   }
 }
 
-void map_response_headers(const Poco::Net::NameValueCollection& upstream, Poco::Net::NameValueCollection& out) {
-  const auto named = connection_tokens(upstream);
-  for (const auto& [name, value] : upstream) {
-    if (is_hop_by_hop(name) || iequals(name, "content-length") || in_tokens(name, named)) continue;
-    out.add(name, value);
+void map_response_headers(Poco::Net::NameValueCollection& upstream, Poco::Net::NameValueCollection& out) {
+  out.swap(upstream);
+  upstream.clear();
+  // What does not pass, by name (NameValueCollection erases every header of a name at once): the
+  // names are copied first, since a Connection header's tokens are views into the collection.
+  std::vector<std::string> drop;
+  {
+    const auto named = connection_tokens(out);
+    for (const auto& [name, value] : out)
+      if (is_hop_by_hop(name) || iequals(name, "content-length") || in_tokens(name, named)) drop.push_back(name);
   }
+  for (const auto& name : drop) out.erase(name);
 }
 
 std::string remove_query_param(std::string_view query, std::string_view name) {

@@ -23,8 +23,9 @@ bool is_hop_by_hop(std::string_view name);
 // Copies client request headers into `out` for the upstream (see above). `out` keeps what it had.
 void map_request_headers(const Poco::Net::NameValueCollection& client, Poco::Net::NameValueCollection& out);
 
-// Copies upstream response headers into `out` for the client (see above).
-void map_response_headers(const Poco::Net::NameValueCollection& upstream, Poco::Net::NameValueCollection& out);
+// Moves upstream response headers into `out` (which must be empty) for the client (see above),
+// without copying a string; `upstream` is left empty.
+void map_response_headers(Poco::Net::NameValueCollection& upstream, Poco::Net::NameValueCollection& out);
 
 // Removes every `name=…` parameter (exact name, before percent-decoding) from a raw query string
 // (without '?'), keeping the other parameters byte for byte and in order.

@@ -118,6 +118,7 @@ class Scanner {
             if (depth == 0 && c == '{') {
               out_.is_object = true;
               out_.object_begin = pos_;
+              out_.members.reserve(8);  // requests and usage objects have a handful: one allocation
             }
             stack[depth++] = c;
             ++pos_;

@@ -8,6 +8,7 @@
 #include <Poco/JSON/Stringifier.h>
 #include <Poco/Timespan.h>
 
+#include <charconv>
 #include <sstream>
 
 #include "http/response_parser.hpp"
@@ -187,7 +188,7 @@ void Proxy::map_headers(const Poco::Net::HTTPServerRequest& req, RequestContext&
   ctx.upstream_headers.add("X-Forwarded-For", req.clientAddress().host().toString());
 }
 
-std::string Proxy::upstream_request(RequestContext& ctx, const upstream::Pool& pool) const {
+std::string Proxy::upstream_request(const RequestContext& ctx, const upstream::Pool& pool) const {
   const auto& ucfg = pool.config();
   std::string query = remove_query_param(ctx.query, "api_key");
   std::string out;
@@ -198,18 +199,29 @@ std::string Proxy::upstream_request(RequestContext& ctx, const upstream::Pool& p
   out += Router::upstream_path(*ctx.route, ctx.path);
   if (!query.empty()) out.append(1, '?').append(query);
   out += " HTTP/1.1\r\n";
-  auto& h = ctx.upstream_headers;
-  h.set("Host", pool.host_header());
-  h.set("X-Request-ID", ctx.request_id);
-  h.set("Accept-Encoding", "identity");
-  if (!ucfg.auth_header.empty()) h.set(ucfg.auth_header, ucfg.auth_value);
-  if (!ctx.body.empty() || ctx.method == "POST" || ctx.method == "PUT" || ctx.method == "PATCH")
-    h.set("Content-Length", std::to_string(ctx.body.size()));
-  for (const auto& [name, value] : h) {
+  // The client's (mapped, plugin-edited) headers, minus the ones the proxy sets itself below;
+  // written straight out, so ctx.upstream_headers never holds the upstream credential.
+  const auto header = [&out](std::string_view name, std::string_view value) {
     out += name;
     out += ": ";
     out += value;
     out += "\r\n";
+  };
+  const bool with_length = !ctx.body.empty() || ctx.method == "POST" || ctx.method == "PUT" || ctx.method == "PATCH";
+  for (const auto& [name, value] : ctx.upstream_headers) {
+    if (iequals(name, "Host") || iequals(name, "X-Request-ID") || iequals(name, "Accept-Encoding") ||
+        iequals(name, "Content-Length") || (!ucfg.auth_header.empty() && iequals(name, ucfg.auth_header)))
+      continue;
+    header(name, value);
+  }
+  header("Host", pool.host_header());
+  header("X-Request-ID", ctx.request_id);
+  header("Accept-Encoding", "identity");
+  if (!ucfg.auth_header.empty()) header(ucfg.auth_header, ucfg.auth_value);
+  if (with_length) {
+    char len[24];
+    const auto r = std::to_chars(len, len + sizeof len, ctx.body.size());
+    header("Content-Length", std::string_view(len, static_cast<size_t>(r.ptr - len)));
   }
   out += "\r\n";
   out += ctx.body;

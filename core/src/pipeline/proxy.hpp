@@ -44,7 +44,7 @@ public:
   // must be hidden from the client (the proxy asked for it, the client did not).
   bool finalize_body(RequestContext& ctx, const TopLevelScan& inspected) const;
   // The upstream request, head and body, as written on the connection.
-  std::string upstream_request(RequestContext& ctx, const upstream::Pool& pool) const;
+  std::string upstream_request(const RequestContext& ctx, const upstream::Pool& pool) const;
 
   const config::Config& config() const { return cfg_; }
 

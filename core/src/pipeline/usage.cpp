@@ -2,13 +2,9 @@
 
 #include "pipeline/json_body.hpp"
 
-#include <Poco/Dynamic/Var.h>
-#include <Poco/JSON/Array.h>
-#include <Poco/JSON/Object.h>
-#include <Poco/JSON/Parser.h>
-
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 
@@ -102,36 +98,56 @@ bool anthropic_content_delta(std::string_view data) {
          has_non_empty_member(data, "\"thinking\"", '"');
 }
 
-Poco::JSON::Object::Ptr parse_object(std::string_view json) {
-  Poco::JSON::Parser parser;
-  const Poco::Dynamic::Var v = parser.parse(std::string(json));
-  if (v.type() != typeid(Poco::JSON::Object::Ptr)) return {};
-  return v.extract<Poco::JSON::Object::Ptr>();
-}
+// A JSON object read with the request scanner (json_body): its top-level members as offsets, no
+// DOM, no allocation beyond the member list. Usage objects and the events around them are small.
+struct JsonObject {
+  std::string_view text;
+  TopLevelScan scan;
 
-std::optional<int64_t> int_field(const Poco::JSON::Object& o, const std::string& key) {
-  if (!o.has(key) || o.isNull(key)) return std::nullopt;
-  try {
-    const Poco::Dynamic::Var v = o.get(key);
-    if (v.isBoolean() || v.isString()) return std::nullopt;
-    if (v.isInteger()) return v.convert<Poco::Int64>();
-    if (v.isNumeric()) {
-      const double d = v.convert<double>();
-      if (std::isfinite(d) && d >= -9.0e18 && d <= 9.0e18) return static_cast<int64_t>(d);
-    }
-  } catch (const Poco::Exception&) {
+  static std::optional<JsonObject> parse(std::string_view json) {
+    JsonObject o{json, scan_top_level(json)};
+    if (!o.scan.ok || !o.scan.is_object) return std::nullopt;
+    return o;
   }
-  return std::nullopt;
-}
+  std::string_view value(std::string_view key) const {
+    const JsonMember* m = scan.find(key);
+    return m ? text.substr(m->value_begin, m->value_end - m->value_begin) : std::string_view();
+  }
+  // The member when it is an object, else nullopt.
+  std::optional<JsonObject> object(std::string_view key) const {
+    const std::string_view v = value(key);
+    if (v.empty() || v.front() != '{') return std::nullopt;
+    return parse(v);
+  }
+  bool non_null(std::string_view key) const {
+    const std::string_view v = value(key);
+    return !v.empty() && v != "null";
+  }
+  std::optional<std::string> string(std::string_view key) const {
+    const JsonMember* m = scan.find(key);
+    return m ? json_string_value(text, *m) : std::nullopt;
+  }
+  // A number as a token count: an integer literal, or a finite number in range (truncated).
+  std::optional<int64_t> integer(std::string_view key) const {
+    const JsonMember* m = scan.find(key);
+    if (!m) return std::nullopt;
+    if (auto v = json_int_value(text, *m)) return v;
+    const std::string_view v = value(key);
+    if (v.empty() || !(v.front() == '-' || (v.front() >= '0' && v.front() <= '9'))) return std::nullopt;
+    const double d = std::strtod(std::string(v).c_str(), nullptr);  // rare: 12.0, 1e3, beyond int64
+    if (std::isfinite(d) && d >= -9.0e18 && d <= 9.0e18) return static_cast<int64_t>(d);
+    return std::nullopt;
+  }
+};
 
 // OpenAI: a usage object is a complete set of totals; the latest one replaces the previous.
-void apply_openai_usage(const Poco::JSON::Object& u, Usage& usage) {
+void apply_openai_usage(const JsonObject& u, Usage& usage) {
   Usage fresh;
-  fresh.input_tokens = int_field(u, "prompt_tokens").value_or(0);
-  fresh.output_tokens = int_field(u, "completion_tokens").value_or(0);
-  fresh.total_tokens = int_field(u, "total_tokens").value_or(0);
-  if (const auto details = u.getObject("prompt_tokens_details")) {
-    fresh.cache_read_input_tokens = int_field(*details, "cached_tokens").value_or(0);
+  fresh.input_tokens = u.integer("prompt_tokens").value_or(0);
+  fresh.output_tokens = u.integer("completion_tokens").value_or(0);
+  fresh.total_tokens = u.integer("total_tokens").value_or(0);
+  if (const auto details = u.object("prompt_tokens_details")) {
+    fresh.cache_read_input_tokens = details->integer("cached_tokens").value_or(0);
   }
   fresh.seen = true;
   usage = fresh;
@@ -139,14 +155,21 @@ void apply_openai_usage(const Poco::JSON::Object& u, Usage& usage) {
 
 // Anthropic: every field present overrides the one seen before (all of them are cumulative).
 // Returns whether output_tokens was among them.
-bool apply_anthropic_usage(const Poco::JSON::Object& u, Usage& usage) {
-  if (auto v = int_field(u, "input_tokens")) usage.input_tokens = *v;
-  const auto out = int_field(u, "output_tokens");
+bool apply_anthropic_usage(const JsonObject& u, Usage& usage) {
+  if (auto v = u.integer("input_tokens")) usage.input_tokens = *v;
+  const auto out = u.integer("output_tokens");
   if (out) usage.output_tokens = *out;
-  if (auto v = int_field(u, "cache_read_input_tokens")) usage.cache_read_input_tokens = *v;
-  if (auto v = int_field(u, "cache_creation_input_tokens")) usage.cache_creation_input_tokens = *v;
+  if (auto v = u.integer("cache_read_input_tokens")) usage.cache_read_input_tokens = *v;
+  if (auto v = u.integer("cache_creation_input_tokens")) usage.cache_creation_input_tokens = *v;
   usage.seen = true;
   return out.has_value();
+}
+
+// An empty array ("[]", blanks allowed inside).
+bool is_empty_array(std::string_view v) {
+  if (v.empty() || v.front() != '[') return false;
+  const size_t i = v.find_first_not_of(" \t\r\n", 1);
+  return i != std::string_view::npos && v[i] == ']';
 }
 
 }  // namespace
@@ -397,46 +420,35 @@ bool UsageExtractor::sse_examine(bool dispatched) {
 
 void UsageExtractor::parse_event_json(std::string_view json, bool* drop) {
   *drop = false;
-  try {
-    const Poco::JSON::Object::Ptr obj = parse_object(json);
-    if (!obj) return;
-    if (flavour_ == Flavour::OpenAI) {
-      if (obj->has("error") && !obj->isNull("error")) saw_error_ = true;
-      const Poco::JSON::Object::Ptr u = obj->getObject("usage");
-      if (!u) return;
-      apply_openai_usage(*u, reported_);
-      final_ = true;
-      refresh();
-      if (suppress_) {
-        const Poco::JSON::Array::Ptr choices = obj->getArray("choices");
-        *drop = choices && choices->size() == 0;
-      }
-      return;
-    }
-    std::string type = event_type_;
-    if (type.empty() && obj->has("type")) {
-      const Poco::Dynamic::Var t = obj->get("type");
-      if (t.isString()) type = t.toString();
-    }
-    if (type == "error") {
-      saw_error_ = true;
-    } else if (type == "message_start") {
-      if (const auto message = obj->getObject("message")) {
-        if (const auto u = message->getObject("usage")) {
-          apply_anthropic_usage(*u, reported_);
-          refresh();
-        }
-      }
-    } else if (type == "message_delta") {
-      if (const auto u = obj->getObject("usage")) {
-        // message_delta's output_tokens is the closing, cumulative figure.
-        if (apply_anthropic_usage(*u, reported_)) final_ = true;
+  const auto obj = JsonObject::parse(json);
+  if (!obj) return;  // not JSON (or not the JSON we expect): no usage from this event
+  if (flavour_ == Flavour::OpenAI) {
+    if (obj->non_null("error")) saw_error_ = true;
+    const auto u = obj->object("usage");
+    if (!u) return;
+    apply_openai_usage(*u, reported_);
+    final_ = true;
+    refresh();
+    if (suppress_) *drop = is_empty_array(obj->value("choices"));
+    return;
+  }
+  std::string type = event_type_;
+  if (type.empty()) type = obj->string("type").value_or("");
+  if (type == "error") {
+    saw_error_ = true;
+  } else if (type == "message_start") {
+    if (const auto message = obj->object("message")) {
+      if (const auto u = message->object("usage")) {
+        apply_anthropic_usage(*u, reported_);
         refresh();
       }
     }
-  } catch (const Poco::Exception&) {
-    // Not JSON (or not the JSON we expect): no usage from this event.
-  } catch (const std::exception&) {
+  } else if (type == "message_delta") {
+    if (const auto u = obj->object("usage")) {
+      // message_delta's output_tokens is the closing, cumulative figure.
+      if (apply_anthropic_usage(*u, reported_)) final_ = true;
+      refresh();
+    }
   }
 }
 
@@ -628,21 +640,16 @@ void UsageExtractor::capture_append(std::string_view bytes) {
 }
 
 bool UsageExtractor::parse_usage_value(std::string_view json) {
-  try {
-    const Poco::JSON::Object::Ptr u = parse_object(json);
-    if (!u) return false;
-    if (flavour_ == Flavour::OpenAI) {
-      apply_openai_usage(*u, reported_);
-    } else {
-      apply_anthropic_usage(*u, reported_);
-    }
-    final_ = true;  // a plain body's usage object is the whole answer's
-    refresh();
-    return true;
-  } catch (const Poco::Exception&) {
-  } catch (const std::exception&) {
+  const auto u = JsonObject::parse(json);
+  if (!u) return false;
+  if (flavour_ == Flavour::OpenAI) {
+    apply_openai_usage(*u, reported_);
+  } else {
+    apply_anthropic_usage(*u, reported_);
   }
-  return false;
+  final_ = true;  // a plain body's usage object is the whole answer's
+  refresh();
+  return true;
 }
 
 }  // namespace glmp::core::pipeline

@@ -10,14 +10,14 @@
 //   - SSE: framed per the WHATWG EventSource rules (lines end in \n, \r\n or \r, also split across
 //     chunks; "event:"/"data:" fields with one leading space stripped; data lines joined with \n; a
 //     blank line dispatches; ':' lines are comments; a leading BOM is ignored). An event's data is
-//     JSON-parsed only when it can carry usage or an error:
+//     read (with json_body's scanner: member offsets, no DOM) only when it can carry usage or an error:
 //       OpenAI: the data contains a non-null "usage" member (or an "error" member);
 //       Anthropic: the event is message_start / message_delta / error (from the `event:` line, or
 //       from the data's "type" when that line is missing).
 //     Events whose data exceeds kMaxEventBytes are forwarded but not examined.
 //   - Plain JSON: an incremental top-level scanner (string/escape state and depth) finds the
 //     top-level "usage" member wherever it is, captures only its value (at most kMaxUsageValueBytes)
-//     and parses that with Poco::JSON. A non-JSON or non-object body simply yields no usage.
+//     and reads that with json_body's scanner. A non-JSON or non-object body simply yields no usage.
 //
 // Counting rules (values are running totals, never increments):
 //   - OpenAI: the last non-null "usage" object wins as a whole.

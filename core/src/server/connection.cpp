@@ -75,7 +75,8 @@ ClientConnection::~ClientConnection() {
 }
 
 void ClientConnection::begin_request() {
-  request_ = std::make_unique<Request>(*this);
+  if (request_) request_->reset();  // one per connection: its header list keeps its capacity
+  else request_ = std::make_unique<Request>(*this);
   parser_.begin(request_.get());
   body_done_ = false;
   continue_sent_ = false;
@@ -342,6 +343,16 @@ void ClientConnection::reject(int status, const std::string& message, std::chron
 Request::Request(ClientConnection& conn) : conn_(conn) {}
 Request::~Request() = default;
 
+void Request::reset() {
+  // As a fresh HTTPRequest (GET / HTTP/1.0, no headers) until the parser fills it in.
+  clear();
+  setMethod(HTTP_GET);
+  setURI("/");
+  setVersion(HTTP_1_0);
+  response_ = nullptr;
+  body_stream_.reset();
+}
+
 const Poco::Net::HTTPServerParams& Request::serverParams() const {
   static const Poco::Net::HTTPServerParams::Ptr params = new Poco::Net::HTTPServerParams;
   return *params;
@@ -383,7 +394,6 @@ private:
 Response::Response(ClientConnection& conn, bool head_request, bool client_keep_alive)
     : conn_(conn), head_request_(head_request), keep_alive_(client_keep_alive) {
   setVersion(HTTP_1_1);  // what getKeepAlive() reads when no Connection header is set
-  set("Date", http_date());
 }
 
 Response::~Response() = default;
@@ -406,22 +416,41 @@ std::string Response::head_block() {
   block += ' ';
   block += getReason().empty() ? pipeline::reason_phrase(status) : getReason();
   block += "\r\n";
-  for (const auto& [name, value] : static_cast<const Poco::Net::NameValueCollection&>(*this)) {
-    block += name;
-    block += ": ";
-    block += value;
+  auto append = [&block](const Poco::Net::NameValueCollection& headers) {
+    for (const auto& [name, value] : headers) {
+      block += name;
+      block += ": ";
+      block += value;
+      block += "\r\n";
+    }
+  };
+  // Date and X-Request-ID are stamped here, not kept as headers: no copies per response.
+  if (stamp_date_ && !has("Date")) {
+    block += "Date: ";
+    block += http_date();
     block += "\r\n";
   }
+  if (request_id_ && !has("X-Request-ID")) {
+    block += "X-Request-ID: ";
+    block += *request_id_;
+    block += "\r\n";
+  }
+  append(*this);
+  if (forwarded_) append(*forwarded_);
   if (!keep_alive_) block += "Connection: close\r\n";
   else if (conn_.request().getVersion() == Poco::Net::HTTPMessage::HTTP_1_0) block += "Connection: keep-alive\r\n";
   block += "\r\n";
   return block;
 }
 
-std::ostream& Response::send() {
+void Response::start() {
   if (sent_) throw Poco::IllegalStateException("response already sent");
   sent_ = true;
   pending_ = head_block();
+}
+
+std::ostream& Response::send() {
+  start();
   buf_ = std::make_unique<StreamBuf>(*this);
   out_ = std::make_unique<std::ostream>(buf_.get());
   return *out_;

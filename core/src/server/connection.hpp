@@ -157,6 +157,8 @@ public:
   bool secure() const override { return false; }
 
   void set_response(Poco::Net::HTTPServerResponse* r) { response_ = r; }
+  // Ready for the connection's next request.
+  void reset();
   ClientConnection& connection() { return conn_; }
 
 private:
@@ -180,6 +182,20 @@ public:
   void requireAuthentication(const std::string& realm) override;
   bool sent() const override { return sent_; }
 
+  // The proxy's relay, without the ostream send() builds: start() is send() (the head is queued
+  // with the first body bytes), write_body() frames one piece (a chunk when chunked), flush()
+  // hands what is gathered to the connection. false when the client is gone or not reading.
+  void start();
+  bool write_body(std::string_view bytes) { return write(bytes, chunked_); }
+  bool flush() { return write({}, false); }
+  // X-Request-ID, written with the head (unless set as a header); `id` must outlive start().
+  void set_request_id(const std::string* id) { request_id_ = id; }
+  // No Date header of the proxy's own (the forwarded headers carry the upstream's).
+  void omit_date() { stamp_date_ = false; }
+  // Headers sent after this response's own (the upstream's, already filtered), not copied into it.
+  // The collection must outlive start().
+  void forward_headers(const Poco::Net::NameValueCollection* headers) { forwarded_ = headers; }
+
   // Ends the response (flush; the terminating chunk unless aborted). Returns true when the
   // connection may carry another request.
   bool finish();
@@ -198,6 +214,9 @@ private:
   bool keep_alive_;
   bool sent_ = false, chunked_ = false, aborted_ = false, failed_ = false, finished_ = false;
   std::string pending_;  // header block and small writes not sent yet
+  const Poco::Net::NameValueCollection* forwarded_ = nullptr;
+  const std::string* request_id_ = nullptr;
+  bool stamp_date_ = true;
   std::unique_ptr<StreamBuf> buf_;
   std::unique_ptr<std::ostream> out_;
 };

@@ -482,7 +482,7 @@ void Server::handle(Request& req, Response& resp) {
   ctx.request = &req;
   ctx.response = &resp;
   split_target(req.getURI(), ctx.path, ctx.query);
-  resp.set("X-Request-ID", ctx.request_id);
+  resp.set_request_id(&ctx.request_id);
   if (draining()) resp.setKeepAlive(false);
 
   try {
