@@ -225,6 +225,7 @@ void Exchange::use(std::unique_ptr<upstream::Connection> conn) {
   loop_.ev().cancel(timer_);
   up_ = std::move(conn);
   up_->user = this;
+  up_readable_ = up_closing_ = false;  // while idle, any input made the pool close it
   first_byte_ = false;
   if (up_->established) return send_request();
   state_ = State::Connect;
@@ -266,6 +267,8 @@ void Exchange::send_request() {
   }
   state_ = State::AwaitHead;
   parser_.emplace(uresp_, ctx_.method == "HEAD");
+  // The answer is read when its event comes (or came while the request was being written): no
+  // speculative read that finds nothing.
   read_upstream();
 }
 
@@ -282,7 +285,9 @@ void Exchange::upstream_failed(int status, std::string failure, bool retryable) 
   fail({status, failure, "", status == 504 ? "upstream_timeout" : "upstream_unavailable"});
 }
 
-void Exchange::on_upstream_event(uint32_t /*events*/) {
+void Exchange::on_upstream_event(uint32_t events) {
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) up_readable_ = true;
+  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) up_closing_ = true;  // read on to the end: no edge follows
   if (parked_) return;
   switch (state_) {
     case State::Connect:
@@ -306,13 +311,22 @@ void Exchange::read_upstream() {
       loop_.ev().arm(resume_, loop_.ev().now(), [this] { read_upstream(); });
       return;
     }
+    // Plain TCP, edge-triggered: after a short read (or EAGAIN) the socket was empty, and whatever
+    // arrives later raises an event; until then a recv would only find nothing (as nginx does).
+    // TLS reads until EAGAIN: OpenSSL may hold bytes epoll cannot see.
+    if (!up_readable_ && !up_->tls()) {
+      if (wait_since_ == Clock::time_point{}) wait_since_ = Clock::now();
+      return;
+    }
     size_t got = 0;
     const auto io = up_->read(buf_, buf_cap_, got);
     const auto now = Clock::now();
     if (io == upstream::Connection::Io::WouldBlock) {
+      up_readable_ = false;
       if (wait_since_ == Clock::time_point{}) wait_since_ = now;
       return;
     }
+    if (io == upstream::Connection::Io::Ok && got < buf_cap_ && !up_closing_) up_readable_ = false;
     if (wait_since_ != Clock::time_point{} && state_ == State::Relay) ctx_.upstream_time += now - wait_since_;
     wait_since_ = {};
     if (io == upstream::Connection::Io::Ok) {

@@ -144,6 +144,8 @@ private:
   char tail_[2] = {'\n', '\n'};  // the last two bytes relayed: is the client at an event boundary?
   bool upstream_done_ = false;
   bool paused_ = false;          // backpressure: the upstream is not read
+  bool up_readable_ = false;     // the upstream socket may hold bytes (an input event since the last short read)
+  bool up_closing_ = false;      // the peer's FIN (or an error) was reported: its EOF is read without another event
   bool counted_stream_ = false;
   std::string upstream_error_;
   Clock::time_point last_upstream_io_{};

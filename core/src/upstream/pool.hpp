@@ -88,6 +88,7 @@ public:
   bool clean_eof() const { return clean_eof_; }
   // Decrypted bytes OpenSSL holds that epoll cannot report.
   bool buffered() const;
+  bool tls() const { return ssl_ != nullptr; }
   // Moves the connection to another loop (it is registered there by the caller).
   void set_loop(size_t loop) { loop_ = loop; }
   const std::string& error() const { return error_; }
