@@ -1,6 +1,7 @@
 #include "pipeline/exchange.hpp"
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include "pipeline/errors.hpp"
 #include "pipeline/headers.hpp"
@@ -16,16 +17,15 @@ constexpr uint32_t kReadable = EPOLLIN | EPOLLRDHUP;
 
 bool is_event_stream(const std::string& ct) { return ct.rfind("text/event-stream", 0) == 0; }
 
-std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
+std::string ms(std::chrono::milliseconds d) { return format_ms(d); }
 
 }  // namespace
 
-Exchange::Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::ClientConnection> conn, Proxy& proxy,
+Exchange::Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::ClientConnection> client, Proxy& proxy,
                    upstream::Pool& pool, std::shared_ptr<const plugins::Chain> chain, char* read_buffer, size_t read_capacity,
                    ExchangeHost& host, RequestContext ctx, bool draining)
     : id_(id),
       loop_(loop),
-      conn_(std::move(conn)),
       proxy_(proxy),
       pool_(pool),
       run_(chain),
@@ -34,13 +34,9 @@ Exchange::Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::Clie
       buf_cap_(read_capacity),
       host_(host),
       ctx_(std::move(ctx)),
-      resp_(*conn_, ctx_.method == "HEAD", conn_->parser().keep_alive()),
+      sink_(loop, std::move(client), ctx_, *this, proxy.config().server.send_timeout),
       draining_(draining) {
-  ctx_.request = &conn_->request();
-  ctx_.response = &resp_;
-  conn_->request().set_response(&resp_);
-  resp_.set_request_id(&ctx_.request_id);
-  if (draining_) resp_.setKeepAlive(false);
+  if (draining_) resp().setKeepAlive(false);
 }
 
 Exchange::~Exchange() {
@@ -48,8 +44,13 @@ Exchange::~Exchange() {
   if (up_) pool_.discard(std::move(up_), false);
   if (counted_stream_) proxy_.stream_ended();
   loop_.ev().cancel(timer_);
-  loop_.ev().cancel(send_timer_);
   loop_.ev().cancel(resume_);
+}
+
+Fanout* Exchange::enable_followers(FanoutLimits limits) {
+  if (!fanout_ && static_cast<int>(state_) < static_cast<int>(State::ResponseHooks))
+    fanout_ = std::make_unique<Fanout>(loop_, static_cast<FanoutOwner&>(*this), limits, draining_);
+  return fanout_.get();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -85,13 +86,13 @@ void Exchange::hooks(Work work, Then then) {
 // for good); what they would have said is caught up on when it resumes.
 void Exchange::park() {
   parked_ = true;
-  conn_->set_loop_writes(false);  // a plugin may stream its own answer from the worker
+  conn().set_loop_writes(false);  // a plugin may stream its own answer from the worker
 }
 
 void Exchange::unpark() {
   parked_ = false;
-  conn_->set_loop_writes(true);
-  if (conn_->queued() > 0 && !conn_->flush_queued()) client_hup_ = true;
+  conn().set_loop_writes(true);
+  if (conn().queued() > 0 && !conn().flush_queued()) client_hup_ = true;
 }
 
 void Exchange::arm_timer(std::chrono::milliseconds in) {
@@ -102,34 +103,35 @@ void Exchange::arm_timer(std::chrono::milliseconds in) {
 // Request side
 
 void Exchange::start() {
-  conn_->set_loop_writes(true);
-  if (loop_.attach(*conn_, this) & (EPOLLHUP | EPOLLERR)) client_hup_ = true;
-  proxy_.map_headers(conn_->request(), ctx_);
+  conn().set_loop_writes(true);
+  if (loop_.attach(conn(), this) & (EPOLLHUP | EPOLLERR)) client_hup_ = true;
+  proxy_.map_headers(conn().request(), ctx_);
   hooks([this] { return run_.request_headers(ctx_); }, [this](plugins::HookResult r) { after_header_hooks(r); });
 }
 
 void Exchange::fail(const ApiError& error) {
-  send_error(resp_, ctx_, error);
+  send_error(resp(), ctx_, error);
+  if (fanout_) fanout_->fail(error);  // followers waiting for the head get the same answer
   complete();
 }
 
 void Exchange::after_header_hooks(plugins::HookResult r) {
   if (r != plugins::HookResult::Continue) {
-    resp_.setKeepAlive(false);  // the unread body must not be parsed as the next request
-    answer_refusal(resp_, ctx_);
+    resp().setKeepAlive(false);  // the unread body must not be parsed as the next request
+    answer_refusal(resp(), ctx_);
     complete();
     return;
   }
   const uint64_t limit = proxy_.config().server.max_request_body;
-  if (conn_->parser().content_length() > limit) {  // refused before a byte of it is read
-    resp_.setKeepAlive(false);
-    fail({413, "request body of " + std::to_string(conn_->parser().content_length()) + " bytes exceeds the limit of " +
+  if (conn().parser().content_length() > limit) {  // refused before a byte of it is read
+    resp().setKeepAlive(false);
+    fail({413, "request body of " + std::to_string(conn().parser().content_length()) + " bytes exceeds the limit of " +
                    std::to_string(limit) + " bytes"});
     return;
   }
   state_ = State::Body;
   body_since_ = Clock::now();
-  if (conn_->continue_wanted()) conn_->send_continue();
+  if (conn().continue_wanted()) conn().send_continue();
   read_body();
 }
 
@@ -137,10 +139,10 @@ void Exchange::read_body() {
   const auto& sc = proxy_.config().server;
   auto refuse = [&](ApiError e) {
     loop_.ev().cancel(timer_);
-    resp_.setKeepAlive(false);  // the unread rest of the body must never be parsed as a request
+    resp().setKeepAlive(false);  // the unread rest of the body must never be parsed as a request
     fail(e);
   };
-  switch (conn_->read_body_step(ctx_.body)) {  // grows with the bytes that arrive, never from the header
+  switch (conn().read_body_step(ctx_.body)) {  // grows with the bytes that arrive, never from the header
     case server::ClientConnection::BodyStep::Done:
       loop_.ev().cancel(timer_);
       after_body();
@@ -152,7 +154,7 @@ void Exchange::read_body() {
     case server::ClientConnection::BodyStep::TooLarge:
       return refuse({413, "request body exceeds the limit of " + std::to_string(sc.max_request_body) + " bytes"});
     case server::ClientConnection::BodyStep::Malformed:
-      return refuse({400, "malformed request body: " + conn_->parser().error_message()});
+      return refuse({400, "malformed request body: " + conn().parser().error_message()});
     case server::ClientConnection::BodyStep::ClientGone:
       ctx_.client_gone = true;
       return refuse({400, "the client closed the connection before sending the whole body"});
@@ -161,7 +163,7 @@ void Exchange::read_body() {
 
 void Exchange::after_body() {
   ctx_.bytes_in = ctx_.body.size();
-  if (!proxy_.inspect_body(conn_->request(), resp_, ctx_, scan_)) {
+  if (!proxy_.inspect_body(conn().request(), resp(), ctx_, scan_)) {
     complete();
     return;
   }
@@ -171,7 +173,7 @@ void Exchange::after_body() {
 
 void Exchange::after_request_hooks(plugins::HookResult r) {
   if (r != plugins::HookResult::Continue) {
-    answer_refusal(resp_, ctx_);
+    answer_refusal(resp(), ctx_);
     complete();
     return;
   }
@@ -381,7 +383,7 @@ void Exchange::on_timer() {
   const auto now = loop_.ev().now();
   switch (state_) {
     case State::Body:
-      resp_.setKeepAlive(false);
+      resp().setKeepAlive(false);
       return fail({408, "request body not received within " + ms(proxy_.config().server.body_timeout)});
     case State::Acquire:
       if (!waiting_ || !pool_.remove_waiter({loop_.index(), id_})) return;  // a delivery is on its way
@@ -420,7 +422,7 @@ void Exchange::on_head_parsed() {
   sse_ = is_event_stream(uresp_.getContentType());
   upstream_length_ = uresp_.hasContentLength() ? uresp_.getContentLength64() : -1;
   map_response_headers(uresp_, ctx_.response_headers);
-  ctx_.response_headers.erase("X-Request-ID");  // the client gets the proxy's (resp_ stamps it)
+  ctx_.response_headers.erase("X-Request-ID");  // the client gets the proxy's (resp() stamps it)
   state_ = State::ResponseHooks;
   // on_response_headers and on_response_body run on the loop for every plugin (ABI: they only
   // compute; they see each chunk as it is relayed).
@@ -436,28 +438,31 @@ void Exchange::begin_response() {
     proxy_.stream_started();  // counted from the first byte relayed until the stream ends
     counted_stream_ = true;
   }
-  set_status(resp_, ctx_.upstream_status, uresp_.getReason());
+  set_status(resp(), ctx_.upstream_status, uresp_.getReason());
   // The server already stamped Date (and the upstream's is the one to keep): never send it twice.
-  if (ctx_.response_headers.has("Date")) resp_.omit_date();
-  resp_.forward_headers(&ctx_.response_headers);  // written after resp_'s own, never copied
-  for (const auto& [k, v] : ctx_.extra_response_headers) resp_.add(k, v);
+  if (ctx_.response_headers.has("Date")) resp().omit_date();
+  resp().forward_headers(&ctx_.response_headers);  // written after resp()'s own, never copied
+  for (const auto& [k, v] : ctx_.extra_response_headers) resp().add(k, v);
   // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay.
   const bool no_body = ctx_.method == "HEAD" || ctx_.upstream_status == 204 || ctx_.upstream_status == 304;
   known_length_ = upstream_length_ >= 0 && !hide_usage_chunk_;
   if (no_body) {
-    resp_.setContentLength64(std::max<int64_t>(upstream_length_, 0));
+    resp().setContentLength64(std::max<int64_t>(upstream_length_, 0));
   } else if (known_length_) {
-    resp_.setContentLength64(upstream_length_);
+    resp().setContentLength64(upstream_length_);
   } else {
-    resp_.setChunkedTransferEncoding(true);
+    resp().setChunkedTransferEncoding(true);
   }
   ctx_.status = ctx_.upstream_status;
-  resp_.start();
+  resp().start();
   if (!known_length_) {
     // Streams: the client sees the status at once, before the first event. (With a known length,
     // the headers wait for the body, so headers and first bytes leave in one write.)
-    if (!resp_.flush()) ctx_.client_gone = true;
-    ctx_.ttfb = Clock::now() - ctx_.start;
+    sink_.flush_head();
+  }
+  if (fanout_) {
+    fanout_->start({ctx_.upstream_status, uresp_.getReason(), &ctx_.response_headers, ctx_.response_headers.has("Date"),
+                    !no_body && !known_length_, no_body ? std::max<int64_t>(upstream_length_, 0) : upstream_length_, sse_});
   }
   parser_->set_body_sink(
       [](void* list, std::string_view bytes) { static_cast<std::vector<std::string_view>*>(list)->push_back(bytes); }, &pieces_);
@@ -486,7 +491,12 @@ void Exchange::relay_from(size_t start) {
 }
 
 void Exchange::after_relay() {
-  if (ctx_.client_gone || upstream_done_ || !upstream_error_.empty()) return end_relay();
+  if (upstream_done_ || !upstream_error_.empty()) return end_relay();
+  if (ctx_.client_gone) {
+    if (!fanout_ || fanout_->following() == 0) return end_relay();
+    if (!leader_left_) leader_left();  // the upstream is read on for the followers
+    return;
+  }
   check_backpressure();
 }
 
@@ -504,28 +514,15 @@ void Exchange::emit(std::string_view bytes, bool end) {
 }
 
 void Exchange::write_client(std::string_view bytes) {
-  if (bytes.empty() || ctx_.client_gone) return;
-  if (bytes.size() >= 2) {
-    tail_[0] = bytes[bytes.size() - 2];
-    tail_[1] = bytes.back();
-  } else {
-    tail_[0] = tail_[1];
-    tail_[1] = bytes.back();
-  }
-  const bool ok = resp_.write_body(bytes) && resp_.flush();
-  if (!ctx_.ttfb) ctx_.ttfb = Clock::now() - ctx_.start;
-  if (!ok) {
-    ctx_.client_gone = true;
-    return;
-  }
-  ctx_.bytes_out += bytes.size();
-  if (conn_->queued() > 0) {
-    arm_send_timer();
-  }
+  sink_.write(bytes);
+  if (fanout_) fanout_->relay(bytes);
 }
 
+// Backpressure follows the exchange's own client only, while it is connected; followers are cut
+// when they fall behind (Fanout), they never pause the upstream.
 void Exchange::check_backpressure() {
-  const size_t queued = conn_->queued();
+  if (ctx_.client_gone) return;
+  const size_t queued = conn().queued();
   if (!paused_ && queued > kHighWater) {
     paused_ = true;
   } else if (paused_ && queued <= kLowWater) {
@@ -534,16 +531,25 @@ void Exchange::check_backpressure() {
   }
 }
 
-void Exchange::arm_send_timer() {
-  if (send_timer_) return;
-  const auto timeout = proxy_.config().server.send_timeout;
-  loop_.ev().arm(send_timer_, conn_->last_write_progress() + timeout, [this, timeout] {
-    send_timer_ = {};
-    if (conn_->queued() == 0) return;
-    if (loop_.ev().now() - conn_->last_write_progress() < timeout) return arm_send_timer();
-    conn_->mark_write_timed_out();
-    client_gone("client stopped reading for more than " + ms(timeout));
-  });
+void Exchange::sink_stalled(ClientSink&, const std::string& why) { client_gone(why); }
+
+// The exchange's own client left mid-relay while others follow: its socket is shut (the client
+// sees the end at once), and the upstream is read on, unpaused, for the followers.
+void Exchange::leader_left() {
+  leader_left_ = true;
+  if (ctx_.error.empty()) ctx_.error = "client disconnected";
+  sink_.cancel_send_timer();
+  ::shutdown(conn().fd(), SHUT_RDWR);
+  if (paused_) {
+    paused_ = false;
+    read_upstream();
+  }
+}
+
+// A follower ended (an event of its own, never during the exchange's calls into the fanout).
+void Exchange::followers_changed() {
+  if (state_ == State::Relay && ctx_.client_gone && fanout_->following() == 0) return end_relay();
+  if (state_ == State::Finished && fanout_->pending() == 0) host_.exchange_finished(*this);
 }
 
 // The client is gone (hang-up, write error, or not reading within send_timeout).
@@ -552,6 +558,10 @@ void Exchange::client_gone(const std::string& why) {
   if (ctx_.error.empty()) ctx_.error = why;
   switch (state_) {
     case State::Relay:
+      if (fanout_ && fanout_->following() > 0) {
+        if (!leader_left_) leader_left();
+        return;
+      }
       return end_relay();
     case State::Flushing:
       return hand_back();
@@ -577,12 +587,11 @@ void Exchange::on_event(uint32_t events) {
     if (events & (EPOLLHUP | EPOLLERR)) client_hup_ = true;
     return;
   }
-  if ((events & EPOLLOUT) && conn_->queued() > 0) {
-    if (!conn_->flush_queued()) return client_gone("client disconnected");
-    if (conn_->queued() == 0) {
-      loop_.ev().cancel(send_timer_);
-      if (state_ == State::Flushing) return hand_back();
-    }
+  if (ctx_.client_gone && state_ == State::Relay) return;  // it left; the followers keep the relay going
+  if ((events & EPOLLOUT) && conn().queued() > 0) {
+    const ClientSink::Flush flushed = sink_.on_writable();
+    if (flushed == ClientSink::Flush::Gone) return client_gone("client disconnected");
+    if (flushed == ClientSink::Flush::Drained && state_ == State::Flushing) return hand_back();
     if (state_ == State::Relay) check_backpressure();
   }
   if (state_ == State::Body && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return read_body();
@@ -597,9 +606,15 @@ void Exchange::end_relay() {
   state_ = State::Completing;
   loop_.ev().cancel(timer_);
   // After a failure, what the extractor still holds is an unfinished event: counted, not relayed.
+  const bool followed = fanout_ && fanout_->following() > 0;
   const std::string_view rest = usage_->finish();
-  if (!ctx_.client_gone && upstream_error_.empty()) emit(rest, true);
+  if ((!ctx_.client_gone || followed) && upstream_error_.empty()) emit(rest, true);
   ctx_.usage = usage_->usage();
+  if (fanout_) {
+    // Before the exchange's own error event, which the followers get each in their flavour.
+    if (upstream_done_ && upstream_error_.empty()) fanout_->finish({}, ctx_.usage);
+    else fanout_->finish(upstream_error_.empty() ? std::string("the response being followed ended early") : upstream_error_, ctx_.usage);
+  }
   if (ctx_.client_gone) {
     if (up_) pool_.discard(std::move(up_), false);  // the upstream may still be sending: never reuse that socket
     if (ctx_.error.empty()) ctx_.error = "client disconnected";
@@ -613,18 +628,21 @@ void Exchange::end_relay() {
     // closes, so no client can take it for complete.
     if (sse_ && !known_length_) {
       // A half-relayed event is ended first, so the error arrives as an event of its own.
-      std::string event = sse_error_event(ctx_.flavour, {502, upstream_error_});
-      if (tail_[1] != '\n') event.insert(0, "\n\n");
-      else if (tail_[0] != '\n') event.insert(0, "\n");
-      emit(event, true);
+      emit(sink_.error_event(ctx_.flavour, upstream_error_), true);
     }
-    abort_client(resp_);
+    abort_client(resp());
   }
   complete();
 }
 
 void Exchange::complete() {
   state_ = State::Completing;
+  // Ended before a response to follow (an error answer, a refusal, the client gone early).
+  if (fanout_) {
+    fanout_->fail({502, ctx_.client_gone        ? std::string("the request being followed was cancelled")
+                        : ctx_.error.empty() ? std::string("the request being followed ended without a response")
+                                             : ctx_.error});
+  }
   hooks(
       [this] {
         run_.complete(ctx_);
@@ -635,18 +653,18 @@ void Exchange::complete() {
 
 void Exchange::finish_response() {
   if (client_hup_) ctx_.client_gone = true;
-  keep_ = resp_.finish() && !draining_ && !ctx_.client_gone && conn_->body_complete();
-  if (resp_.failed()) ctx_.client_gone = true;
-  if (conn_->write_timed_out() && ctx_.error.empty())
+  keep_ = resp().finish() && !draining_ && !ctx_.client_gone && conn().body_complete();
+  if (resp().failed()) ctx_.client_gone = true;
+  if (conn().write_timed_out() && ctx_.error.empty())
     ctx_.error = "client stopped reading for more than " + ms(proxy_.config().server.send_timeout);
   if (counted_stream_) {
     proxy_.stream_ended();
     counted_stream_ = false;
   }
   host_.exchange_done(*this);
-  if (!ctx_.client_gone && conn_->queued() > 0) {
+  if (!ctx_.client_gone && conn().queued() > 0) {
     state_ = State::Flushing;
-    arm_send_timer();
+    sink_.arm_send_timer();
     return;
   }
   hand_back();
@@ -657,18 +675,20 @@ void Exchange::hand_back() {
   const bool flushed = state_ == State::Flushing;
   state_ = State::Finished;
   loop_.ev().cancel(timer_);
-  loop_.ev().cancel(send_timer_);
+  sink_.cancel_send_timer();
   loop_.ev().cancel(resume_);
-  loop_.attach(*conn_, nullptr);
+  loop_.attach(conn(), nullptr);
   if (flushed && ctx_.client_gone) keep_ = false;
-  conn_->set_loop_writes(false);
+  conn().set_loop_writes(false);
   if (ctx_.client_gone) {
-    conn_.reset();  // nothing more can reach it
+    sink_.close();  // nothing more can reach it
   } else if (keep_) {
-    loop_.keep(std::move(conn_));
+    loop_.keep(sink_.release());
   } else {
-    loop_.linger(std::move(conn_));
+    loop_.linger(sink_.release());
   }
+  // Followers still flushing their end keep the exchange (and its fanout) until they are done.
+  if (fanout_ && fanout_->pending() > 0) return;
   host_.exchange_finished(*this);
 }
 
@@ -689,7 +709,7 @@ void Exchange::abort(const std::string& why) {
       loop_.ev().cancel(timer_);
       if (waiting_ && pool_.remove_waiter({loop_.index(), id_})) waiting_ = false;
       if (up_) pool_.discard(std::move(up_), false);
-      if (!resp_.sent()) return fail({503, why, "", "server_stopping"});
+      if (!resp().sent()) return fail({503, why, "", "server_stopping"});
       return complete();
   }
 }

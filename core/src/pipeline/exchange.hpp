@@ -9,6 +9,10 @@
 //   what the client's socket does not take is queued, and past a high watermark the upstream is
 //   not read until the queue drains below the low one → on_complete, access log, metrics.
 //
+// The client side is a ClientSink (sink.hpp): connection, Response, queue, send deadline. With
+// enable_followers() before the response starts, other clients of the loop can follow the same
+// response through a Fanout (fanout.hpp), each with a sink of its own.
+//
 // Hooks run inline when every plugin of the chain declared itself non-blocking and the store
 // never blocks; otherwise each hook phase runs on a worker thread while the exchange waits
 // (parked: the loop neither reads nor writes its sockets), then continues on its loop.
@@ -23,8 +27,10 @@
 #include <Poco/Net/HTTPResponse.h>
 
 #include "http/response_parser.hpp"
+#include "pipeline/fanout.hpp"
 #include "pipeline/proxy.hpp"
 #include "pipeline/request_context.hpp"
+#include "pipeline/sink.hpp"
 #include "pipeline/usage.hpp"
 #include "plugins/chain.hpp"
 #include "server/connection.hpp"
@@ -44,9 +50,12 @@ struct ExchangeHost {
   virtual void exchange_finished(Exchange& x) = 0;
 };
 
-class Exchange final : public server::Watcher, public upstream::ConnectionUser {
+class Exchange final : public server::Watcher,
+                       public upstream::ConnectionUser,
+                       private SinkOwner,
+                       private FanoutOwner {
 public:
-  Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::ClientConnection> conn, Proxy& proxy,
+  Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::ClientConnection> client, Proxy& proxy,
            upstream::Pool& pool, std::shared_ptr<const plugins::Chain> chain, char* read_buffer, size_t read_capacity,
            ExchangeHost& host, RequestContext ctx, bool draining);
   ~Exchange() override;
@@ -56,6 +65,10 @@ public:
   void on_delivered(std::unique_ptr<upstream::Connection> conn);
   // The server stops: ends the request now (client cut, upstream closed, on_complete run).
   void abort(const std::string& why);
+  // Lets other clients of this loop follow the response (Fanout::attach); before the response
+  // starts (the recording begins with its first body byte). Null when too late.
+  Fanout* enable_followers(FanoutLimits limits = {});
+  Fanout* fanout() { return fanout_.get(); }
 
   uint64_t id() const { return id_; }
   server::Loop& loop() { return loop_; }
@@ -91,6 +104,11 @@ private:
   void relay_from(size_t start);
   void end_relay();
   void write_client(std::string_view bytes);
+  void leader_left();
+  server::ClientConnection& conn() { return sink_.conn(); }
+  server::Response& resp() { return sink_.resp(); }
+  void sink_stalled(ClientSink& sink, const std::string& why) override;
+  void followers_changed() override;
   void upstream_failed(int status, std::string failure, bool retryable);
   void upstream_done();
   void emit(std::string_view bytes, bool end);
@@ -101,12 +119,10 @@ private:
   void hand_back();
   void arm_timer(std::chrono::milliseconds in);
   void on_timer();
-  void arm_send_timer();
   void check_backpressure();
 
   uint64_t id_;
   server::Loop& loop_;
-  std::unique_ptr<server::ClientConnection> conn_;
   Proxy& proxy_;
   upstream::Pool& pool_;
   plugins::ChainRun run_;
@@ -117,7 +133,8 @@ private:
   size_t buf_cap_;
   ExchangeHost& host_;
   RequestContext ctx_;
-  server::Response resp_;
+  ClientSink sink_;                 // the exchange's own client
+  std::unique_ptr<Fanout> fanout_;  // followers, when enabled
   State state_ = State::HeaderHooks;
   bool parked_ = false;
   bool client_hup_ = false;  // a hang-up seen while parked
@@ -141,9 +158,9 @@ private:
   bool sse_ = false, known_length_ = false;
   int64_t upstream_length_ = -1;  // the upstream's Content-Length, -1 without one
   std::optional<UsageExtractor> usage_;
-  char tail_[2] = {'\n', '\n'};  // the last two bytes relayed: is the client at an event boundary?
   bool upstream_done_ = false;
   bool paused_ = false;          // backpressure: the upstream is not read
+  bool leader_left_ = false;     // the own client left mid-relay; followers keep the upstream read
   bool up_readable_ = false;     // the upstream socket may hold bytes (an input event since the last short read)
   bool up_closing_ = false;      // the peer's FIN (or an error) was reported: its EOF is read without another event
   bool counted_stream_ = false;
@@ -153,7 +170,6 @@ private:
   Clock::time_point body_since_{};
 
   server::EventLoop::Timer timer_;
-  server::EventLoop::Timer send_timer_;
   server::EventLoop::Timer resume_;  // reading continues after the loop's other events
 };
 
