@@ -89,9 +89,12 @@ public:
     if (!info->model.empty()) {
       r.set_model(info->model);
     } else if (!info->allowed_models.empty()) {
-      // The client's own model, from its body: request.model() is already the core's [proxy] model.
-      const Json body = Json::parse(r.body(), nullptr, false);
-      if (body.is_object() && body.contains("model") && body["model"].is_string()) client_model = body["model"].get<std::string>();
+      // The client's own model, the body's top-level "model" (request.model() is already the
+      // core's [proxy] model): found by the core's scan of the body, only its value is parsed.
+      if (const auto raw = r.body_member("model")) {
+        const Json model = Json::parse(*raw, nullptr, false);
+        if (model.is_string()) client_model = model.get<std::string>();
+      }
       if (std::find(info->allowed_models.begin(), info->allowed_models.end(), client_model) == info->allowed_models.end())
         return reject(r, 403, "Model '" + client_model + "' is not allowed for this API key");
       r.set_model(client_model);  // keeps it: the core's [proxy] model would replace it otherwise

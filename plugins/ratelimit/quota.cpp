@@ -6,19 +6,20 @@
 
 namespace glmp::plugins::ratelimit {
 
-int64_t estimate_tokens(std::string_view body, const QuotaSettings& s) {
+int64_t estimate_tokens(const BodyMember& member, size_t body_size, const QuotaSettings& s) {
   int64_t max_tokens = -1;
-  const nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
-  if (j.is_object()) {
-    for (const char* k : {"max_tokens", "max_completion_tokens"})
-      if (j.contains(k) && j[k].is_number_integer() && j[k].get<int64_t>() > 0) {
-        max_tokens = j[k].get<int64_t>();
-        break;
-      }
+  for (const char* k : {"max_tokens", "max_completion_tokens"}) {
+    const std::optional<std::string_view> raw = member(k);
+    if (!raw) continue;
+    const nlohmann::json v = nlohmann::json::parse(*raw, nullptr, false);
+    if (v.is_number_integer() && v.get<int64_t>() > 0) {
+      max_tokens = v.get<int64_t>();
+      break;
+    }
   }
   // Each part is capped before the sum, so a huge max_tokens cannot overflow into a tiny estimate.
   const int64_t cap = std::max<int64_t>(1, s.max_reservation);
-  const int64_t input = std::min<int64_t>(static_cast<int64_t>(body.size() / 4), cap);
+  const int64_t input = std::min<int64_t>(static_cast<int64_t>(body_size / 4), cap);
   const int64_t estimate = max_tokens > 0 ? std::min(max_tokens, cap) + input : s.default_reservation;
   return std::clamp<int64_t>(estimate, 1, std::max<int64_t>(1, s.max_reservation));
 }

@@ -90,9 +90,14 @@ struct ReportedUsage {
 int64_t charge_tokens(const ReportedUsage& u, bool anthropic, int status, bool generation, int64_t reserved,
                       const QuotaSettings& s);
 
+// The raw JSON text of the request body's top-level member `name`, nullopt when absent or when the
+// body is not a JSON object (glmp::Request::body_member: the core's scan, no parse of the body).
+using BodyMember = std::function<std::optional<std::string_view>(std::string_view name)>;
+
 // Tokens a request may use, from its JSON body: max_tokens (or max_completion_tokens) plus a rough
-// input estimate (body bytes / 4), or `default_reservation` without max_tokens; capped.
-int64_t estimate_tokens(std::string_view body, const QuotaSettings& s);
+// input estimate (body bytes / 4), or `default_reservation` without max_tokens; capped. Only the
+// values of those two top-level members are parsed.
+int64_t estimate_tokens(const BodyMember& member, size_t body_size, const QuotaSettings& s);
 
 // When, after `now`, the window's sum drops below `limit` as buckets age out (bucket b leaves at
 // b.start + window). `sum` is the current sum. Returns `now` if it already is below.

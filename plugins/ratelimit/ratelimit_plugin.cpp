@@ -120,7 +120,11 @@ public:
     // Calls that cannot generate tokens reserve nothing (they are still counted and refused like
     // any request while the key is over its limit).
     const bool generation = can_generate(r.method(), r.path());
-    const Admission a = quota_.admit(id, limit, generation ? estimate_tokens(r.body(), quota_.settings()) : 0);
+    const int64_t estimate =
+        generation ? estimate_tokens([&r](std::string_view name) { return r.body_member(name); }, r.body().size(),
+                                     quota_.settings())
+                   : 0;
+    const Admission a = quota_.admit(id, limit, estimate);
     switch (a.verdict) {
       case Verdict::Admitted: break;
       case Verdict::StoreUnavailable:

@@ -55,7 +55,7 @@ class Probe final : public glmp::Plugin {
     if (action == "read") {
       r.set_attribute("probe.headers_read", std::string(r.method()) + "|" + std::string(r.path()) + "|" +
                                                 std::string(r.query()) + "|" + opt(r.client_header("x-client")) +
-                                                "|body=" + std::string(r.body()));
+                                                "|body=" + std::string(r.body()) + "|model=" + opt(r.body_member("model")));
     }
     return glmp::Status::Continue;
   }
@@ -91,6 +91,11 @@ class Probe final : public glmp::Plugin {
            "|" + opt(r.header("x-multi", 0)) + "|" + opt(r.header("X-MULTI", 1)) + "|" + opt(r.header("x-multi", 2)) +
            "|" + opt(r.attribute("auth.key_id")) + "|" + opt(r.attribute("nope"));
       r.set_attribute("probe.read", s);
+      return glmp::Status::Continue;
+    }
+    if (action == "body-member") {  // ABI 1.4
+      r.set_attribute("probe.body_member", opt(r.body_member("model")) + "|" + opt(r.body_member("max_tokens")) + "|" +
+                                               opt(r.body_member("role")) + "|" + opt(r.body_member("absent")));
       return glmp::Status::Continue;
     }
     if (action == "write") {

@@ -155,6 +155,26 @@ void exceptions_in_hooks(Checks& c, FakeHost& host, PluginInstance& p) {
   }
 }
 
+// ABI 1.4: Request::body_member, a top-level member of the body as raw JSON text; nullopt for a
+// nested or absent member, and on a host whose table ends before request_body_member.
+void body_member(Checks& c, const glmp_plugin_descriptor* d) {
+  FakeHost host;
+  FakeRequest r = with_action("body-member");
+  r.body = R"({"model" : "glm-4.7", "messages":[{"role":"user"}], "max_tokens": 64})";
+  {
+    PluginInstance p(d, host, "{}");
+    GLMP_EXPECT(c, p.on_request(r) == GLMP_CONTINUE);
+    GLMP_EXPECT(c, r.attribute("probe.body_member") == R"("glm-4.7"|64|<none>|<none>)");
+  }
+  FakeHost old;
+  old.mutable_api().struct_size = static_cast<std::uint32_t>(offsetof(glmp_host_api, request_body_member));
+  PluginInstance p(d, old, "{}");
+  FakeRequest o = with_action("body-member");
+  o.body = r.body;
+  GLMP_EXPECT(c, p.on_request(o) == GLMP_CONTINUE);
+  GLMP_EXPECT(c, o.attribute("probe.body_member") == "<none>|<none>|<none>|<none>");
+}
+
 // ABI 1.2: on_request_headers through the boundary, and the fake host running it as the core does.
 void headers_phase(Checks& c, FakeHost& host, PluginInstance& p, const glmp_plugin_descriptor* d) {
   FakeRequest r;
@@ -167,7 +187,7 @@ void headers_phase(Checks& c, FakeHost& host, PluginInstance& p, const glmp_plug
   GLMP_EXPECT(c, p.has_request_headers_hook());
   GLMP_EXPECT(c, p.on_request_headers(r) == GLMP_CONTINUE);
   // The body is not read yet in the headers phase: "" there, and back afterwards.
-  GLMP_EXPECT(c, r.attribute("probe.headers_read") == "POST|/v1/chat/completions|q=1|c1|body=");
+  GLMP_EXPECT(c, r.attribute("probe.headers_read") == "POST|/v1/chat/completions|q=1|c1|body=|model=<none>");
   GLMP_EXPECT(c, r.body == R"({"model":"m"})");
 
   FakeRequest refused;
@@ -344,6 +364,7 @@ int main() {
       routes(c, host, p);
     }
     core_route_guard(c);
+    body_member(c, probe.descriptor());
     probe.close();
     minimal.close();
     GLMP_EXPECT(c, !PluginLibrary::is_loaded(GLMP_PROBE_PLUGIN));

@@ -321,6 +321,37 @@ TEST_F(Ratelimit, BothFlavoursStreamedOrNotChargeExactlyTheReportedUsage) {
   }
 }
 
+// The reservation comes from the body's own top-level max_tokens, as the core's scan found it
+// (request_body_member): the first request on a fresh key leaves limit - estimate in the
+// x-ratelimit-remaining-tokens header.
+TEST_F(Ratelimit, TheEstimateReadsTheTopLevelMaxTokensOnly) {
+  start();
+  struct Case {
+    std::string what, body;
+    long estimate;
+  };
+  const std::string top = R"({"model":"glm-4.7","messages":[{"role":"user","content":"hi","max_tokens":5000}],"max_tokens":100})";
+  const std::string escaped = R"({"model":"glm-4.7","m\u0061x_tokens":40,"messages":[{"role":"user","content":"hi"}]})";
+  const std::string twice = R"({"model":"glm-4.7","max_tokens":7,"max_tokens":70,"messages":[]})";
+  const std::string nested = R"({"model":"glm-4.7","messages":[{"role":"user","content":"hi","max_tokens":5000}]})";
+  const std::string completion = R"({"model":"glm-4.7","max_tokens":0,"max_completion_tokens":60,"messages":[]})";
+  const std::vector<Case> cases{
+      {"top-level beside a nested one", top, 100 + static_cast<long>(top.size() / 4)},
+      {"escaped key", escaped, 40 + static_cast<long>(escaped.size() / 4)},
+      {"given twice: the last", twice, 70 + static_cast<long>(twice.size() / 4)},
+      {"only nested: the default reservation", nested, 4096},
+      {"max_completion_tokens when max_tokens is not positive", completion, 60 + static_cast<long>(completion.size() / 4)},
+  };
+  constexpr long kLimit = 1'000'000;
+  for (const auto& c : cases) {
+    const Key k = create_key(port(), R"({"name":"estimate","token_limit_per_5h":1000000})");
+    std::string rid;
+    const Response r = call(k.plain, "/v1/chat/completions", c.body, {}, rid);
+    ASSERT_EQ(r.status, 200) << c.what << ": " << r.body;
+    EXPECT_EQ(r.header("x-ratelimit-remaining-tokens"), std::to_string(kLimit - c.estimate)) << c.what;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. A client that leaves mid-stream
 

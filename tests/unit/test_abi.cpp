@@ -19,6 +19,7 @@ const std::map<std::string, std::string> kHeaderHashes = {
     {"1.1", "014edf4726c570c2365ffb1794bf7bd86e4a4da465b32bd9f0c8d3b16e2b6be8"},
     {"1.2", "5c612bccbce8086b29233c4a7b8460b2d54380e9dc1e54c2deca4a1a759b2008"},
     {"1.3", "dfb1013660120410905f3e577acfd1ca57cc37c740bf9ac443382693fc6fa228"},
+    {"1.4", "4c118f556850ffa5f16b36eb836b00761f28c5945b969806eee5d49bde590cbd"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is
@@ -30,7 +31,9 @@ TEST(Abi, MinorVersionsOnlyAppend) {
   EXPECT_EQ(sizeof(glmp_usage), 48u);
   // 1.1 starts right after 1.0's last member.
   EXPECT_EQ(offsetof(glmp_host_api, store_get), 232u);
-  EXPECT_EQ(offsetof(glmp_host_api, request_client_header) + sizeof(void*), sizeof(glmp_host_api));
+  // 1.4 appends request_body_member to the host table, right after 1.1's last member.
+  EXPECT_EQ(offsetof(glmp_host_api, request_body_member), offsetof(glmp_host_api, request_client_header) + sizeof(void*));
+  EXPECT_EQ(offsetof(glmp_host_api, request_body_member) + sizeof(void*), sizeof(glmp_host_api));
   // 1.2 appends on_request_headers to the descriptor, right after 1.0/1.1's last member (a 1.1
   // descriptor's struct_size, 80, ends exactly where it begins).
   EXPECT_EQ(offsetof(glmp_plugin_descriptor, on_request_headers), 80u);

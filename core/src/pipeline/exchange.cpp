@@ -163,7 +163,7 @@ void Exchange::read_body() {
 
 void Exchange::after_body() {
   ctx_.bytes_in = ctx_.body.size();
-  if (!proxy_.inspect_body(conn().request(), resp(), ctx_, scan_)) {
+  if (!proxy_.inspect_body(conn().request(), resp(), ctx_)) {
     complete();
     return;
   }
@@ -183,7 +183,7 @@ void Exchange::after_request_hooks(plugins::HookResult r) {
     return;
   }
   try {
-    hide_usage_chunk_ = proxy_.finalize_body(ctx_, scan_);
+    hide_usage_chunk_ = proxy_.finalize_body(ctx_);
     request_bytes_ = proxy_.upstream_request(ctx_, pool_);
   } catch (const std::exception& e) {
     if (ctx_.error.empty()) ctx_.error = e.what();

@@ -149,7 +149,6 @@ private:
   std::optional<http::ResponseParser> parser_;
   size_t filled_ = 0, used_ = 0;
   std::vector<std::string_view> pieces_;
-  TopLevelScan scan_;
   bool hide_usage_chunk_ = false;
   bool keep_ = false;
   bool waiting_ = false;  // in the pool's waiter queue

@@ -115,8 +115,9 @@ bool Proxy::read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRe
   return false;
 }
 
-bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
-                         TopLevelScan& scan) const {
+bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) const {
+  ctx.body_scanned = true;  // plugins' request_body_member reads this scan (none: not JSON)
+  TopLevelScan& scan = ctx.body_scan;
   if (ctx.body.empty()) return true;
   const bool declared_json = is_json_content_type(req.getContentType());
   // A body that looks like JSON is held to JSON whatever its Content-Type says: a body the scanner
@@ -137,14 +138,17 @@ bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServe
   return true;
 }
 
-bool Proxy::finalize_body(RequestContext& ctx, const TopLevelScan& inspected) const {
+bool Proxy::finalize_body(RequestContext& ctx) const {
   const bool want_model = ctx.model && *ctx.model != ctx.client_model;
   const bool openai_stream = ctx.flavour == Flavour::OpenAI && ctx.streaming && cfg_.proxy.stream_usage;
   if (!want_model && !openai_stream) return false;
 
   // The scan made at arrival still describes the body unless a plugin replaced it.
-  const TopLevelScan scan = ctx.body_replaced ? scan_top_level(ctx.body) : TopLevelScan{};
-  const TopLevelScan& current = ctx.body_replaced ? scan : inspected;
+  if (!ctx.body_scanned) {  // a plugin replaced the body: the scan made at arrival is gone
+    ctx.body_scan = scan_top_level(ctx.body);
+    ctx.body_scanned = true;
+  }
+  const TopLevelScan& current = ctx.body_scan;
   if (!current.ok || !current.is_object) return false;
   std::vector<TopLevelEdit> edits;
   bool hide_usage_chunk = false;

@@ -37,12 +37,12 @@ public:
 
   // Maps the client's headers for the upstream (forwarding headers describe what this proxy saw).
   void map_headers(const Poco::Net::HTTPServerRequest& req, RequestContext& ctx) const;
-  // Validates a JSON body (400 when malformed) and reads "stream"/"model"; `scan` keeps the result.
-  bool inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx,
-                    TopLevelScan& scan) const;
+  // Validates a JSON body (400 when malformed) and reads "stream"/"model"; ctx.body_scan keeps
+  // the scan (for finalize_body and plugins' request_body_member).
+  bool inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) const;
   // Body edits decided by the core and the chain; returns true when the usage-only stream chunk
   // must be hidden from the client (the proxy asked for it, the client did not).
-  bool finalize_body(RequestContext& ctx, const TopLevelScan& inspected) const;
+  bool finalize_body(RequestContext& ctx) const;
   // The upstream request, head and body, as written on the connection.
   std::string upstream_request(const RequestContext& ctx, const upstream::Pool& pool) const;
 

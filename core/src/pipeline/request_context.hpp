@@ -13,6 +13,7 @@
 #include <Poco/Net/NameValueCollection.h>
 
 #include "config/config.hpp"
+#include "pipeline/json_body.hpp"
 #include "pipeline/usage.hpp"
 
 namespace glmp::core::pipeline {
@@ -36,8 +37,12 @@ struct RequestContext {
   Flavour flavour = Flavour::OpenAI;
   bool streaming = false;       // top-level "stream": true
   std::string body;             // whole request body (<= server.max_request_body)
-  bool body_replaced = false;   // a plugin replaced the body (the arrival scan no longer applies)
-  Poco::Net::NameValueCollection upstream_headers;  // what goes upstream (after mapping); plugins may edit; moved into the upstream request when it is sent
+  // The top-level members of `body` (valid while body_scanned): the core's arrival scan
+  // (Proxy::inspect_body), reused by finalize_body and by plugins' request_body_member;
+  // request_set_body clears body_scanned, and the next reader scans the new body.
+  TopLevelScan body_scan;
+  bool body_scanned = false;
+  Poco::Net::NameValueCollection upstream_headers;  // what goes upstream (after mapping); plugins may edit; Host, X-Request-ID, Accept-Encoding, Content-Length and the upstream credential are the proxy's, added when the request is written
   std::string client_model;     // the model the client asked for ("" if none)
   std::optional<std::string> model;  // the model to send upstream; set by [proxy] model, then plugins
   std::vector<std::pair<std::string, std::string>> attributes;  // "auth.key_id" → …

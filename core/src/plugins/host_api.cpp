@@ -7,6 +7,7 @@
 #include "metrics/plugin_metrics.hpp"
 #include "pipeline/errors.hpp"
 #include "pipeline/headers.hpp"
+#include "pipeline/json_body.hpp"
 #include "pipeline/proxy.hpp"
 #include "plugins/native_plugin.hpp"
 #include "store/store.hpp"
@@ -82,7 +83,7 @@ void request_set_header(glmp_request_host_ptr* r, const char* name, size_t nl, c
 void request_body(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r).body, d, n); }
 void request_set_body(glmp_request_host_ptr* r, const char* d, size_t n) {
   C(r).body.assign(d ? d : "", n);
-  C(r).body_replaced = true;
+  C(r).body_scanned = false;  // request_body_member describes the new body
 }
 
 int get_attribute(glmp_request_host_ptr* r, const char* name, size_t nl, const char** v, size_t* vl) {
@@ -92,6 +93,8 @@ int get_attribute(glmp_request_host_ptr* r, const char* name, size_t nl, const c
   return 1;
 }
 void set_attribute(glmp_request_host_ptr* r, const char* name, size_t nl, const char* v, size_t vl) {
+  auto& attributes = C(r).attributes;
+  if (attributes.capacity() == 0) attributes.reserve(16);  // auth + ratelimit set 12: no regrowth per request
   C(r).set_attribute(std::string_view(name, nl), S(v, vl));
 }
 
@@ -106,10 +109,11 @@ int response_header(glmp_request_host_ptr* r, const char* name, size_t nl, size_
 // afterwards (on_response_headers) they edit the upstream's headers before they are sent.
 void response_set_header(glmp_request_host_ptr* r, const char* name, size_t nl, const char* v, size_t vl) {
   auto& ctx = C(r);
-  const std::string key = S(name, nl);
+  std::string key = S(name, nl);
   if (ctx.upstream_status == 0) {
+    if (ctx.extra_response_headers.capacity() == 0) ctx.extra_response_headers.reserve(4);  // ratelimit adds 3
     std::erase_if(ctx.extra_response_headers, [&](const auto& kv) { return pipeline::iequals(kv.first, key); });
-    ctx.extra_response_headers.emplace_back(key, S(v, vl));
+    ctx.extra_response_headers.emplace_back(std::move(key), S(v, vl));
   } else {
     ctx.response_headers.erase(key);
     ctx.response_headers.add(key, S(v, vl));
@@ -333,6 +337,23 @@ int request_client_header(glmp_request_host_ptr* r, const char* name, size_t nl,
   return req ? header_at(*req, name, nl, index, v, vl) : 0;
 }
 
+// --- 1.4 ---
+
+int request_body_member(glmp_request_host_ptr* r, const char* name, size_t nl, const char** v, size_t* vl) {
+  auto& ctx = C(r);
+  if (ctx.body.empty()) return 0;  // no body, or not read yet (headers phase): nothing to remember
+  if (!ctx.body_scanned) {
+    ctx.body_scan = pipeline::scan_top_level(ctx.body);
+    ctx.body_scanned = true;
+  }
+  if (!ctx.body_scan.ok || !ctx.body_scan.is_object) return 0;
+  const pipeline::JsonMember* m = ctx.body_scan.find(V(name, nl));
+  if (!m) return 0;
+  *v = ctx.body.data() + m->value_begin;
+  *vl = m->value_end - m->value_begin;
+  return 1;
+}
+
 const glmp_host_api kHostApi = {
     sizeof(glmp_host_api), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, log,
     request_id, request_method, request_path, request_query, request_flavour, request_streaming, request_model,
@@ -342,6 +363,8 @@ const glmp_host_api kHostApi = {
     // 1.1
     store_get, store_put, store_delete, store_list, window_add, window_sum, window_buckets, counter_add, counter_get,
     store_bucket_ms, metric_new, metric_add, metric_set, metric_observe, request_client_header,
+    // 1.4
+    request_body_member,
 };
 
 }  // namespace

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GLMP_ABI_MAJOR 1u
-#define GLMP_ABI_MINOR 3u
+#define GLMP_ABI_MINOR 4u
 
 /* ---------------------------------------------------------------------------------------------
  * Opaque handles
@@ -265,6 +265,20 @@ typedef struct glmp_host_api {
    * of `name` (case-insensitive); returns 0 when absent. --- */
   int (*request_client_header)(glmp_request_host_ptr* request, const char* name, size_t name_len, size_t index,
                                const char** value, size_t* value_len);
+
+  /* ===== ABI 1.4 (check struct_size / abi_minor >= 4 before use) ===== */
+
+  /* --- one top-level member of the request body, without parsing the body again: the core scans
+   * every JSON body once (validating it) and records where its top-level members are. Sets *value
+   * to the member's value exactly as the client wrote it, as raw JSON text (a string keeps its
+   * quotes and escapes; 64; true; {...}), and returns 1. Returns 0 when the body is not a JSON
+   * object, has no such top-level member, or is not read yet (on_request_headers). Keys are
+   * compared after unescaping; a key given twice yields its last value (as JSON parsers keep it).
+   * A member nested deeper (a "model" inside "messages") is never returned. After
+   * request_set_body it describes the new body. Host-owned, valid during the hook, until
+   * request_set_body. on_request, on_response_*, on_complete and route handlers. --- */
+  int (*request_body_member)(glmp_request_host_ptr* request, const char* name, size_t name_len, const char** value,
+                             size_t* value_len);
 } glmp_host_api;
 
 /* ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "pipeline/json_body.hpp"
 #include "quota.hpp"
 #include "store/store.hpp"
 
@@ -151,22 +152,35 @@ protected:
 // ---------------------------------------------------------------------------------------------
 // estimate_tokens
 
+// The estimate for a whole body, its members found the way the host's request_body_member finds
+// them: the core's own top-level scan (glmp::Request::body_member hands the plugin these bytes).
+int64_t estimate(std::string_view body, const QuotaSettings& s) {
+  const glmp::core::pipeline::TopLevelScan scan = glmp::core::pipeline::scan_top_level(body);
+  const BodyMember member = [&](std::string_view name) -> std::optional<std::string_view> {
+    if (!scan.ok || !scan.is_object) return std::nullopt;
+    const glmp::core::pipeline::JsonMember* m = scan.find(name);
+    if (!m) return std::nullopt;
+    return body.substr(m->value_begin, m->value_end - m->value_begin);
+  };
+  return estimate_tokens(member, body.size(), s);
+}
+
 TEST(QuotaEstimate, MaxTokensPlusInput) {
   const QuotaSettings s = settings();
   const std::string body = R"({"max_tokens":100})";
-  EXPECT_EQ(estimate_tokens(body, s), 100 + static_cast<int64_t>(body.size() / 4));
+  EXPECT_EQ(estimate(body, s), 100 + static_cast<int64_t>(body.size() / 4));
 }
 
 TEST(QuotaEstimate, MaxCompletionTokens) {
   const QuotaSettings s = settings();
   const std::string body = R"({"model":"glm-4.7","max_completion_tokens":250})";
-  EXPECT_EQ(estimate_tokens(body, s), 250 + static_cast<int64_t>(body.size() / 4));
+  EXPECT_EQ(estimate(body, s), 250 + static_cast<int64_t>(body.size() / 4));
 }
 
 TEST(QuotaEstimate, MaxTokensWinsOverMaxCompletionTokens) {
   const QuotaSettings s = settings();
   const std::string body = R"({"max_completion_tokens":250,"max_tokens":100})";
-  EXPECT_EQ(estimate_tokens(body, s), 100 + static_cast<int64_t>(body.size() / 4));
+  EXPECT_EQ(estimate(body, s), 100 + static_cast<int64_t>(body.size() / 4));
 }
 
 TEST(QuotaEstimate, InputPartIsBodySizeOverFour) {
@@ -175,52 +189,70 @@ TEST(QuotaEstimate, InputPartIsBodySizeOverFour) {
   const std::string body = R"({"max_tokens":10,"messages":[{"role":"user","content":")" + text + R"("}]})";
   const int64_t input = static_cast<int64_t>(body.size() / 4);
   EXPECT_GE(input, 1'000);
-  EXPECT_EQ(estimate_tokens(body, s), 10 + input);
+  EXPECT_EQ(estimate(body, s), 10 + input);
   // Same max_tokens, a 4-byte-longer body: one more token.
   const std::string longer = R"({"max_tokens":10,"messages":[{"role":"user","content":")" + text + R"(abcd"}]})";
-  EXPECT_EQ(estimate_tokens(longer, s), estimate_tokens(body, s) + 1);
+  EXPECT_EQ(estimate(longer, s), estimate(body, s) + 1);
 }
 
 TEST(QuotaEstimate, NoMaxTokensIsDefaultReservation) {
   QuotaSettings s = settings();
   s.default_reservation = 777;
-  EXPECT_EQ(estimate_tokens(R"({"model":"glm-4.7","messages":[]})", s), 777);
+  EXPECT_EQ(estimate(R"({"model":"glm-4.7","messages":[]})", s), 777);
   // The input part is not added without max_tokens.
-  EXPECT_EQ(estimate_tokens(R"({"messages":[{"role":"user","content":")" + std::string(8'000, 'y') + R"("}]})", s), 777);
+  EXPECT_EQ(estimate(R"({"messages":[{"role":"user","content":")" + std::string(8'000, 'y') + R"("}]})", s), 777);
   // max_tokens that are not a positive integer do not count.
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":0})", s), 777);
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":-5})", s), 777);
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":"100"})", s), 777);
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":null})", s), 777);
+  EXPECT_EQ(estimate(R"({"max_tokens":0})", s), 777);
+  EXPECT_EQ(estimate(R"({"max_tokens":-5})", s), 777);
+  EXPECT_EQ(estimate(R"({"max_tokens":"100"})", s), 777);
+  EXPECT_EQ(estimate(R"({"max_tokens":null})", s), 777);
 }
 
 TEST(QuotaEstimate, CappedAtMaxReservation) {
   QuotaSettings s = settings();
   s.max_reservation = 1'000;
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":5000})", s), 1'000);
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":10})" + std::string(100'000, ' '), s), 1'000);  // input part too
+  EXPECT_EQ(estimate(R"({"max_tokens":5000})", s), 1'000);
+  EXPECT_EQ(estimate(R"({"max_tokens":10})" + std::string(100'000, ' '), s), 1'000);  // input part too
   s.default_reservation = 4'096;
-  EXPECT_EQ(estimate_tokens("{}", s), 1'000);  // the default reservation is capped as well
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":900})", s), 900 + 4);  // below the cap: unchanged
+  EXPECT_EQ(estimate("{}", s), 1'000);  // the default reservation is capped as well
+  EXPECT_EQ(estimate(R"({"max_tokens":900})", s), 900 + 4);  // below the cap: unchanged
 }
 
 // A client's max_tokens near INT64_MAX must still be capped at max_reservation (the overshoot
 // bound relies on the cap), without overflowing on the way (UBSan would abort).
 TEST(QuotaEstimate, HugeMaxTokensIsCapped) {
   const QuotaSettings s = settings();
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":9223372036854775000})", s), s.max_reservation);
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":9223372036854775807})", s), s.max_reservation);
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":9223372036854775800})", s), s.max_reservation);
+  EXPECT_EQ(estimate(R"({"max_tokens":9223372036854775000})", s), s.max_reservation);
+  EXPECT_EQ(estimate(R"({"max_tokens":9223372036854775807})", s), s.max_reservation);
+  EXPECT_EQ(estimate(R"({"max_tokens":9223372036854775800})", s), s.max_reservation);
 }
 
 TEST(QuotaEstimate, MalformedJsonIsDefaultReservation) {
   QuotaSettings s = settings();
   s.default_reservation = 321;
-  EXPECT_EQ(estimate_tokens(R"({"max_tokens":100)", s), 321);  // truncated
-  EXPECT_EQ(estimate_tokens("not json at all", s), 321);
-  EXPECT_EQ(estimate_tokens("", s), 321);
-  EXPECT_EQ(estimate_tokens("[1,2,3]", s), 321);  // not an object
-  EXPECT_EQ(estimate_tokens("100", s), 321);
+  EXPECT_EQ(estimate(R"({"max_tokens":100)", s), 321);  // truncated
+  EXPECT_EQ(estimate("not json at all", s), 321);
+  EXPECT_EQ(estimate("", s), 321);
+  EXPECT_EQ(estimate("[1,2,3]", s), 321);  // not an object
+  EXPECT_EQ(estimate("100", s), 321);
+}
+
+// Only the body's own top-level max_tokens counts (a nested one is a tool's or a message's), and a
+// key given twice counts with its last value, as a JSON parser keeps it.
+TEST(QuotaEstimate, OnlyTopLevelMembersCount) {
+  QuotaSettings s = settings();
+  s.default_reservation = 555;
+  EXPECT_EQ(estimate(R"({"messages":[{"max_tokens":100}],"metadata":{"max_tokens":200}})", s), 555);
+  const std::string twice = R"({"max_tokens":10,"max_tokens":100})";
+  EXPECT_EQ(estimate(twice, s), 100 + static_cast<int64_t>(twice.size() / 4));
+  // Only the members asked for are looked up, max_tokens first.
+  std::vector<std::string> asked;
+  const BodyMember member = [&](std::string_view name) -> std::optional<std::string_view> {
+    asked.emplace_back(name);
+    return name == "max_completion_tokens" ? std::optional<std::string_view>("7") : std::nullopt;
+  };
+  EXPECT_EQ(estimate_tokens(member, 40, s), 7 + 10);
+  EXPECT_EQ(asked, (std::vector<std::string>{"max_tokens", "max_completion_tokens"}));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@
 // the core does. FakeHost::on_store_put lets a test interleave another writer with the plugin's
 // store writes (e.g. an admin change landing between a plugin's read and its write).
 //
+// ABI 1.4: request_body_member finds a top-level member of the request body by walking its JSON
+// (FakeRequest::body; keys compared as written), as the core answers it from its scan.
+//
 // Test-only: header-only, depends on nothing but the C ABI, the standard library and dlopen
 // (link ${CMAKE_DL_LIBS}). It models the core's contract loosely (no hook-order enforcement, no
 // hop-by-hop rules); integration tests against the real binary remain the reference.
@@ -150,6 +153,32 @@ class JsonSyntax {
     if (!p.value(0)) return false;
     p.ws();
     return p.i_ == p.s_.size();
+  }
+
+  // The raw text of the last top-level member `key` of a valid JSON object (request_body_member).
+  // Keys are compared as written (the core compares them unescaped).
+  static std::optional<std::string_view> top_level_member(std::string_view text, std::string_view key) {
+    if (!valid(text)) return std::nullopt;
+    JsonSyntax p(text);
+    p.ws();
+    if (!p.eat('{')) return std::nullopt;
+    std::optional<std::string_view> found;
+    p.ws();
+    while (p.peek() == '"') {
+      const std::size_t key_begin = p.i_;
+      p.string();
+      const std::string_view name = text.substr(key_begin + 1, p.i_ - key_begin - 2);
+      p.ws();
+      p.eat(':');
+      p.ws();
+      const std::size_t value_begin = p.i_;
+      p.value(1);
+      if (name == key) found = text.substr(value_begin, p.i_ - value_begin);
+      p.ws();
+      p.eat(',');
+      p.ws();
+    }
+    return found;
   }
 
  private:
@@ -342,6 +371,14 @@ class FakeHost {
     };
     api_.request_body = [](glmp_request_host_ptr* r, const char** d, std::size_t* n) { out(req(r).body, d, n); };
     api_.request_set_body = [](glmp_request_host_ptr* r, const char* d, std::size_t n) { req(r).body.assign(d, n); };
+    api_.request_body_member = [](glmp_request_host_ptr* r, const char* name, std::size_t name_len, const char** v,
+                                  std::size_t* n) {
+      const auto raw = detail::JsonSyntax::top_level_member(req(r).body, std::string_view(name, name_len));
+      if (!raw) return 0;
+      *v = raw->data();
+      *n = raw->size();
+      return 1;
+    };
     api_.get_attribute = [](glmp_request_host_ptr* r, const char* name, std::size_t name_len, const char** v,
                             std::size_t* n) {
       auto& attrs = req(r).attributes;

@@ -568,6 +568,20 @@ class Request {
   std::string_view body() const { return get(api_->request_body); }
   // The core copies the body and recomputes Content-Length.
   void set_body(std::string_view body) { api_->request_set_body(handle_, detail::ptr(body), body.size()); }
+  // The body's top-level member `name` as raw JSON text, exactly as the client wrote it (ABI 1.4):
+  // a string keeps its quotes and escapes ("\"glm-4.7\""), a number is its digits ("64"), an
+  // object its braces. The core found it when it scanned the body, so nothing is parsed here:
+  // parse just this value when you need it (nlohmann::json::parse(*raw)). A key given twice
+  // yields its last value; a nested member (a "model" inside "messages") is never returned.
+  // nullopt when the body is not a JSON object or has no such member, in on_request_headers
+  // (no body yet), and on a host older than ABI 1.4.
+  std::optional<std::string_view> body_member(std::string_view name) const {
+    if (!GLMP_DETAIL_HOST_HAS(api_, request_body_member, 4u)) return std::nullopt;
+    const char* value = nullptr;
+    std::size_t len = 0;
+    if (api_->request_body_member(handle_, detail::ptr(name), name.size(), &value, &len) == 0) return std::nullopt;
+    return detail::view(value, len);
+  }
 
   // --- per-request attributes: how plugins talk to each other ("auth.key_id", ...) ---
   std::optional<std::string_view> attribute(std::string_view name) const {
