@@ -205,6 +205,14 @@ void Fanout::relay(std::string_view bytes) {
 }
 
 void Fanout::finish(const std::string& error, const Usage& usage) {
+  end(error.empty() ? ApiError{} : ApiError{502, error}, &usage);
+}
+
+void Fanout::fail(const ApiError& error) { end(error, nullptr); }
+
+// Ends every follower: those waiting for the head get `error` as a response of their own; started
+// ones complete (no error, with `usage`) or are cut with the error (and are charged `usage`).
+void Fanout::end(const ApiError& error, const Usage* usage) {
   if (closed_) return;
   Busy busy(*this);
   closed_ = true;
@@ -212,25 +220,13 @@ void Fanout::finish(const std::string& error, const Usage& usage) {
   for (size_t i = 0; i < n; ++i) {
     Follower& f = *followers_[i];
     if (f.state_ == Follower::State::Waiting) {
-      f.refuse({502, error.empty() ? "the response being followed ended without a head" : error});
-    } else if (error.empty()) {
-      f.complete(usage);
+      f.refuse(error.message.empty() ? ApiError{502, "the response being followed ended without a head"} : error);
+    } else if (error.message.empty() && usage) {
+      f.complete(*usage);
     } else {
-      f.ctx_.usage = usage;
-      f.cut(error);
+      if (usage) f.ctx_.usage = *usage;
+      f.cut(error.message);
     }
-  }
-}
-
-void Fanout::fail(const ApiError& error) {
-  if (closed_) return;
-  Busy busy(*this);
-  closed_ = true;
-  const size_t n = followers_.size();
-  for (size_t i = 0; i < n; ++i) {
-    Follower& f = *followers_[i];
-    if (f.state_ == Follower::State::Waiting) f.refuse(error);
-    else f.cut(error.message);
   }
 }
 

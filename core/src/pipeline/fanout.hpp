@@ -96,6 +96,7 @@ public:
   void fail(const ApiError& error);
 
 private:
+  void end(const ApiError& error, const Usage* usage);
   class Follower;
   friend class Follower;
   void start_follower(Follower& f);
