@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
+#include <charconv>
 #include <ctime>
 #include <sstream>
 
@@ -24,6 +24,13 @@ constexpr size_t kSmallWrite = 4 * 1024;     // writes below this are gathered u
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr auto kPollSlice = std::chrono::milliseconds(250);  // stop requests are noticed this fast
 
+// A chunk's size line ("1a2b\r\n") into `out` (24 bytes); its length. Per relayed piece: no printf.
+size_t chunk_size_line(char* out, size_t size) {
+  const auto r = std::to_chars(out, out + 20, size, 16);
+  r.ptr[0] = '\r';
+  r.ptr[1] = '\n';
+  return static_cast<size_t>(r.ptr + 2 - out);
+}
 
 // RFC 9110 IMF-fixdate, formatted once per second per thread.
 const std::string& http_date() {
@@ -463,8 +470,7 @@ bool Response::write(std::string_view body, bool chunk_frame) {
   if (!body.empty() && pending_.size() + body.size() < kSmallWrite) {
     if (chunk_frame) {
       char hex[24];
-      const int n = std::snprintf(hex, sizeof hex, "%zx\r\n", body.size());
-      pending_.append(hex, static_cast<size_t>(n));
+      pending_.append(hex, chunk_size_line(hex, body.size()));
     }
     pending_.append(body);
     if (chunk_frame) pending_.append("\r\n");
@@ -472,7 +478,7 @@ bool Response::write(std::string_view body, bool chunk_frame) {
   }
   char hex[24];
   int hex_len = 0;
-  if (chunk_frame && !body.empty()) hex_len = std::snprintf(hex, sizeof hex, "%zx\r\n", body.size());
+  if (chunk_frame && !body.empty()) hex_len = static_cast<int>(chunk_size_line(hex, body.size()));
   static const char crlf[] = "\r\n";
   iovec iov[4] = {{pending_.data(), pending_.size()},
                   {hex, static_cast<size_t>(hex_len)},
