@@ -28,6 +28,7 @@ EventLoop::EventLoop() {
   ev.events = EPOLLIN;
   ev.data.ptr = &g_wake;
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  spare_timers_.reserve(kSpareTimers);
 }
 
 EventLoop::~EventLoop() {
@@ -90,13 +91,27 @@ void EventLoop::arm(Timer& t, Clock::time_point at, std::function<void()> fn) {
   cancel(t);
   t.at = at;
   t.seq = next_seq_++;
-  timers_.emplace(std::make_pair(at, t.seq), std::move(fn));
+  if (spare_timers_.empty()) {
+    timers_.emplace(std::make_pair(at, t.seq), std::move(fn));
+    return;
+  }
+  TimerMap::node_type node = std::move(spare_timers_.back());
+  spare_timers_.pop_back();
+  node.key() = std::make_pair(at, t.seq);
+  node.mapped() = std::move(fn);
+  timers_.insert(std::move(node));
 }
 
 void EventLoop::cancel(Timer& t) {
   if (!t) return;
-  timers_.erase(std::make_pair(t.at, t.seq));
+  recycle(timers_.extract(std::make_pair(t.at, t.seq)));
   t.seq = 0;
+}
+
+void EventLoop::recycle(TimerMap::node_type node) {
+  if (!node) return;
+  node.mapped() = nullptr;  // what the callback captured goes now
+  if (spare_timers_.size() < kSpareTimers) spare_timers_.push_back(std::move(node));
 }
 
 void EventLoop::run_timers() {
@@ -104,6 +119,7 @@ void EventLoop::run_timers() {
   while (!timers_.empty() && timers_.begin()->first.first <= now_) {
     auto node = timers_.extract(timers_.begin());
     node.mapped()();
+    recycle(std::move(node));
   }
 }
 

@@ -60,8 +60,10 @@ public:
   Clock::time_point now() const { return now_; }
 
 private:
+  using TimerMap = std::map<std::pair<Clock::time_point, uint64_t>, std::function<void()>>;
   void drain_posted();
   void run_timers();
+  void recycle(TimerMap::node_type node);
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};
@@ -73,7 +75,11 @@ private:
   std::atomic<bool> wake_pending_{false};
 
   uint64_t next_seq_ = 1;
-  std::map<std::pair<Clock::time_point, uint64_t>, std::function<void()>> timers_;
+  TimerMap timers_;
+  // Nodes of cancelled and fired timers, reused by arm(): a request arms and cancels a few timers,
+  // and this way without a heap allocation each (at most kSpareTimers kept).
+  static constexpr size_t kSpareTimers = 64;
+  std::vector<TimerMap::node_type> spare_timers_;
   std::vector<std::unique_ptr<Watcher>> graveyard_;
 };
 
