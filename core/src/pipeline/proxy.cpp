@@ -189,7 +189,7 @@ void Proxy::map_headers(const Poco::Net::HTTPServerRequest& req, RequestContext&
   ctx.upstream_headers.erase("Forwarded");
   ctx.upstream_headers.erase("X-Real-IP");
   ctx.upstream_headers.erase("X-Forwarded-For");  // every copy the client sent
-  ctx.upstream_headers.add("X-Forwarded-For", req.clientAddress().host().toString());
+  ctx.upstream_headers.add("X-Forwarded-For", static_cast<const server::Request&>(req).connection().peer_host());
 }
 
 std::string Proxy::upstream_request(const RequestContext& ctx, const upstream::Pool& pool) const {

@@ -104,6 +104,11 @@ public:
 
   int fd() const { return fd_; }
   const Poco::Net::SocketAddress& peer() const { return peer_; }
+  // The peer's address as text ("127.0.0.1", "::1"), formatted once per connection.
+  const std::string& peer_host() const {
+    if (peer_host_.empty()) peer_host_ = peer_.host().toString();
+    return peer_host_;
+  }
   const Poco::Net::SocketAddress& local() const { return local_; }
   Request& request() { return *request_; }
   http::RequestParser& parser() { return parser_; }
@@ -127,6 +132,7 @@ private:
 
   int fd_;
   Poco::Net::SocketAddress peer_, local_;
+  mutable std::string peer_host_;
   const ConnectionLimits& limits_;
   std::atomic<int>* open_count_;
   const std::atomic<bool>* stopping_;
@@ -160,6 +166,7 @@ public:
   // Ready for the connection's next request.
   void reset();
   ClientConnection& connection() { return conn_; }
+  const ClientConnection& connection() const { return conn_; }
 
 private:
   ClientConnection& conn_;
