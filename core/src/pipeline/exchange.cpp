@@ -17,7 +17,7 @@ constexpr uint32_t kReadable = EPOLLIN | EPOLLRDHUP;
 
 bool is_event_stream(const std::string& ct) { return ct.rfind("text/event-stream", 0) == 0; }
 
-std::string ms(std::chrono::milliseconds d) { return format_ms(d); }
+std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
 
 }  // namespace
 
@@ -438,32 +438,23 @@ void Exchange::begin_response() {
     proxy_.stream_started();  // counted from the first byte relayed until the stream ends
     counted_stream_ = true;
   }
-  set_status(resp(), ctx_.upstream_status, uresp_.getReason());
-  // The server already stamped Date (and the upstream's is the one to keep): never send it twice.
-  if (ctx_.response_headers.has("Date")) resp().omit_date();
-  resp().forward_headers(&ctx_.response_headers);  // written after resp()'s own, never copied
-  for (const auto& [k, v] : ctx_.extra_response_headers) resp().add(k, v);
   // Responses that never carry a body (RFC 9110 §6.4.1): nothing to relay.
   const bool no_body = ctx_.method == "HEAD" || ctx_.upstream_status == 204 || ctx_.upstream_status == 304;
   known_length_ = upstream_length_ >= 0 && !hide_usage_chunk_;
-  if (no_body) {
-    resp().setContentLength64(std::max<int64_t>(upstream_length_, 0));
-  } else if (known_length_) {
-    resp().setContentLength64(upstream_length_);
-  } else {
-    resp().setChunkedTransferEncoding(true);
-  }
-  ctx_.status = ctx_.upstream_status;
-  resp().start();
+  const ResponseHead head{ctx_.upstream_status,
+                          uresp_.getReason(),
+                          &ctx_.response_headers,
+                          ctx_.response_headers.has("Date"),
+                          !no_body && !known_length_,
+                          no_body ? std::max<int64_t>(upstream_length_, 0) : upstream_length_,
+                          sse_};
+  sink_.start(head);
   if (!known_length_) {
     // Streams: the client sees the status at once, before the first event. (With a known length,
     // the headers wait for the body, so headers and first bytes leave in one write.)
     sink_.flush_head();
   }
-  if (fanout_) {
-    fanout_->start({ctx_.upstream_status, uresp_.getReason(), &ctx_.response_headers, ctx_.response_headers.has("Date"),
-                    !no_body && !known_length_, no_body ? std::max<int64_t>(upstream_length_, 0) : upstream_length_, sse_});
-  }
+  if (fanout_) fanout_->start(head);
   parser_->set_body_sink(
       [](void* list, std::string_view bytes) { static_cast<std::vector<std::string_view>*>(list)->push_back(bytes); }, &pieces_);
   pieces_.reserve(8);
@@ -656,7 +647,7 @@ void Exchange::finish_response() {
   keep_ = resp().finish() && !draining_ && !ctx_.client_gone && conn().body_complete();
   if (resp().failed()) ctx_.client_gone = true;
   if (conn().write_timed_out() && ctx_.error.empty())
-    ctx_.error = "client stopped reading for more than " + ms(proxy_.config().server.send_timeout);
+    ctx_.error = stopped_reading(proxy_.config().server.send_timeout);
   if (counted_stream_) {
     proxy_.stream_ended();
     counted_stream_ = false;
@@ -672,21 +663,10 @@ void Exchange::finish_response() {
 
 void Exchange::hand_back() {
   if (state_ == State::Finished) return;
-  const bool flushed = state_ == State::Flushing;
   state_ = State::Finished;
   loop_.ev().cancel(timer_);
-  sink_.cancel_send_timer();
   loop_.ev().cancel(resume_);
-  loop_.attach(conn(), nullptr);
-  if (flushed && ctx_.client_gone) keep_ = false;
-  conn().set_loop_writes(false);
-  if (ctx_.client_gone) {
-    sink_.close();  // nothing more can reach it
-  } else if (keep_) {
-    loop_.keep(sink_.release());
-  } else {
-    loop_.linger(sink_.release());
-  }
+  sink_.hand_back(keep_);  // a client gone is closed whatever keep_ says
   // Followers still flushing their end keep the exchange (and its fanout) until they are done.
   if (fanout_ && fanout_->pending() > 0) return;
   host_.exchange_finished(*this);

@@ -96,13 +96,7 @@ public:
 
   void hand_back() {
     state_ = State::Done;
-    sink_.cancel_send_timer();
-    std::unique_ptr<server::ClientConnection> conn = sink_.release();
-    fanout_.loop_.attach(*conn, nullptr);
-    conn->set_loop_writes(false);
-    if (ctx_.client_gone) conn.reset();
-    else if (keep_) fanout_.loop_.keep(std::move(conn));
-    else fanout_.loop_.linger(std::move(conn));
+    sink_.hand_back(keep_);
     fanout_.follower_done(*this);
   }
 
@@ -157,17 +151,9 @@ bool Fanout::attach(std::unique_ptr<server::ClientConnection>& conn, RequestCont
 }
 
 void Fanout::start_follower(Follower& f) {
-  server::Response& resp = f.sink_.resp();
-  RequestContext& ctx = f.ctx_;
-  if (draining_) resp.setKeepAlive(false);
-  set_status(resp, head_.status, head_.reason);
-  if (head_.omit_date) resp.omit_date();
-  resp.forward_headers(head_.headers);
-  for (const auto& [k, v] : ctx.extra_response_headers) resp.add(k, v);
-  if (head_.chunked) resp.setChunkedTransferEncoding(true);
-  else resp.setContentLength64(head_.content_length);
-  ctx.status = ctx.upstream_status = head_.status;
-  resp.start();
+  if (draining_) f.sink_.resp().setKeepAlive(false);
+  f.ctx_.upstream_status = head_.status;
+  f.sink_.start(head_);
   f.state_ = Follower::State::Live;
   // The body so far in one write (one chunk when chunked), then it follows live.
   if (!replay_.empty()) f.sink_.write(replay_);

@@ -20,13 +20,10 @@
 //
 // Loop thread only: no locks, no thread per follower.
 
-#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <Poco/Net/NameValueCollection.h>
 
 #include "pipeline/errors.hpp"
 #include "pipeline/request_context.hpp"
@@ -55,16 +52,6 @@ protected:
   ~FanoutOwner() = default;
 };
 
-// The response head as the exchange's own client got it.
-struct ResponseHead {
-  int status = 200;
-  std::string reason;
-  const Poco::Net::NameValueCollection* headers = nullptr;  // the upstream's, mapped; lives with the exchange
-  bool omit_date = false;
-  bool chunked = false;
-  int64_t content_length = 0;  // when not chunked
-  bool sse = false;
-};
 
 class Fanout {
 public:

@@ -1,10 +1,13 @@
 #include "pipeline/sink.hpp"
 
 #include "pipeline/errors.hpp"
+#include "pipeline/proxy.hpp"  // set_status
 
 namespace glmp::core::pipeline {
 
-std::string format_ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
+std::string stopped_reading(std::chrono::milliseconds send_timeout) {
+  return "client stopped reading for more than " + std::to_string(send_timeout.count()) + " ms";
+}
 
 ClientSink::ClientSink(server::Loop& loop, std::unique_ptr<server::ClientConnection> conn, RequestContext& ctx,
                        SinkOwner& owner, std::chrono::milliseconds send_timeout)
@@ -21,6 +24,18 @@ ClientSink::ClientSink(server::Loop& loop, std::unique_ptr<server::ClientConnect
 }
 
 ClientSink::~ClientSink() { loop_.ev().cancel(send_timer_); }
+
+void ClientSink::start(const ResponseHead& head) {
+  set_status(resp_, head.status, head.reason);
+  // The server stamps Date unless the upstream's is forwarded: never sent twice.
+  if (head.omit_date) resp_.omit_date();
+  resp_.forward_headers(head.headers);  // written after resp_'s own, never copied
+  for (const auto& [k, v] : ctx_.extra_response_headers) resp_.add(k, v);
+  if (head.chunked) resp_.setChunkedTransferEncoding(true);
+  else resp_.setContentLength64(head.content_length);
+  ctx_.status = head.status;
+  resp_.start();
+}
 
 bool ClientSink::flush_head() {
   const bool ok = resp_.flush();
@@ -43,11 +58,21 @@ void ClientSink::arm_send_timer() {
     if (!conn_ || conn_->queued() == 0) return;
     if (loop_.ev().now() - conn_->last_write_progress() < send_timeout_) return arm_send_timer();
     conn_->mark_write_timed_out();
-    owner_.sink_stalled(*this, "client stopped reading for more than " + format_ms(send_timeout_));
+    owner_.sink_stalled(*this, stopped_reading(send_timeout_));
   });
 }
 
 void ClientSink::cancel_send_timer() { loop_.ev().cancel(send_timer_); }
+
+void ClientSink::hand_back(bool keep) {
+  cancel_send_timer();
+  std::unique_ptr<server::ClientConnection> conn = std::move(conn_);
+  loop_.attach(*conn, nullptr);
+  conn->set_loop_writes(false);
+  if (ctx_.client_gone) return;  // nothing more can reach it: it closes here
+  if (keep) loop_.keep(std::move(conn));
+  else loop_.linger(std::move(conn));
+}
 
 std::string ClientSink::error_event(Flavour flavour, const std::string& message) const {
   const std::string body = sse_error_event(flavour, {502, message});

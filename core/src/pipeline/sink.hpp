@@ -8,9 +8,12 @@
 // split: frame, one sendmsg, queue the rest, arm the send deadline when something is queued.
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+
+#include <Poco/Net/NameValueCollection.h>
 
 #include "pipeline/request_context.hpp"
 #include "server/connection.hpp"
@@ -19,6 +22,18 @@
 namespace glmp::core::pipeline {
 
 class ClientSink;
+
+// A response's status line, headers and framing, as the exchange's own client and every
+// follower get it.
+struct ResponseHead {
+  int status = 200;
+  std::string reason;
+  const Poco::Net::NameValueCollection* headers = nullptr;  // the upstream's, mapped; lives with the exchange
+  bool omit_date = false;                                   // they carry the upstream's Date
+  bool chunked = false;
+  int64_t content_length = 0;  // when not chunked
+  bool sse = false;
+};
 
 // Told when a sink's client took nothing for send_timeout (the connection is marked timed out).
 class SinkOwner {
@@ -41,9 +56,12 @@ public:
   server::ClientConnection& conn() { return *conn_; }
   server::Response& resp() { return resp_; }
   RequestContext& ctx() { return ctx_; }
-  bool has_conn() const { return conn_ != nullptr; }
-  std::unique_ptr<server::ClientConnection> release() { return std::move(conn_); }
-  void close() { conn_.reset(); }
+  // The response is over: the connection goes back to the loop — closed when the client is gone
+  // (ctx.client_gone), else kept alive for its next request or closed after a lingering read.
+  void hand_back(bool keep);
+
+  // Starts the response with `head` (plus this request's own extra headers); sets ctx.status.
+  void start(const ResponseHead& head);
 
   // One body piece, framed by the response (a chunk when chunked). A failed write sets
   // ctx.client_gone; what the socket does not take is queued and the send deadline armed.
@@ -94,6 +112,7 @@ private:
   server::EventLoop::Timer send_timer_;
 };
 
-std::string format_ms(std::chrono::milliseconds d);
+// Why a client was cut for not reading ("client stopped reading for more than 30000 ms").
+std::string stopped_reading(std::chrono::milliseconds send_timeout);
 
 }  // namespace glmp::core::pipeline

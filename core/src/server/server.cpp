@@ -510,7 +510,7 @@ void Server::handle(Request& req, Response& resp) {
   if (resp.failed()) {
     ctx.client_gone = true;
     if (req.connection().write_timed_out())
-      ctx.error = "client stopped reading for more than " + std::to_string(cfg_.server.send_timeout.count()) + " ms";
+      ctx.error = pipeline::stopped_reading(cfg_.server.send_timeout);
   }
   request_finished(ctx);
 }
