@@ -449,9 +449,10 @@ void Exchange::begin_response() {
                           no_body ? std::max<int64_t>(upstream_length_, 0) : upstream_length_,
                           sse_};
   sink_.start(head);
-  if (!known_length_) {
+  if (!known_length_ && used_ == filled_) {
     // Streams: the client sees the status at once, before the first event. (With a known length,
-    // the headers wait for the body, so headers and first bytes leave in one write.)
+    // the headers wait for the body; body bytes that came with the headers leave with them in
+    // relay_from's one write.)
     sink_.flush_head();
   }
   if (fanout_) fanout_->start(head);
@@ -475,9 +476,11 @@ void Exchange::relay_from(size_t start) {
     upstream_error_ = "upstream '" + pool_.config().name + "' sent a broken response: " + parser_->error();
   else if (ev == http::ResponseParser::Event::MessageDone)
     upstream_done();  // released before the client sees the last byte: its next request finds it idle
-  // The pieces are views into buf_, relayed before the next read reuses it.
+  // The pieces are views into buf_, relayed before the next read reuses it: gathered, then one
+  // write for the whole read (the head too, when it came with body bytes of a stream).
   for (std::string_view piece : pieces_) emit(usage_->feed(piece), false);
   pieces_.clear();
+  sink_.flush();
   after_relay();
 }
 
@@ -501,11 +504,13 @@ void Exchange::upstream_done() {
 
 void Exchange::emit(std::string_view bytes, bool end) {
   if (!bytes.empty() || end) run_.response_body(ctx_, bytes, end);
-  write_client(bytes);
+  write_client(bytes, end);
 }
 
-void Exchange::write_client(std::string_view bytes) {
-  sink_.write(bytes);
+// Body bytes for every client; the own client's are gathered until relay_from's flush (unless
+// `flush`). Followers get each piece at once.
+void Exchange::write_client(std::string_view bytes, bool flush) {
+  sink_.write(bytes, flush);
   if (fanout_) fanout_->relay(bytes);
 }
 

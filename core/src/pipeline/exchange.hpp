@@ -103,7 +103,7 @@ private:
   void after_relay();
   void relay_from(size_t start);
   void end_relay();
-  void write_client(std::string_view bytes);
+  void write_client(std::string_view bytes, bool flush);
   void leader_left();
   server::ClientConnection& conn() { return sink_.conn(); }
   server::Response& resp() { return sink_.resp(); }

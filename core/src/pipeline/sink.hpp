@@ -65,7 +65,10 @@ public:
 
   // One body piece, framed by the response (a chunk when chunked). A failed write sets
   // ctx.client_gone; what the socket does not take is queued and the send deadline armed.
-  void write(std::string_view bytes) {
+  // With flush = false the piece is only gathered (small pieces wait in the response's buffer;
+  // a large one leaves at once with what was gathered) until flush(): the relay writes every
+  // piece of one upstream read, then flushes once, so one read costs one sendmsg.
+  void write(std::string_view bytes, bool flush = true) {
     if (bytes.empty() || ctx_.client_gone) return;
     if (bytes.size() >= 2) {
       tail_[0] = bytes[bytes.size() - 2];
@@ -74,13 +77,23 @@ public:
       tail_[0] = tail_[1];
       tail_[1] = bytes.back();
     }
-    const bool ok = resp_.write_body(bytes) && resp_.flush();
+    if (!resp_.write_body(bytes)) {
+      ctx_.client_gone = true;
+      return;
+    }
+    ctx_.bytes_out += bytes.size();
+    if (flush) this->flush();
+    else if (conn_->queued() > 0) arm_send_timer();  // a large piece left at once
+  }
+  // Sends what write(…, false) and start() gathered; sets ttfb with the first bytes.
+  void flush() {
+    if (ctx_.client_gone || !resp_.has_pending()) return;
+    const bool ok = resp_.flush();
     if (!ctx_.ttfb) ctx_.ttfb = Clock::now() - ctx_.start;
     if (!ok) {
       ctx_.client_gone = true;
       return;
     }
-    ctx_.bytes_out += bytes.size();
     if (conn_->queued() > 0) arm_send_timer();
   }
   // The head of a stream, at once (before the first event): sets ttfb; false when the client is gone.

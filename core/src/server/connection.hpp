@@ -195,6 +195,8 @@ public:
   void start();
   bool write_body(std::string_view bytes) { return write(bytes, chunked_); }
   bool flush() { return write({}, false); }
+  // Bytes gathered (the head, small body pieces) that flush() would send.
+  bool has_pending() const { return !pending_.empty(); }
   // X-Request-ID, written with the head (unless set as a header); `id` must outlive start().
   void set_request_id(const std::string* id) { request_id_ = id; }
   // No Date header of the proxy's own (the forwarded headers carry the upstream's).
