@@ -14,19 +14,22 @@
 #include "pipeline/headers.hpp"
 
 namespace pl = glmp::core::pipeline;
-using Headers = Poco::Net::NameValueCollection;
+using Client = Poco::Net::NameValueCollection;  // the client request's headers (Poco's)
+using Headers = glmp::core::http::Headers;      // the proxy's lists
 
 namespace {
 
 // Every value of `name` (case-insensitive), in collection order.
-std::vector<std::string> values_of(const Headers& h, const std::string& name) {
+template <class Fields>
+std::vector<std::string> values_of(const Fields& h, const std::string& name) {
   std::vector<std::string> out;
   for (const auto& [k, v] : h)
     if (pl::iequals(k, name)) out.push_back(v);
   return out;
 }
 
-bool has(const Headers& h, const std::string& name) { return !values_of(h, name).empty(); }
+template <class Fields>
+bool has(const Fields& h, const std::string& name) { return !values_of(h, name).empty(); }
 
 const std::vector<std::string> kHopByHop = {"Connection", "Keep-Alive", "Transfer-Encoding", "TE",
                                             "Trailer",    "Upgrade",    "Proxy-Connection"};
@@ -54,7 +57,7 @@ TEST(Headers, IsHopByHop) {
 }
 
 TEST(Headers, RequestDropsHopByHop) {
-  Headers client;
+  Client client;
   for (const auto& name : kHopByHop) client.add(name, "v");
   client.set("Connection", "keep-alive");
   client.add("Content-Type", "application/json");
@@ -66,7 +69,7 @@ TEST(Headers, RequestDropsHopByHop) {
 }
 
 TEST(Headers, RequestDropsHeadersNamedInConnection) {
-  Headers client;
+  Client client;
   client.add("Connection", "close, X-Hop-A ,x-hop-b");
   client.add("Connection", "X-Hop-C");  // a second Connection header counts too
   client.add("X-Hop-A", "1");
@@ -83,7 +86,7 @@ TEST(Headers, RequestDropsHeadersNamedInConnection) {
 }
 
 TEST(Headers, RequestNeverForwardsCredentialsHostLengthEncoding) {
-  Headers client;
+  Client client;
   client.add("Authorization", "Bearer pk_client");
   client.add("x-api-key", "pk_client2");
   client.add("X-API-KEY", "pk_client3");
@@ -103,8 +106,21 @@ TEST(Headers, RequestNeverForwardsCredentialsHostLengthEncoding) {
   EXPECT_EQ(values_of(out, "Accept"), std::vector<std::string>{"text/event-stream"});
 }
 
+TEST(Headers, RequestDropsTheClientsForwardingHeaders) {
+  Client client;
+  client.add("Forwarded", "for=10.0.0.1");
+  client.add("X-Real-IP", "10.0.0.2");
+  client.add("X-Forwarded-For", "10.0.0.3");
+  client.add("x-forwarded-for", "10.0.0.4");
+  client.add("X-Forwarded-Proto", "https");
+  Headers out;
+  pl::map_request_headers(client, out);
+  for (const char* name : {"Forwarded", "X-Real-IP", "X-Forwarded-For"}) EXPECT_FALSE(has(out, name)) << name;
+  EXPECT_EQ(values_of(out, "X-Forwarded-Proto"), std::vector<std::string>{"https"});
+}
+
 TEST(Headers, RequestForwardsEverythingElseWithDuplicates) {
-  Headers client;
+  Client client;
   client.add("X-Custom", "one");
   client.add("Content-Type", "application/json");
   client.add("anthropic-version", "2023-06-01");
@@ -124,7 +140,7 @@ TEST(Headers, RequestForwardsEverythingElseWithDuplicates) {
 }
 
 TEST(Headers, RequestKeepsWhatOutHad) {
-  Headers client;
+  Client client;
   client.add("X-A", "1");
   client.add("Authorization", "Bearer pk_1");
   Headers out;

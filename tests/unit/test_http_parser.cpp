@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <Poco/Net/HTTPRequest.h>
-#include <Poco/Net/HTTPResponse.h>
 
 #include "http/request_parser.hpp"
 #include "http/response_parser.hpp"
@@ -171,12 +170,14 @@ struct ParsedResponse {
   std::string body;
   std::string error;
   int status = 0;
+  int64_t content_length = -1;
+  std::vector<std::string> headers;
   bool keep_alive = false;
 };
 
 ParsedResponse parse_response(const std::string& bytes, bool eof, bool head_request = false) {
   ParsedResponse out;
-  Poco::Net::HTTPResponse head;
+  glmp::core::http::Headers head;
   ResponseParser p(head, head_request);
   p.set_body_sink([](void* u, std::string_view b) { static_cast<std::string*>(u)->append(b); }, &out.body);
   size_t pos = 0;
@@ -192,7 +193,9 @@ ParsedResponse parse_response(const std::string& bytes, bool eof, bool head_requ
   }
   if (eof && out.last != ResponseParser::Event::Error && out.last != ResponseParser::Event::MessageDone) out.last = p.finish();
   out.error = p.error();
-  out.status = static_cast<int>(head.getStatus());
+  out.status = p.status();
+  out.content_length = p.content_length();
+  for (const auto& [name, value] : head) out.headers.push_back(name + ": " + value);
   out.keep_alive = p.keep_alive();
   return out;
 }
@@ -210,6 +213,18 @@ TEST(ResponseParser, CompleteResponses) {
   EXPECT_EQ(r.body, "until close");
   r = parse_response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", false, true);  // HEAD: no body
   EXPECT_EQ(r.last, ResponseParser::Event::MessageDone);
+}
+
+TEST(ResponseParser, StatusReasonLengthAndHeadersOfTheFinalResponse) {
+  auto r = parse_response("HTTP/1.1 201 Made It\r\nContent-Length: 3\r\nX-A: 1  \r\nx-a: 2\r\n\r\nabc", false);
+  EXPECT_EQ(r.status, 201);
+  EXPECT_EQ(r.content_length, 3);
+  EXPECT_EQ(r.headers, (std::vector<std::string>{"Content-Length: 3", "X-A: 1", "x-a: 2"}));  // trailing blanks trimmed
+  r = parse_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false);
+  EXPECT_EQ(r.content_length, -1);
+  r = parse_response("HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+  EXPECT_EQ(r.headers, std::vector<std::string>{"Content-Length: 0"});  // the interim's fields are gone
+  EXPECT_EQ(r.content_length, 0);
 }
 
 TEST(ResponseParser, InterimResponsesAreSkipped) {

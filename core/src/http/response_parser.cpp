@@ -9,8 +9,8 @@ ResponseParser& self(llhttp_t* p) { return *static_cast<ResponseParser*>(p->data
 
 }  // namespace
 
-ResponseParser::ResponseParser(Poco::Net::HTTPResponse& head, bool head_request)
-    : head_(head), head_request_(head_request) {
+ResponseParser::ResponseParser(Headers& headers, bool head_request)
+    : headers_(headers), head_request_(head_request) {
   llhttp_settings_init(&settings_);
   settings_.on_message_begin = on_message_begin;
   settings_.on_status = on_status;
@@ -65,7 +65,7 @@ ResponseParser::Event ResponseParser::finish() {
 
 int ResponseParser::on_message_begin(llhttp_t* p) {
   auto& s = self(p);
-  s.head_.clear();
+  s.headers_.clear();
   s.reason_.clear();
   s.field_.clear();
   s.value_.clear();
@@ -91,8 +91,7 @@ int ResponseParser::on_header_value_complete(llhttp_t* p) {
   auto& s = self(p);
   size_t n = s.value_.size();
   while (n > 0 && (s.value_[n - 1] == ' ' || s.value_[n - 1] == '\t')) --n;
-  s.value_.resize(n);  // trimmed in place: add() copies it once
-  s.head_.add(s.field_, s.value_);
+  s.headers_.add(s.field_, std::string_view(s.value_.data(), n));
   s.field_.clear();
   s.value_.clear();
   return 0;
@@ -110,9 +109,9 @@ int ResponseParser::on_headers_complete(llhttp_t* p) {
     return 0;
   }
   s.interim_ = false;
-  s.head_.setStatus(std::to_string(status));
-  s.head_.setReason(s.reason_);
-  s.head_.setVersion(p->http_minor == 0 ? Poco::Net::HTTPMessage::HTTP_1_0 : Poco::Net::HTTPMessage::HTTP_1_1);
+  s.status_ = status;
+  // llhttp parsed Content-Length (one value, digits only; never with Transfer-Encoding).
+  s.content_length_ = (p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED) ? static_cast<int64_t>(p->content_length) : -1;
   s.headers_done_ = true;
   // Stop here so the caller maps the headers before any body byte; a HEAD response has no body,
   // so its message completes at once (and pauses in on_message_complete).

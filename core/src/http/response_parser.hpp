@@ -7,10 +7,11 @@
 
 #include <llhttp.h>
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
-#include <Poco/Net/HTTPResponse.h>
+#include "http/headers.hpp"
 
 namespace glmp::core::http {
 
@@ -19,8 +20,9 @@ public:
   enum class Event { NeedMore, HeadersDone, MessageDone, Error };
   using BodyFn = void (*)(void* user, std::string_view bytes);
 
+  // The final response's header fields go to `headers` (emptied when a response begins);
   // head_request: the request was HEAD, so the response has no body whatever it announces.
-  ResponseParser(Poco::Net::HTTPResponse& head, bool head_request);
+  ResponseParser(Headers& headers, bool head_request);
   ResponseParser(const ResponseParser&) = delete;
   ResponseParser& operator=(const ResponseParser&) = delete;
 
@@ -38,6 +40,11 @@ public:
   // Content-Length or chunked: the end is known without the connection closing.
   bool framed() const { return (parser_.flags & (F_CHUNKED | F_CONTENT_LENGTH)) != 0; }
   uint64_t body_bytes() const { return body_bytes_; }
+  // After HeadersDone: the final response's status, reason phrase, and Content-Length (-1
+  // without one).
+  int status() const { return status_; }
+  const std::string& reason() const { return reason_; }
+  int64_t content_length() const { return content_length_; }
   const std::string& error() const { return error_; }
 
 private:
@@ -50,13 +57,15 @@ private:
   static int on_body(llhttp_t*, const char*, size_t);
   static int on_message_complete(llhttp_t*);
 
-  Poco::Net::HTTPResponse& head_;
+  Headers& headers_;
   bool head_request_;
   llhttp_settings_t settings_{};
   llhttp_t parser_{};
   BodyFn sink_ = nullptr;
   void* sink_user_ = nullptr;
   std::string reason_, field_, value_;
+  int status_ = 0;
+  int64_t content_length_ = -1;
   size_t head_bytes_ = 0;
   uint64_t body_bytes_ = 0;
   bool interim_ = false;  // the message being parsed is a 1xx

@@ -15,7 +15,7 @@ constexpr size_t kHighWater = 256 * 1024;
 constexpr size_t kLowWater = 64 * 1024;
 constexpr uint32_t kReadable = EPOLLIN | EPOLLRDHUP;
 
-bool is_event_stream(const std::string& ct) { return ct.rfind("text/event-stream", 0) == 0; }
+bool is_event_stream(std::string_view ct) { return ct.substr(0, 17) == "text/event-stream"; }
 
 std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
 
@@ -43,6 +43,7 @@ Exchange::~Exchange() {
   if (waiting_) pool_.remove_waiter({loop_.index(), id_});
   if (up_) pool_.discard(std::move(up_), false);
   if (counted_stream_) proxy_.stream_ended();
+  http::Headers::recycle(upstream_head_);
   loop_.ev().cancel(timer_);
   loop_.ev().cancel(resume_);
 }
@@ -268,7 +269,7 @@ void Exchange::send_request() {
     }
   }
   state_ = State::AwaitHead;
-  parser_.emplace(uresp_, ctx_.method == "HEAD");
+  parser_.emplace(upstream_head_, ctx_.method == "HEAD");
   // The answer is read when its event comes (or came while the request was being written): no
   // speculative read that finds nothing.
   read_upstream();
@@ -417,11 +418,11 @@ void Exchange::on_timer() {
 
 void Exchange::on_head_parsed() {
   ctx_.upstream_time += Clock::now() - phase_start_;
-  ctx_.upstream_status = uresp_.getStatus();
-  // Read before the headers move out of uresp_.
-  sse_ = is_event_stream(uresp_.getContentType());
-  upstream_length_ = uresp_.hasContentLength() ? uresp_.getContentLength64() : -1;
-  map_response_headers(uresp_, ctx_.response_headers);
+  ctx_.upstream_status = parser_->status();
+  // Read before the headers move out of upstream_head_.
+  sse_ = is_event_stream(upstream_head_.get("Content-Type"));
+  upstream_length_ = parser_->content_length();
+  map_response_headers(upstream_head_, ctx_.response_headers);
   ctx_.response_headers.erase("X-Request-ID");  // the client gets the proxy's (resp() stamps it)
   state_ = State::ResponseHooks;
   // on_response_headers and on_response_body run on the loop for every plugin (ABI: they only
@@ -442,7 +443,7 @@ void Exchange::begin_response() {
   const bool no_body = ctx_.method == "HEAD" || ctx_.upstream_status == 204 || ctx_.upstream_status == 304;
   known_length_ = upstream_length_ >= 0 && !hide_usage_chunk_;
   const ResponseHead head{ctx_.upstream_status,
-                          uresp_.getReason(),
+                          parser_->reason(),
                           &ctx_.response_headers,
                           ctx_.response_headers.has("Date"),
                           !no_body && !known_length_,

@@ -24,8 +24,6 @@
 #include <string>
 #include <vector>
 
-#include <Poco/Net/HTTPResponse.h>
-
 #include "http/response_parser.hpp"
 #include "pipeline/fanout.hpp"
 #include "pipeline/proxy.hpp"
@@ -145,7 +143,7 @@ private:
   std::unique_ptr<upstream::Connection> up_;
   int attempt_ = 0;
   bool first_byte_ = false;
-  Poco::Net::HTTPResponse uresp_;
+  http::Headers upstream_head_ = http::Headers::recycled();  // the upstream's response headers as parsed
   std::optional<http::ResponseParser> parser_;
   size_t filled_ = 0, used_ = 0;
   std::vector<std::string_view> pieces_;

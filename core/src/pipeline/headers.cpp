@@ -13,6 +13,9 @@ namespace {
 constexpr std::string_view kHopByHop[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
                                           "transfer-encoding", "upgrade", "proxy-authenticate"};
 
+// Forwarding headers describe what this proxy saw, never what the client claims.
+constexpr std::string_view kForwarding[] = {"forwarded", "x-real-ip", "x-forwarded-for"};
+
 // Client credentials for the proxy itself: they must never reach the upstream.
 constexpr std::string_view kClientCredentials[] = {"authorization", "x-api-key", "proxy-authorization"};
 
@@ -24,16 +27,17 @@ bool in_list(std::string_view name, const std::string_view (&list)[N]) {
 }
 
 // The tokens of every Connection header ("close, x-foo" → {"close", "x-foo"}), read once per message.
-// Views into `headers`; a message names a handful at most.
-std::vector<std::string_view> connection_tokens(const Poco::Net::NameValueCollection& headers) {
+// Views into `headers`; a message names a handful at most (and usually none: no allocation).
+template <class Fields>
+std::vector<std::string_view> connection_tokens(const Fields& headers) {
   std::vector<std::string_view> tokens;
-  for (auto it = headers.find("Connection"); it != headers.end() && iequals(it->first, "Connection"); ++it) {
-    std::string_view v = it->second;
+  for (const auto& [name, v] : headers) {
+    if (!iequals(name, "Connection")) continue;
     size_t pos = 0;
     while (pos <= v.size()) {
       size_t comma = v.find(',', pos);
       if (comma == std::string_view::npos) comma = v.size();
-      std::string_view token = v.substr(pos, comma - pos);
+      std::string_view token = std::string_view(v).substr(pos, comma - pos);
       while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
       while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
       if (!token.empty()) tokens.push_back(token);
@@ -43,48 +47,37 @@ std::vector<std::string_view> connection_tokens(const Poco::Net::NameValueCollec
   return tokens;
 }
 
-bool in_tokens(std::string_view name, const std::vector<std::string_view>& tokens) {
-  for (auto t : tokens)
+template <class Token>
+bool in_tokens(std::string_view name, const std::vector<Token>& tokens) {
+  for (const auto& t : tokens)
     if (iequals(name, t)) return true;
   return false;
 }
 
-constexpr char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
-
 }  // namespace
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
-  return true;
-}
 
 bool is_hop_by_hop(std::string_view name) { return in_list(name, kHopByHop); }
 
-void map_request_headers(const Poco::Net::NameValueCollection& client, Poco::Net::NameValueCollection& out) {
+void map_request_headers(const Poco::Net::NameValueCollection& client, Headers& out) {
   const auto named = connection_tokens(client);
   for (const auto& [name, value] : client) {
-    if (is_hop_by_hop(name) || in_list(name, kClientCredentials) || iequals(name, "host") ||
-        iequals(name, "content-length") || iequals(name, "accept-encoding") || iequals(name, "expect") ||
-        in_tokens(name, named))
+    if (is_hop_by_hop(name) || in_list(name, kClientCredentials) || in_list(name, kForwarding) ||
+        iequals(name, "host") || iequals(name, "content-length") || iequals(name, "accept-encoding") ||
+        iequals(name, "expect") || in_tokens(name, named))
       continue;
     out.add(name, value);
   }
 }
 
-void map_response_headers(Poco::Net::NameValueCollection& upstream, Poco::Net::NameValueCollection& out) {
+void map_response_headers(Headers& upstream, Headers& out) {
   out.swap(upstream);
   upstream.clear();
-  // What does not pass, by name (NameValueCollection erases every header of a name at once): the
-  // names are copied first, since a Connection header's tokens are views into the collection.
-  std::vector<std::string> drop;
-  {
-    const auto named = connection_tokens(out);
-    for (const auto& [name, value] : out)
-      if (is_hop_by_hop(name) || iequals(name, "content-length") || in_tokens(name, named)) drop.push_back(name);
-  }
-  for (const auto& name : drop) out.erase(name);
+  // Connection's tokens are copied when there are any: erase_if moves the strings they view.
+  std::vector<std::string> named;
+  for (std::string_view token : connection_tokens(out)) named.emplace_back(token);
+  out.erase_if([&named](std::string_view name, std::string_view) {
+    return is_hop_by_hop(name) || iequals(name, "content-length") || in_tokens(name, named);
+  });
 }
 
 std::string remove_query_param(std::string_view query, std::string_view name) {

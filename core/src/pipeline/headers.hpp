@@ -13,19 +13,24 @@
 
 #include <Poco/Net/NameValueCollection.h>
 
+#include "http/headers.hpp"
+
 namespace glmp::core::pipeline {
 
-bool iequals(std::string_view a, std::string_view b);
+using http::Headers;
+using http::iequals;
 
 // True for headers that describe one connection and never cross a proxy.
 bool is_hop_by_hop(std::string_view name);
 
-// Copies client request headers into `out` for the upstream (see above). `out` keeps what it had.
-void map_request_headers(const Poco::Net::NameValueCollection& client, Poco::Net::NameValueCollection& out);
+// Copies client request headers into `out` for the upstream (see above), and drops the
+// forwarding headers the client sent (Forwarded, X-Real-IP, X-Forwarded-For): they describe what
+// this proxy saw, and the proxy adds its own X-Forwarded-For. `out` keeps what it had.
+void map_request_headers(const Poco::Net::NameValueCollection& client, Headers& out);
 
-// Moves upstream response headers into `out` (which must be empty) for the client (see above),
-// without copying a string; `upstream` is left empty.
-void map_response_headers(Poco::Net::NameValueCollection& upstream, Poco::Net::NameValueCollection& out);
+// Moves upstream response headers into `out` (whose slots go to `upstream`, emptied) for the
+// client (see above), without copying a string.
+void map_response_headers(Headers& upstream, Headers& out);
 
 // Removes every `name=…` parameter (exact name, before percent-decoding) from a raw query string
 // (without '?'), keeping the other parameters byte for byte and in order.

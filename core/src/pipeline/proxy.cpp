@@ -184,11 +184,9 @@ bool Proxy::finalize_body(RequestContext& ctx) const {
 }
 
 void Proxy::map_headers(const Poco::Net::HTTPServerRequest& req, RequestContext& ctx) const {
-  map_request_headers(req, ctx.upstream_headers);  // before the headers phase: its hooks read them
-  // Forwarding headers describe what this proxy saw, never what the client claims.
-  ctx.upstream_headers.erase("Forwarded");
-  ctx.upstream_headers.erase("X-Real-IP");
-  ctx.upstream_headers.erase("X-Forwarded-For");  // every copy the client sent
+  // Before the headers phase: its hooks read them. The client's forwarding headers are dropped
+  // there; the proxy says who it saw.
+  map_request_headers(req, ctx.upstream_headers);
   ctx.upstream_headers.add("X-Forwarded-For", static_cast<const server::Request&>(req).connection().peer_host());
 }
 

@@ -10,9 +10,9 @@
 
 #include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerResponse.h>
-#include <Poco/Net/NameValueCollection.h>
 
 #include "config/config.hpp"
+#include "http/headers.hpp"
 #include "pipeline/json_body.hpp"
 #include "pipeline/usage.hpp"
 
@@ -28,6 +28,17 @@ struct EarlyResponse {
 };
 
 struct RequestContext {
+  RequestContext() = default;
+  RequestContext(const RequestContext&) = default;
+  RequestContext(RequestContext&&) = default;
+  RequestContext& operator=(const RequestContext&) = default;
+  RequestContext& operator=(RequestContext&&) = default;
+  // The header lists' slots go back to this thread's spares, for the next request's context.
+  ~RequestContext() {
+    http::Headers::recycle(upstream_headers);
+    http::Headers::recycle(response_headers);
+  }
+
   // Request
   std::string request_id;
   std::string method;
@@ -42,7 +53,7 @@ struct RequestContext {
   // request_set_body clears body_scanned, and the next reader scans the new body.
   TopLevelScan body_scan;
   bool body_scanned = false;
-  Poco::Net::NameValueCollection upstream_headers;  // what goes upstream (after mapping); plugins may edit; Host, X-Request-ID, Accept-Encoding, Content-Length and the upstream credential are the proxy's, added when the request is written
+  http::Headers upstream_headers = http::Headers::recycled();  // what goes upstream (after mapping); plugins may edit; Host, X-Request-ID, Accept-Encoding, Content-Length and the upstream credential are the proxy's, added when the request is written
   std::string client_model;     // the model the client asked for ("" if none)
   std::optional<std::string> model;  // the model to send upstream; set by [proxy] model, then plugins
   std::vector<std::pair<std::string, std::string>> attributes;  // "auth.key_id" → …
@@ -57,7 +68,7 @@ struct RequestContext {
   std::optional<EarlyResponse> early_response;  // a plugin answered; no upstream call
   int status = 0;              // status sent to the client
   int upstream_status = 0;     // 0 = no upstream response
-  Poco::Net::NameValueCollection response_headers;  // upstream response headers as sent to the client
+  http::Headers response_headers = http::Headers::recycled();  // upstream response headers as sent to the client
   Usage usage;
   bool client_gone = false;
   std::string error;           // why the proxy failed the request, for the log ("" = no error)

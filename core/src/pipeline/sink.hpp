@@ -13,8 +13,6 @@
 #include <string>
 #include <string_view>
 
-#include <Poco/Net/NameValueCollection.h>
-
 #include "pipeline/request_context.hpp"
 #include "server/connection.hpp"
 #include "server/engine.hpp"
@@ -28,7 +26,7 @@ class ClientSink;
 struct ResponseHead {
   int status = 200;
   std::string reason;
-  const Poco::Net::NameValueCollection* headers = nullptr;  // the upstream's, mapped; lives with the exchange
+  const http::Headers* headers = nullptr;  // the upstream's, mapped; lives with the exchange
   bool omit_date = false;                                   // they carry the upstream's Date
   bool chunked = false;
   int64_t content_length = 0;  // when not chunked

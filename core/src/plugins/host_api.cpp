@@ -25,9 +25,10 @@ void out(const std::string& s, const char** data, size_t* len) {
   *len = s.size();
 }
 
-// The index-th value of `name` in a header collection.
-int header_at(const Poco::Net::NameValueCollection& headers, const char* name, size_t name_len, size_t index,
-              const char** value, size_t* value_len) {
+// The index-th value of `name` in a header list (the proxy's, or the client request's Poco one).
+template <class Fields>
+int header_at(const Fields& headers, const char* name, size_t name_len, size_t index, const char** value,
+              size_t* value_len) {
   const std::string_view wanted(name, name_len);
   size_t seen = 0;
   for (const auto& [k, v] : headers) {
@@ -73,11 +74,13 @@ void request_set_model(glmp_request_host_ptr* r, const char* m, size_t n) {
 int request_header(glmp_request_host_ptr* r, const char* name, size_t nl, size_t index, const char** v, size_t* vl) {
   return header_at(C(r).upstream_headers, name, nl, index, v, vl);
 }
-void request_remove_header(glmp_request_host_ptr* r, const char* name, size_t nl) { C(r).upstream_headers.erase(S(name, nl)); }
+void request_remove_header(glmp_request_host_ptr* r, const char* name, size_t nl) {
+  C(r).upstream_headers.erase(std::string_view(name, nl));
+}
 void request_set_header(glmp_request_host_ptr* r, const char* name, size_t nl, const char* v, size_t vl) {
   auto& h = C(r).upstream_headers;
-  h.erase(S(name, nl));
-  h.add(S(name, nl), S(v, vl));
+  h.erase(std::string_view(name, nl));
+  h.add(std::string_view(name, nl), std::string_view(v ? v : "", vl));
 }
 
 void request_body(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r).body, d, n); }
@@ -116,7 +119,7 @@ void response_set_header(glmp_request_host_ptr* r, const char* name, size_t nl, 
     ctx.extra_response_headers.emplace_back(std::move(key), S(v, vl));
   } else {
     ctx.response_headers.erase(key);
-    ctx.response_headers.add(key, S(v, vl));
+    ctx.response_headers.add(key, std::string_view(v ? v : "", vl));
   }
 }
 void response_remove_header(glmp_request_host_ptr* r, const char* name, size_t nl) {

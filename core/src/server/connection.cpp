@@ -423,7 +423,7 @@ std::string Response::head_block() {
   block += ' ';
   block += getReason().empty() ? pipeline::reason_phrase(status) : getReason();
   block += "\r\n";
-  auto append = [&block](const Poco::Net::NameValueCollection& headers) {
+  auto append = [&block](const auto& headers) {
     for (const auto& [name, value] : headers) {
       block += name;
       block += ": ";

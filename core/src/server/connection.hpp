@@ -27,6 +27,7 @@
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/SocketAddress.h>
 
+#include "http/headers.hpp"
 #include "http/request_parser.hpp"
 
 namespace glmp::core::server {
@@ -203,7 +204,7 @@ public:
   void omit_date() { stamp_date_ = false; }
   // Headers sent after this response's own (the upstream's, already filtered), not copied into it.
   // The collection must outlive start().
-  void forward_headers(const Poco::Net::NameValueCollection* headers) { forwarded_ = headers; }
+  void forward_headers(const http::Headers* headers) { forwarded_ = headers; }
 
   // Ends the response (flush; the terminating chunk unless aborted). Returns true when the
   // connection may carry another request.
@@ -223,7 +224,7 @@ private:
   bool keep_alive_;
   bool sent_ = false, chunked_ = false, aborted_ = false, failed_ = false, finished_ = false;
   std::string pending_;  // header block and small writes not sent yet
-  const Poco::Net::NameValueCollection* forwarded_ = nullptr;
+  const http::Headers* forwarded_ = nullptr;
   const std::string* request_id_ = nullptr;
   bool stamp_date_ = true;
   std::unique_ptr<StreamBuf> buf_;
