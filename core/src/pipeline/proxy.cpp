@@ -198,7 +198,7 @@ std::string Proxy::upstream_request(const RequestContext& ctx, const upstream::P
   out += ctx.method;
   out += ' ';
   out += pool.base_path();
-  out += Router::upstream_path(*ctx.route, ctx.path);
+  Router::append_upstream_path(out, *ctx.route, ctx.path);
   if (!query.empty()) out.append(1, '?').append(query);
   out += " HTTP/1.1\r\n";
   // The client's (mapped, plugin-edited) headers, minus the ones the proxy sets itself below;

@@ -24,11 +24,16 @@ const config::RouteConfig* Router::match(std::string_view path) const {
   return nullptr;
 }
 
-std::string Router::upstream_path(const config::RouteConfig& route, std::string_view path) {
+void Router::append_upstream_path(std::string& out, const config::RouteConfig& route, std::string_view path) {
   if (!route.strip_prefix.empty() && path.substr(0, route.strip_prefix.size()) == route.strip_prefix)
     path.remove_prefix(route.strip_prefix.size());
-  std::string out(path);
-  if (out.empty() || out.front() != '/') out.insert(out.begin(), '/');
+  if (path.empty() || path.front() != '/') out += '/';
+  out += path;
+}
+
+std::string Router::upstream_path(const config::RouteConfig& route, std::string_view path) {
+  std::string out;
+  append_upstream_path(out, route, path);
   return out;
 }
 

@@ -21,6 +21,8 @@ public:
 
   // The path to request from the upstream (before the upstream's base path is prepended).
   static std::string upstream_path(const config::RouteConfig& route, std::string_view path);
+  // The same, appended to `out` (the request line being written).
+  static void append_upstream_path(std::string& out, const config::RouteConfig& route, std::string_view path);
 
   // The flavour errors should use for a path no route matched: Anthropic for /v1/messages*, else OpenAI.
   static Flavour guess_flavour(std::string_view path);

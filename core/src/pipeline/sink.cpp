@@ -31,8 +31,7 @@ void ClientSink::start(const ResponseHead& head) {
   if (head.omit_date) resp_.omit_date();
   resp_.forward_headers(head.headers);  // written after resp_'s own, never copied
   for (const auto& [k, v] : ctx_.extra_response_headers) resp_.add(k, v);
-  if (head.chunked) resp_.setChunkedTransferEncoding(true);
-  else resp_.setContentLength64(head.content_length);
+  resp_.set_framing(head.chunked, head.content_length);
   ctx_.status = head.status;
   resp_.start();
 }

@@ -410,10 +410,11 @@ std::string Response::head_block() {
   // a short one is skipped after the response, anything else closes the connection.
   if (conn_.body_pending() && (conn_.parser().chunked() || conn_.parser().content_length() > 64 * 1024)) keep_alive_ = false;
   if (!getKeepAlive()) keep_alive_ = false;
-  chunked_ = getChunkedTransferEncoding();
+  chunked_ = framing_ == Framing::Headers ? getChunkedTransferEncoding() : framing_ == Framing::Chunked;
   const int status = static_cast<int>(getStatus());
   const bool bodiless = head_request_ || status == 204 || status == 304 || status < 200;
-  if (!chunked_ && !hasContentLength() && !bodiless) keep_alive_ = false;  // ends with the connection
+  const bool has_length = framing_ == Framing::Headers ? hasContentLength() : framing_ == Framing::Length;
+  if (!chunked_ && !has_length && !bodiless) keep_alive_ = false;  // ends with the connection
   erase("Connection");
   erase("Keep-Alive");
   std::string block;
@@ -440,6 +441,15 @@ std::string Response::head_block() {
   if (request_id_ && !has("X-Request-ID")) {
     block += "X-Request-ID: ";
     block += *request_id_;
+    block += "\r\n";
+  }
+  if (framing_ == Framing::Chunked) {
+    block += "Transfer-Encoding: chunked\r\n";
+  } else if (framing_ == Framing::Length) {
+    char digits[24];
+    const auto r = std::to_chars(digits, digits + sizeof digits, length_);
+    block += "Content-Length: ";
+    block.append(digits, r.ptr);
     block += "\r\n";
   }
   append(*this);

@@ -205,6 +205,12 @@ public:
   // Headers sent after this response's own (the upstream's, already filtered), not copied into it.
   // The collection must outlive start().
   void forward_headers(const http::Headers* headers) { forwarded_ = headers; }
+  // The relay's framing, kept here rather than as Transfer-Encoding / Content-Length headers in
+  // the Poco collection (which head_block would search): chunked, or exactly `length` bytes.
+  void set_framing(bool chunked, int64_t length) {
+    framing_ = chunked ? Framing::Chunked : Framing::Length;
+    length_ = length;
+  }
 
   // Ends the response (flush; the terminating chunk unless aborted). Returns true when the
   // connection may carry another request.
@@ -225,6 +231,9 @@ private:
   bool sent_ = false, chunked_ = false, aborted_ = false, failed_ = false, finished_ = false;
   std::string pending_;  // header block and small writes not sent yet
   const http::Headers* forwarded_ = nullptr;
+  enum class Framing { Headers, Chunked, Length };  // Headers: whatever the Poco collection says
+  Framing framing_ = Framing::Headers;
+  int64_t length_ = 0;
   const std::string* request_id_ = nullptr;
   bool stamp_date_ = true;
   std::unique_ptr<StreamBuf> buf_;
