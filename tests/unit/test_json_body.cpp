@@ -239,6 +239,43 @@ TEST(JsonBodyScan, LongStringsWithEscapesAndUnicodeAcrossTheFastPath) {
   }
 }
 
+TEST(JsonBodyScan, FirstSpecialByteOfAWordIsFoundExactly) {
+  // The fast path reads eight bytes at a time and jumps to the first special one: a bad byte at any
+  // position (of keys, top-level values and nested values) is reported at its exact offset, also
+  // when several specials share a word.
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"\x01", "control character in string"}, {"\x1F", "control character in string"},
+      {"\xFF", "invalid UTF-8"},                {"\x80", "invalid UTF-8"},
+      {"\\x", "invalid escape"},               {"\x02\"\\", "control character in string"},
+      {"\xC0\x01", "invalid UTF-8"}};
+  for (size_t len = 0; len < 20; ++len) {
+    for (size_t at = 0; at <= len; ++at) {
+      for (const auto& [bytes, message] : bad) {
+        std::string s(len, 'a');
+        s.insert(at, bytes);
+        for (const std::string& prefix : {std::string("{\""), std::string("{\"k\":\""), std::string("[1,{\"k\":[\"")}) {
+          const std::string body = prefix + s + "\"}";
+          const TopLevelScan scan = scan_top_level(body);
+          ASSERT_FALSE(scan.ok) << body;
+          EXPECT_EQ(scan.error_offset, prefix.size() + at) << body << " -> " << scan.error;
+          EXPECT_NE(scan.error.find(message), std::string::npos) << body << " -> " << scan.error;
+        }
+      }
+      // Plain ASCII up to the closing quote, wherever it falls in a word.
+      const std::string key(at, 'k');
+      const std::string value(len, 'v');
+      const std::string body = "{\"" + key + "\":\"" + value + "\",\"n\":[\"" + value + "\"]}";
+      const TopLevelScan scan = scan_top_level(body);
+      ASSERT_TRUE(scan.ok) << body << scan.error;
+      ASSERT_EQ(scan.members.size(), 2u);
+      EXPECT_EQ(scan.members[0].key, key);
+      EXPECT_EQ(json_string_value(body, scan.members[0]), value);
+      EXPECT_EQ(scan.members[1].key, "n");
+      EXPECT_EQ(scan.members[1].value_end, body.size() - 1);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // value helpers
 

@@ -496,6 +496,28 @@ TEST(UsagePlainJson, OversizeUsageValueIsIgnored) {
   // A later, normal-sized duplicate is still read.
   const std::string dup = R"({"usage":{"prompt_tokens":1,)" + pad + R"("completion_tokens":2},"usage":{"prompt_tokens":7}})";
   EXPECT_EQ(run_sized(Flavour::OpenAI, false, false, dup, 4096).usage.input_tokens, 7);
+  // The same in one chunk (the value is read where it is, without a copy).
+  EXPECT_FALSE(run_whole(Flavour::OpenAI, false, false, body).usage.seen);
+  EXPECT_EQ(run_whole(Flavour::OpenAI, false, false, dup).usage.input_tokens, 7);
+  // Exactly at the cap it is still read.
+  const std::string value = R"({"prompt_tokens":3})";
+  const std::string at_cap = "{\"usage\":" + value + std::string(UsageExtractor::kMaxUsageValueBytes - value.size(), ' ') + "}";
+  EXPECT_EQ(run_whole(Flavour::OpenAI, false, false, at_cap).usage.input_tokens, 3);
+  EXPECT_EQ(run_sized(Flavour::OpenAI, false, false, at_cap, 1000).usage.input_tokens, 3);
+}
+
+TEST(UsagePlainJson, KeysAndValuesSplitAnywhere) {
+  // Keys with escapes, long keys (never "usage"), numbers and literals, the usage value last or
+  // not, cut at every byte and fed in small pieces.
+  const std::string body =
+      "{\"a\\\"b\":\"x\\\\\",\"n\":-12.5e3,\"t\":true,\"" + std::string(70, 'k') +
+      "\":null,\"usage_\":{\"prompt_tokens\":8},\"\\u0075sage\":{\"prompt_tokens\":4,\"completion_tokens\":5},"
+      "\"list\":[1,\"usage\",{\"usage\":{\"prompt_tokens\":9}}],\"z\":0}";
+  check_every_split(Flavour::OpenAI, false, false, body, make_usage(4, 5, 0, 0, 0), body, 0);
+  for (size_t size : {1, 2, 3, 5, 7, 11}) {
+    const Outcome r = run_sized(Flavour::OpenAI, false, false, body, size);
+    EXPECT_TRUE(same_usage(r.usage, make_usage(4, 5, 0, 0, 0))) << size << describe(r.usage);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 #include "http/request_parser.hpp"
 
+#include <array>
 #include <cstring>
 
 #include "pipeline/headers.hpp"  // iequals
@@ -10,10 +11,34 @@ namespace {
 RequestParser& self(llhttp_t* p) { return *static_cast<RequestParser*>(p->data); }
 
 // RFC 9110 tchar: the characters a header name may contain.
-bool is_tchar(unsigned char c) {
-  if (c >= '0' && c <= '9') return true;
-  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return true;
-  return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != 0;
+constexpr std::array<bool, 256> kTchar = [] {
+  std::array<bool, 256> t{};
+  for (int c = '0'; c <= '9'; ++c) t[c] = true;
+  for (int c = 'a'; c <= 'z'; ++c) t[c] = t[c - 'a' + 'A'] = true;
+  for (const char c : std::string_view("!#$%&'*+-.^_`|~")) t[static_cast<unsigned char>(c)] = true;
+  return t;
+}();
+
+// Bytes a header value may not contain: control characters other than HTAB, and DEL.
+constexpr std::array<bool, 256> kValueControl = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 0x20; ++c) t[c] = c != '\t';
+  t[0x7f] = true;
+  return t;
+}();
+
+// A piece of the request line (up to its '\n' or the end of the data fed; `prev` is the byte
+// before it): exactly one SP between its three parts (RFC 9112 §3), which llhttp does not insist
+// on, so no HTAB and no SP after a SP.
+bool request_line_ok(const char* p, size_t n, char prev) {
+  if (std::memchr(p, '\t', n) != nullptr) return false;
+  const char* const end = p + n;
+  const char* sp = p;
+  while ((sp = static_cast<const char*>(std::memchr(sp, ' ', static_cast<size_t>(end - sp)))) != nullptr) {
+    if ((sp == p ? prev : sp[-1]) == ' ') return false;
+    ++sp;
+  }
+  return true;
 }
 
 std::string_view trim(std::string_view s) {
@@ -69,16 +94,22 @@ int RequestParser::fail(int status, std::string message) {
 
 // obs-fold (a line starting with SP/HTAB inside the header section) is refused: RFC 9112 §5.2
 // lets a server reject it, and a proxy that unfolds differently from its upstream is a smuggling
-// vector. llhttp accepts it, so the header bytes are scanned here.
+// vector. llhttp accepts it, so the header bytes are scanned here: only the byte after each '\n'
+// matters for it, so the scan hops from line to line (memchr), and checks the request line.
 bool RequestParser::scan_header_bytes(const char* data, size_t len) {
-  for (size_t i = 0; i < len; ++i) {
-    const char c = data[i];
-    if ((c == ' ' || c == '\t') && last_byte_ == '\n') return false;
-    // The request line: exactly one SP between its three parts (RFC 9112 §3), which llhttp
-    // does not insist on.
-    if (first_line_ && (c == '\t' || (c == ' ' && last_byte_ == ' '))) return false;
-    if (c == '\n') first_line_ = false;
-    last_byte_ = c;
+  size_t i = 0;
+  while (i < len) {
+    if (last_byte_ == '\n' && (data[i] == ' ' || data[i] == '\t')) return false;
+    const void* lf = std::memchr(data + i, '\n', len - i);
+    const size_t line_end = lf == nullptr ? len : static_cast<size_t>(static_cast<const char*>(lf) - data);
+    if (first_line_ && !request_line_ok(data + i, line_end - i, last_byte_)) return false;
+    if (lf == nullptr) {
+      last_byte_ = data[len - 1];
+      break;
+    }
+    first_line_ = false;
+    last_byte_ = '\n';
+    i = line_end + 1;
   }
   return true;
 }
@@ -170,9 +201,9 @@ int RequestParser::on_header_value_complete(llhttp_t* p) {
   if (++s.header_count_ > s.limits_.max_headers)
     return s.fail(431, "more than " + std::to_string(s.limits_.max_headers) + " request headers");
   for (unsigned char c : s.field_)
-    if (!is_tchar(c)) return s.fail(400, "invalid character in a header name (whitespace before the colon?)");
+    if (!kTchar[c]) return s.fail(400, "invalid character in a header name (whitespace before the colon?)");
   for (unsigned char c : s.value_)
-    if (c == 0x7f || (c < 0x20 && c != '\t')) return s.fail(400, "control character in a header value");
+    if (kValueControl[c]) return s.fail(400, "control character in a header value");
   const std::string_view v = trim(s.value_);
   const size_t begin = static_cast<size_t>(v.data() - s.value_.data());
   s.value_.erase(begin + v.size()).erase(0, begin);  // trimmed in place: add() copies it once

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <charconv>
 #include <cstring>
 #include <stdexcept>
@@ -74,18 +75,41 @@ void append_utf8(std::string& out, uint32_t cp) {
   }
 }
 
-// True when one of the 8 bytes of `w` is '"', '\\', a control character (< 0x20) or >= 0x80.
-// Existence is exact (borrows only propagate upwards from a byte that matched itself).
-inline bool word_has_string_special(uint64_t w) {
+// The high bit of each of the 8 bytes of `w` (in memory order) that is '"', '\\', a control
+// character (< 0x20) or >= 0x80 is set; the lowest flagged byte is exact (a borrow only propagates
+// upwards from a byte that matched itself), a byte above it may be flagged wrongly.
+inline uint64_t string_special_bits(uint64_t w) {
   constexpr uint64_t kOnes = 0x0101010101010101ULL;
   constexpr uint64_t kHighs = 0x8080808080808080ULL;
   const uint64_t q = w ^ (kOnes * '"');
   const uint64_t b = w ^ (kOnes * '\\');
-  const uint64_t hits = ((q - kOnes) & ~q) | ((b - kOnes) & ~b) | ((w - kOnes * 0x20) & ~w) | w;
-  return (hits & kHighs) != 0;
+  return (((q - kOnes) & ~q) | ((b - kOnes) & ~b) | ((w - kOnes * 0x20) & ~w) | w) & kHighs;
+}
+
+// Index (0..7, in memory order) of the lowest flagged byte of a non-zero string_special_bits().
+inline size_t first_flagged_byte(uint64_t bits) {
+  if constexpr (std::endian::native == std::endian::little) {
+    return static_cast<size_t>(std::countr_zero(bits)) / 8;
+  } else {
+    return static_cast<size_t>(std::countl_zero(bits)) / 8;
+  }
 }
 
 inline bool is_string_special(unsigned char c) { return c == '"' || c == '\\' || c < 0x20 || c >= 0x80; }
+
+// Offset of the first '"', '\\', control character or byte >= 0x80 in s[i, s.size()), or s.size().
+// Plain ASCII is skipped eight bytes at a time.
+inline size_t find_string_special(std::string_view s, size_t i) {
+  const size_t n = s.size();
+  while (i + 8 <= n) {
+    uint64_t w;
+    std::memcpy(&w, s.data() + i, sizeof w);
+    if (const uint64_t bits = string_special_bits(w)) return i + first_flagged_byte(bits);
+    i += 8;
+  }
+  while (i < n && !is_string_special(byte_at(s, i))) ++i;
+  return i;
+}
 
 std::string describe_byte(unsigned char c) {
   if (c >= 0x20 && c < 0x7F) return std::string("'") + static_cast<char>(c) + "'";
@@ -102,7 +126,7 @@ class Scanner {
   Scanner(std::string_view body, TopLevelScan& out) : s_(body), n_(body.size()), out_(out) {}
 
   bool run() {
-    std::array<char, kJsonMaxDepth> stack{};  // '{' or '[' per open container
+    std::array<char, kJsonMaxDepth> stack;  // '{' or '[' per open container (only [0, depth) is read)
     size_t depth = 0;
     enum class State { Value, AfterValue, Key } state = State::Value;
     skip_ws();
@@ -179,16 +203,20 @@ class Scanner {
         case State::Key: {
           if (pos_ >= n_) return fail_eof();
           if (s_[pos_] != '"') return fail_unexpected(pos_);
-          const size_t member_begin = pos_;
-          const bool top = depth == 1;
-          std::string key;
-          if (!scan_string(top ? &key : nullptr)) return false;
+          // A top-level member is recorded as soon as its key starts (its key is unescaped in
+          // place); a failure clears the list anyway.
+          JsonMember* member = nullptr;
+          if (depth == 1) {
+            member = &out_.members.emplace_back();
+            member->member_begin = pos_;
+          }
+          if (!scan_string(member != nullptr ? &member->key : nullptr)) return false;
           skip_ws();
           if (pos_ >= n_) return fail_eof();
           if (s_[pos_] != ':') return fail_unexpected(pos_);
           ++pos_;
           skip_ws();
-          if (top) out_.members.push_back(JsonMember{std::move(key), member_begin, pos_, pos_});
+          if (member != nullptr) member->value_begin = member->value_end = pos_;
           state = State::Value;
           continue;
         }
@@ -198,7 +226,7 @@ class Scanner {
 
  private:
   void skip_ws() {
-    while (pos_ < n_ && is_ws(s_[pos_])) ++pos_;
+    while (pos_ < n_ && byte_at(s_, pos_) <= ' ' && is_ws(s_[pos_])) ++pos_;
   }
 
   bool fail(size_t offset, std::string message) {
@@ -217,17 +245,20 @@ class Scanner {
   // given, it holds the unescaped content.
   bool scan_string(std::string* key) {
     const size_t content_begin = pos_ + 1;
+    const size_t i = find_string_special(s_, content_begin);
+    if (i < n_ && s_[i] == '"') {  // plain ASCII up to the closing quote: the common case
+      if (key != nullptr) key->assign(s_.data() + content_begin, i - content_begin);
+      pos_ = i + 1;
+      return true;
+    }
+    return scan_string_rest(key, content_begin, i);
+  }
+
+  // scan_string() beyond the first special byte, at s_[i] (escapes, UTF-8, errors).
+  bool scan_string_rest(std::string* key, size_t content_begin, size_t i) {
     bool escaped = false;
-    size_t i = content_begin;
     for (;;) {
-      // Fast path: skip plain ASCII eight bytes at a time, then byte by byte up to the special one.
-      while (i + 8 <= n_) {
-        uint64_t w;
-        std::memcpy(&w, s_.data() + i, sizeof w);
-        if (word_has_string_special(w)) break;
-        i += 8;
-      }
-      while (i < n_ && !is_string_special(byte_at(s_, i))) ++i;
+      i = find_string_special(s_, i);
       if (i >= n_) return fail_eof();
       const unsigned char c = byte_at(s_, i);
       if (c == '"') break;
@@ -412,11 +443,8 @@ std::optional<bool> json_bool_value(std::string_view body, const JsonMember& mem
 std::optional<int64_t> json_int_value(std::string_view body, const JsonMember& member) {
   if (member.value_end > body.size() || member.value_begin >= member.value_end) return std::nullopt;
   const std::string_view v = body.substr(member.value_begin, member.value_end - member.value_begin);
-  const size_t digits_begin = v[0] == '-' ? 1 : 0;
-  if (digits_begin >= v.size()) return std::nullopt;
-  for (size_t k = digits_begin; k < v.size(); ++k) {
-    if (!is_digit(v[k])) return std::nullopt;
-  }
+  // from_chars reads exactly -?[0-9]+ (no '+', no blanks); anything after it (a fraction, an
+  // exponent) leaves ptr short of the end.
   int64_t value = 0;
   const auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), value);
   if (ec != std::errc() || ptr != v.data() + v.size()) return std::nullopt;

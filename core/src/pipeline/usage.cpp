@@ -3,6 +3,7 @@
 #include "pipeline/json_body.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -35,6 +36,13 @@ inline bool contains(std::string_view hay, std::string_view needle) {
 }
 
 inline bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// The characters the plain JSON scanner acts on outside strings once a value has begun.
+constexpr std::array<bool, 256> kStructural = [] {
+  std::array<bool, 256> t{};
+  for (const char c : std::string_view("\"{}[],:")) t[static_cast<unsigned char>(c)] = true;
+  return t;
+}();
 
 inline void release_if_big(std::string& s) {
   if (s.capacity() > kShrinkAbove) std::string().swap(s);
@@ -506,63 +514,26 @@ void UsageExtractor::plain_feed(std::string_view c) {
   const size_t n = c.size();
   size_t i = 0;
   capture_from_ = 0;
-  size_t quote_at = kUnknown;
-  size_t bslash_at = kUnknown;
-  auto key_append = [this](std::string_view bytes) {
-    if (key_.size() <= kMaxNameBytes) key_.append(bytes.substr(0, kMaxNameBytes + 1 - key_.size()));
-  };
+  quote_at_ = bslash_at_ = kUnknown;
+
+  if (phase_ == Phase::Start) {
+    while (i < n && is_ws(c[i])) ++i;
+    if (i == n) return;
+    if (c[i] != '{') {  // not a JSON object: no usage in this body
+      phase_ = Phase::Done;
+      return;
+    }
+    phase_ = Phase::ExpectKey;
+    depth_ = 1;
+    ++i;
+  } else if (in_string_) {
+    i = plain_string(c, i);
+  }
 
   while (i < n) {
-    if (in_string_) {
-      if (escape_) {  // the byte after a backslash never ends the string
-        escape_ = false;
-        if (phase_ == Phase::InKey) key_append(c.substr(i, 1));
-        ++i;
-        continue;
-      }
-      if (quote_at == kUnknown || quote_at < i) quote_at = find_byte(c, '"', i);
-      if (bslash_at == kUnknown || bslash_at < i) bslash_at = find_byte(c, '\\', i);
-      const size_t j = std::min(quote_at, bslash_at);
-      if (phase_ == Phase::InKey) key_append(c.substr(i, j - i));
-      if (j >= n) break;
-      if (c[j] == '\\') {
-        escape_ = true;
-        if (phase_ == Phase::InKey) key_append("\\");
-        i = j + 1;
-        continue;
-      }
-      in_string_ = false;
-      i = j + 1;
-      if (phase_ == Phase::InKey) {
-        phase_ = Phase::ExpectColon;
-        if (key_.size() > kMaxNameBytes) {
-          key_is_usage_ = false;
-        } else if (key_.find('\\') == std::string::npos) {
-          key_is_usage_ = key_ == "usage";
-        } else {
-          const auto unescaped = json_unescape(key_);
-          key_is_usage_ = unescaped && *unescaped == "usage";
-        }
-      }
-      continue;
-    }
-
     const char ch = c[i];
-    if (phase_ == Phase::Start) {
-      if (!is_ws(ch)) {
-        if (ch != '{') {  // not a JSON object: no usage in this body
-          phase_ = Phase::Done;
-          return;
-        }
-        phase_ = Phase::ExpectKey;
-        depth_ = 1;
-      }
-      ++i;
-      continue;
-    }
     switch (ch) {
       case '"':
-        in_string_ = true;
         if (depth_ == 1) {
           if (phase_ == Phase::ExpectKey) {
             phase_ = Phase::InKey;
@@ -571,7 +542,9 @@ void UsageExtractor::plain_feed(std::string_view c) {
             plain_begin_value(i);
           }
         }
-        break;
+        in_string_ = true;
+        i = plain_string(c, i + 1);
+        continue;
       case '{':
       case '[':
         if (depth_ == 1 && phase_ == Phase::ExpectValue) plain_begin_value(i);
@@ -602,11 +575,62 @@ void UsageExtractor::plain_feed(std::string_view c) {
         break;
       default:  // numbers and literals
         if (depth_ == 1 && phase_ == Phase::ExpectValue) plain_begin_value(i);
-        break;
+        // The rest of it changes nothing: on to the next character the scanner acts on.
+        ++i;
+        while (i < n && !kStructural[static_cast<unsigned char>(c[i])]) ++i;
+        continue;
     }
     ++i;
   }
   if (capturing_) capture_append(c.substr(capture_from_));
+}
+
+size_t UsageExtractor::plain_string(std::string_view c, size_t i) {
+  const size_t n = c.size();
+  const size_t begin = i;
+  for (;;) {
+    if (escape_) {  // the byte after a backslash never ends the string
+      if (i >= n) break;
+      escape_ = false;
+      ++i;
+    }
+    if (quote_at_ == kUnknown || quote_at_ < i) quote_at_ = find_byte(c, '"', i);
+    if (bslash_at_ == kUnknown || bslash_at_ < i) bslash_at_ = find_byte(c, '\\', i);
+    const size_t j = std::min(quote_at_, bslash_at_);
+    if (j >= n) break;
+    if (c[j] == '\\') {
+      escape_ = true;
+      i = j + 1;
+      continue;
+    }
+    in_string_ = false;
+    if (phase_ == Phase::InKey) plain_key_end(c.substr(begin, j - begin));
+    return j + 1;
+  }
+  if (phase_ == Phase::InKey) key_append(c.substr(begin));
+  return n;
+}
+
+void UsageExtractor::plain_key_end(std::string_view last_part) {
+  // The key as written (escapes included): straight from the chunk unless it began in an earlier one.
+  std::string_view key = last_part;
+  if (!key_.empty()) {
+    key_append(last_part);
+    key = key_;
+  }
+  phase_ = Phase::ExpectColon;
+  if (key.size() > kMaxNameBytes) {
+    key_is_usage_ = false;
+  } else if (key.find('\\') == std::string_view::npos) {
+    key_is_usage_ = key == "usage";
+  } else {
+    const auto unescaped = json_unescape(key);
+    key_is_usage_ = unescaped && *unescaped == "usage";
+  }
+}
+
+void UsageExtractor::key_append(std::string_view bytes) {
+  if (key_.size() <= kMaxNameBytes) key_.append(bytes.substr(0, kMaxNameBytes + 1 - key_.size()));
 }
 
 void UsageExtractor::plain_begin_value(size_t at) {
@@ -622,7 +646,12 @@ void UsageExtractor::plain_end_value(std::string_view chunk, size_t at) {
   key_is_usage_ = false;
   if (!capturing_) return;
   capturing_ = false;
-  capture_append(chunk.substr(capture_from_, at - capture_from_));
+  const std::string_view tail = chunk.substr(capture_from_, at - capture_from_);
+  if (capture_.empty() && !capture_overflow_) {  // the whole value is in this chunk: read it there
+    if (tail.size() <= kMaxUsageValueBytes) parse_usage_value(tail);
+    return;
+  }
+  capture_append(tail);
   if (!capture_overflow_) parse_usage_value(capture_);
   capture_.clear();
   release_if_big(capture_);

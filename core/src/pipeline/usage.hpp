@@ -124,6 +124,11 @@ class UsageExtractor {
 
   // Plain JSON
   void plain_feed(std::string_view chunk);
+  // In a string at chunk[at]: returns the offset after its closing quote, or chunk.size() when it
+  // goes on in the next chunk. Inline: it runs once per string (defined in usage.cpp).
+  inline size_t plain_string(std::string_view chunk, size_t at);
+  void plain_key_end(std::string_view last_part);  // the closing quote of a top-level key
+  void key_append(std::string_view bytes);
   void plain_begin_value(size_t at);
   void plain_end_value(std::string_view chunk, size_t at);
   void capture_append(std::string_view bytes);
@@ -178,6 +183,8 @@ class UsageExtractor {
   bool capturing_ = false;
   bool capture_overflow_ = false;
   size_t capture_from_ = 0;  // offset in the current chunk where captured bytes start
+  size_t quote_at_ = 0;      // next '"' in the current chunk at or after the scan (or unknown)
+  size_t bslash_at_ = 0;     // next '\\' likewise
   std::string capture_;
 };
 
