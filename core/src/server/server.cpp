@@ -38,6 +38,13 @@ void split_target(const std::string& target, std::string& path, std::string& que
 // double-encoded as %252e), encoded slashes and backslashes (%2f, %5c, raw '\\'), and NUL.
 bool is_unsafe_path(const std::string& path) {
   if (path.empty() || path.front() != '/') return true;
+  // The common case in one pass: nothing encoded, no backslash or NUL, no segment starting with '.'.
+  bool plain = true;
+  for (size_t i = 1; i < path.size() && plain; ++i) {
+    const char c = path[i];
+    plain = c != '%' && c != '\\' && c != '\0' && !(c == '.' && path[i - 1] == '/');
+  }
+  if (plain) return false;
   // Decode up to three times (an upstream or a framework in front of it may decode again).
   std::string decoded;
   const bool encoded = path.find_first_of("%\\") != std::string::npos;
