@@ -1,7 +1,6 @@
 // Micro-benchmarks of the core's per-request hot paths. Run: build/release/bin/glmp-micro-bench
 #include <benchmark/benchmark.h>
 
-#include <Poco/Net/NameValueCollection.h>
 
 #include <string>
 
@@ -93,7 +92,7 @@ BENCHMARK(BM_UsageAnthropicSse);
 BENCHMARK(BM_UsageOpenAIJson);
 
 void BM_MapRequestHeaders(benchmark::State& state) {
-  Poco::Net::NameValueCollection client;
+  glmp::core::http::Headers client;  // as the request parser fills it
   client.add("Host", "127.0.0.1:3000");
   client.add("Authorization", "Bearer pk_secret");
   client.add("Content-Type", "application/json");

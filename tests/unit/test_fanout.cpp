@@ -244,7 +244,7 @@ private:
     ctx.method = conn->request().getMethod();
     ctx.route = &config_.routes[0];
     ctx.flavour = pl::Flavour::OpenAI;
-    ctx.request_id = conn->request().get("X-Request-ID", "none");
+    ctx.request_id = std::string(conn->request().headers().get("X-Request-ID", "none"));
     if (uri.rfind("/v1/follow", 0) == 0) {
       if (uri == "/v1/follow-slow") {
         // Small socket buffers: its queue, not the kernel, takes what it does not read.

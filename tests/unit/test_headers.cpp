@@ -9,13 +9,11 @@
 #include <utility>
 #include <vector>
 
-#include <Poco/Net/NameValueCollection.h>
-
 #include "pipeline/headers.hpp"
 
 namespace pl = glmp::core::pipeline;
-using Client = Poco::Net::NameValueCollection;  // the client request's headers (Poco's)
-using Headers = glmp::core::http::Headers;      // the proxy's lists
+using Headers = glmp::core::http::Headers;
+using Client = Headers;  // the client request's fields, as the parser fills them
 
 namespace {
 

@@ -20,13 +20,14 @@ struct Parsed {
   std::string body;
   size_t rest = 0;  // bytes left after the first message
   Poco::Net::HTTPRequest head;
+  glmp::core::http::Headers fields;
 };
 
 // Feeds `bytes` (optionally one byte at a time) through headers and body of the first request.
 Parsed parse(const std::string& bytes, bool bytewise = false, RequestLimits limits = {}) {
   Parsed out;
   RequestParser p(limits);
-  p.begin(&out.head);
+  p.begin(&out.head, &out.fields);
   p.set_body_sink(&out.body);
   size_t pos = 0;
   const size_t step = bytewise ? 1 : bytes.size();
@@ -57,7 +58,8 @@ TEST(RequestParser, AcceptsPlainRequestsAndStopsAtTheMessageEnd) {
   ASSERT_EQ(p.last, RequestParser::Event::MessageDone);
   EXPECT_EQ(p.head.getMethod(), "POST");
   EXPECT_EQ(p.head.getURI(), "/v1/x?a=1");
-  EXPECT_EQ(p.head.get("Host"), "h");
+  EXPECT_EQ(p.fields.get("Host"), "h");
+  EXPECT_EQ(p.head.get("Host", "(none)"), "(none)");  // the fields go to the proxy's list only
   EXPECT_EQ(p.body, "{}");
   EXPECT_EQ(p.rest, std::string("GET / HTTP/1.1\r\n").size());  // the next request is left alone
 }
@@ -114,8 +116,9 @@ TEST(RequestParser, HeaderHygiene) {
 // Feeds `bytes` in two pieces split at `at` (headers only): the last event and the error message.
 std::pair<RequestParser::Event, std::string> parse_head_split(const std::string& bytes, size_t at) {
   Poco::Net::HTTPRequest head;
+  glmp::core::http::Headers fields;
   RequestParser p({});
-  p.begin(&head);
+  p.begin(&head, &fields);
   RequestParser::Event ev = RequestParser::Event::NeedMore;
   size_t pos = 0;
   for (const size_t end : {at, bytes.size()}) {
@@ -160,7 +163,7 @@ TEST(RequestParser, RequestLineSpacingAndObsFoldAcrossFeeds) {
 TEST(RequestParser, HeaderNameCharacters) {
   const Parsed good = parse("GET / HTTP/1.1\r\nHost: h\r\n!#$%&'*+-.^_`|~09azAZ: v\r\n\r\n");
   ASSERT_EQ(good.last, RequestParser::Event::MessageDone) << good.message;
-  EXPECT_EQ(good.head.get("!#$%&'*+-.^_`|~09azAZ"), "v");
+  EXPECT_EQ(good.fields.get("!#$%&'*+-.^_`|~09azAZ"), "v");
   for (const char c : std::string("\"(),/;<=>?@[\\]{} \t\x7f\x80\xff")) {
     const std::string req = std::string("GET / HTTP/1.1\r\nHost: h\r\nX") + c + "Y: v\r\n\r\n";
     EXPECT_EQ(status_of(req), 400) << static_cast<int>(static_cast<unsigned char>(c));
@@ -168,7 +171,7 @@ TEST(RequestParser, HeaderNameCharacters) {
   // Values: HTAB and obs-text are fine, other control characters and DEL are not.
   const Parsed value = parse("GET / HTTP/1.1\r\nHost: h\r\nX:  a\tb\xe9 \r\n\r\n");
   ASSERT_EQ(value.last, RequestParser::Event::MessageDone) << value.message;
-  EXPECT_EQ(value.head.get("X"), "a\tb\xe9");
+  EXPECT_EQ(value.fields.get("X"), "a\tb\xe9");
   for (int c = 1; c < 0x20; ++c) {
     if (c == '\t' || c == '\r' || c == '\n') continue;
     EXPECT_EQ(status_of(std::string("GET / HTTP/1.1\r\nHost: h\r\nX: a") + static_cast<char>(c) + "b\r\n\r\n"), 400) << c;
@@ -196,8 +199,9 @@ TEST(RequestParser, Limits) {
 
 TEST(RequestParser, KeepAliveAndExpect) {
   Poco::Net::HTTPRequest head;
+  glmp::core::http::Headers fields;
   RequestParser p({});
-  p.begin(&head);
+  p.begin(&head, &fields);
   const std::string req = "POST / HTTP/1.1\r\nHost: h\r\nConnection: close, X-Foo\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
   size_t used = 0;
   ASSERT_EQ(p.feed(req.data(), req.size(), used), RequestParser::Event::HeadersDone);
@@ -215,7 +219,8 @@ TEST(RequestParser, PipelinedRequestsOneAfterTheOther) {
   std::vector<std::string> uris;
   for (int i = 0; i < 2; ++i) {
     Poco::Net::HTTPRequest head;
-    p.begin(&head);
+    glmp::core::http::Headers fields;
+    p.begin(&head, &fields);
     for (;;) {
       size_t used = 0;
       const auto ev = p.feed(two.data() + pos, two.size() - pos, used);

@@ -70,8 +70,10 @@ RequestParser::RequestParser(const RequestLimits& limits) : limits_(limits) {
   parser_.data = this;
 }
 
-void RequestParser::begin(Poco::Net::HTTPRequest* head) {
+void RequestParser::begin(Poco::Net::HTTPRequest* head, Headers* headers) {
   head_ = head;
+  headers_ = headers;
+  content_length_ = 0;
   sink_ = nullptr;
   url_.clear();
   field_.clear();
@@ -163,12 +165,12 @@ bool RequestParser::keep_alive() const { return llhttp_should_keep_alive(&parser
 bool RequestParser::chunked() const { return (parser_.flags & F_CHUNKED) != 0; }
 bool RequestParser::has_body() const { return chunked() || ((parser_.flags & F_CONTENT_LENGTH) && content_length() > 0); }
 uint64_t RequestParser::content_length() const {
-  return (parser_.flags & F_CONTENT_LENGTH) && !chunked() ? head_->getContentLength64() : 0;
+  return (parser_.flags & F_CONTENT_LENGTH) && !chunked() ? content_length_ : 0;
 }
 
 int RequestParser::on_message_begin(llhttp_t* p) {
   auto& s = self(p);
-  if (s.head_ == nullptr) return s.fail(400, "unexpected request");
+  if (s.head_ == nullptr || s.headers_ == nullptr) return s.fail(400, "unexpected request");
   return 0;
 }
 
@@ -204,10 +206,7 @@ int RequestParser::on_header_value_complete(llhttp_t* p) {
     if (!kTchar[c]) return s.fail(400, "invalid character in a header name (whitespace before the colon?)");
   for (unsigned char c : s.value_)
     if (kValueControl[c]) return s.fail(400, "control character in a header value");
-  const std::string_view v = trim(s.value_);
-  const size_t begin = static_cast<size_t>(v.data() - s.value_.data());
-  s.value_.erase(begin + v.size()).erase(0, begin);  // trimmed in place: add() copies it once
-  s.head_->add(s.field_, s.value_);
+  s.headers_->add(s.field_, trim(s.value_));  // into a reused slot: no allocation once warm
   s.field_.clear();
   s.value_.clear();
   return 0;
@@ -225,7 +224,7 @@ int RequestParser::check_head() {
 
   size_t hosts = 0;
   std::vector<std::string_view> codings;
-  for (const auto& [name, value] : h) {
+  for (const auto& [name, value] : *headers_) {
     if (pipeline::iequals(name, "host")) ++hosts;
     if (pipeline::iequals(name, "transfer-encoding")) {
       std::string_view v = value;
@@ -261,6 +260,7 @@ int RequestParser::check_head() {
 int RequestParser::on_headers_complete(llhttp_t* p) {
   auto& s = self(p);
   if (s.check_head() != 0) return -1;
+  s.content_length_ = p->content_length;  // llhttp parsed it (one value, digits only)
   s.headers_done_ = true;
   return HPE_PAUSED;
 }

@@ -18,6 +18,8 @@
 
 #include <Poco/Net/HTTPRequest.h>
 
+#include "http/headers.hpp"
+
 namespace glmp::core::http {
 
 struct RequestLimits {
@@ -35,9 +37,11 @@ public:
   RequestParser(const RequestParser&) = delete;
   RequestParser& operator=(const RequestParser&) = delete;
 
-  // Starts filling `head` with the next request (method, URI, version, headers). Call once per
-  // request before feeding its first byte.
-  void begin(Poco::Net::HTTPRequest* head);
+  // Starts filling `head` (method, URI, version) and `headers` (its header fields, in order) with
+  // the next request. Call once per request before feeding its first byte. The fields go to the
+  // proxy's own list, not to `head`'s collection (server::Request::sync_poco_headers copies them
+  // there for the handlers that read it).
+  void begin(Poco::Net::HTTPRequest* head, Headers* headers);
 
   // Feeds bytes. `consumed` is set to the number of bytes used; the rest belongs to a later call
   // (after HeadersDone the body, after MessageDone the next pipelined request). Body bytes go to
@@ -83,6 +87,8 @@ private:
   llhttp_settings_t settings_{};
   llhttp_t parser_{};
   Poco::Net::HTTPRequest* head_ = nullptr;
+  Headers* headers_ = nullptr;
+  uint64_t content_length_ = 0;  // llhttp's, read when the headers are complete
   std::string* sink_ = nullptr;
   std::string url_, field_, value_;
   bool in_value_ = false;

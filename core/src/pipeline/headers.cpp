@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include <Poco/Exception.h>
 #include <Poco/URI.h>
 
 namespace glmp::core::pipeline {
@@ -58,7 +59,7 @@ bool in_tokens(std::string_view name, const std::vector<Token>& tokens) {
 
 bool is_hop_by_hop(std::string_view name) { return in_list(name, kHopByHop); }
 
-void map_request_headers(const Poco::Net::NameValueCollection& client, Headers& out) {
+void map_request_headers(const Headers& client, Headers& out) {
   const auto named = connection_tokens(client);
   for (const auto& [name, value] : client) {
     if (is_hop_by_hop(name) || in_list(name, kClientCredentials) || in_list(name, kForwarding) ||

@@ -11,8 +11,6 @@
 #include <string>
 #include <string_view>
 
-#include <Poco/Net/NameValueCollection.h>
-
 #include "http/headers.hpp"
 
 namespace glmp::core::pipeline {
@@ -26,7 +24,7 @@ bool is_hop_by_hop(std::string_view name);
 // Copies client request headers into `out` for the upstream (see above), and drops the
 // forwarding headers the client sent (Forwarded, X-Real-IP, X-Forwarded-For): they describe what
 // this proxy saw, and the proxy adds its own X-Forwarded-For. `out` keeps what it had.
-void map_request_headers(const Poco::Net::NameValueCollection& client, Headers& out);
+void map_request_headers(const Headers& client, Headers& out);
 
 // Moves upstream response headers into `out` (whose slots go to `upstream`, emptied) for the
 // client (see above), without copying a string.

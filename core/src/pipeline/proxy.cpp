@@ -115,11 +115,11 @@ bool Proxy::read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRe
   return false;
 }
 
-bool Proxy::inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) const {
+bool Proxy::inspect_body(const server::Request& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) const {
   ctx.body_scanned = true;  // plugins' request_body_member reads this scan (none: not JSON)
   TopLevelScan& scan = ctx.body_scan;
   if (ctx.body.empty()) return true;
-  const bool declared_json = is_json_content_type(req.getContentType());
+  const bool declared_json = is_json_content_type(req.headers().get("Content-Type"));
   // A body that looks like JSON is held to JSON whatever its Content-Type says: a body the scanner
   // cannot read would reach the upstream without the forced model. Other bodies (multipart
   // uploads, form data) pass through untouched unless they claim to be JSON.
@@ -183,11 +183,11 @@ bool Proxy::finalize_body(RequestContext& ctx) const {
   return hide_usage_chunk;
 }
 
-void Proxy::map_headers(const Poco::Net::HTTPServerRequest& req, RequestContext& ctx) const {
+void Proxy::map_headers(const server::Request& req, RequestContext& ctx) const {
   // Before the headers phase: its hooks read them. The client's forwarding headers are dropped
   // there; the proxy says who it saw.
-  map_request_headers(req, ctx.upstream_headers);
-  ctx.upstream_headers.add("X-Forwarded-For", static_cast<const server::Request&>(req).connection().peer_host());
+  map_request_headers(req.headers(), ctx.upstream_headers);
+  ctx.upstream_headers.add("X-Forwarded-For", req.connection().peer_host());
 }
 
 std::string Proxy::upstream_request(const RequestContext& ctx, const upstream::Pool& pool) const {

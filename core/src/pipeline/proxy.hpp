@@ -16,6 +16,7 @@
 #include "pipeline/json_body.hpp"
 #include "pipeline/request_context.hpp"
 #include "plugins/chain.hpp"
+#include "server/connection.hpp"
 #include "upstream/pool.hpp"
 
 namespace glmp::core::pipeline {
@@ -36,10 +37,10 @@ public:
   bool read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
 
   // Maps the client's headers for the upstream (forwarding headers describe what this proxy saw).
-  void map_headers(const Poco::Net::HTTPServerRequest& req, RequestContext& ctx) const;
+  void map_headers(const server::Request& req, RequestContext& ctx) const;
   // Validates a JSON body (400 when malformed) and reads "stream"/"model"; ctx.body_scan keeps
   // the scan (for finalize_body and plugins' request_body_member).
-  bool inspect_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) const;
+  bool inspect_body(const server::Request& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) const;
   // Body edits decided by the core and the chain; returns true when the usage-only stream chunk
   // must be hidden from the client (the proxy asked for it, the client did not).
   bool finalize_body(RequestContext& ctx) const;

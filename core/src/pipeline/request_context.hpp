@@ -13,6 +13,7 @@
 
 #include "config/config.hpp"
 #include "http/headers.hpp"
+#include "server/connection.hpp"
 #include "pipeline/json_body.hpp"
 #include "pipeline/usage.hpp"
 
@@ -59,7 +60,7 @@ struct RequestContext {
   std::vector<std::pair<std::string, std::string>> attributes;  // "auth.key_id" → …
 
   // Plugins
-  const Poco::Net::HTTPServerRequest* request = nullptr;  // the client request as received (read-only)
+  const server::Request* request = nullptr;  // the client request as received (read-only)
   Poco::Net::HTTPServerResponse* response = nullptr;  // the client response, for plugins that stream one
   std::ostream* plugin_stream = nullptr;              // set by stream_begin
   std::vector<std::pair<std::string, std::string>> extra_response_headers;  // added in on_request, sent on any response

@@ -25,20 +25,13 @@ void out(const std::string& s, const char** data, size_t* len) {
   *len = s.size();
 }
 
-// The index-th value of `name` in a header list (the proxy's, or the client request's Poco one).
-template <class Fields>
-int header_at(const Fields& headers, const char* name, size_t name_len, size_t index, const char** value,
+// The index-th value of `name` in a header list.
+int header_at(const http::Headers& headers, const char* name, size_t name_len, size_t index, const char** value,
               size_t* value_len) {
-  const std::string_view wanted(name, name_len);
-  size_t seen = 0;
-  for (const auto& [k, v] : headers) {
-    if (!pipeline::iequals(k, wanted)) continue;
-    if (seen++ == index) {
-      out(v, value, value_len);
-      return 1;
-    }
-  }
-  return 0;
+  const std::string* v = headers.find(std::string_view(name, name_len), index);
+  if (!v) return 0;
+  out(*v, value, value_len);
+  return 1;
 }
 
 void log(glmp_instance_host_ptr* instance, glmp_log_level level, const char* msg, size_t len) {
@@ -337,7 +330,7 @@ void metric_observe(glmp_metric_host_ptr* handle, double value) {
 int request_client_header(glmp_request_host_ptr* r, const char* name, size_t nl, size_t index, const char** v,
                           size_t* vl) {
   const auto* req = C(r).request;
-  return req ? header_at(*req, name, nl, index, v, vl) : 0;
+  return req ? header_at(req->headers(), name, nl, index, v, vl) : 0;
 }
 
 // --- 1.4 ---

@@ -84,7 +84,7 @@ ClientConnection::~ClientConnection() {
 void ClientConnection::begin_request() {
   if (request_) request_->reset();  // one per connection: its header list keeps its capacity
   else request_ = std::make_unique<Request>(*this);
-  parser_.begin(request_.get());
+  parser_.begin(request_.get(), &request_->headers());
   body_done_ = false;
   continue_sent_ = false;
   write_timed_out_ = false;
@@ -356,8 +356,16 @@ void Request::reset() {
   setMethod(HTTP_GET);
   setURI("/");
   setVersion(HTTP_1_0);
+  headers_.clear();
+  synced_ = false;
   response_ = nullptr;
   body_stream_.reset();
+}
+
+void Request::sync_poco_headers() {
+  if (synced_) return;
+  synced_ = true;
+  for (const auto& [name, value] : headers_) add(name, value);
 }
 
 const Poco::Net::HTTPServerParams& Request::serverParams() const {

@@ -166,6 +166,14 @@ public:
   void set_response(Poco::Net::HTTPServerResponse* r) { response_ = r; }
   // Ready for the connection's next request.
   void reset();
+  // The header fields as received, in order (the parser fills them; one list per connection,
+  // its slots reused from request to request). The proxy path reads these; Poco's collection
+  // (get(), has(), … of the base class) stays empty until sync_poco_headers().
+  const http::Headers& headers() const { return headers_; }
+  http::Headers& headers() { return headers_; }
+  // Copies the fields into Poco's collection, for handlers written against HTTPServerRequest
+  // (admin, health, stats, plugin routes). Idempotent per request.
+  void sync_poco_headers();
   ClientConnection& connection() { return conn_; }
   const ClientConnection& connection() const { return conn_; }
 
@@ -173,6 +181,8 @@ private:
   ClientConnection& conn_;
   Poco::Net::HTTPServerResponse* response_ = nullptr;
   std::unique_ptr<std::istream> body_stream_;
+  http::Headers headers_;
+  bool synced_ = false;
 };
 
 // The response: headers and body written straight to the socket (writev), chunked or with a

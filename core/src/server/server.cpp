@@ -276,6 +276,7 @@ void Server::dispatch(Loop& loop, std::unique_ptr<ClientConnection> conn) {
 
 bool Server::serve_one(ClientConnection& conn) {
   Request& req = conn.request();
+  req.sync_poco_headers();  // the handlers below read Poco's collection
   Response resp(conn, req.getMethod() == "HEAD", conn.parser().keep_alive());
   req.set_response(&resp);
   handle(req, resp);
@@ -290,8 +291,9 @@ void Server::exchange_done(pipeline::Exchange& x) { request_finished(x.ctx()); }
 void Server::request_started(const Request& req, pipeline::RequestContext& ctx) {
   in_flight_.fetch_add(1, std::memory_order_relaxed);
   metrics_.request_started();
-  const std::string client_id = req.get("X-Request-ID", std::string());  // by value: get() may return its default
-  ctx.request_id = pipeline::is_sane_request_id(client_id) ? client_id : pipeline::generate_request_id();
+  const std::string* client_id = req.headers().find("X-Request-ID");
+  if (client_id && pipeline::is_sane_request_id(*client_id)) ctx.request_id = *client_id;
+  else ctx.request_id = pipeline::generate_request_id();
 }
 
 void Server::request_finished(const pipeline::RequestContext& ctx) {
