@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -904,4 +905,51 @@ TEST(UsageNumbers, SseUsageChunkDroppedOnlyWithEmptyChoices) {
   r = run_whole(Flavour::OpenAI, true, true, with_choice);
   EXPECT_EQ(r.forwarded, with_choice);
   EXPECT_EQ(r.usage.input_tokens, 2);
+}
+
+// A negative count is as invalid as a string (nothing to charge for it), and no count, however
+// large, makes the running figures overflow (UBSan once caught refresh() computing
+// deltas - INT64_MIN).
+TEST(UsageNumbers, NegativeCountsAreInvalidAndNothingOverflows) {
+  const auto plain = [](std::string_view body) { return run_whole(Flavour::OpenAI, false, false, body).usage; };
+  Usage u = plain(R"({"usage":{"prompt_tokens":-3,"completion_tokens":-12.5,"total_tokens":-1e3}})");
+  EXPECT_TRUE(u.seen);
+  EXPECT_TRUE(same_usage(u, make_usage(0, 0, 0, 0, 0))) << describe(u);
+  u = plain(R"({"usage":{"prompt_tokens":-0,"completion_tokens":-0.0,"total_tokens":7}})");
+  EXPECT_TRUE(same_usage(u, make_usage(0, 0, 0, 0, 7))) << describe(u);
+
+  // OpenAI: content after a usage with INT64_MIN completion tokens: the output is the deltas seen.
+  const std::string chunk_a = oai_event(R"("choices":[{"index":0,"delta":{"content":"a"}}])");
+  const std::string chunk_b = oai_event(R"("choices":[{"index":0,"delta":{"content":"b"}}])");
+  std::string body =
+      oai_event(R"("choices":[],"usage":{"prompt_tokens":4,"completion_tokens":-9223372036854775808,"total_tokens":5})") +
+      chunk_a + chunk_b;
+  u = usage_without_finish(Flavour::OpenAI, false, body, 50);
+  EXPECT_FALSE(u.complete);
+  EXPECT_EQ(u.content_deltas, 2);
+  EXPECT_EQ(u.output_tokens, 2);
+  EXPECT_EQ(u.total_tokens, 7);
+  // ...and a total_tokens at the int64 maximum saturates instead of wrapping.
+  body = oai_event(R"("choices":[],"usage":{"prompt_tokens":4,"completion_tokens":0,"total_tokens":9223372036854775807})") +
+         chunk_a + chunk_b;
+  u = usage_without_finish(Flavour::OpenAI, false, body, 50);
+  EXPECT_EQ(u.output_tokens, 2);
+  EXPECT_EQ(u.total_tokens, std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(u.total(), std::numeric_limits<int64_t>::max());
+
+  // Anthropic: an invalid field is ignored like a missing one: it keeps the earlier value, and a
+  // message_delta without a valid output_tokens is not the closing figure.
+  AnthropicStream st = anthropic_stream(3, 3);
+  st.head = replace_all(st.head, R"("input_tokens":27)", R"("input_tokens":-9223372036854775808)");
+  st.head = replace_all(st.head, R"("output_tokens":1)", R"("output_tokens":-9223372036854775808)");
+  st.tail = replace_all(st.tail, R"("output_tokens":3})", R"("input_tokens":-1,"output_tokens":-9223372036854775808})");
+  const Outcome a = run_sized(Flavour::Anthropic, true, false, st.whole(), 64);
+  EXPECT_TRUE(same_usage(a.usage, make_usage(0, 3, 0, 0, 0))) << describe(a.usage);
+  EXPECT_FALSE(a.usage.complete);
+  EXPECT_EQ(a.usage.content_deltas, 3);
+
+  // Usage::total() saturates too.
+  const int64_t max = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(make_usage(max, 5, 0, 0, 0).total(), max);
+  EXPECT_EQ(make_usage(max - 1, 1, 0, 0, 0).total(), max);
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <optional>
 
 namespace glmp::core::pipeline {
@@ -16,7 +17,7 @@ namespace {
 constexpr size_t kUnknown = static_cast<size_t>(-1);
 // Buffers that grew past this (a huge event or line) are released instead of kept for reuse.
 constexpr size_t kShrinkAbove = size_t{64} << 10;
-// Longest event type / top-level key worth remembering; longer ones cannot match what we look for.
+// Longest top-level key worth remembering; longer ones cannot match what we look for.
 constexpr size_t kMaxNameBytes = 64;
 
 // Position of `c` in s[from, n), or s.size() when absent.
@@ -25,15 +26,55 @@ inline size_t find_byte(std::string_view s, char c, size_t from) {
   return p == nullptr ? s.size() : static_cast<size_t>(static_cast<const char*>(p) - s.data());
 }
 
-inline size_t find_sub(std::string_view hay, std::string_view needle, size_t from = 0) {
-  if (from >= hay.size()) return std::string_view::npos;
-  const void* p = ::memmem(hay.data() + from, hay.size() - from, needle.data(), needle.size());
-  return p == nullptr ? std::string_view::npos : static_cast<size_t>(static_cast<const char*>(p) - hay.data());
+// A short literal to look for in event data. glibc's memmem builds a 256-byte shift table on every
+// call, which costs more than scanning a whole ~200-byte event, so find_sub instead lets memchr look
+// for one byte of the needle (`anchor`: one that is rare in typical event JSON, so there are few
+// false starts) and compares the needle around each hit.
+struct Needle {
+  std::string_view text;
+  size_t anchor;  // index in text of the byte memchr looks for
+
+  consteval Needle(std::string_view t, char rare) : text(t), anchor(t.find(rare)) {
+    if (t.empty() || anchor == std::string_view::npos) throw "the anchor must be a byte of the needle";
+  }
+};
+
+// The first occurrence of `needle` in hay starting at or after `from`, or npos (memmem's answer).
+inline size_t find_sub(std::string_view hay, const Needle& needle, size_t from = 0) {
+  const size_t n = needle.text.size();
+  if (from >= hay.size() || hay.size() - from < n) return std::string_view::npos;
+  const char rare = needle.text[needle.anchor];
+  // Anchors of the candidates starting in [from, hay.size() - n].
+  size_t at = from + needle.anchor;
+  const size_t last = hay.size() - n + needle.anchor;
+  while (at <= last) {
+    const void* p = std::memchr(hay.data() + at, rare, last + 1 - at);
+    if (p == nullptr) break;
+    at = static_cast<size_t>(static_cast<const char*>(p) - hay.data());
+    const size_t start = at - needle.anchor;
+    // Most false starts already differ in the first byte (most needles begin with a quote).
+    if (hay[start] == needle.text[0] && std::memcmp(hay.data() + start, needle.text.data(), n) == 0) return start;
+    ++at;
+  }
+  return std::string_view::npos;
 }
 
-inline bool contains(std::string_view hay, std::string_view needle) {
+inline bool contains(std::string_view hay, const Needle& needle) {
   return find_sub(hay, needle) != std::string_view::npos;
 }
+
+// What the SSE examination looks for, anchored on bytes that are rare in chat completion chunks.
+constexpr Needle kUsageKey{"\"usage\"", 'u'};
+constexpr Needle kErrorKey{"\"error\"", 'r'};
+constexpr Needle kContentKey{"\"content\"", 'n'};
+constexpr Needle kReasoningContentKey{"\"reasoning_content\"", 'g'};
+constexpr Needle kToolCallsKey{"\"tool_calls\"", '_'};
+constexpr Needle kTextKey{"\"text\"", 'x'};
+constexpr Needle kPartialJsonKey{"\"partial_json\"", 'j'};
+constexpr Needle kThinkingKey{"\"thinking\"", 'k'};
+constexpr Needle kContentBlockDeltaValue{"\"content_block_delta\"", 'k'};
+constexpr Needle kMessageStart{"message_start", '_'};
+constexpr Needle kMessageDelta{"message_delta", '_'};
 
 inline bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
@@ -51,17 +92,17 @@ inline void release_if_big(std::string& s) {
 // True when `json` has a member named by `quoted_key` (e.g. "\"usage\"") whose value is not null.
 // A quoted key can only appear unescaped in JSON text as a real string token, so this is a cheap and
 // safe pre-filter before a real parse.
-bool has_non_null_member(std::string_view json, std::string_view quoted_key) {
+bool has_non_null_member(std::string_view json, const Needle& quoted_key) {
   size_t p = 0;
   while ((p = find_sub(json, quoted_key, p)) != std::string_view::npos) {
-    size_t k = p + quoted_key.size();
+    size_t k = p + quoted_key.text.size();
     while (k < json.size() && is_ws(json[k])) ++k;
     if (k < json.size() && json[k] == ':') {
       ++k;
       while (k < json.size() && is_ws(json[k])) ++k;
       if (k < json.size() && json[k] != 'n') return true;
     }
-    p += quoted_key.size();
+    p += quoted_key.text.size();
   }
   return false;
 }
@@ -79,11 +120,11 @@ size_t value_after_key(std::string_view json, size_t k) {
 // True when `json` has a member named by `quoted_key` whose value is a non-empty string (`open` =
 // '"') or a non-empty array (`open` = '['). Same pre-filter reasoning as has_non_null_member: an
 // unescaped quoted key followed by ':' is a real key.
-bool has_non_empty_member(std::string_view json, std::string_view quoted_key, char open) {
+bool has_non_empty_member(std::string_view json, const Needle& quoted_key, char open) {
   const char close = open == '"' ? '"' : ']';
   size_t p = 0;
   while ((p = find_sub(json, quoted_key, p)) != std::string_view::npos) {
-    p += quoted_key.size();
+    p += quoted_key.text.size();
     size_t v = value_after_key(json, p);
     if (v == std::string_view::npos || json[v] != open) continue;
     ++v;
@@ -96,14 +137,14 @@ bool has_non_empty_member(std::string_view json, std::string_view quoted_key, ch
 
 // OpenAI chunk carrying generated content: delta content / reasoning_content, or tool-call deltas.
 bool openai_content_delta(std::string_view data) {
-  return has_non_empty_member(data, "\"content\"", '"') || has_non_empty_member(data, "\"reasoning_content\"", '"') ||
-         has_non_empty_member(data, "\"tool_calls\"", '[');
+  return has_non_empty_member(data, kContentKey, '"') || has_non_empty_member(data, kReasoningContentKey, '"') ||
+         has_non_empty_member(data, kToolCallsKey, '[');
 }
 
 // Anthropic content_block_delta data carrying generated content (text, thinking, tool input).
 bool anthropic_content_delta(std::string_view data) {
-  return has_non_empty_member(data, "\"text\"", '"') || has_non_empty_member(data, "\"partial_json\"", '"') ||
-         has_non_empty_member(data, "\"thinking\"", '"');
+  return has_non_empty_member(data, kTextKey, '"') || has_non_empty_member(data, kPartialJsonKey, '"') ||
+         has_non_empty_member(data, kThinkingKey, '"');
 }
 
 // A JSON object read with the request scanner (json_body): its top-level members as offsets, no
@@ -135,15 +176,16 @@ struct JsonObject {
     const JsonMember* m = scan.find(key);
     return m ? json_string_value(text, *m) : std::nullopt;
   }
-  // A number as a token count: an integer literal, or a finite number in range (truncated).
+  // A number as a token count: an integer literal, or a finite number in range (truncated). A
+  // negative count is as invalid as a string or 1e30 (nullopt): it would only corrupt the sums.
   std::optional<int64_t> integer(std::string_view key) const {
     const JsonMember* m = scan.find(key);
     if (!m) return std::nullopt;
-    if (auto v = json_int_value(text, *m)) return v;
+    if (auto v = json_int_value(text, *m)) return *v >= 0 ? v : std::nullopt;
     const std::string_view v = value(key);
     if (v.empty() || !(v.front() == '-' || (v.front() >= '0' && v.front() <= '9'))) return std::nullopt;
     const double d = std::strtod(std::string(v).c_str(), nullptr);  // rare: 12.0, 1e3, beyond int64
-    if (std::isfinite(d) && d >= -9.0e18 && d <= 9.0e18) return static_cast<int64_t>(d);
+    if (std::isfinite(d) && d >= 0.0 && d <= 9.0e18) return static_cast<int64_t>(d);
     return std::nullopt;
   }
 };
@@ -173,6 +215,13 @@ bool apply_anthropic_usage(const JsonObject& u, Usage& usage) {
   return out.has_value();
 }
 
+// a + b, clamped to the int64 range instead of overflowing.
+int64_t saturating_add(int64_t a, int64_t b) {
+  int64_t sum = 0;
+  if (!__builtin_add_overflow(a, b, &sum)) return sum;
+  return b > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+}
+
 // An empty array ("[]", blanks allowed inside).
 bool is_empty_array(std::string_view v) {
   if (v.empty() || v.front() != '[') return false;
@@ -182,7 +231,7 @@ bool is_empty_array(std::string_view v) {
 
 }  // namespace
 
-int64_t Usage::total() const { return total_tokens > 0 ? total_tokens : input_tokens + output_tokens; }
+int64_t Usage::total() const { return total_tokens > 0 ? total_tokens : saturating_add(input_tokens, output_tokens); }
 
 UsageExtractor::UsageExtractor(Flavour flavour, bool sse, bool suppress_usage_only_chunks)
     : flavour_(flavour), sse_(sse), suppress_(suppress_usage_only_chunks && sse && flavour == Flavour::OpenAI) {}
@@ -236,7 +285,7 @@ std::string_view UsageExtractor::finish() noexcept {
         }
         // A trailing event without its blank line: examined (not counted, never dropped).
         if (data_lines_ > 0) {
-          if (flavour_ == Flavour::Anthropic && event_type_ == "error") {
+          if (flavour_ == Flavour::Anthropic && event_type_ == EventType::Error) {
             saw_error_ = true;
           } else if (!event_oversize_) {
             (void)sse_examine(false);
@@ -339,9 +388,18 @@ void UsageExtractor::append_line_part(std::string_view part) {
   }
 }
 
+UsageExtractor::EventType UsageExtractor::event_type_of(std::string_view name) {
+  if (name.empty()) return EventType::None;
+  if (name == "message_start") return EventType::MessageStart;
+  if (name == "message_delta") return EventType::MessageDelta;
+  if (name == "content_block_delta") return EventType::ContentBlockDelta;
+  if (name == "error") return EventType::Error;
+  return EventType::Other;
+}
+
 bool UsageExtractor::wants_data() const {
-  if (flavour_ == Flavour::OpenAI || event_type_.empty()) return true;
-  return event_type_ == "message_start" || event_type_ == "message_delta";
+  return flavour_ == Flavour::OpenAI || event_type_ == EventType::None || event_type_ == EventType::MessageStart ||
+         event_type_ == EventType::MessageDelta;
 }
 
 void UsageExtractor::sse_line(std::string_view line, bool truncated) {
@@ -355,9 +413,9 @@ void UsageExtractor::sse_line(std::string_view line, bool truncated) {
   if (field == "data") {
     ++data_lines_;
     // Anthropic content deltas are recognised line by line, without buffering their data.
-    if (flavour_ == Flavour::Anthropic && (event_type_.empty() || event_type_ == "content_block_delta")) {
+    if (flavour_ == Flavour::Anthropic && (event_type_ == EventType::None || event_type_ == EventType::ContentBlockDelta)) {
       if (!delta_content_) delta_content_ = anthropic_content_delta(value);
-      if (event_type_.empty() && !delta_typed_) delta_typed_ = contains(value, "\"content_block_delta\"");
+      if (event_type_ == EventType::None && !delta_typed_) delta_typed_ = contains(value, kContentBlockDeltaValue);
     }
     if (event_oversize_) return;
     if (!wants_data()) {
@@ -376,7 +434,7 @@ void UsageExtractor::sse_line(std::string_view line, bool truncated) {
     if (sep != 0) data_buf_.push_back('\n');
     data_buf_.append(value);
   } else if (field == "event") {
-    event_type_.assign(value.substr(0, std::min(value.size(), kMaxNameBytes + 1)));
+    event_type_ = event_type_of(value);
   }
   // "id", "retry" and unknown fields carry nothing we need.
 }
@@ -385,11 +443,11 @@ bool UsageExtractor::sse_dispatch() {
   bool drop = false;
   if (data_lines_ > 0) {  // WHATWG: an event without data is not dispatched
     ++events_;
-    if (flavour_ == Flavour::Anthropic && event_type_ == "error") {
+    if (flavour_ == Flavour::Anthropic && event_type_ == EventType::Error) {
       saw_error_ = true;
     } else {
       if (flavour_ == Flavour::Anthropic && delta_content_ &&
-          (event_type_ == "content_block_delta" || (event_type_.empty() && delta_typed_))) {
+          (event_type_ == EventType::ContentBlockDelta || (event_type_ == EventType::None && delta_typed_))) {
         count_delta();
       }
       if (!event_oversize_) drop = sse_examine(true);
@@ -401,7 +459,7 @@ bool UsageExtractor::sse_dispatch() {
   release_if_big(data_buf_);
   data_lines_ = 0;
   event_oversize_ = false;
-  event_type_.clear();
+  event_type_ = EventType::None;
   return drop && !event_passthrough_;
 }
 
@@ -411,13 +469,13 @@ bool UsageExtractor::sse_examine(bool dispatched) {
     if (data == "[DONE]") return false;
     // Counted before the event's own usage (if any) is applied: a chunk carrying both is covered by it.
     if (dispatched && openai_content_delta(data)) count_delta();
-    if (!has_non_null_member(data, "\"usage\"") && !contains(data, "\"error\"")) return false;
+    if (!has_non_null_member(data, kUsageKey) && !contains(data, kErrorKey)) return false;
   } else {
-    if (event_type_.empty()) {
-      if (!contains(data, "message_start") && !contains(data, "message_delta") && !contains(data, "\"error\"")) {
+    if (event_type_ == EventType::None) {
+      if (!contains(data, kMessageStart) && !contains(data, kMessageDelta) && !contains(data, kErrorKey)) {
         return false;
       }
-    } else if (event_type_ != "message_start" && event_type_ != "message_delta") {
+    } else if (event_type_ != EventType::MessageStart && event_type_ != EventType::MessageDelta) {
       return false;
     }
   }
@@ -440,18 +498,18 @@ void UsageExtractor::parse_event_json(std::string_view json, bool* drop) {
     if (suppress_) *drop = is_empty_array(obj->value("choices"));
     return;
   }
-  std::string type = event_type_;
-  if (type.empty()) type = obj->string("type").value_or("");
-  if (type == "error") {
+  EventType type = event_type_;
+  if (type == EventType::None) type = event_type_of(obj->string("type").value_or(""));
+  if (type == EventType::Error) {
     saw_error_ = true;
-  } else if (type == "message_start") {
+  } else if (type == EventType::MessageStart) {
     if (const auto message = obj->object("message")) {
       if (const auto u = message->object("usage")) {
         apply_anthropic_usage(*u, reported_);
         refresh();
       }
     }
-  } else if (type == "message_delta") {
+  } else if (type == EventType::MessageDelta) {
     if (const auto u = obj->object("usage")) {
       // message_delta's output_tokens is the closing, cumulative figure.
       if (apply_anthropic_usage(*u, reported_)) final_ = true;
@@ -470,8 +528,9 @@ void UsageExtractor::refresh() {
   usage_ = reported_;
   usage_.content_deltas = deltas_;
   usage_.complete = final_;
+  // The reported counts are >= 0 (JsonObject::integer), so only the sum can overflow.
   if (!final_ && deltas_ > reported_.output_tokens) {
-    if (usage_.total_tokens > 0) usage_.total_tokens += deltas_ - reported_.output_tokens;
+    if (usage_.total_tokens > 0) usage_.total_tokens = saturating_add(usage_.total_tokens, deltas_ - reported_.output_tokens);
     usage_.output_tokens = deltas_;
   }
 }
@@ -496,11 +555,13 @@ void UsageExtractor::hold(std::string_view raw) {
 
 void UsageExtractor::release(std::string_view chunk, size_t end, bool drop) {
   if (!drop) {
-    out_.append(pending_);
+    if (!pending_.empty()) out_.append(pending_);
     out_.append(chunk.substr(seg_start_, end - seg_start_));
   }
-  pending_.clear();
-  release_if_big(pending_);
+  if (!pending_.empty()) {
+    pending_.clear();
+    release_if_big(pending_);
+  }
   seg_start_ = end;
   last_dropped_ = drop;
   event_passthrough_ = false;

@@ -24,6 +24,9 @@
 //   - Anthropic: message_start.message.usage, then every field present in a message_delta.usage
 //     overrides the same field (output_tokens is cumulative there; newer APIs also repeat the input
 //     and cache fields). Nothing is ever added up, so nothing is double counted.
+//   - A count that is not a number >= 0 (a string, a negative number, one beyond ~9e18) is invalid
+//     and ignored like a missing field: 0 for OpenAI; for Anthropic the field keeps its earlier
+//     value (and a message_delta without a valid output_tokens is not the closing figure).
 //
 // Streams cut short (billing on disconnect): SSE content deltas are counted as they pass —
 //   Anthropic: a content_block_delta event whose delta carries a non-empty "text", "thinking" or
@@ -66,7 +69,7 @@ struct Usage {
   // was cut) before its usage, or the upstream never reports it.
   bool complete = false;
 
-  // total_tokens when > 0, else input + output (cache tokens are reported separately).
+  // total_tokens when > 0, else input + output (saturating; cache tokens are reported separately).
   int64_t total() const;
 };
 
@@ -111,6 +114,9 @@ class UsageExtractor {
 
  private:
   enum class Phase : uint8_t { Start, ExpectKey, InKey, ExpectColon, ExpectValue, InValue, Done };
+  // An SSE event's type (`event:` line, or Anthropic data's "type"), as far as it matters here.
+  enum class EventType : uint8_t { None, MessageStart, MessageDelta, ContentBlockDelta, Error, Other };
+  static EventType event_type_of(std::string_view name);  // None for ""
 
   // SSE
   void sse_feed(std::string_view chunk);
@@ -162,7 +168,7 @@ class UsageExtractor {
   std::string data_buf_;    // the pending event's data (capped)
   uint64_t data_lines_ = 0;
   bool event_oversize_ = false;
-  std::string event_type_;
+  EventType event_type_ = EventType::None;  // the pending event's `event:` line (None: no such line)
   bool delta_content_ = false;  // Anthropic: a data line of the pending event has delta content
   bool delta_typed_ = false;    // Anthropic: ...and one says "content_block_delta" (no `event:` line)
 
