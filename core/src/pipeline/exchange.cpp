@@ -19,7 +19,31 @@ bool is_event_stream(std::string_view ct) { return ct.substr(0, 17) == "text/eve
 
 std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) + " ms"; }
 
+// Freed exchange blocks of this thread (see Exchange::operator new).
+struct SpareBlocks {
+  static constexpr size_t kMax = 64;
+  void* blocks[kMax];
+  size_t n = 0;
+  ~SpareBlocks() {
+    while (n > 0) ::operator delete(blocks[--n], sizeof(Exchange));
+  }
+};
+thread_local SpareBlocks spare_blocks;
+
 }  // namespace
+
+void* Exchange::operator new(size_t size) {
+  if (size == sizeof(Exchange) && spare_blocks.n > 0) return spare_blocks.blocks[--spare_blocks.n];
+  return ::operator new(size);
+}
+
+void Exchange::operator delete(void* p, size_t size) noexcept {
+  if (size == sizeof(Exchange) && spare_blocks.n < SpareBlocks::kMax) {
+    spare_blocks.blocks[spare_blocks.n++] = p;
+    return;
+  }
+  ::operator delete(p, size);
+}
 
 Exchange::Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::ClientConnection> client, Proxy& proxy,
                    upstream::Pool& pool, std::shared_ptr<const plugins::Chain> chain, char* read_buffer, size_t read_capacity,

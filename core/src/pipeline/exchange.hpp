@@ -57,6 +57,10 @@ public:
            upstream::Pool& pool, std::shared_ptr<const plugins::Chain> chain, char* read_buffer, size_t read_capacity,
            ExchangeHost& host, RequestContext ctx, bool draining);
   ~Exchange() override;
+  // One exchange per request: each thread keeps up to 64 freed blocks for the next ones, so this
+  // object (a few KiB) never goes through malloc's slow path on the request path.
+  static void* operator new(size_t size);
+  static void operator delete(void* p, size_t size) noexcept;
 
   void start();
   // A connection (or, with nullptr, a free slot) for this exchange, which waits in the pool's queue.
