@@ -21,7 +21,7 @@ std::string ms(std::chrono::milliseconds d) { return std::to_string(d.count()) +
 
 // Freed exchange blocks of this thread (see Exchange::operator new).
 struct SpareBlocks {
-  static constexpr size_t kMax = 64;
+  static constexpr size_t kMax = 256;
   void* blocks[kMax];
   size_t n = 0;
   ~SpareBlocks() {
@@ -68,6 +68,7 @@ Exchange::~Exchange() {
   if (up_) pool_.discard(std::move(up_), false);
   if (counted_stream_) proxy_.stream_ended();
   http::Headers::recycle(upstream_head_);
+  util::give_string(request_bytes_);
   loop_.ev().cancel(timer_);
   loop_.ev().cancel(resume_);
 }
@@ -209,7 +210,7 @@ void Exchange::after_request_hooks(plugins::HookResult r) {
   }
   try {
     hide_usage_chunk_ = proxy_.finalize_body(ctx_);
-    request_bytes_ = proxy_.upstream_request(ctx_, pool_);
+    proxy_.upstream_request(ctx_, pool_, request_bytes_);
   } catch (const std::exception& e) {
     if (ctx_.error.empty()) ctx_.error = e.what();
     fail({500, std::string("internal error: ") + e.what()});

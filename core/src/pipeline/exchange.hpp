@@ -34,6 +34,7 @@
 #include "server/connection.hpp"
 #include "server/engine.hpp"
 #include "upstream/pool.hpp"
+#include "util/spares.hpp"
 
 namespace glmp::core::pipeline {
 
@@ -57,7 +58,7 @@ public:
            upstream::Pool& pool, std::shared_ptr<const plugins::Chain> chain, char* read_buffer, size_t read_capacity,
            ExchangeHost& host, RequestContext ctx, bool draining);
   ~Exchange() override;
-  // One exchange per request: each thread keeps up to 64 freed blocks for the next ones, so this
+  // One exchange per request: each thread keeps up to 256 freed blocks for the next ones, so this
   // object (a few KiB) never goes through malloc's slow path on the request path.
   static void* operator new(size_t size);
   static void operator delete(void* p, size_t size) noexcept;
@@ -142,7 +143,7 @@ private:
   bool client_hup_ = false;  // a hang-up seen while parked
 
   // Upstream request and response.
-  std::string request_bytes_;  // head + body, as written upstream
+  std::string request_bytes_ = util::spare_string();  // head + body, as written upstream
   size_t request_sent_ = 0;
   std::unique_ptr<upstream::Connection> up_;
   int attempt_ = 0;

@@ -132,7 +132,7 @@ bool is_sane_request_id(std::string_view id) {
   return true;
 }
 
-std::string generate_request_id() {
+void generate_request_id(std::string& out) {
   static const uint64_t prefix = [] {
     std::random_device rd;
     return (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -140,11 +140,16 @@ std::string generate_request_id() {
   static std::atomic<uint64_t> counter{0};
   const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed);
   static constexpr char hex[] = "0123456789abcdef";
-  std::string id(32, '0');
+  out.assign(32, '0');
   for (int i = 0; i < 16; ++i) {
-    id[15 - i] = hex[(prefix >> (i * 4)) & 0xf];
-    id[31 - i] = hex[(n >> (i * 4)) & 0xf];
+    out[static_cast<size_t>(15 - i)] = hex[(prefix >> (i * 4)) & 0xf];
+    out[static_cast<size_t>(31 - i)] = hex[(n >> (i * 4)) & 0xf];
   }
+}
+
+std::string generate_request_id() {
+  std::string id;
+  generate_request_id(id);
   return id;
 }
 

@@ -43,5 +43,7 @@ bool is_sane_request_id(std::string_view id);
 
 // A new unique request id: 32 hex characters (random per-process prefix + counter). Lock-free.
 std::string generate_request_id();
+// The same, written into `out` (replaced; its capacity is reused).
+void generate_request_id(std::string& out);
 
 }  // namespace glmp::core::pipeline

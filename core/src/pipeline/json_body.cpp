@@ -368,9 +368,17 @@ const JsonMember* TopLevelScan::find(std::string_view key) const {
   return nullptr;
 }
 
+void scan_top_level(std::string_view body, TopLevelScan& out) {
+  std::vector<JsonMember> members = std::move(out.members);
+  members.clear();
+  out = TopLevelScan{};
+  out.members = std::move(members);
+  Scanner(body, out).run();
+}
+
 TopLevelScan scan_top_level(std::string_view body) {
   TopLevelScan out;
-  Scanner(body, out).run();
+  scan_top_level(body, out);
   return out;
 }
 

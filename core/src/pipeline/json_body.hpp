@@ -62,6 +62,8 @@ struct TopLevelScan {
 
 // Validates `body` in one pass and records its top-level members (only when it is an object).
 TopLevelScan scan_top_level(std::string_view body);
+// The same into `out`, whose member list keeps its capacity (a request context's scan).
+void scan_top_level(std::string_view body, TopLevelScan& out);
 
 // ---- value helpers; `member` must come from a successful scan of the same `body` ----
 

@@ -124,7 +124,7 @@ bool Proxy::inspect_body(const server::Request& req, Poco::Net::HTTPServerRespon
   // cannot read would reach the upstream without the forced model. Other bodies (multipart
   // uploads, form data) pass through untouched unless they claim to be JSON.
   if (!declared_json && !looks_like_json(ctx.body)) return true;
-  scan = scan_top_level(ctx.body);
+  scan_top_level(ctx.body, scan);
   if (!scan.ok) {
     send_error(resp, ctx, {400, "malformed JSON in request body: " + scan.error});
     return false;
@@ -145,7 +145,7 @@ bool Proxy::finalize_body(RequestContext& ctx) const {
 
   // The scan made at arrival still describes the body unless a plugin replaced it.
   if (!ctx.body_scanned) {  // a plugin replaced the body: the scan made at arrival is gone
-    ctx.body_scan = scan_top_level(ctx.body);
+    scan_top_level(ctx.body, ctx.body_scan);
     ctx.body_scanned = true;
   }
   const TopLevelScan& current = ctx.body_scan;
@@ -190,10 +190,10 @@ void Proxy::map_headers(const server::Request& req, RequestContext& ctx) const {
   ctx.upstream_headers.add("X-Forwarded-For", req.connection().peer_host());
 }
 
-std::string Proxy::upstream_request(const RequestContext& ctx, const upstream::Pool& pool) const {
+void Proxy::upstream_request(const RequestContext& ctx, const upstream::Pool& pool, std::string& out) const {
   const auto& ucfg = pool.config();
   std::string query = remove_query_param(ctx.query, "api_key");
-  std::string out;
+  out.clear();
   out.reserve(512 + ctx.body.size());
   out += ctx.method;
   out += ' ';
@@ -227,7 +227,6 @@ std::string Proxy::upstream_request(const RequestContext& ctx, const upstream::P
   }
   out += "\r\n";
   out += ctx.body;
-  return out;
 }
 
 }  // namespace glmp::core::pipeline

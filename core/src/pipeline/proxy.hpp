@@ -44,8 +44,9 @@ public:
   // Body edits decided by the core and the chain; returns true when the usage-only stream chunk
   // must be hidden from the client (the proxy asked for it, the client did not).
   bool finalize_body(RequestContext& ctx) const;
-  // The upstream request, head and body, as written on the connection.
-  std::string upstream_request(const RequestContext& ctx, const upstream::Pool& pool) const;
+  // The upstream request, head and body, as written on the connection, into `out` (replaced;
+  // its capacity is reused).
+  void upstream_request(const RequestContext& ctx, const upstream::Pool& pool, std::string& out) const;
 
   const config::Config& config() const { return cfg_; }
 

@@ -14,6 +14,7 @@
 #include "config/config.hpp"
 #include "http/headers.hpp"
 #include "server/connection.hpp"
+#include "util/spares.hpp"
 #include "pipeline/json_body.hpp"
 #include "pipeline/usage.hpp"
 
@@ -34,25 +35,34 @@ struct RequestContext {
   RequestContext(RequestContext&&) = default;
   RequestContext& operator=(const RequestContext&) = default;
   RequestContext& operator=(RequestContext&&) = default;
-  // The header lists' slots go back to this thread's spares, for the next request's context.
+  // The header lists' slots and the request's strings go back to this thread's spares, for the
+  // next request's context.
   ~RequestContext() {
     http::Headers::recycle(upstream_headers);
     http::Headers::recycle(response_headers);
+    util::give_string(request_id);
+    util::give_string(path);
+    util::give_string(body);
+    if (body_scan.members.capacity() <= 64) {
+      body_scan.members.clear();
+      SpareMembers::give(std::move(body_scan.members));
+    }
   }
+  using SpareMembers = util::Spares<std::vector<JsonMember>, 256>;
 
   // Request
-  std::string request_id;
+  std::string request_id = util::spare_string();
   std::string method;
-  std::string path;   // raw path, no query
+  std::string path = util::spare_string();   // raw path, no query
   std::string query;  // raw query, no '?'
   const config::RouteConfig* route = nullptr;
   Flavour flavour = Flavour::OpenAI;
   bool streaming = false;       // top-level "stream": true
-  std::string body;             // whole request body (<= server.max_request_body)
+  std::string body = util::spare_string();  // whole request body (<= server.max_request_body)
   // The top-level members of `body` (valid while body_scanned): the core's arrival scan
   // (Proxy::inspect_body), reused by finalize_body and by plugins' request_body_member;
   // request_set_body clears body_scanned, and the next reader scans the new body.
-  TopLevelScan body_scan;
+  TopLevelScan body_scan{.members = SpareMembers::take()};
   bool body_scanned = false;
   http::Headers upstream_headers = http::Headers::recycled();  // what goes upstream (after mapping); plugins may edit; Host, X-Request-ID, Accept-Encoding, Content-Length and the upstream credential are the proxy's, added when the request is written
   std::string client_model;     // the model the client asked for ("" if none)

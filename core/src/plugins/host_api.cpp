@@ -339,7 +339,7 @@ int request_body_member(glmp_request_host_ptr* r, const char* name, size_t nl, c
   auto& ctx = C(r);
   if (ctx.body.empty()) return 0;  // no body, or not read yet (headers phase): nothing to remember
   if (!ctx.body_scanned) {
-    ctx.body_scan = pipeline::scan_top_level(ctx.body);
+    pipeline::scan_top_level(ctx.body, ctx.body_scan);
     ctx.body_scanned = true;
   }
   if (!ctx.body_scan.ok || !ctx.body_scan.is_object) return 0;

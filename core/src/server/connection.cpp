@@ -13,6 +13,7 @@
 #include <Poco/Net/HTTPResponse.h>
 
 #include "pipeline/errors.hpp"
+#include "util/spares.hpp"
 #include "pipeline/headers.hpp"
 #include "pipeline/router.hpp"
 
@@ -407,13 +408,13 @@ private:
 };
 
 Response::Response(ClientConnection& conn, bool head_request, bool client_keep_alive)
-    : conn_(conn), head_request_(head_request), keep_alive_(client_keep_alive) {
+    : conn_(conn), head_request_(head_request), keep_alive_(client_keep_alive), pending_(util::spare_string()) {
   setVersion(HTTP_1_1);  // what getKeepAlive() reads when no Connection header is set
 }
 
-Response::~Response() = default;
+Response::~Response() { util::give_string(pending_); }
 
-std::string Response::head_block() {
+void Response::head_block(std::string& block) {
   // A body the client sent but the handler did not read must not be parsed as the next request:
   // a short one is skipped after the response, anything else closes the connection.
   if (conn_.body_pending() && (conn_.parser().chunked() || conn_.parser().content_length() > 64 * 1024)) keep_alive_ = false;
@@ -425,8 +426,7 @@ std::string Response::head_block() {
   if (!chunked_ && !has_length && !bodiless) keep_alive_ = false;  // ends with the connection
   erase("Connection");
   erase("Keep-Alive");
-  std::string block;
-  block.reserve(256);
+  block.reserve(block.size() + 256);
   block += "HTTP/1.1 ";
   block += std::to_string(status);
   block += ' ';
@@ -465,13 +465,12 @@ std::string Response::head_block() {
   if (!keep_alive_) block += "Connection: close\r\n";
   else if (conn_.request().getVersion() == Poco::Net::HTTPMessage::HTTP_1_0) block += "Connection: keep-alive\r\n";
   block += "\r\n";
-  return block;
 }
 
 void Response::start() {
   if (sent_) throw Poco::IllegalStateException("response already sent");
   sent_ = true;
-  pending_ = head_block();
+  head_block(pending_);
 }
 
 std::ostream& Response::send() {

@@ -232,7 +232,7 @@ public:
 private:
   class StreamBuf;
   friend class StreamBuf;
-  std::string head_block();
+  void head_block(std::string& block);  // appends the status line and headers
   bool write(std::string_view body, bool chunk_frame);
 
   ClientConnection& conn_;

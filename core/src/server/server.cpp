@@ -27,8 +27,9 @@ void split_target(const std::string& target, std::string& path, std::string& que
     t = slash == std::string_view::npos ? std::string_view("/") : t.substr(slash);
   }
   size_t q = t.find('?');
-  path = std::string(t.substr(0, q));
-  query = q == std::string_view::npos ? std::string() : std::string(t.substr(q + 1));
+  path.assign(t.substr(0, q));  // assigned: the context's strings keep their (spare) capacity
+  if (q == std::string_view::npos) query.clear();
+  else query.assign(t.substr(q + 1));
   size_t hash = query.find('#');
   if (hash != std::string::npos) query.resize(hash);
 }
@@ -293,7 +294,7 @@ void Server::request_started(const Request& req, pipeline::RequestContext& ctx) 
   metrics_.request_started();
   const std::string* client_id = req.headers().find("X-Request-ID");
   if (client_id && pipeline::is_sane_request_id(*client_id)) ctx.request_id = *client_id;
-  else ctx.request_id = pipeline::generate_request_id();
+  else pipeline::generate_request_id(ctx.request_id);
 }
 
 void Server::request_finished(const pipeline::RequestContext& ctx) {
