@@ -1,7 +1,5 @@
 #include "http/headers.hpp"
 
-#include <algorithm>
-
 #include "util/spares.hpp"
 
 namespace glmp::core::http {

@@ -35,6 +35,7 @@ struct RequestContext {
   RequestContext(RequestContext&&) = default;
   RequestContext& operator=(const RequestContext&) = default;
   RequestContext& operator=(RequestContext&&) = default;
+  using SpareMembers = util::Spares<std::vector<JsonMember>, 256>;
   // The header lists' slots and the request's strings go back to this thread's spares, for the
   // next request's context.
   ~RequestContext() {
@@ -48,7 +49,6 @@ struct RequestContext {
       SpareMembers::give(std::move(body_scan.members));
     }
   }
-  using SpareMembers = util::Spares<std::vector<JsonMember>, 256>;
 
   // Request
   std::string request_id = util::spare_string();

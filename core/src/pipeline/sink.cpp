@@ -37,10 +37,8 @@ void ClientSink::start(const ResponseHead& head) {
 }
 
 bool ClientSink::flush_head() {
-  const bool ok = resp_.flush();
-  if (!ok) ctx_.client_gone = true;
-  ctx_.ttfb = Clock::now() - ctx_.start;
-  return ok;
+  flush();
+  return !ctx_.client_gone;
 }
 
 ClientSink::Flush ClientSink::on_writable() {

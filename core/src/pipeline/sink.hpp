@@ -94,7 +94,7 @@ public:
     }
     if (conn_->queued() > 0) arm_send_timer();
   }
-  // The head of a stream, at once (before the first event): sets ttfb; false when the client is gone.
+  // The head of a stream, at once (before the first event): flush(); false when the client is gone.
   bool flush_head();
   size_t queued() const { return conn_->queued(); }
 
