@@ -153,8 +153,11 @@ public:
     const glmp::Usage u = r.usage();
     const ReportedUsage reported{u.seen, u.input_tokens, u.output_tokens, u.cache_read_input_tokens,
                                  u.cache_creation_input_tokens, u.total_tokens};
-    const int64_t actual = charge_tokens(reported, r.flavour() == glmp::Flavour::Anthropic, r.response_status(),
-                                         r.attribute("ratelimit.generation") != "0", a.reserved, quota_.settings());
+    // A response served from a recording (cache hit, coalesced follower) that a plugin marked as
+    // not charged (ABI 1.5): the reservation is released, nothing is counted.
+    const int64_t actual = !r.charge() ? 0
+                                       : charge_tokens(reported, r.flavour() == glmp::Flavour::Anthropic, r.response_status(),
+                                                       r.attribute("ratelimit.generation") != "0", a.reserved, quota_.settings());
     quota_.reconcile(std::string(*key), a, actual);
     const int64_t charged = actual < 0 ? a.reserved : actual;
     if (charged > 0) charged_.add(static_cast<double>(charged));

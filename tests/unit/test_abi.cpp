@@ -20,6 +20,7 @@ const std::map<std::string, std::string> kHeaderHashes = {
     {"1.2", "5c612bccbce8086b29233c4a7b8460b2d54380e9dc1e54c2deca4a1a759b2008"},
     {"1.3", "dfb1013660120410905f3e577acfd1ca57cc37c740bf9ac443382693fc6fa228"},
     {"1.4", "4c118f556850ffa5f16b36eb836b00761f28c5945b969806eee5d49bde590cbd"},
+    {"1.5", "5d60e1f1373f4faedc3356b85526fcde2c6ca6b428b078f2288f9e16d69c9275"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is
@@ -33,7 +34,12 @@ TEST(Abi, MinorVersionsOnlyAppend) {
   EXPECT_EQ(offsetof(glmp_host_api, store_get), 232u);
   // 1.4 appends request_body_member to the host table, right after 1.1's last member.
   EXPECT_EQ(offsetof(glmp_host_api, request_body_member), offsetof(glmp_host_api, request_client_header) + sizeof(void*));
-  EXPECT_EQ(offsetof(glmp_host_api, request_body_member) + sizeof(void*), sizeof(glmp_host_api));
+  // 1.5 appends the recording functions right after it.
+  EXPECT_EQ(offsetof(glmp_host_api, request_record), offsetof(glmp_host_api, request_body_member) + sizeof(void*));
+  EXPECT_EQ(offsetof(glmp_host_api, request_defer_upstream), offsetof(glmp_host_api, request_record) + 11 * sizeof(void*));
+  EXPECT_EQ(offsetof(glmp_host_api, request_defer_upstream) + sizeof(void*), sizeof(glmp_host_api));
+  EXPECT_EQ(sizeof(glmp_recording_info), 104u);
+  EXPECT_EQ(offsetof(glmp_recording_info, struct_size), 0u);
   // 1.2 appends on_request_headers to the descriptor, right after 1.0/1.1's last member (a 1.1
   // descriptor's struct_size, 80, ends exactly where it begins).
   EXPECT_EQ(offsetof(glmp_plugin_descriptor, on_request_headers), 80u);

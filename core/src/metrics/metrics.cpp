@@ -54,6 +54,11 @@ Metrics::Metrics(const std::vector<std::string>& route_prefixes)
   rss_ = &prometheus::BuildGauge().Name("glmp_process_resident_memory_bytes").Help("Resident set size").Register(*registry_).Add({});
   fds_ = &prometheus::BuildGauge().Name("glmp_process_open_fds").Help("Open file descriptors").Register(*registry_).Add({});
   threads_ = &prometheus::BuildGauge().Name("glmp_process_threads").Help("Threads").Register(*registry_).Add({});
+  auto& recorded = prometheus::BuildCounter().Name("glmp_recorded_responses_total").Help("Responses served from another request's recording, by origin (cache: replayed; coalesced: followed live)").Register(*registry_);
+  recorded_cache_ = &recorded.Add({{"origin", "cache"}});
+  recorded_coalesced_ = &recorded.Add({{"origin", "coalesced"}});
+  recordings_ = &prometheus::BuildGauge().Name("glmp_recordings").Help("Recorded responses alive (being recorded, followed, or kept by a cache)").Register(*registry_).Add({});
+  recording_bytes_ = &prometheus::BuildGauge().Name("glmp_recording_bytes").Help("Body bytes kept by recordings for replay and late followers").Register(*registry_).Add({});
 
   const char* names[3] = {"none", "openai", "anthropic"};
   for (size_t i = 0; i < 3; ++i) {
@@ -119,6 +124,8 @@ const Metrics::TokenSlot* Metrics::token_slot(size_t flavour, const std::string&
 void Metrics::request_finished(const pipeline::RequestContext& ctx) {
   in_flight_->Decrement();
   request_counter(ctx).Increment();
+  if (ctx.origin == pipeline::Origin::Cache) recorded_cache_->Increment();
+  else if (ctx.origin == pipeline::Origin::Coalesced) recorded_coalesced_->Increment();
   const ByFlavour& h = by_flavour_[!ctx.route ? 0 : ctx.flavour == pipeline::Flavour::Anthropic ? 2 : 1];
   const auto total = pipeline::Clock::now() - ctx.start;
   h.duration->Observe(seconds(total));
@@ -149,6 +156,8 @@ std::string Metrics::scrape(const pipeline::Pools& pools, int active_streams) {
     set("healthy", s.healthy ? 1 : 0);
   }
   rss_->Set(static_cast<double>(status_value("VmRSS:")) * 1024);
+  recordings_->Set(static_cast<double>(pipeline::Recording::alive_total()));
+  recording_bytes_->Set(static_cast<double>(pipeline::Recording::kept_bytes_total()));
   threads_->Set(static_cast<double>(status_value("Threads:")));
   int fds = 0;
   if (DIR* d = opendir("/proc/self/fd")) {

@@ -72,6 +72,10 @@ private:
   prometheus::Gauge* rss_;
   prometheus::Gauge* fds_;
   prometheus::Gauge* threads_;
+  prometheus::Counter* recorded_cache_;
+  prometheus::Counter* recorded_coalesced_;
+  prometheus::Gauge* recordings_;
+  prometheus::Gauge* recording_bytes_;
 
   // Token counters per (flavour, model): an open-addressing table of immutable entries, read
   // without a lock; new entries are added under add_mutex_ (models are few per deployment).

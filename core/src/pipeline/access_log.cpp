@@ -87,6 +87,7 @@ void format_to(std::string& out, const RequestContext& ctx) {
   add_ms(out, "total_ms", Clock::now() - ctx.start);
   add_ms(out, "upstream_ms", ctx.upstream_time);
   if (ctx.ttfb) add_ms(out, "ttfb_ms", *ctx.ttfb);
+  if (ctx.origin != Origin::Upstream) add_str(out, "origin", origin_name(ctx.origin));  // cache / coalesced
   if (ctx.client_gone) out += ",\"client_gone\":true";
   if (!ctx.error.empty()) add_str(out, "error", ctx.error);
   out += '}';

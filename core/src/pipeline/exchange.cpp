@@ -64,6 +64,8 @@ Exchange::Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::Clie
 }
 
 Exchange::~Exchange() {
+  if (leading_) ctx_.recording->set_leader(nullptr, nullptr);
+  if (follower_) ctx_.follow->recording->detach(follower_);
   if (waiting_) pool_.remove_waiter({loop_.index(), id_});
   if (up_) pool_.discard(std::move(up_), false);
   if (counted_stream_) proxy_.stream_ended();
@@ -71,12 +73,6 @@ Exchange::~Exchange() {
   util::give_string(request_bytes_);
   loop_.ev().cancel(timer_);
   loop_.ev().cancel(resume_);
-}
-
-Fanout* Exchange::enable_followers(FanoutLimits limits) {
-  if (!fanout_ && static_cast<int>(state_) < static_cast<int>(State::ResponseHooks))
-    fanout_ = std::make_unique<Fanout>(loop_, static_cast<FanoutOwner&>(*this), limits, draining_);
-  return fanout_.get();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -137,7 +133,7 @@ void Exchange::start() {
 
 void Exchange::fail(const ApiError& error) {
   send_error(resp(), ctx_, error);
-  if (fanout_) fanout_->fail(error);  // followers waiting for the head get the same answer
+  if (ctx_.recording) ctx_.recording->fail(ctx_.usage, error);  // its followers get the same answer (or fall back)
   complete();
 }
 
@@ -198,11 +194,22 @@ void Exchange::after_body() {
 }
 
 void Exchange::after_request_hooks(plugins::HookResult r) {
+  if (ctx_.follow && r == plugins::HookResult::Responded && !ctx_.early_response && !ctx_.plugin_stream) return start_follow();
   if (r != plugins::HookResult::Continue) {
     answer_refusal(resp(), ctx_);
     complete();
     return;
   }
+  if (ctx_.defer_upstream_ms > 0) {
+    // A plugin asked the upstream call to wait (e.g. for identical requests to join it).
+    state_ = State::Deferred;
+    arm_timer(std::chrono::milliseconds(std::min<uint32_t>(ctx_.defer_upstream_ms, 10000)));
+    return;
+  }
+  go_upstream();
+}
+
+void Exchange::go_upstream() {
   if (!pool_.config().auth_error.empty()) {
     // After the chain: a client without a valid key learns nothing about the configuration.
     fail({503, "proxy configuration error: " + pool_.config().auth_error, "", "upstream_not_configured"});
@@ -215,6 +222,10 @@ void Exchange::after_request_hooks(plugins::HookResult r) {
     if (ctx_.error.empty()) ctx_.error = e.what();
     fail({500, std::string("internal error: ") + e.what()});
     return;
+  }
+  if (ctx_.recording) {
+    ctx_.recording->set_leader(&loop_, this);
+    leading_ = true;
   }
   phase_start_ = Clock::now();
   acquire();
@@ -408,6 +419,8 @@ void Exchange::on_timer() {
   const auto& ucfg = pool_.config();
   const auto now = loop_.ev().now();
   switch (state_) {
+    case State::Deferred:
+      return go_upstream();
     case State::Body:
       resp().setKeepAlive(false);
       return fail({408, "request body not received within " + ms(proxy_.config().server.body_timeout)});
@@ -481,7 +494,11 @@ void Exchange::begin_response() {
     // relay_from's one write.)
     sink_.flush_head();
   }
-  if (fanout_) fanout_->start(head);
+  if (leading_) {
+    RecordedHead recorded{ctx_.upstream_status, std::string(parser_->reason()), http::Headers(), sse_, no_body, upstream_length_};
+    recorded.headers = ctx_.response_headers;
+    ctx_.recording->start(std::move(recorded));
+  }
   parser_->set_body_sink(
       [](void* list, std::string_view bytes) { static_cast<std::vector<std::string_view>*>(list)->push_back(bytes); }, &pieces_);
   pieces_.reserve(8);
@@ -503,7 +520,9 @@ void Exchange::relay_from(size_t start) {
   else if (ev == http::ResponseParser::Event::MessageDone)
     upstream_done();  // released before the client sees the last byte: its next request finds it idle
   // The pieces are views into buf_, relayed before the next read reuses it: gathered, then one
-  // write for the whole read (the head too, when it came with body bytes of a stream).
+  // write for the whole read (the head too, when it came with body bytes of a stream). A
+  // recording gets them as the upstream sent them (one chunk per read).
+  if (leading_) ctx_.recording->append(pieces_);
   for (std::string_view piece : pieces_) emit(usage_->feed(piece), false);
   pieces_.clear();
   sink_.flush();
@@ -513,7 +532,7 @@ void Exchange::relay_from(size_t start) {
 void Exchange::after_relay() {
   if (upstream_done_ || !upstream_error_.empty()) return end_relay();
   if (ctx_.client_gone) {
-    if (!fanout_ || fanout_->following() == 0) return end_relay();
+    if (!leading_ || ctx_.recording->followers() == 0) return end_relay();
     if (!leader_left_) leader_left();  // the upstream is read on for the followers
     return;
   }
@@ -533,15 +552,11 @@ void Exchange::emit(std::string_view bytes, bool end) {
   write_client(bytes, end);
 }
 
-// Body bytes for every client; the own client's are gathered until relay_from's flush (unless
-// `flush`). Followers get each piece at once.
-void Exchange::write_client(std::string_view bytes, bool flush) {
-  sink_.write(bytes, flush);
-  if (fanout_) fanout_->relay(bytes);
-}
+// Body bytes for the own client, gathered until relay_from's flush (unless `flush`).
+void Exchange::write_client(std::string_view bytes, bool flush) { sink_.write(bytes, flush); }
 
-// Backpressure follows the exchange's own client only, while it is connected; followers are cut
-// when they fall behind (Fanout), they never pause the upstream.
+// Backpressure follows the exchange's own client only, while it is connected; followers of its
+// recording are cut when they fall behind (Recording), they never pause the upstream.
 void Exchange::check_backpressure() {
   if (ctx_.client_gone) return;
   const size_t queued = conn().queued();
@@ -568,10 +583,9 @@ void Exchange::leader_left() {
   }
 }
 
-// A follower ended (an event of its own, never during the exchange's calls into the fanout).
-void Exchange::followers_changed() {
-  if (state_ == State::Relay && ctx_.client_gone && fanout_->following() == 0) return end_relay();
-  if (state_ == State::Finished && fanout_->pending() == 0) host_.exchange_finished(*this);
+// The last follower of the recording left (posted to this loop by the recording).
+void Exchange::followers_left() {
+  if (state_ == State::Relay && ctx_.client_gone && ctx_.recording->followers() == 0) end_relay();
 }
 
 // The client is gone (hang-up, write error, or not reading within send_timeout).
@@ -580,14 +594,18 @@ void Exchange::client_gone(const std::string& why) {
   if (ctx_.error.empty()) ctx_.error = why;
   switch (state_) {
     case State::Relay:
-      if (fanout_ && fanout_->following() > 0) {
+      if (leading_ && ctx_.recording->followers() > 0) {
         if (!leader_left_) leader_left();
         return;
       }
       return end_relay();
     case State::Flushing:
       return hand_back();
+    case State::Follow:
+      end_follow(false);
+      return;
     case State::Body:
+    case State::Deferred:
       loop_.ev().cancel(timer_);
       return complete();
     case State::Acquire:
@@ -615,9 +633,128 @@ void Exchange::on_event(uint32_t events) {
     if (flushed == ClientSink::Flush::Gone) return client_gone("client disconnected");
     if (flushed == ClientSink::Flush::Drained && state_ == State::Flushing) return hand_back();
     if (state_ == State::Relay) check_backpressure();
+    if (state_ == State::Follow && conn().queued() <= kLowWater) recording_ready();  // take what waits
   }
   if (state_ == State::Body && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return read_body();
   if (events & (EPOLLHUP | EPOLLERR)) return client_gone("client disconnected");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Follow mode: the answer comes from another request's recording (ctx_.follow).
+
+void Exchange::start_follow() {
+  state_ = State::Follow;
+  follower_ = ctx_.follow->recording->attach(loop_, this);
+  if (!follower_) {
+    // It failed or outgrew its limit since the plugin looked.
+    if (ctx_.follow->fallback) return fall_back();
+    return fail({502, "the response being followed can no longer be followed"});
+  }
+  recording_ready();  // what is there already (all of it, for a finished recording)
+}
+
+// Posted by the recording (or called when the client can take more): takes the inbox.
+void Exchange::recording_ready() {
+  if (state_ != State::Follow || !follower_) return;
+  // Backpressure: what waits stays in the inbox (shared, not copied) until the client takes
+  // more; the recording cuts this follower if it falls too far behind.
+  if (follow_started_ && conn().queued() > kHighWater) return;
+  Recording& rec = *ctx_.follow->recording;
+  rec.take(*follower_, take_);
+  if (!follow_started_) {
+    if (take_.state == Recording::State::Waiting) return;  // the head comes later
+    if (!rec.started()) {
+      // The recorded request failed before its head: on our own, or its answer.
+      rec.detach(follower_);
+      follower_.reset();
+      if (ctx_.follow->fallback) return fall_back();
+      return fail(rec.failure());
+    }
+    const RecordedHead& head = rec.head();
+    if (ctx_.follow->fallback && (head.status == 429 || head.status >= 500)) {
+      rec.detach(follower_);
+      follower_.reset();
+      return fall_back();
+    }
+    begin_follow(head);
+  }
+  if (take_.cut) {
+    if (ctx_.error.empty())
+      ctx_.error = "follower fell more than " + std::to_string(rec.backlog()) + " bytes behind the response it follows";
+    take_.chunks.clear();
+    return end_follow(false);
+  }
+  for (const auto& chunk : take_.chunks) {
+    if (usage_) write_client(usage_->feed(*chunk), false);  // this client's own view (usage chunk hidden)
+    else write_client(*chunk, false);
+  }
+  take_.chunks.clear();
+  sink_.flush();
+  if (ctx_.client_gone) return end_follow(false);
+  if (take_.state == Recording::State::Complete) return end_follow(true);
+  if (take_.state == Recording::State::Failed) {
+    if (ctx_.error.empty()) ctx_.error = rec.failure().message;
+    return end_follow(false);
+  }
+}
+
+void Exchange::begin_follow(const RecordedHead& head) {
+  follow_started_ = true;
+  ctx_.origin = ctx_.follow->origin;
+  for (auto& [name, value] : ctx_.follow->headers) {  // the plugin's headers for this answer
+    std::erase_if(ctx_.extra_response_headers, [&](const auto& kv) { return iequals(kv.first, name); });
+    ctx_.extra_response_headers.emplace_back(name, value);
+  }
+  ctx_.response_headers = head.headers;  // what plugins' on_complete reads (response_header)
+  sse_ = head.sse;
+  const bool success = head.status >= 200 && head.status < 300;
+  // This client's own view: the usage-only chunk hidden when it did not ask for usage.
+  hide_usage_chunk_ = sse_ && success && proxy_.finalize_body(ctx_);
+  if (hide_usage_chunk_) usage_.emplace(ctx_.flavour, sse_, true);
+  if (sse_) {
+    proxy_.stream_started();
+    counted_stream_ = true;
+  }
+  known_length_ = head.content_length >= 0 && !hide_usage_chunk_;
+  const ResponseHead rh{head.status,
+                        head.reason,
+                        &ctx_.response_headers,
+                        ctx_.response_headers.has("Date"),
+                        !head.no_body && !known_length_,
+                        head.no_body ? std::max<int64_t>(head.content_length, 0) : head.content_length,
+                        sse_};
+  sink_.start(rh);
+  if (!known_length_) sink_.flush_head();  // a stream's client sees the status before the first event
+}
+
+// The followed response ended for this client: complete (its usage is the recording's) or cut
+// (the client left, fell behind, the recording failed mid-body, the server stops).
+void Exchange::end_follow(bool complete_ok) {
+  Recording& rec = *ctx_.follow->recording;
+  if (follower_) {
+    rec.detach(follower_);
+    follower_.reset();
+  }
+  state_ = State::Completing;
+  if (complete_ok && usage_) {
+    const std::string_view rest = usage_->finish();
+    if (!rest.empty()) write_client(rest, true);
+  }
+  if (!ctx_.usage_set) ctx_.usage = rec.final_usage();
+  if (!complete_ok && !ctx_.client_gone) {
+    // Like a cut upstream: a stream gets the flavour's error event; the response ends without its
+    // terminating chunk (or short of its length) and the connection closes.
+    if (sse_ && !known_length_) write_client(sink_.error_event(ctx_.flavour, ctx_.error), true);
+    abort_client(resp());
+  }
+  complete();
+}
+
+// The followed request failed before its head: this one goes upstream on its own.
+void Exchange::fall_back() {
+  ctx_.follow.reset();
+  ctx_.origin = Origin::Upstream;
+  go_upstream();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -628,14 +765,15 @@ void Exchange::end_relay() {
   state_ = State::Completing;
   loop_.ev().cancel(timer_);
   // After a failure, what the extractor still holds is an unfinished event: counted, not relayed.
-  const bool followed = fanout_ && fanout_->following() > 0;
   const std::string_view rest = usage_->finish();
-  if ((!ctx_.client_gone || followed) && upstream_error_.empty()) emit(rest, true);
-  ctx_.usage = usage_->usage();
-  if (fanout_) {
-    // Before the exchange's own error event, which the followers get each in their flavour.
-    if (upstream_done_ && upstream_error_.empty()) fanout_->finish({}, ctx_.usage);
-    else fanout_->finish(upstream_error_.empty() ? std::string("the response being followed ended early") : upstream_error_, ctx_.usage);
+  if (!ctx_.client_gone && upstream_error_.empty()) emit(rest, true);
+  if (!ctx_.usage_set) ctx_.usage = usage_->usage();
+  if (leading_) {
+    // Followers get the end (or the failure, as an error event of their own flavour).
+    if (upstream_done_ && upstream_error_.empty())
+      ctx_.recording->complete(usage_->usage(), !sse_ || (usage_->saw_terminal_event() && !usage_->saw_error_event()));
+    else
+      ctx_.recording->fail(usage_->usage(), {502, upstream_error_.empty() ? std::string("the response being followed ended early") : upstream_error_});
   }
   if (ctx_.client_gone) {
     if (up_) pool_.discard(std::move(up_), false);  // the upstream may still be sending: never reuse that socket
@@ -659,11 +797,17 @@ void Exchange::end_relay() {
 
 void Exchange::complete() {
   state_ = State::Completing;
-  // Ended before a response to follow (an error answer, a refusal, the client gone early).
-  if (fanout_) {
-    fanout_->fail({502, ctx_.client_gone        ? std::string("the request being followed was cancelled")
-                        : ctx_.error.empty() ? std::string("the request being followed ended without a response")
-                                             : ctx_.error});
+  // A recording not ended yet ends here: its request got an error answer, a refusal, an answer
+  // from another recording, or its client left early. Its followers fall back or get the answer.
+  if (ctx_.recording) {
+    const int status = ctx_.status >= 400 ? ctx_.status : 502;
+    ctx_.recording->fail(ctx_.usage, {status, ctx_.client_gone    ? std::string("the request being followed was cancelled")
+                                              : ctx_.error.empty() ? std::string("the request being followed ended without a response")
+                                                                   : ctx_.error});
+  }
+  if (leading_) {
+    ctx_.recording->set_leader(nullptr, nullptr);
+    leading_ = false;
   }
   hooks(
       [this] {
@@ -698,8 +842,6 @@ void Exchange::hand_back() {
   loop_.ev().cancel(timer_);
   loop_.ev().cancel(resume_);
   sink_.hand_back(keep_);  // a client gone is closed whatever keep_ says
-  // Followers still flushing their end keep the exchange (and its fanout) until they are done.
-  if (fanout_ && fanout_->pending() > 0) return;
   host_.exchange_finished(*this);
 }
 
@@ -716,6 +858,14 @@ void Exchange::abort(const std::string& why) {
       return hand_back();
     case State::Completing:
       return;
+    case State::Follow:
+      if (follow_started_) {
+        ctx_.error = why;
+        return end_follow(false);
+      }
+      ctx_.follow->recording->detach(follower_);
+      follower_.reset();
+      return fail({503, why, "", "server_stopping"});
     default:
       loop_.ev().cancel(timer_);
       if (waiting_ && pool_.remove_waiter({loop_.index(), id_})) waiting_ = false;

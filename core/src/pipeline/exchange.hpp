@@ -9,9 +9,14 @@
 //   what the client's socket does not take is queued, and past a high watermark the upstream is
 //   not read until the queue drains below the low one → on_complete, access log, metrics.
 //
-// The client side is a ClientSink (sink.hpp): connection, Response, queue, send deadline. With
-// enable_followers() before the response starts, other clients of the loop can follow the same
-// response through a Fanout (fanout.hpp), each with a sink of its own.
+// The client side is a ClientSink (sink.hpp): connection, Response, queue, send deadline.
+//
+// Recordings (recording.hpp): when a plugin asked for it (ctx.recording), the exchange records
+// the response it relays (head, raw body pieces, end) so that other requests can follow it or
+// replay it. An exchange whose plugin answered it from a recording (ctx.follow) makes no upstream
+// call: it follows the recording instead (State::Follow), writing what the recording hands it to
+// its own client, with the same sink, hooks, access log and metrics as any request; with the
+// fallback flag, a recorded request that failed before its head sends it upstream on its own.
 //
 // Hooks run inline when every plugin of the chain declared itself non-blocking and the store
 // never blocks; otherwise each hook phase runs on a worker thread while the exchange waits
@@ -25,7 +30,6 @@
 #include <vector>
 
 #include "http/response_parser.hpp"
-#include "pipeline/fanout.hpp"
 #include "pipeline/proxy.hpp"
 #include "pipeline/request_context.hpp"
 #include "pipeline/sink.hpp"
@@ -52,7 +56,8 @@ struct ExchangeHost {
 class Exchange final : public server::Watcher,
                        public upstream::ConnectionUser,
                        private SinkOwner,
-                       private FanoutOwner {
+                       private Recording::Reader,
+                       private Recording::Leader {
 public:
   Exchange(uint64_t id, server::Loop& loop, std::unique_ptr<server::ClientConnection> client, Proxy& proxy,
            upstream::Pool& pool, std::shared_ptr<const plugins::Chain> chain, char* read_buffer, size_t read_capacity,
@@ -68,11 +73,6 @@ public:
   void on_delivered(std::unique_ptr<upstream::Connection> conn);
   // The server stops: ends the request now (client cut, upstream closed, on_complete run).
   void abort(const std::string& why);
-  // Lets other clients of this loop follow the response (Fanout::attach); before the response
-  // starts (the recording begins with its first body byte). Null when too late.
-  Fanout* enable_followers(FanoutLimits limits = {});
-  Fanout* fanout() { return fanout_.get(); }
-
   uint64_t id() const { return id_; }
   server::Loop& loop() { return loop_; }
   RequestContext& ctx() { return ctx_; }
@@ -83,7 +83,7 @@ public:
 
 private:
   enum class State {
-    HeaderHooks, Body, RequestHooks, Acquire, Connect, Send, AwaitHead, ResponseHooks, Relay, Completing, Flushing, Finished
+    HeaderHooks, Body, RequestHooks, Deferred, Follow, Acquire, Connect, Send, AwaitHead, ResponseHooks, Relay, Completing, Flushing, Finished
   };
 
   // Hook phases: inline, or on a worker while parked; `then` continues on the loop.
@@ -96,6 +96,14 @@ private:
   void read_body();
   void after_body();
   void after_request_hooks(plugins::HookResult r);
+  void go_upstream();
+  // Follow mode (ctx.follow): the recording's bytes instead of an upstream response.
+  void start_follow();
+  void recording_ready() override;
+  void begin_follow(const RecordedHead& head);
+  void end_follow(bool complete);
+  void fall_back();
+  void followers_left() override;
   void acquire();
   void use(std::unique_ptr<upstream::Connection> conn);
   void establish();
@@ -111,7 +119,6 @@ private:
   server::ClientConnection& conn() { return sink_.conn(); }
   server::Response& resp() { return sink_.resp(); }
   void sink_stalled(ClientSink& sink, const std::string& why) override;
-  void followers_changed() override;
   void upstream_failed(int status, std::string failure, bool retryable);
   void upstream_done();
   void emit(std::string_view bytes, bool end);
@@ -137,7 +144,10 @@ private:
   ExchangeHost& host_;
   RequestContext ctx_;
   ClientSink sink_;                 // the exchange's own client
-  std::unique_ptr<Fanout> fanout_;  // followers, when enabled
+  bool leading_ = false;  // this exchange relays ctx_.recording (set_leader)
+  std::shared_ptr<Recording::Follower> follower_;  // follow mode: its place in the recording
+  Recording::Take take_;
+  bool follow_started_ = false;
   State state_ = State::HeaderHooks;
   bool parked_ = false;
   bool client_hup_ = false;  // a hang-up seen while parked
@@ -162,7 +172,7 @@ private:
   std::optional<UsageExtractor> usage_;
   bool upstream_done_ = false;
   bool paused_ = false;          // backpressure: the upstream is not read
-  bool leader_left_ = false;     // the own client left mid-relay; followers keep the upstream read
+  bool leader_left_ = false;     // the own client left mid-relay; followers of its recording keep the upstream read
   bool up_readable_ = false;     // the upstream socket may hold bytes (an input event since the last short read)
   bool up_closing_ = false;      // the peer's FIN (or an error) was reported: its EOF is read without another event
   bool counted_stream_ = false;

@@ -86,6 +86,15 @@ inline uint64_t string_special_bits(uint64_t w) {
   return (((q - kOnes) & ~q) | ((b - kOnes) & ~b) | ((w - kOnes * 0x20) & ~w) | w) & kHighs;
 }
 
+// The same for '"' and '\\' only: inside an already validated string nothing else ends a run.
+inline uint64_t quote_or_backslash_bits(uint64_t w) {
+  constexpr uint64_t kOnes = 0x0101010101010101ULL;
+  constexpr uint64_t kHighs = 0x8080808080808080ULL;
+  const uint64_t q = w ^ (kOnes * '"');
+  const uint64_t b = w ^ (kOnes * '\\');
+  return (((q - kOnes) & ~q) | ((b - kOnes) & ~b)) & kHighs;
+}
+
 // Index (0..7, in memory order) of the lowest flagged byte of a non-zero string_special_bits().
 inline size_t first_flagged_byte(uint64_t bits) {
   if constexpr (std::endian::native == std::endian::little) {
@@ -96,19 +105,125 @@ inline size_t first_flagged_byte(uint64_t bits) {
 }
 
 inline bool is_string_special(unsigned char c) { return c == '"' || c == '\\' || c < 0x20 || c >= 0x80; }
+inline bool is_quote_or_backslash(unsigned char c) { return c == '"' || c == '\\'; }
 
-// Offset of the first '"', '\\', control character or byte >= 0x80 in s[i, s.size()), or s.size().
-// Plain ASCII is skipped eight bytes at a time.
-inline size_t find_string_special(std::string_view s, size_t i) {
+// Offset of the first byte of s[i, s.size()) that `is_special`, or s.size() (i when i >= s.size()).
+// Eight bytes at a time with `special_bits` (one of the two above, matching `is_special`).
+template <uint64_t (*special_bits)(uint64_t), bool (*is_special)(unsigned char)>
+inline size_t find_flagged(std::string_view s, size_t i) {
   const size_t n = s.size();
   while (i + 8 <= n) {
     uint64_t w;
     std::memcpy(&w, s.data() + i, sizeof w);
-    if (const uint64_t bits = string_special_bits(w)) return i + first_flagged_byte(bits);
+    if (const uint64_t bits = special_bits(w)) return i + first_flagged_byte(bits);
     i += 8;
   }
-  while (i < n && !is_string_special(byte_at(s, i))) ++i;
+  while (i < n && !is_special(byte_at(s, i))) ++i;
   return i;
+}
+
+// Offset of the first '"', '\\', control character or byte >= 0x80 in s[i, s.size()), or s.size().
+// Plain ASCII is skipped eight bytes at a time.
+inline size_t find_string_special(std::string_view s, size_t i) {
+  return find_flagged<string_special_bits, is_string_special>(s, i);
+}
+
+// Offset of the first '"' or '\\' in s[i, s.size()), or s.size() (i when i >= s.size()). For the
+// contents of validated strings, where UTF-8 needs no checking: skips 8 bytes at a time whatever they are.
+inline size_t find_quote_or_backslash(std::string_view s, size_t i) {
+  return find_flagged<quote_or_backslash_bits, is_quote_or_backslash>(s, i);
+}
+
+// json_unescape() appending to `out`; false (with `out` partly appended) when `in` is not well-formed.
+bool append_unescaped(std::string& out, std::string_view in) {
+  size_t i = 0;
+  const size_t n = in.size();
+  while (i < n) {
+    const size_t bs = in.find('\\', i);
+    const size_t plain_end = bs == std::string_view::npos ? n : bs;
+    const std::string_view plain = in.substr(i, plain_end - i);
+    if (plain.find('"') != std::string_view::npos) return false;
+    out.append(plain);
+    if (bs == std::string_view::npos) break;
+    if (bs + 1 >= n) return false;
+    const char e = in[bs + 1];
+    i = bs + 2;
+    switch (e) {
+      case '"': out.push_back('"'); break;
+      case '\\': out.push_back('\\'); break;
+      case '/': out.push_back('/'); break;
+      case 'b': out.push_back('\b'); break;
+      case 'f': out.push_back('\f'); break;
+      case 'n': out.push_back('\n'); break;
+      case 'r': out.push_back('\r'); break;
+      case 't': out.push_back('\t'); break;
+      case 'u': {
+        const int32_t u = hex4(in, i);
+        if (u < 0) return false;
+        i += 4;
+        uint32_t cp = static_cast<uint32_t>(u);
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+          // A high surrogate: combine with a following \uDC00-\uDFFF, else it is lone.
+          int32_t low = -1;
+          if (i + 6 <= n && in[i] == '\\' && in[i + 1] == 'u') low = hex4(in, i + 2);
+          if (low >= 0xDC00 && low <= 0xDFFF) {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (static_cast<uint32_t>(low) - 0xDC00);
+            i += 6;
+          } else {
+            cp = 0xFFFD;
+          }
+        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+          cp = 0xFFFD;
+        }
+        append_utf8(out, cp);
+        break;
+      }
+      default:
+        return false;
+    }
+  }
+  return true;
+}
+
+// json_quote() appending to `out`. Runs of plain ASCII are copied in one go.
+void append_quoted(std::string& out, std::string_view utf8) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out.push_back('"');
+  size_t i = 0;
+  const size_t n = utf8.size();
+  while (i < n) {
+    const size_t special = find_string_special(utf8, i);
+    out.append(utf8.substr(i, special - i));
+    i = special;
+    if (i >= n) break;
+    const unsigned char c = byte_at(utf8, i);
+    if (c >= 0x80) {
+      const size_t len = utf8_sequence_length(utf8, i);
+      if (len == 0) {
+        out.append("\xEF\xBF\xBD");  // U+FFFD for each invalid byte
+        ++i;
+      } else {
+        out.append(utf8.substr(i, len));
+        i += len;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"': out.append("\\\""); break;
+      case '\\': out.append("\\\\"); break;
+      case '\b': out.append("\\b"); break;
+      case '\f': out.append("\\f"); break;
+      case '\n': out.append("\\n"); break;
+      case '\r': out.append("\\r"); break;
+      case '\t': out.append("\\t"); break;
+      default:  // another control character (find_string_special stops at nothing else)
+        out.append("\\u00");
+        out.push_back(kHex[c >> 4]);
+        out.push_back(kHex[c & 0xF]);
+    }
+    ++i;
+  }
+  out.push_back('"');
 }
 
 std::string describe_byte(unsigned char c) {
@@ -385,52 +500,7 @@ TopLevelScan scan_top_level(std::string_view body) {
 std::optional<std::string> json_unescape(std::string_view in) {
   std::string out;
   out.reserve(in.size());
-  size_t i = 0;
-  const size_t n = in.size();
-  while (i < n) {
-    const size_t bs = in.find('\\', i);
-    const size_t plain_end = bs == std::string_view::npos ? n : bs;
-    const std::string_view plain = in.substr(i, plain_end - i);
-    if (plain.find('"') != std::string_view::npos) return std::nullopt;
-    out.append(plain);
-    if (bs == std::string_view::npos) break;
-    if (bs + 1 >= n) return std::nullopt;
-    const char e = in[bs + 1];
-    i = bs + 2;
-    switch (e) {
-      case '"': out.push_back('"'); break;
-      case '\\': out.push_back('\\'); break;
-      case '/': out.push_back('/'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case 'n': out.push_back('\n'); break;
-      case 'r': out.push_back('\r'); break;
-      case 't': out.push_back('\t'); break;
-      case 'u': {
-        const int32_t u = hex4(in, i);
-        if (u < 0) return std::nullopt;
-        i += 4;
-        uint32_t cp = static_cast<uint32_t>(u);
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-          // A high surrogate: combine with a following \uDC00-\uDFFF, else it is lone.
-          int32_t low = -1;
-          if (i + 6 <= n && in[i] == '\\' && in[i + 1] == 'u') low = hex4(in, i + 2);
-          if (low >= 0xDC00 && low <= 0xDFFF) {
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (static_cast<uint32_t>(low) - 0xDC00);
-            i += 6;
-          } else {
-            cp = 0xFFFD;
-          }
-        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-          cp = 0xFFFD;
-        }
-        append_utf8(out, cp);
-        break;
-      }
-      default:
-        return std::nullopt;
-    }
-  }
+  if (!append_unescaped(out, in)) return std::nullopt;
   return out;
 }
 
@@ -460,45 +530,9 @@ std::optional<int64_t> json_int_value(std::string_view body, const JsonMember& m
 }
 
 std::string json_quote(std::string_view utf8) {
-  static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(utf8.size() + 2);
-  out.push_back('"');
-  size_t i = 0;
-  const size_t n = utf8.size();
-  while (i < n) {
-    const unsigned char c = byte_at(utf8, i);
-    if (c >= 0x80) {
-      const size_t len = utf8_sequence_length(utf8, i);
-      if (len == 0) {
-        out.append("\xEF\xBF\xBD");  // U+FFFD for each invalid byte
-        ++i;
-      } else {
-        out.append(utf8.substr(i, len));
-        i += len;
-      }
-      continue;
-    }
-    switch (c) {
-      case '"': out.append("\\\""); break;
-      case '\\': out.append("\\\\"); break;
-      case '\b': out.append("\\b"); break;
-      case '\f': out.append("\\f"); break;
-      case '\n': out.append("\\n"); break;
-      case '\r': out.append("\\r"); break;
-      case '\t': out.append("\\t"); break;
-      default:
-        if (c < 0x20) {
-          out.append("\\u00");
-          out.push_back(kHex[c >> 4]);
-          out.push_back(kHex[c & 0xF]);
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-    ++i;
-  }
-  out.push_back('"');
+  append_quoted(out, utf8);
   return out;
 }
 
@@ -585,6 +619,361 @@ std::string apply_top_level_edits(std::string_view body, const TopLevelScan& sca
   }
   out.append(body.substr(cursor));
   return out;
+}
+
+// ---- canonical JSON ----
+
+namespace {
+
+constexpr size_t kNpos = std::string_view::npos;
+
+inline size_t skip_ws_from(std::string_view s, size_t i) {
+  while (i < s.size() && is_ws(s[i])) ++i;
+  return i;
+}
+
+// One past the closing quote of the validated string literal whose opening quote is at s[i], or
+// kNpos when it is unterminated. `escaped` is set when the literal contains a backslash.
+inline size_t string_literal_end(std::string_view s, size_t i, bool& escaped) {
+  size_t k = i + 1;
+  for (;;) {
+    k = find_quote_or_backslash(s, k);
+    if (k >= s.size()) return kNpos;
+    if (s[k] == '"') return k + 1;
+    escaped = true;
+    k += 2;  // the escaped byte; the hex digits of a \uXXXX hold no quote and no backslash
+  }
+}
+
+// The canonical form, in two iterative passes over a validated body:
+//   1. index_containers(): for each non-empty container that is an object member's value, where it
+//      ends (`spans_`, in body order). Nothing else is recorded.
+//   2. run(): emits the value depth first with an explicit stack of frames. An array is emitted as it
+//      is read. An object's members are gathered first (key, value span; a container value's end comes
+//      from `spans_`, so nested values are not rescanned once per level), sorted, deduplicated, then
+//      emitted one by one.
+//      The gathered members of the open objects share one vector used as a stack, and so do the keys
+//      that had to be unescaped (`arena_`).
+// Every read is bounds-checked, so a body that does not match its scan fails (or gives unspecified
+// output) rather than reading out of bounds.
+class Canonicalizer {
+ public:
+  Canonicalizer(std::string_view body, std::span<const std::string_view> exclude, std::string& out)
+      : s_(body), n_(body.size()), exclude_(exclude), out_(out) {}
+
+  bool run() {
+    const size_t begin = skip_ws_from(s_, 0);
+    if (begin >= n_) return false;
+    if ((s_[begin] == '{' || s_[begin] == '[') && !index_containers(begin)) return false;
+    // The canonical form is never longer than the body (whitespace goes, an escape never grows).
+    out_.reserve(out_.size() + (n_ - begin));
+    size_t end = 0;
+    if (!open_value(begin, true, end)) return false;
+    while (!frames_.empty()) {
+      const size_t fi = frames_.size() - 1;
+      Frame& f = frames_[fi];
+      size_t value_pos = 0;
+      if (f.object) {
+        if (f.next == f.stop) {
+          out_.push_back('}');
+          members_.resize(f.members_base);
+          arena_.resize(f.arena_base);
+          const size_t object_end = f.end;
+          frames_.pop_back();
+          child_done(object_end);
+          continue;
+        }
+        const Member& m = members_[f.next++];
+        if (!f.first) out_.push_back(',');
+        f.first = false;
+        append_key(m);
+        out_.push_back(':');
+        value_pos = m.value_begin;
+      } else {
+        size_t p = skip_ws_from(s_, f.pos);
+        if (p >= n_) return false;
+        if (s_[p] == ']') {
+          out_.push_back(']');
+          frames_.pop_back();
+          child_done(p + 1);
+          continue;
+        }
+        if (!f.first) {
+          if (s_[p] != ',') return false;
+          p = skip_ws_from(s_, p + 1);
+          out_.push_back(',');
+        }
+        f.first = false;
+        value_pos = p;
+      }
+      if (!open_value(value_pos, false, end)) return false;  // may push a frame: `f` is stale now
+      if (end != kNpos) frames_[fi].pos = end;
+    }
+    return true;
+  }
+
+ private:
+  struct Span {
+    size_t open;  // offset of the '{' or '['
+    size_t end;   // one past the matching '}' or ']' (kNpos while open)
+  };
+  struct Member {
+    size_t key_begin;  // the key's bytes: in the body (raw, escape-free) or in arena_ (unescaped)
+    size_t key_size;
+    size_t value_begin;  // the value's span in the body
+    size_t value_end;
+    bool key_in_arena;
+  };
+  struct Frame {
+    bool object = false;
+    bool first = true;  // nothing emitted inside yet
+    size_t pos = 0;     // array: where the next element (or ',' or ']') is looked for
+    size_t next = 0;    // object: members_[next, stop) are still to emit
+    size_t stop = 0;
+    size_t members_base = 0;  // object: members_ and arena_ sizes to restore when it is done
+    size_t arena_base = 0;
+    size_t end = 0;  // object: one past its '}'
+  };
+  struct OpenContainer {
+    size_t span;  // index in spans_, or kNpos when not recorded
+    bool object;
+  };
+
+  // Pass 1 from the top-level container at s_[begin].
+  bool index_containers(size_t begin) {
+    std::vector<OpenContainer> open;
+    open.reserve(16);
+    size_t i = begin;
+    while (i < n_) {
+      const char c = s_[i];
+      if (c == '"') {
+        bool escaped = false;
+        i = string_literal_end(s_, i, escaped);
+        if (i == kNpos) return false;
+        continue;
+      }
+      if (c == '{' || c == '[') {
+        size_t span = kNpos;
+        if (!open.empty() && open.back().object) {
+          span = spans_.size();
+          spans_.push_back(Span{i, kNpos});
+        }
+        open.push_back(OpenContainer{span, c == '{'});
+      } else if (c == '}' || c == ']') {
+        if (open.empty()) return false;
+        const size_t span = open.back().span;
+        open.pop_back();
+        if (span != kNpos) {
+          // An empty container holds no recorded one, so it is still the last: drop it (it is known
+          // by its first bytes in pass 2).
+          if (span + 1 == spans_.size() && skip_ws_from(s_, spans_[span].open + 1) == i) {
+            spans_.pop_back();
+          } else {
+            spans_[span].end = i + 1;
+          }
+        }
+        if (open.empty()) return true;
+      }
+      ++i;
+    }
+    return false;
+  }
+
+  // One past the end of the value at s_[p], or kNpos.
+  size_t value_end(size_t p) const {
+    if (p >= n_) return kNpos;
+    const char c = s_[p];
+    if (c == '"') {
+      bool escaped = false;
+      return string_literal_end(s_, p, escaped);
+    }
+    if (c == '{' || c == '[') {
+      const size_t k = find_span(p);
+      if (k < spans_.size() && spans_[k].open == p) return spans_[k].end;
+      const size_t q = skip_ws_from(s_, p + 1);  // not recorded: an empty container
+      return q < n_ && s_[q] == (c == '{' ? '}' : ']') ? q + 1 : kNpos;
+    }
+    return scalar_end(p);
+  }
+
+  // Index of the first span opening at or after `p`. Lookups mostly go forward a little (the members
+  // of an object are gathered in body order, objects mostly come in body order), so the search
+  // gallops forward from where the previous one ended; a jump back is a plain binary search.
+  size_t find_span(size_t p) const {
+    const auto before = [](const Span& span, size_t offset) { return span.open < offset; };
+    size_t lo = span_hint_;
+    if (lo > spans_.size() || (lo > 0 && spans_[lo - 1].open >= p)) {
+      lo = static_cast<size_t>(std::lower_bound(spans_.begin(), spans_.end(), p, before) - spans_.begin());
+    } else {
+      size_t step = 1;
+      size_t hi = lo;  // spans_[lo - 1].open < p; find hi with spans_[hi].open >= p (or the end)
+      while (hi < spans_.size() && spans_[hi].open < p) {
+        lo = hi + 1;
+        hi += step;
+        step *= 2;
+      }
+      hi = std::min(hi, spans_.size());
+      lo = static_cast<size_t>(std::lower_bound(spans_.begin() + static_cast<std::ptrdiff_t>(lo),
+                                                spans_.begin() + static_cast<std::ptrdiff_t>(hi), p, before) -
+                               spans_.begin());
+    }
+    span_hint_ = lo + 1;
+    return lo;
+  }
+
+  // One past the number or literal at s_[p] (kNpos when s_[p] cannot start one).
+  size_t scalar_end(size_t p) const {
+    const char c = s_[p];
+    if (c != '-' && !is_digit(c) && c != 't' && c != 'f' && c != 'n') return kNpos;
+    size_t i = p + 1;
+    while (i < n_ && !is_ws(s_[i]) && s_[i] != ',' && s_[i] != '}' && s_[i] != ']') ++i;
+    return i;
+  }
+
+  // Emits the value at s_[p]: a scalar entirely (`end` is then one past it), a container by its opening
+  // byte and a new frame (`end` is then kNpos).
+  bool open_value(size_t p, bool top_level, size_t& end) {
+    if (p >= n_) return false;
+    const char c = s_[p];
+    if (c == '"') {
+      bool escaped = false;
+      end = string_literal_end(s_, p, escaped);
+      if (end == kNpos) return false;
+      if (!escaped) {  // already canonical: validated UTF-8, no control character, no escape
+        out_.append(s_.substr(p, end - p));
+        return true;
+      }
+      scratch_.clear();
+      if (!append_unescaped(scratch_, s_.substr(p + 1, end - p - 2))) return false;
+      append_quoted(out_, scratch_);
+      return true;
+    }
+    end = kNpos;
+    if (c == '[') {
+      Frame f;
+      f.pos = p + 1;
+      frames_.push_back(f);
+      out_.push_back('[');
+      return true;
+    }
+    if (c == '{') {
+      Frame f;
+      f.object = true;
+      if (!gather_members(p, top_level, f)) return false;
+      frames_.push_back(f);
+      out_.push_back('{');
+      return true;
+    }
+    end = scalar_end(p);
+    if (end == kNpos) return false;
+    out_.append(s_.substr(p, end - p));  // numbers exactly as written
+    return true;
+  }
+
+  std::string_view key_of(const Member& m) const {
+    return m.key_in_arena ? std::string_view(arena_).substr(m.key_begin, m.key_size)
+                          : s_.substr(m.key_begin, m.key_size);
+  }
+
+  void append_key(const Member& m) {
+    if (m.key_in_arena) {
+      append_quoted(out_, std::string_view(arena_).substr(m.key_begin, m.key_size));
+    } else {  // escape-free in the body: already canonical
+      out_.append(s_.substr(m.key_begin - 1, m.key_size + 2));
+    }
+  }
+
+  bool excluded(std::string_view key) const {
+    return std::find(exclude_.begin(), exclude_.end(), key) != exclude_.end();
+  }
+
+  // Gathers the members of the object at s_[open] onto members_ as `f`'s range, sorted by key, the
+  // last occurrence of each key only (and without the excluded keys at the top level).
+  bool gather_members(size_t open, bool top_level, Frame& f) {
+    f.members_base = members_.size();
+    f.arena_base = arena_.size();
+    size_t p = skip_ws_from(s_, open + 1);
+    if (p < n_ && s_[p] == '}') {
+      f.end = p + 1;
+    } else {
+      for (;;) {
+        if (p >= n_ || s_[p] != '"') return false;
+        bool escaped = false;
+        const size_t key_end = string_literal_end(s_, p, escaped);
+        if (key_end == kNpos) return false;
+        Member m{};
+        if (escaped) {
+          m.key_in_arena = true;
+          m.key_begin = arena_.size();
+          if (!append_unescaped(arena_, s_.substr(p + 1, key_end - p - 2))) return false;
+          m.key_size = arena_.size() - m.key_begin;
+        } else {
+          m.key_begin = p + 1;
+          m.key_size = key_end - p - 2;
+        }
+        p = skip_ws_from(s_, key_end);
+        if (p >= n_ || s_[p] != ':') return false;
+        m.value_begin = skip_ws_from(s_, p + 1);
+        m.value_end = value_end(m.value_begin);
+        if (m.value_end == kNpos) return false;
+        members_.push_back(m);
+        p = skip_ws_from(s_, m.value_end);
+        if (p < n_ && s_[p] == ',') {
+          p = skip_ws_from(s_, p + 1);
+          continue;
+        }
+        if (p < n_ && s_[p] == '}') {
+          f.end = p + 1;
+          break;
+        }
+        return false;
+      }
+    }
+    // Sort by key, equal keys in body order (value_begin is unique), then keep the last of each run.
+    const auto first = members_.begin() + static_cast<std::ptrdiff_t>(f.members_base);
+    std::sort(first, members_.end(), [this](const Member& a, const Member& b) {
+      const int c = key_of(a).compare(key_of(b));
+      return c != 0 ? c < 0 : a.value_begin < b.value_begin;
+    });
+    size_t kept = f.members_base;
+    for (size_t r = f.members_base; r < members_.size(); ++r) {
+      const std::string_view key = key_of(members_[r]);
+      if (r + 1 < members_.size() && key_of(members_[r + 1]) == key) continue;  // a later one follows
+      if (top_level && excluded(key)) continue;
+      members_[kept++] = members_[r];
+    }
+    members_.resize(kept);
+    f.next = f.members_base;
+    f.stop = kept;
+    return true;
+  }
+
+  // A container ended at `end`: the enclosing array (if any) goes on from there.
+  void child_done(size_t end) {
+    if (!frames_.empty() && !frames_.back().object) frames_.back().pos = end;
+  }
+
+  std::string_view s_;
+  size_t n_;
+  std::span<const std::string_view> exclude_;
+  std::string& out_;
+  std::vector<Span> spans_;
+  mutable size_t span_hint_ = 0;  // find_span()'s starting point
+  std::vector<Frame> frames_;
+  std::vector<Member> members_;
+  std::string arena_;    // unescaped keys of the open objects' members
+  std::string scratch_;  // the unescaped content of the current string value
+};
+
+}  // namespace
+
+bool canonical_json(std::string_view body, const TopLevelScan& scan, std::span<const std::string_view> exclude,
+                    std::string& out) {
+  if (!scan.ok) return false;
+  const size_t restore = out.size();
+  if (Canonicalizer(body, exclude, out).run()) return true;
+  out.resize(restore);
+  return false;
 }
 
 ModelRewriteResult rewrite_model(std::string_view body, std::string_view model, bool insert_if_absent) {

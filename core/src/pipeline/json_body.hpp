@@ -85,6 +85,28 @@ std::optional<std::string> json_unescape(std::string_view escaped);
 // UTF-8 bytes are replaced by U+FFFD so the result is always valid JSON.
 std::string json_quote(std::string_view utf8);
 
+// ---- canonical form ----
+
+// Canonical JSON of a body that scan_top_level() validated (scan.ok): object members sorted by
+// their unescaped key (byte order of the UTF-8), no insignificant whitespace, numbers exactly as
+// written, strings unescaped and re-escaped one way (json_quote's rules: only '"', '\\' and
+// control characters escaped, so "\u00e9" and "é" are the same string; lone escaped surrogates
+// become U+FFFD as json_unescape does). Duplicate keys: only the LAST occurrence is kept (what
+// parsers keep), at every level. Top-level members whose key is in `exclude` are left out (top
+// level only; a nested member of the same name stays). Appends to `out`. Returns false (out
+// unchanged) when the scan is not ok.
+//   - `scan` must be scan_top_level(body) (only its `ok` is read). Should a body that does not match
+//     its scan be passed anyway, every read still stays in bounds (the result is then unspecified).
+//   - `exclude` keys are compared with the unescaped keys; every occurrence of an excluded key goes.
+//   - Top-level arrays, strings, numbers and literals are canonicalised too (`exclude` has no effect).
+//   - The result is valid JSON, never longer than `body`, and canonical_json of it is itself.
+//   - Iterative (explicit heap stacks, no recursion, any depth the scan accepts) and linear in the
+//     body size apart from sorting each object's members: a first pass records where each non-empty
+//     container that is an object member's value ends, so an object's members are gathered without
+//     rescanning nested values. Escape-free strings are copied as they are.
+bool canonical_json(std::string_view body, const TopLevelScan& scan, std::span<const std::string_view> exclude,
+                    std::string& out);
+
 // ---- edits ----
 
 // One edit of a top-level member. Keys are compared after unescaping.

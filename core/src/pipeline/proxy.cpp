@@ -117,6 +117,7 @@ bool Proxy::read_body(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerRe
 
 bool Proxy::inspect_body(const server::Request& req, Poco::Net::HTTPServerResponse& resp, RequestContext& ctx) const {
   ctx.body_scanned = true;  // plugins' request_body_member reads this scan (none: not JSON)
+  ctx.add_stream_usage = cfg_.proxy.stream_usage;
   TopLevelScan& scan = ctx.body_scan;
   if (ctx.body.empty()) return true;
   const bool declared_json = is_json_content_type(req.headers().get("Content-Type"));
@@ -139,8 +140,27 @@ bool Proxy::inspect_body(const server::Request& req, Poco::Net::HTTPServerRespon
 }
 
 bool Proxy::finalize_body(RequestContext& ctx) const {
+  if (ctx.upstream_body_ready) {  // a plugin asked for it (request_upstream_body): computed once
+    if (ctx.upstream_body_edited) {
+      ctx.body.swap(ctx.upstream_body);
+      ctx.body_scanned = false;  // the arrival scan described the body before the edits
+    }
+    ctx.upstream_body_ready = false;
+    util::give_string(ctx.upstream_body);
+    return ctx.upstream_body_hides_usage;
+  }
+  bool hide = false;
+  if (upstream_body_edits(ctx, ctx.upstream_body, hide)) {
+    ctx.body.swap(ctx.upstream_body);
+    ctx.body_scanned = false;  // the arrival scan described the body before the edits
+  }
+  return hide;
+}
+
+bool upstream_body_edits(RequestContext& ctx, std::string& out, bool& hide_usage_chunk) {
+  hide_usage_chunk = false;
   const bool want_model = ctx.model && *ctx.model != ctx.client_model;
-  const bool openai_stream = ctx.flavour == Flavour::OpenAI && ctx.streaming && cfg_.proxy.stream_usage;
+  const bool openai_stream = ctx.flavour == Flavour::OpenAI && ctx.streaming && ctx.add_stream_usage;
   if (!want_model && !openai_stream) return false;
 
   // The scan made at arrival still describes the body unless a plugin replaced it.
@@ -151,7 +171,6 @@ bool Proxy::finalize_body(RequestContext& ctx) const {
   const TopLevelScan& current = ctx.body_scan;
   if (!current.ok || !current.is_object) return false;
   std::vector<TopLevelEdit> edits;
-  bool hide_usage_chunk = false;
   if (want_model) edits.push_back({"model", json_quote(*ctx.model), TopLevelEdit::Mode::Upsert});
   if (openai_stream) {
     // Ask for usage in the stream so streamed tokens are counted; hide the extra usage-only chunk
@@ -179,8 +198,9 @@ bool Proxy::finalize_body(RequestContext& ctx) const {
       hide_usage_chunk = true;
     }
   }
-  if (!edits.empty()) ctx.body = apply_top_level_edits(ctx.body, current, edits);
-  return hide_usage_chunk;
+  if (edits.empty()) return false;
+  out = apply_top_level_edits(ctx.body, current, edits);
+  return true;
 }
 
 void Proxy::map_headers(const server::Request& req, RequestContext& ctx) const {

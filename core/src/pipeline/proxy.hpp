@@ -56,6 +56,11 @@ private:
   std::atomic<int> active_streams_{0};
 };
 
+// The core's edits of the request body (the model to send upstream, stream_options.include_usage
+// for OpenAI streams when ctx.add_stream_usage): true with the edited body in `out`, false when
+// the body goes as it is. hide_usage_chunk: the client did not ask for the usage-only chunk.
+bool upstream_body_edits(RequestContext& ctx, std::string& out, bool& hide_usage_chunk);
+
 // A plugin stopped the request (either phase): its own stream, its early answer, or a 500.
 void answer_refusal(Poco::Net::HTTPServerResponse& resp, RequestContext& ctx);
 // The client connection can't carry a valid end any more (a body cut short, a stream that failed):

@@ -16,6 +16,7 @@
 #include "server/connection.hpp"
 #include "util/spares.hpp"
 #include "pipeline/json_body.hpp"
+#include "pipeline/recording.hpp"
 #include "pipeline/usage.hpp"
 
 namespace glmp::core::pipeline {
@@ -44,6 +45,7 @@ struct RequestContext {
     util::give_string(request_id);
     util::give_string(path);
     util::give_string(body);
+    util::give_string(upstream_body);
     if (body_scan.members.capacity() <= 64) {
       body_scan.members.clear();
       SpareMembers::give(std::move(body_scan.members));
@@ -74,6 +76,29 @@ struct RequestContext {
   Poco::Net::HTTPServerResponse* response = nullptr;  // the client response, for plugins that stream one
   std::ostream* plugin_stream = nullptr;              // set by stream_begin
   std::vector<std::pair<std::string, std::string>> extra_response_headers;  // added in on_request, sent on any response
+
+  // The body as it will go upstream (request_upstream_body), computed once when a plugin asks:
+  // upstream_body_ready; upstream_body_edited: it differs from `body` (else upstream_body is
+  // unused). Cleared by request_set_body / request_set_model; finalize_body takes it.
+  bool add_stream_usage = false;  // [proxy] stream_usage: OpenAI streams get include_usage
+  bool upstream_body_ready = false, upstream_body_edited = false, upstream_body_hides_usage = false;
+  std::string upstream_body;
+
+  // Recordings (recording.hpp). `recording`: this request's response is recorded
+  // (request_record). `follow`: the request is answered from another's recording
+  // (request_follow) instead of an upstream call.
+  struct Follow {
+    std::shared_ptr<Recording> recording;
+    Origin origin = Origin::Cache;
+    bool fallback = false;
+    std::vector<std::pair<std::string, std::string>> headers;
+  };
+  std::shared_ptr<Recording> recording;
+  std::optional<Follow> follow;
+  Origin origin = Origin::Upstream;  // where the response came from
+  bool charge = true;                // response_set_charge (only for a recorded answer)
+  bool usage_set = false;            // a plugin set the usage (response_set_usage)
+  uint32_t defer_upstream_ms = 0;    // request_defer_upstream
 
   // Outcome
   std::optional<EarlyResponse> early_response;  // a plugin answered; no upstream call

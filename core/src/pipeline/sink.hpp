@@ -2,7 +2,7 @@
 // One client a response is relayed to (docs/design.md, "The engine", relay): its connection, its
 // server::Response, its write queue and send deadline, its share of the request's outcome
 // (client_gone, bytes_out, ttfb in its RequestContext). The upstream side (Exchange) feeds it body
-// pieces; an exchange's own client is its first sink, a Fanout's followers have one each.
+// pieces; each exchange has one for its own client (also one that follows a recording).
 //
 // Loop thread only. The relay path (write) is inline and does what the exchange did before the
 // split: frame, one sendmsg, queue the rest, arm the send deadline when something is queued.

@@ -75,6 +75,7 @@ constexpr Needle kThinkingKey{"\"thinking\"", 'k'};
 constexpr Needle kContentBlockDeltaValue{"\"content_block_delta\"", 'k'};
 constexpr Needle kMessageStart{"message_start", '_'};
 constexpr Needle kMessageDelta{"message_delta", '_'};
+constexpr Needle kMessageStop{"\"message_stop\"", '_'};
 
 inline bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
@@ -394,6 +395,7 @@ UsageExtractor::EventType UsageExtractor::event_type_of(std::string_view name) {
   if (name == "message_delta") return EventType::MessageDelta;
   if (name == "content_block_delta") return EventType::ContentBlockDelta;
   if (name == "error") return EventType::Error;
+  if (name == "message_stop") return EventType::MessageStop;
   return EventType::Other;
 }
 
@@ -445,6 +447,8 @@ bool UsageExtractor::sse_dispatch() {
     ++events_;
     if (flavour_ == Flavour::Anthropic && event_type_ == EventType::Error) {
       saw_error_ = true;
+    } else if (event_type_ == EventType::MessageStop) {
+      saw_terminal_ = true;
     } else {
       if (flavour_ == Flavour::Anthropic && delta_content_ &&
           (event_type_ == EventType::ContentBlockDelta || (event_type_ == EventType::None && delta_typed_))) {
@@ -466,12 +470,16 @@ bool UsageExtractor::sse_dispatch() {
 bool UsageExtractor::sse_examine(bool dispatched) {
   const std::string_view data = data_buf_;
   if (flavour_ == Flavour::OpenAI) {
-    if (data == "[DONE]") return false;
+    if (data == "[DONE]") {
+      if (dispatched) saw_terminal_ = true;
+      return false;
+    }
     // Counted before the event's own usage (if any) is applied: a chunk carrying both is covered by it.
     if (dispatched && openai_content_delta(data)) count_delta();
     if (!has_non_null_member(data, kUsageKey) && !contains(data, kErrorKey)) return false;
   } else {
     if (event_type_ == EventType::None) {
+      if (dispatched && contains(data, kMessageStop)) saw_terminal_ = true;  // no `event:` line: the data's "type"
       if (!contains(data, kMessageStart) && !contains(data, kMessageDelta) && !contains(data, kErrorKey)) {
         return false;
       }

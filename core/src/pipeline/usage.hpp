@@ -109,13 +109,16 @@ class UsageExtractor {
   // SSE: an `event: error` (Anthropic, or a data "type":"error") or a data JSON with a top-level
   // "error" member (OpenAI) was seen.
   bool saw_error_event() const { return saw_error_; }
+  // SSE: the stream's terminal event was dispatched: OpenAI "data: [DONE]", Anthropic
+  // message_stop (from the `event:` line, or the data's "type" when that line is missing).
+  bool saw_terminal_event() const { return saw_terminal_; }
   // SSE: events dispatched (terminated by a blank line and carrying at least one data line).
   uint64_t events() const { return events_; }
 
  private:
   enum class Phase : uint8_t { Start, ExpectKey, InKey, ExpectColon, ExpectValue, InValue, Done };
   // An SSE event's type (`event:` line, or Anthropic data's "type"), as far as it matters here.
-  enum class EventType : uint8_t { None, MessageStart, MessageDelta, ContentBlockDelta, Error, Other };
+  enum class EventType : uint8_t { None, MessageStart, MessageDelta, ContentBlockDelta, MessageStop, Error, Other };
   static EventType event_type_of(std::string_view name);  // None for ""
 
   // SSE
@@ -155,6 +158,7 @@ class UsageExtractor {
   int64_t deltas_ = 0;
   bool final_ = false;  // reported_ holds the closing usage and no delta came after it
   bool saw_error_ = false;
+  bool saw_terminal_ = false;
   uint64_t events_ = 0;
 
   // SSE framing

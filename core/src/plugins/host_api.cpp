@@ -61,6 +61,7 @@ void request_model(glmp_request_host_ptr* r, const char** d, size_t* n) {
 void request_set_model(glmp_request_host_ptr* r, const char* m, size_t n) {
   auto& ctx = C(r);
   ctx.model = S(m, n);
+  ctx.upstream_body_ready = false;
   // A body without "model" gets one inserted when a plugin sets it (the core's rewrite upserts).
 }
 
@@ -80,6 +81,7 @@ void request_body(glmp_request_host_ptr* r, const char** d, size_t* n) { out(C(r
 void request_set_body(glmp_request_host_ptr* r, const char* d, size_t n) {
   C(r).body.assign(d ? d : "", n);
   C(r).body_scanned = false;  // request_body_member describes the new body
+  C(r).upstream_body_ready = false;
 }
 
 int get_attribute(glmp_request_host_ptr* r, const char* name, size_t nl, const char** v, size_t* vl) {
@@ -350,6 +352,137 @@ int request_body_member(glmp_request_host_ptr* r, const char* name, size_t nl, c
   return 1;
 }
 
+// --- 1.5: recordings ---
+
+// A plugin's reference to a recording: one box per reference handed out, counted.
+struct RecordingBox {
+  std::shared_ptr<pipeline::Recording> rec;
+  std::atomic<int> refs{1};
+};
+RecordingBox* B(glmp_recording_host_ptr* h) { return reinterpret_cast<RecordingBox*>(h); }
+
+// Only a proxied request that has not been answered can record or follow.
+bool may_answer_from_recording(const RequestContext& ctx) {
+  return ctx.route != nullptr && !ctx.follow && !ctx.early_response && !ctx.plugin_stream && ctx.status == 0;
+}
+
+glmp_recording_host_ptr* request_record(glmp_request_host_ptr* r, size_t max_bytes) {
+  auto& ctx = C(r);
+  if (!may_answer_from_recording(ctx)) return nullptr;
+  if (!ctx.recording) ctx.recording = std::make_shared<pipeline::Recording>(max_bytes, ctx.flavour);
+  else ctx.recording->want(max_bytes);
+  return reinterpret_cast<glmp_recording_host_ptr*>(new RecordingBox{ctx.recording});
+}
+void recording_retain(glmp_recording_host_ptr* h) {
+  if (h) B(h)->refs.fetch_add(1, std::memory_order_relaxed);
+}
+void recording_release(glmp_recording_host_ptr* h) {
+  if (h && B(h)->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete B(h);
+}
+void recording_info(glmp_recording_host_ptr* h, glmp_recording_info* o) {
+  if (!h || !o || o->struct_size < sizeof(uint32_t)) return;
+  const auto i = B(h)->rec->info();
+  glmp_recording_info full{};
+  full.struct_size = sizeof(glmp_recording_info);
+  full.state = static_cast<int32_t>(i.state);
+  full.status = i.status;
+  full.streamed = i.sse ? 1 : 0;
+  full.ended_normally = i.ended_normally ? 1 : 0;
+  full.replayable = i.replayable ? 1 : 0;
+  full.body_bytes = i.body_bytes;
+  full.started_ms = i.started_ms;
+  full.finished_ms = i.finished_ms;
+  full.followers = i.followers;
+  full.input_tokens = i.usage.input_tokens;
+  full.output_tokens = i.usage.output_tokens;
+  full.cache_read_input_tokens = i.usage.cache_read_input_tokens;
+  full.cache_creation_input_tokens = i.usage.cache_creation_input_tokens;
+  full.total_tokens = i.usage.total_tokens;
+  full.usage_seen = i.usage.seen ? 1 : 0;
+  const uint32_t n = std::min<uint32_t>(o->struct_size, sizeof(glmp_recording_info));
+  std::memcpy(reinterpret_cast<char*>(o) + sizeof(uint32_t), reinterpret_cast<const char*>(&full) + sizeof(uint32_t),
+              n - sizeof(uint32_t));
+}
+
+int request_follow(glmp_request_host_ptr* r, glmp_recording_host_ptr* h, glmp_origin origin, uint32_t flags,
+                   const glmp_header* headers, size_t count) {
+  auto& ctx = C(r);
+  if (!h || !may_answer_from_recording(ctx)) return -1;
+  const auto& rec = B(h)->rec;
+  // Its own recording, one of the other API flavour (its error events would be the wrong shape),
+  // a failed one or one that outgrew its limit: not followable.
+  if (rec == ctx.recording || rec->flavour() != ctx.flavour || !rec->followable()) return -1;
+  RequestContext::Follow f;
+  f.recording = rec;
+  f.origin = origin == GLMP_ORIGIN_COALESCED ? pipeline::Origin::Coalesced : pipeline::Origin::Cache;
+  f.fallback = (flags & GLMP_FOLLOW_FALLBACK) != 0;
+  for (size_t i = 0; headers && i < count; ++i)
+    f.headers.emplace_back(S(headers[i].name, headers[i].name_len), S(headers[i].value, headers[i].value_len));
+  ctx.follow = std::move(f);
+  // Its own recording (another plugin asked for one) will never be relayed: it fails at the end.
+  return 0;
+}
+glmp_origin response_origin(glmp_request_host_ptr* r) { return static_cast<glmp_origin>(C(r).origin); }
+void response_set_usage(glmp_request_host_ptr* r, const glmp_usage* u) {
+  if (!u || u->struct_size < offsetof(glmp_usage, total_tokens) + sizeof(int64_t)) return;
+  auto& ctx = C(r);
+  pipeline::Usage usage;
+  usage.seen = u->seen != 0;
+  usage.input_tokens = std::max<int64_t>(0, u->input_tokens);
+  usage.output_tokens = std::max<int64_t>(0, u->output_tokens);
+  usage.cache_read_input_tokens = std::max<int64_t>(0, u->cache_read_input_tokens);
+  usage.cache_creation_input_tokens = std::max<int64_t>(0, u->cache_creation_input_tokens);
+  usage.total_tokens = std::max<int64_t>(0, u->total_tokens);
+  usage.complete = true;
+  ctx.usage = usage;
+  ctx.usage_set = true;
+}
+int response_charge(glmp_request_host_ptr* r) {
+  const auto& ctx = C(r);
+  return ctx.origin == pipeline::Origin::Upstream || ctx.charge ? 1 : 0;
+}
+void response_set_charge(glmp_request_host_ptr* r, int charge) { C(r).charge = charge != 0; }
+
+// The body as it will go upstream, computed once per body and model.
+const std::string& upstream_body(RequestContext& ctx) {
+  if (!ctx.upstream_body_ready) {
+    bool hide = false;
+    ctx.upstream_body_edited = pipeline::upstream_body_edits(ctx, ctx.upstream_body, hide);
+    ctx.upstream_body_hides_usage = hide;
+    ctx.upstream_body_ready = true;
+  }
+  return ctx.upstream_body_edited ? ctx.upstream_body : ctx.body;
+}
+void request_upstream_body(glmp_request_host_ptr* r, const char** d, size_t* n) { out(upstream_body(C(r)), d, n); }
+
+int request_canonical_body(glmp_request_host_ptr* r, const glmp_string* exclude, size_t count, glmp_bytes_fn fn,
+                           void* user_data) {
+  auto& ctx = C(r);
+  const std::string& body = upstream_body(ctx);
+  if (body.empty()) return 0;
+  thread_local pipeline::TopLevelScan edited_scan;
+  const pipeline::TopLevelScan* scan = &ctx.body_scan;
+  if (ctx.upstream_body_edited || !ctx.body_scanned) {
+    pipeline::scan_top_level(body, edited_scan);
+    scan = &edited_scan;
+    if (!ctx.upstream_body_edited) {  // the body itself: keep the scan for request_body_member
+      ctx.body_scan = edited_scan;
+      ctx.body_scanned = true;
+    }
+  }
+  if (!scan->ok) return 0;
+  std::vector<std::string_view> names;
+  names.reserve(count);
+  for (size_t i = 0; exclude && i < count; ++i) names.push_back(V(exclude[i].data, exclude[i].len));
+  thread_local std::string canonical;
+  canonical.clear();
+  if (!pipeline::canonical_json(body, *scan, names, canonical)) return 0;
+  if (fn) fn(user_data, canonical.data(), canonical.size());
+  if (canonical.capacity() > (1u << 20)) std::string().swap(canonical);
+  return 1;
+}
+void request_defer_upstream(glmp_request_host_ptr* r, uint32_t ms) { C(r).defer_upstream_ms = std::min<uint32_t>(ms, 10000); }
+
 const glmp_host_api kHostApi = {
     sizeof(glmp_host_api), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, log,
     request_id, request_method, request_path, request_query, request_flavour, request_streaming, request_model,
@@ -361,6 +494,10 @@ const glmp_host_api kHostApi = {
     store_bucket_ms, metric_new, metric_add, metric_set, metric_observe, request_client_header,
     // 1.4
     request_body_member,
+    // 1.5
+    request_record, recording_retain, recording_release, recording_info, request_follow, response_origin,
+    response_set_usage, response_charge, response_set_charge, request_upstream_body, request_canonical_body,
+    request_defer_upstream,
 };
 
 }  // namespace

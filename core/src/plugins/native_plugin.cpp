@@ -22,7 +22,7 @@ HookResult result_of(glmp_status status, pipeline::RequestContext& ctx, const st
   switch (status) {
     case GLMP_CONTINUE: return HookResult::Continue;
     case GLMP_RESPONDED:
-      if (ctx.early_response || ctx.plugin_stream) return HookResult::Responded;
+      if (ctx.early_response || ctx.plugin_stream || ctx.follow) return HookResult::Responded;
       fail_request(ctx, plugin);  // claimed to respond but did not
       return HookResult::Error;
     default:

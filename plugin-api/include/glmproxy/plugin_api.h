@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GLMP_ABI_MAJOR 1u
-#define GLMP_ABI_MINOR 4u
+#define GLMP_ABI_MINOR 5u
 
 /* ---------------------------------------------------------------------------------------------
  * Opaque handles
@@ -112,6 +112,77 @@ typedef struct glmp_label {
   const char* value;
   size_t value_len;
 } glmp_label;
+
+/* --- 1.5: recordings (response cache, request coalescing) ----------------------------------- */
+
+/* A recorded response: its status, headers and body bytes in order, captured while it streams to
+ * its own client (request_record), which other requests can follow live or replay later
+ * (request_follow). Core-owned and reference-counted: every handle a host function returns is one
+ * reference, given back with recording_release; recording_retain adds one. Handles are
+ * thread-safe: any thread, any time, also after the request that recorded it has ended, and
+ * across hot reloads (a reference keeps the recording, never the chain). recording_retain,
+ * recording_release and recording_info never call into a plugin and hold only the recording's
+ * own short lock, so a plugin may call them under its own locks. */
+typedef struct glmp_recording_host_ptr glmp_recording_host_ptr;
+
+typedef enum glmp_recording_state {
+  GLMP_RECORDING_WAITING = 0,  /* the recorded request has not had its response head yet */
+  GLMP_RECORDING_LIVE = 1,     /* the head is known; the body is still arriving */
+  GLMP_RECORDING_COMPLETE = 2, /* the response arrived whole */
+  GLMP_RECORDING_FAILED = 3    /* it ended without a response, or was cut (reset, stall, error) */
+} glmp_recording_state;
+
+/* Where a response came from (response_origin). */
+typedef enum glmp_origin {
+  GLMP_ORIGIN_UPSTREAM = 0,  /* its own upstream call (or a plugin's or the core's answer) */
+  GLMP_ORIGIN_CACHE = 1,     /* replayed from a finished recording */
+  GLMP_ORIGIN_COALESCED = 2  /* followed another request's response while it was relayed */
+} glmp_origin;
+
+typedef struct glmp_recording_info {
+  uint32_t struct_size; /* set by the caller; the host fills what both sides know */
+  int32_t state;        /* glmp_recording_state */
+  int32_t status;       /* the response status, 0 before the head */
+  int32_t streamed;     /* the response is text/event-stream */
+  /* COMPLETE, and nothing went wrong in the body: the whole body (Content-Length, last chunk)
+   * arrived and, for a stream, its terminal event was seen (OpenAI "data: [DONE]", Anthropic
+   * "message_stop") and no error event was. What a cache may keep. */
+  int32_t ended_normally;
+  /* Every body byte so far is kept (body_bytes <= the recording's max_bytes): it can be replayed
+   * and followed from its start. */
+  int32_t replayable;
+  int64_t body_bytes;   /* body bytes relayed so far, as the upstream sent them */
+  int64_t started_ms;   /* Unix ms: the recording was created */
+  int64_t finished_ms;  /* Unix ms: it became COMPLETE or FAILED; 0 before */
+  int64_t followers;    /* clients following it right now */
+  /* The response's token usage as the core extracted it (final once COMPLETE or FAILED). */
+  int64_t input_tokens;
+  int64_t output_tokens;
+  int64_t cache_read_input_tokens;
+  int64_t cache_creation_input_tokens;
+  int64_t total_tokens;
+  int32_t usage_seen;
+  int32_t reserved;
+} glmp_recording_info;
+
+/* A header name and value (pointer + length). */
+typedef struct glmp_header {
+  const char* name;
+  size_t name_len;
+  const char* value;
+  size_t value_len;
+} glmp_header;
+
+/* A string (pointer + length). */
+typedef struct glmp_string {
+  const char* data;
+  size_t len;
+} glmp_string;
+
+/* request_follow flags */
+#define GLMP_FOLLOW_FALLBACK 1u /* when the followed request fails before its response head (a
+                                 * connection failure, a timeout, a 429 or any 5xx), this request
+                                 * goes upstream on its own instead of getting that answer */
 
 /* A route handler registered with register_route. Runs on the connection's thread; answers with
  * respond / respond_error / stream_* on `request`. */
@@ -279,6 +350,73 @@ typedef struct glmp_host_api {
    * request_set_body. on_request, on_response_*, on_complete and route handlers. --- */
   int (*request_body_member)(glmp_request_host_ptr* request, const char* name, size_t name_len, const char** value,
                              size_t* value_len);
+
+  /* ===== ABI 1.5 (check struct_size / abi_minor >= 5 before use): recordings ===== */
+
+  /* --- on_request only. Records this request's response while it is relayed to its client:
+   * status, headers (as the client gets them, minus hop-by-hop ones, X-Request-ID and the headers
+   * plugins added for this client only) and the body bytes exactly as the upstream sent them (so a
+   * stream keeps the usage-only chunk a client may not see; every client gets its own view).
+   * Every caller of one request gets the same recording; `max_bytes` is how many body bytes to keep
+   * for replay and for followers that attach late (the largest asked wins; past it the bytes are
+   * dropped, the recording is no longer replayable and nobody can attach, but followers already
+   * attached go on). Returns a new reference, or NULL when the request will not be relayed from
+   * an upstream (a route handler; a plugin answered; request_follow was called). --- */
+  glmp_recording_host_ptr* (*request_record)(glmp_request_host_ptr* request, size_t max_bytes);
+  void (*recording_retain)(glmp_recording_host_ptr* recording);
+  void (*recording_release)(glmp_recording_host_ptr* recording);
+  /* Fills `out` (its struct_size set by the caller). Any thread. */
+  void (*recording_info)(glmp_recording_host_ptr* recording, glmp_recording_info* out);
+
+  /* --- on_request only. Answers this request from `recording` instead of an upstream call: a
+   * COMPLETE replayable one is replayed at once (status, headers, body); a WAITING or LIVE
+   * replayable one is followed: the bytes so far at once, then live, with a write queue of this
+   * client's own (it never slows the recorded request or other followers; one that falls more than
+   * a bounded backlog behind is cut off with the flavour's error event). Each client gets its own
+   * X-Request-ID, Date and response_set_header headers; `headers` (may be NULL) are added too,
+   * replacing same-named ones, only when the answer does come from the recording. A stream's
+   * usage-only chunk is hidden from a client that did not ask for usage. The usage reported to
+   * on_complete, the access log and metrics is the recording's, and response_origin() says
+   * `origin` (GLMP_ORIGIN_CACHE or GLMP_ORIGIN_COALESCED). With GLMP_FOLLOW_FALLBACK, when the
+   * recorded request fails before its head (see the flag), this request goes upstream on its own
+   * (origin then stays GLMP_ORIGIN_UPSTREAM); without it, it gets that answer. If the recorded
+   * request fails mid-body, the follower's response is cut with the flavour's error event.
+   * A request that called request_record and then follows (a cache that recorded the miss before
+   * a coalescing plugin made it a follower) is never relayed from an upstream: its own recording
+   * ends FAILED, unless it falls back, when it records its own upstream response as usual.
+   * on_response_headers and on_response_body do not run for an answer from a recording;
+   * on_complete does.
+   * Returns 0 (then return GLMP_RESPONDED), or -1 when the recording cannot be followed (FAILED,
+   * no longer replayable, COMPLETE with a status other than 2xx, recorded for the other API
+   * flavour, or this request's own) — the request is unchanged. */
+  int (*request_follow)(glmp_request_host_ptr* request, glmp_recording_host_ptr* recording, glmp_origin origin,
+                        uint32_t flags, const glmp_header* headers, size_t header_count);
+  /* Any hook: where the response comes from (on_complete: where it came from). */
+  glmp_origin (*response_origin)(glmp_request_host_ptr* request);
+  /* on_request or on_complete: replaces the usage reported to on_complete, the access log and
+   * metrics (e.g. a cache that stored it separately). */
+  void (*response_set_usage)(glmp_request_host_ptr* request, const glmp_usage* usage);
+  /* Whether quota plugins should charge this response's usage: 1 unless a plugin set 0 for a
+   * response served from a recording (response_set_charge; it has no effect on a response with
+   * origin GLMP_ORIGIN_UPSTREAM, e.g. a follower that fell back to its own upstream call). */
+  int (*response_charge)(glmp_request_host_ptr* request);
+  void (*response_set_charge)(glmp_request_host_ptr* request, int charge);
+
+  /* --- on_request: the body exactly as it will go upstream if nothing changes it any more: with
+   * the core's edits applied (the model set by request_set_model or [proxy] model, and the
+   * stream_options.include_usage the core adds to OpenAI streams). Host-owned, valid until
+   * request_set_body or request_set_model. --- */
+  void (*request_upstream_body)(glmp_request_host_ptr* request, const char** data, size_t* len);
+  /* on_request: the upstream body (as above) as canonical JSON — object members sorted by key at
+   * every level, no insignificant whitespace, numbers exactly as written, strings unescaped and
+   * re-escaped one way ("\u00e9" and "é" are one string), the last of duplicate keys — minus the
+   * top-level members named in `exclude`. Handed to `out` (host-owned bytes, valid during the
+   * call). Returns 1, or 0 when the body is not JSON (out is not called). --- */
+  int (*request_canonical_body)(glmp_request_host_ptr* request, const glmp_string* exclude, size_t exclude_count,
+                                glmp_bytes_fn out, void* user_data);
+  /* on_request: the upstream call waits `ms` milliseconds (at most 10000) after the request
+   * hooks, without holding a thread, e.g. so identical requests can join it. */
+  void (*request_defer_upstream)(glmp_request_host_ptr* request, uint32_t ms);
 } glmp_host_api;
 
 /* ---------------------------------------------------------------------------------------------

@@ -132,6 +132,33 @@ struct Usage {
   std::int64_t total_tokens = 0;  // OpenAI total_tokens when given, else 0
 };
 
+// Where a response comes from (ABI 1.5; mirrors glmp_origin).
+enum class Origin : int {
+  Upstream = GLMP_ORIGIN_UPSTREAM,   // its own upstream call (or an answer of a plugin or the core)
+  Cache = GLMP_ORIGIN_CACHE,         // replayed from a finished recording
+  Coalesced = GLMP_ORIGIN_COALESCED  // followed another request's response while it was relayed
+};
+
+// A recording's state and figures (ABI 1.5; see Recording::info).
+struct RecordingInfo {
+  enum class State : int {
+    Waiting = GLMP_RECORDING_WAITING,   // no response head yet
+    Live = GLMP_RECORDING_LIVE,         // head known, body arriving
+    Complete = GLMP_RECORDING_COMPLETE, // arrived whole
+    Failed = GLMP_RECORDING_FAILED      // ended without a response, or cut
+  };
+  State state = State::Failed;
+  int status = 0;               // 0 before the head
+  bool streamed = false;        // text/event-stream
+  bool ended_normally = false;  // Complete, whole body, a stream's terminal event and no error event
+  bool replayable = false;      // every body byte is kept (within max_bytes)
+  std::int64_t body_bytes = 0;
+  std::int64_t started_ms = 0;   // Unix ms
+  std::int64_t finished_ms = 0;  // Unix ms, 0 before the end
+  std::int64_t followers = 0;    // clients following it now
+  Usage usage;                   // final once Complete or Failed
+};
+
 // What a state-store call returns (mirrors glmp_store_status one to one).
 enum class StoreStatus : int {
   Ok = GLMP_STORE_OK,
@@ -518,6 +545,65 @@ class Settings {
 };
 
 // ---------------------------------------------------------------------------------------------
+// Recording (ABI 1.5): one reference to a recorded response (Request::record), which other
+// requests can follow live or replay later (Request::follow). Copying adds a reference, the
+// destructor gives it back; any thread, any time (also after the request that recorded it ended).
+// A default-constructed (or moved-from) Recording is empty: `if (rec)` tells.
+// ---------------------------------------------------------------------------------------------
+class Recording {
+ public:
+  Recording() noexcept = default;
+  // Adopts one reference returned by the host (NULL gives an empty Recording).
+  Recording(const glmp_host_api* api, glmp_recording_host_ptr* handle) noexcept : api_(api), handle_(handle) {}
+  Recording(const Recording& other) noexcept : api_(other.api_), handle_(other.handle_) {
+    if (handle_ != nullptr) api_->recording_retain(handle_);
+  }
+  Recording(Recording&& other) noexcept : api_(other.api_), handle_(std::exchange(other.handle_, nullptr)) {}
+  Recording& operator=(Recording other) noexcept {
+    std::swap(api_, other.api_);
+    std::swap(handle_, other.handle_);
+    return *this;
+  }
+  ~Recording() {
+    if (handle_ != nullptr) api_->recording_release(handle_);
+  }
+  explicit operator bool() const noexcept { return handle_ != nullptr; }
+  bool operator==(const Recording& other) const noexcept { return handle_ == other.handle_; }
+
+  // The state and figures now (an empty Recording reports State::Failed).
+  RecordingInfo info() const noexcept {
+    RecordingInfo r;
+    if (handle_ == nullptr) return r;
+    glmp_recording_info raw{};
+    raw.struct_size = static_cast<std::uint32_t>(sizeof raw);
+    api_->recording_info(handle_, &raw);
+    r.state = static_cast<RecordingInfo::State>(raw.state);
+    r.status = raw.status;
+    r.streamed = raw.streamed != 0;
+    r.ended_normally = raw.ended_normally != 0;
+    r.replayable = raw.replayable != 0;
+    r.body_bytes = raw.body_bytes;
+    r.started_ms = raw.started_ms;
+    r.finished_ms = raw.finished_ms;
+    r.followers = raw.followers;
+    r.usage.seen = raw.usage_seen != 0;
+    r.usage.input_tokens = raw.input_tokens;
+    r.usage.output_tokens = raw.output_tokens;
+    r.usage.cache_read_input_tokens = raw.cache_read_input_tokens;
+    r.usage.cache_creation_input_tokens = raw.cache_creation_input_tokens;
+    r.usage.total_tokens = raw.total_tokens;
+    return r;
+  }
+
+  // Escape hatch: the raw handle (still owned by this object).
+  glmp_recording_host_ptr* handle() const noexcept { return handle_; }
+
+ private:
+  const glmp_host_api* api_ = nullptr;
+  glmp_recording_host_ptr* handle_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Request: a view of one request in flight, valid during the hook or route handler it is passed to.
 // Not copyable; never store it (nor the host handle inside it) beyond that call. Which accessors
 // are meaningful in which hook is stated per group (and in plugin_api.h).
@@ -651,6 +737,103 @@ class Request {
   }
   // True once this view answered (respond, respond_error or stream_begin).
   bool answered() const noexcept { return answer_ != Answer::None; }
+
+  // --- recordings (ABI 1.5; on_request unless stated). See plugin_api.h for the full rules. ---
+  // True when the host has them (ABI 1.5 or later); on an older host record() is empty and
+  // follow() false.
+  bool has_recordings() const noexcept {
+    return GLMP_DETAIL_HOST_HAS(api_, request_record, 5u) && GLMP_DETAIL_HOST_HAS(api_, request_follow, 5u) &&
+           GLMP_DETAIL_HOST_HAS(api_, recording_info, 5u) && GLMP_DETAIL_HOST_HAS(api_, recording_release, 5u) &&
+           GLMP_DETAIL_HOST_HAS(api_, recording_retain, 5u) && GLMP_DETAIL_HOST_HAS(api_, response_origin, 5u) &&
+           GLMP_DETAIL_HOST_HAS(api_, response_set_usage, 5u) && GLMP_DETAIL_HOST_HAS(api_, response_charge, 5u) &&
+           GLMP_DETAIL_HOST_HAS(api_, response_set_charge, 5u) && GLMP_DETAIL_HOST_HAS(api_, request_upstream_body, 5u) &&
+           GLMP_DETAIL_HOST_HAS(api_, request_canonical_body, 5u) && GLMP_DETAIL_HOST_HAS(api_, request_defer_upstream, 5u);
+  }
+  // Records this request's response as it is relayed (status, headers, body bytes as the upstream
+  // sent them), keeping up to max_bytes of body for replay and late followers. Every caller of one
+  // request gets the same recording. Empty when the request will not be relayed from an upstream.
+  Recording record(std::size_t max_bytes) {
+    if (!has_recordings()) return {};
+    return Recording(api_, api_->request_record(handle_, max_bytes));
+  }
+  // Answers this request from `recording`: replayed at once when it is complete, followed live
+  // while it is relayed. `headers` are added (replacing same-named ones) only when the answer does
+  // come from the recording. fallback: when the recorded request fails before its head (connection
+  // failure, timeout, 429, 5xx), go upstream on our own instead. True: return Status::Responded.
+  // False: it cannot be followed (failed, no longer replayable, complete with a non-2xx status);
+  // nothing changed.
+  bool follow(const Recording& recording, Origin origin, bool fallback = false,
+              const std::vector<std::pair<std::string_view, std::string_view>>& headers = {}) {
+    if (!recording || !has_recordings()) return false;
+    std::vector<glmp_header> raw;
+    raw.reserve(headers.size());
+    for (const auto& [name, value] : headers)
+      raw.push_back(glmp_header{detail::ptr(name), name.size(), detail::ptr(value), value.size()});
+    const int rc = api_->request_follow(handle_, recording.handle(), static_cast<glmp_origin>(origin),
+                                        fallback ? GLMP_FOLLOW_FALLBACK : 0u, raw.empty() ? nullptr : raw.data(),
+                                        raw.size());
+    if (rc != 0) return false;
+    answer_ = Answer::Responded;
+    return true;
+  }
+  // Any hook: where the response comes (on_complete: came) from. Upstream on an older host.
+  Origin origin() const {
+    if (!GLMP_DETAIL_HOST_HAS(api_, response_origin, 5u)) return Origin::Upstream;
+    return static_cast<Origin>(api_->response_origin(handle_));
+  }
+  // on_request or on_complete: the usage reported to on_complete, the access log and metrics.
+  void set_usage(const Usage& u) {
+    if (!GLMP_DETAIL_HOST_HAS(api_, response_set_usage, 5u)) return;
+    glmp_usage raw{};
+    raw.struct_size = static_cast<std::uint32_t>(sizeof raw);
+    raw.seen = u.seen ? 1 : 0;
+    raw.input_tokens = u.input_tokens;
+    raw.output_tokens = u.output_tokens;
+    raw.cache_read_input_tokens = u.cache_read_input_tokens;
+    raw.cache_creation_input_tokens = u.cache_creation_input_tokens;
+    raw.total_tokens = u.total_tokens;
+    api_->response_set_usage(handle_, &raw);
+  }
+  // Whether quota plugins should charge this response's usage. set_charge(false) only affects a
+  // response served from a recording (origin() != Upstream).
+  bool charge() const {
+    if (!GLMP_DETAIL_HOST_HAS(api_, response_charge, 5u)) return true;
+    return api_->response_charge(handle_) != 0;
+  }
+  void set_charge(bool charge) {
+    if (GLMP_DETAIL_HOST_HAS(api_, response_set_charge, 5u)) api_->response_set_charge(handle_, charge ? 1 : 0);
+  }
+  // The body as it will go upstream (the core's model and stream_options edits applied); body()
+  // on an older host.
+  std::string_view upstream_body() const {
+    if (!GLMP_DETAIL_HOST_HAS(api_, request_upstream_body, 5u)) return body();
+    return get(api_->request_upstream_body);
+  }
+  // The upstream body as canonical JSON (keys sorted at every level, no insignificant whitespace,
+  // numbers as written, strings in one escaping), without the top-level members in `exclude`.
+  // nullopt when the body is not JSON, or on an older host.
+  std::optional<std::string> canonical_body(const std::vector<std::string>& exclude = {}) const {
+    if (!GLMP_DETAIL_HOST_HAS(api_, request_canonical_body, 5u)) return std::nullopt;
+    std::vector<glmp_string> raw;
+    raw.reserve(exclude.size());
+    for (const auto& name : exclude) raw.push_back(glmp_string{detail::ptr(name), name.size()});
+    std::string out;
+    detail::Sink<std::string> sink{&out, nullptr};
+    const int ok = api_->request_canonical_body(
+        handle_, raw.empty() ? nullptr : raw.data(), raw.size(),
+        [](void* ud, const char* data, std::size_t len) {
+          static_cast<detail::Sink<std::string>*>(ud)->guarded([&](std::string& o) { o.assign(data, len); });
+        },
+        &sink);
+    sink.rethrow();
+    if (ok == 0) return std::nullopt;
+    return out;
+  }
+  // The upstream call waits this long after the request hooks (at most 10 s), without a thread.
+  void defer_upstream(std::chrono::milliseconds delay) {
+    if (!GLMP_DETAIL_HOST_HAS(api_, request_defer_upstream, 5u) || delay.count() <= 0) return;
+    api_->request_defer_upstream(handle_, static_cast<std::uint32_t>(std::min<std::int64_t>(delay.count(), 10000)));
+  }
 
   // Escape hatch: the raw C handles (for host functions added in later ABI minors).
   const glmp_host_api* api() const noexcept { return api_; }
