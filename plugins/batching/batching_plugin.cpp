@@ -26,15 +26,6 @@ std::optional<std::uint64_t> parse_token(std::optional<std::string_view> text) {
   return v;
 }
 
-// The host functions this plugin calls (ABI 1.5), present and not NULL.
-bool host_has_recordings(const glmp_host_api* api) {
-  if (api == nullptr || api->abi_minor < 5 ||
-      api->struct_size < offsetof(glmp_host_api, request_defer_upstream) + sizeof(api->request_defer_upstream))
-    return false;
-  return api->request_record && api->recording_retain && api->recording_release && api->recording_info &&
-         api->request_follow && api->response_origin && api->response_set_charge && api->request_canonical_body &&
-         api->request_defer_upstream;
-}
 
 }  // namespace
 
@@ -55,7 +46,7 @@ class Batching final : public glmp::Plugin {
         followers_active_(host.gauge("glmp_batching_followers_active", "Followers in progress")),
         bytes_shared_(host.counter("glmp_batching_bytes_shared_total",
                                    "Response body bytes sent to followers without an upstream call of their own")) {
-    if (!host_has_recordings(host.api()))
+    if (!host.has_recordings())
       throw glmp::SettingsError("the batching plugin needs a host with recordings (ABI 1.5)");
     for (std::size_t i = 0; i < kFallbackCount; ++i)
       fallbacks_[i] = host.counter("glmp_batching_fallbacks_total",

@@ -41,19 +41,6 @@ std::size_t index_of(const std::array<const char*, N>& names, std::string_view n
   return N;  // unknown: not counted
 }
 
-// Every ABI 1.5 function: what glmp::Request::has_recordings() asks before record() and follow() work.
-bool host_has_recordings(const glmp_host_api* api) {
-  // The table must reach the member (checked first: reading past a shorter table is undefined).
-#define GLMP_CACHE_HAS(member)                                                                           \
-  (glmp::detail::host_covers(api, offsetof(glmp_host_api, member), sizeof(glmp_host_api::member), 5u) && \
-   api->member != nullptr)
-  return GLMP_CACHE_HAS(request_record) && GLMP_CACHE_HAS(recording_retain) && GLMP_CACHE_HAS(recording_release) &&
-         GLMP_CACHE_HAS(recording_info) && GLMP_CACHE_HAS(request_follow) && GLMP_CACHE_HAS(response_origin) &&
-         GLMP_CACHE_HAS(response_set_usage) && GLMP_CACHE_HAS(response_charge) && GLMP_CACHE_HAS(response_set_charge) &&
-         GLMP_CACHE_HAS(request_upstream_body) && GLMP_CACHE_HAS(request_canonical_body) &&
-         GLMP_CACHE_HAS(request_defer_upstream);
-#undef GLMP_CACHE_HAS
-}
 
 }  // namespace
 
@@ -68,7 +55,7 @@ public:
         key_options_{settings_.global_scope, settings_.exclude_fields},
         metrics_(make_metrics(host)),
         store_(CacheLimits{settings_.ttl_ms, settings_.max_entries, settings_.max_bytes}, observer(metrics_)) {
-    if (!host_has_recordings(host.api()))
+    if (!host.has_recordings())
       throw glmp::SettingsError("the cache plugin needs a host with recordings (ABI 1.5)");
     host.register_route("GET", "/admin/cache", glmp::Access::Admin, [this](glmp::Request& r) { get_stats(r); });
     host.register_route("DELETE", "/admin/cache", glmp::Access::Admin, [this](glmp::Request& r) { delete_entries(r); });

@@ -131,7 +131,7 @@ class Child {
   }
 }
 
-function proxyConfig(mockPort, accessLog) {
+function proxyConfig(mockPort, accessLog, plugins) {
   return `[server]
 listen = "127.0.0.1:0"
 
@@ -166,11 +166,14 @@ prefix = "/v1/"
 flavour = "openai"
 upstream = "openai"
 strip_prefix = "/v1"
-`;
+${plugins ? `\n${plugins}\n` : ''}`;
 }
 
 // Starts mock-upstream and glm-proxy. Call stop() when done (in an `after` hook).
-export async function startStack() {
+// `plugins`: TOML appended to the proxy's config, e.g. `[[plugins]]` entries. Without a `path`
+// the proxy loads <name>.so from its default plugin directory: <build>/plugins next to
+// <build>/bin/glm-proxy in a build tree.
+export async function startStack({ plugins = '' } = {}) {
   const proxyBin = binary('GLMP_PROXY_BIN', 'glm-proxy');
   const mockBin = binary('GLMP_MOCK_BIN', 'mock-upstream');
   const dir = mkdtempSync(join(tmpdir(), 'glmp-e2e-'));
@@ -193,7 +196,7 @@ export async function startStack() {
     mock = new Child('mock-upstream', mockBin, ['--host', '127.0.0.1', '--port', '0', '--api-key', UPSTREAM_KEY]);
     const mockPort = Number((await mock.waitFor(/^LISTENING (\d+)$/m, 'LISTENING line'))[1]);
 
-    writeFileSync(configPath, proxyConfig(mockPort, accessLogPath));
+    writeFileSync(configPath, proxyConfig(mockPort, accessLogPath, plugins));
     proxy = new Child('glm-proxy', proxyBin, ['--config', configPath]);
     const proxyPort = Number((await proxy.waitFor(/listening on 127\.0\.0\.1:(\d+)/, '"listening on" line'))[1]);
 

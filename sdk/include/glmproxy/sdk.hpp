@@ -287,6 +287,16 @@ inline bool host_has_metrics(const glmp_host_api* api) noexcept {
          GLMP_DETAIL_HOST_HAS(api, metric_set, 1u) && GLMP_DETAIL_HOST_HAS(api, metric_observe, 1u);
 }
 
+// Every ABI 1.5 function (recordings, the upstream body, request keys).
+inline bool host_has_recordings(const glmp_host_api* api) noexcept {
+  return GLMP_DETAIL_HOST_HAS(api, request_record, 5u) && GLMP_DETAIL_HOST_HAS(api, request_follow, 5u) &&
+         GLMP_DETAIL_HOST_HAS(api, recording_info, 5u) && GLMP_DETAIL_HOST_HAS(api, recording_release, 5u) &&
+         GLMP_DETAIL_HOST_HAS(api, recording_retain, 5u) && GLMP_DETAIL_HOST_HAS(api, response_origin, 5u) &&
+         GLMP_DETAIL_HOST_HAS(api, response_set_usage, 5u) && GLMP_DETAIL_HOST_HAS(api, response_charge, 5u) &&
+         GLMP_DETAIL_HOST_HAS(api, response_set_charge, 5u) && GLMP_DETAIL_HOST_HAS(api, request_upstream_body, 5u) &&
+         GLMP_DETAIL_HOST_HAS(api, request_canonical_body, 5u) && GLMP_DETAIL_HOST_HAS(api, request_defer_upstream, 5u);
+}
+
 // The int a store function returned, as a StoreStatus. A value this SDK does not know (a newer
 // host) is taken as Unavailable: the call cannot be assumed to have worked.
 constexpr StoreStatus store_status(int raw) noexcept {
@@ -741,14 +751,7 @@ class Request {
   // --- recordings (ABI 1.5; on_request unless stated). See plugin_api.h for the full rules. ---
   // True when the host has them (ABI 1.5 or later); on an older host record() is empty and
   // follow() false.
-  bool has_recordings() const noexcept {
-    return GLMP_DETAIL_HOST_HAS(api_, request_record, 5u) && GLMP_DETAIL_HOST_HAS(api_, request_follow, 5u) &&
-           GLMP_DETAIL_HOST_HAS(api_, recording_info, 5u) && GLMP_DETAIL_HOST_HAS(api_, recording_release, 5u) &&
-           GLMP_DETAIL_HOST_HAS(api_, recording_retain, 5u) && GLMP_DETAIL_HOST_HAS(api_, response_origin, 5u) &&
-           GLMP_DETAIL_HOST_HAS(api_, response_set_usage, 5u) && GLMP_DETAIL_HOST_HAS(api_, response_charge, 5u) &&
-           GLMP_DETAIL_HOST_HAS(api_, response_set_charge, 5u) && GLMP_DETAIL_HOST_HAS(api_, request_upstream_body, 5u) &&
-           GLMP_DETAIL_HOST_HAS(api_, request_canonical_body, 5u) && GLMP_DETAIL_HOST_HAS(api_, request_defer_upstream, 5u);
-  }
+  bool has_recordings() const noexcept { return detail::host_has_recordings(api_); }
   // Records this request's response as it is relayed (status, headers, body bytes as the upstream
   // sent them), keeping up to max_bytes of body for replay and late followers. Every caller of one
   // request gets the same recording. Empty when the request will not be relayed from an upstream.
@@ -1204,6 +1207,10 @@ class Host {
     glmp_metric_host_ptr* m = new_metric(GLMP_METRIC_HISTOGRAM, name, help, labels, buckets);
     return m != nullptr ? Histogram(m, state_->api->metric_observe) : Histogram();
   }
+
+  // True when the host has recordings and request keys (ABI 1.5): Request::record/follow,
+  // canonical_body, defer_upstream. A plugin that needs them refuses an older host here.
+  bool has_recordings() const noexcept { return detail::host_has_recordings(state_->api); }
 
   // The name given to GLMP_PLUGIN.
   std::string_view plugin_name() const noexcept { return state_->plugin_name; }
