@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Summaries of scripts/bench runs (glmp-load JSON files).
 
-  report.py line FILE          one progress line for one glmp-load run
+  report.py line FILE [CALLS]  one progress line for one glmp-load run (CALLS: upstream calls it caused)
   report.py report --manifest M --out OUT [--micro F] [--config F] [--params "k=v ..."]
                    [--check] [--fail-on-errors]
                                tables, a markdown summary for README "Performance", issue 12's
-                               targets, and one JSON file with every run in it
+                               and issue 13's (cache, coalesce) targets, and one JSON file with
+                               every run in it
 
 The headline figure is the CPU a process spends (utime + stime from /proc/PID/stat, every thread)
 per request or per relayed SSE event over the measured window; with rounds, the median of rounds.
@@ -70,7 +71,7 @@ def run_errors(r):
 # --- line ---------------------------------------------------------------------------------------
 
 
-def line(path):
+def line(path, upstream_calls=None):
     r = load_json(path)
     if not r:
         print(f"   (no result in {path})")
@@ -105,6 +106,10 @@ def line(path):
             parts.append(f"ONLY {t['connections_answered']} of {t['connections']} connections answered in the window")
         if r.get("scenario") != "constant" or t.get("streams"):
             parts.append(f"threads {get(p, 'threads_peak')}, RSS peak {fmt(get(p, 'rss_kib_peak', default=0) / MIB, 1)} MiB")
+    if upstream_calls is not None:
+        parts.append(f"upstream calls {upstream_calls}")
+        if t.get("streams"):
+            parts.append(f"{fmt((get(p, 'cpu_us') or 0) / 1000, 1)} ms CPU in all")
     parts.append(f"client {fmt(get(r, 'client', 'cpu_pct'), 0)}% CPU")
     print("  ".join(parts) if len(parts) < 3 else parts[0] + "  ".join(parts[1:]), flush=True)
     for msg, n in (r.get("error_samples") or {}).items():
@@ -238,7 +243,73 @@ def summarize(runs):
             "rss_growth_mib": (get(p, "rss_growth_kib") or 0) / MIB, "rss_trend_mib": (get(p, "rss_trend_kib") or 0) / MIB,
             "cpu_us_per_request": get(p, "cpu_us_per_request"),
         })
+    s["cache"] = summarize_cache(by["cache"])
+    s["coalesce"] = summarize_coalesce(by["coalesce"])
     return s
+
+
+def summarize_cache(runs):
+    """Issue 13, cache hits: per target at c=1, medians over rounds; the hit's added p50 per round
+    against direct's p50 in the same round."""
+    if not runs:
+        return None
+    rnd = lambda r: r["key"].split("-r")[-1]
+    direct = {rnd(r): get(r, "result", "traffic", "latency_us", "p50") for r in runs if r["target"] == "direct"}
+    rows = []
+    for target in ("direct", "nginx", "glm-proxy+cache"):
+        rs = [r for r in runs if r["target"] == target]
+        if not rs:
+            continue
+        added = []
+        for r in rs:
+            d, p = direct.get(rnd(r)), get(r, "result", "traffic", "latency_us", "p50")
+            if target != "direct" and d is not None and p is not None:
+                added.append(p - d)
+        res = [r["result"] for r in rs]
+        rows.append({
+            "target": target, "rounds": len(rs),
+            "requests": sum(get(x, "traffic", "completed", default=0) for x in res),
+            "rps": median(get(x, "traffic", "rps") for x in res),
+            "p50_us": median(get(x, "traffic", "latency_us", "p50") for x in res),
+            "p99_us": median(get(x, "traffic", "latency_us", "p99") for x in res),
+            "added_p50_us": median(added), "added_p50_us_rounds": added,
+            "cpu_us_per_request": median(get(x, "processes", "target", "cpu_us_per_request") for x in res),
+            "cpu_us_per_request_rounds": [get(x, "processes", "target", "cpu_us_per_request") for x in res],
+            "upstream_calls": sum(r.get("upstream_calls") or 0 for r in rs),
+            "errors": sum(run_errors(x) for x in res),
+        })
+    return {"conns": 1, "rows": rows}
+
+
+def summarize_coalesce(runs):
+    """Issue 13, coalescing: the coalesced run (waves of identical streams) and the independent
+    run (every body distinct) on the same glm-proxy+coalesce process."""
+    if not runs:
+        return None
+    out = {}
+    for r in runs:
+        mode = r["key"].split("-")[0]  # coalesced | independent
+        x = r["result"]
+        p = get(x, "processes", "target", default={})
+        streams = get(x, "params", "concurrency")
+        total = get(x, "params", "requests")
+        out[mode] = {
+            "streams": streams, "waves": (total // streams) if streams and total else None, "requests": total,
+            "events": get(x, "params", "events"), "gap_ms": get(x, "params", "gap_ms"),
+            "completed": get(x, "traffic", "completed"), "errors": run_errors(x),
+            "upstream_calls": r.get("upstream_calls"),
+            "cpu_us": get(p, "cpu_us"), "cpu_us_per_event": get(p, "cpu_us_per_event"),
+            "cpu_us_per_request": get(p, "cpu_us_per_request"),
+            "events_relayed": get(x, "traffic", "events"),
+            "ttft_p50_ms": (get(x, "traffic", "ttft_us", "p50") or 0) / 1000 or None,
+            "ttft_p99_ms": (get(x, "traffic", "ttft_us", "p99") or 0) / 1000 or None,
+            "rss_peak_mib": (get(p, "rss_kib_peak") or 0) / MIB, "threads_peak": get(p, "threads_peak"),
+            "window_s": x.get("window_s"), "machine_busy_pct": get(x, "machine", "busy_pct"),
+        }
+    c, i = out.get("coalesced"), out.get("independent")
+    if c and i and c.get("cpu_us") and i.get("cpu_us"):
+        out["cpu_ratio"] = round(c["cpu_us"] / i["cpu_us"], 3)
+    return out
 
 
 def checks(s, cpus, sections):
@@ -310,6 +381,55 @@ def checks(s, cpus, sections):
             round(so["rss_trend_mib"], 2), 5, so["rss_trend_mib"] <= 5 and so["errors"] == 0, "MiB")
     if not s["soak"]:
         add("soak", "soak: not measured", None, None, False)
+    for c in checks13(s, sections):
+        out.append(c)
+    return out
+
+
+def checks13(s, sections):
+    """Issue 13's benchmark targets (cache hits, coalescing)."""
+    out = []
+
+    def add(section, name, value, limit, ok, unit=""):
+        if section in sections:
+            out.append({"section": section, "issue": 13, "target": name, "value": value, "limit": limit,
+                        "ok": ok, "unit": unit})
+
+    ca = s.get("cache")
+    if ca:
+        rows = {r["target"]: r for r in ca["rows"]}
+        h, n, d = rows.get("glm-proxy+cache"), rows.get("nginx"), rows.get("direct")
+        hv = get(h, "added_p50_us")
+        add("cache", "cache hit: added p50 at c=1 (hit p50 - direct p50) <= 50 µs", hv, 50,
+            None if hv is None or d is None else hv <= 50, "µs")
+        hv, nv = get(h, "cpu_us_per_request"), get(n, "cpu_us_per_request")
+        add("cache", "cache hit: CPU per hit < nginx's CPU per request (c=1)", hv, nv,
+            None if hv is None or nv is None else hv < nv, "µs")
+        if h:
+            # The first request of the first round may be the miss that stores the entry.
+            add("cache", "cache hits made no upstream call (at most the first miss)", h["upstream_calls"], 1,
+                h["upstream_calls"] <= 1 and h["errors"] == 0)
+    elif "cache" in sections:
+        add("cache", "cache: not measured", None, None, False)
+    co = s.get("coalesce")
+    if co:
+        c, i = co.get("coalesced"), co.get("independent")
+        if c:
+            label = f"{c['streams']} identical concurrent streams"
+            waves = c["waves"] or 1
+            per = None if c["upstream_calls"] is None else round(c["upstream_calls"] / waves, 2)
+            add("coalesce", f"{label}: 1 upstream call ({waves} wave(s), calls per wave)", per, 1,
+                None if per is None else c["upstream_calls"] == waves)
+            add("coalesce", f"{label}: 0 errors (coalesced and independent)",
+                c["errors"] + (i["errors"] if i else 0), 0, c["errors"] + (i["errors"] if i else 0) == 0)
+        if c and i:
+            cv, iv = c["cpu_us"], i["cpu_us"]
+            ratio = co.get("cpu_ratio")
+            add("coalesce", f"{c['streams']} identical streams: proxy CPU <= 0.6 x that of {i['streams']} independent "
+                f"streams ({fmt(cv / 1000 if cv is not None else None, 1)} vs {fmt(iv / 1000 if iv is not None else None, 1)} ms)",
+                ratio, 0.6, None if ratio is None else ratio <= 0.6, "x")
+        elif "coalesce" in sections:
+            add("coalesce", "coalesce: a run is missing", None, None, False)
     return out
 
 
@@ -384,12 +504,47 @@ def markdown(s, cks, info, params):
                   f"{fmt(r['cpu_us_per_request'], 1)} µs CPU / request.")
     if s["large"] or s["soak"]:
         md.append("")
-    if cks:
-        md.append("Issue 12 targets:")
+    ca = s.get("cache")
+    if ca:
+        md.append("Cache hits (issue 13): the same non-streamed request at c=1; glm-proxy+cache answers it from "
+                  "plugins/cache (scope \"global\"); median of rounds; added p50 against direct's p50 in the same round:")
+        md.append("")
+        md.append("| target | RPS | p50 µs | p99 µs | added p50 µs | CPU µs / request | upstream calls | errors |")
+        md.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in ca["rows"]:
+            md.append(f"| {r['target']} | {fmt(r['rps'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} | "
+                      f"{fmt(r['added_p50_us']) if r['target'] != 'direct' else ''} | {fmt(r['cpu_us_per_request'], 1)} | "
+                      f"{fmt(r['upstream_calls'])} | {r['errors']} |")
+        md.append("")
+    co = s.get("coalesce")
+    if co and (co.get("coalesced") or co.get("independent")):
+        any_run = co.get("coalesced") or co.get("independent")
+        md.append(f"Coalescing (issue 13): glm-proxy with cache + batching (mode \"all\", scope \"global\"), "
+                  f"{any_run['waves']} wave(s) of {any_run['streams']} concurrent streams × {any_run['events']} events × "
+                  f"{any_run['gap_ms']} ms; coalesced: identical within a wave; independent: every body distinct, same process:")
+        md.append("")
+        md.append("| run | streams | upstream calls | proxy CPU ms | CPU µs / stream | CPU µs / relayed event | TTFT p50 / p99 ms | errors |")
+        md.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for mode in ("coalesced", "independent"):
+            r = co.get(mode)
+            if r:
+                md.append(f"| {mode} | {fmt(r['completed'])} | {fmt(r['upstream_calls'])} | "
+                          f"{fmt((r['cpu_us'] or 0) / 1000, 1)} | {fmt(r['cpu_us_per_request'], 1)} | "
+                          f"{fmt(r['cpu_us_per_event'], 2)} | {fmt(r['ttft_p50_ms'], 1)} / {fmt(r['ttft_p99_ms'], 1)} | "
+                          f"{r['errors']} |")
+        if co.get("cpu_ratio") is not None:
+            md.append("")
+            md.append(f"Coalesced / independent proxy CPU: {co['cpu_ratio']:.2f}.")
+        md.append("")
+    for issue in (12, 13):
+        group = [c for c in cks if c.get("issue", 12) == issue]
+        if not group:
+            continue
+        md.append(f"Issue {issue} targets:")
         md.append("")
         md.append("| target | measured | limit | |")
         md.append("| --- | ---: | ---: | --- |")
-        for c in cks:
+        for c in group:
             mark = "n/a" if c["ok"] is None else ("met" if c["ok"] else "**missed**")
             md.append(f"| {c['target']} | {fmt(c['value'], 2 if isinstance(c['value'], float) else 0)} {c['unit']} | "
                       f"{fmt(c['limit'], 2 if isinstance(c['limit'], float) else 0)} {c['unit']} | {mark} |")
@@ -435,20 +590,21 @@ def report(a):
         rc = 1
     if a.check:
         missed = [c for c in cks if c["ok"] is False]
+        issues = "/".join(str(n) for n in sorted({c.get("issue", 12) for c in cks})) or "12"
         if missed:
-            print(f"\n--check: {len(missed)} of {len(cks)} issue-12 target(s) missed:")
+            print(f"\n--check: {len(missed)} of {len(cks)} issue-{issues} target(s) missed:")
             for c in missed:
                 print(f"  MISSED  {c['target']}: {fmt(c['value'], 2 if isinstance(c['value'], float) else 0)} {c['unit']}"
                       f" (limit {fmt(c['limit'], 2 if isinstance(c['limit'], float) else 0)} {c['unit']})")
             rc = 1
         else:
-            print(f"\n--check: all {len(cks)} measured issue-12 targets met")
+            print(f"\n--check: all {len(cks)} measured issue-{issues} targets met")
     return rc
 
 
 def main():
     if len(sys.argv) >= 3 and sys.argv[1] == "line":
-        return line(sys.argv[2])
+        return line(sys.argv[2], sys.argv[3] if len(sys.argv) >= 4 else None)
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["report"])
     ap.add_argument("--manifest", required=True)
@@ -456,7 +612,7 @@ def main():
     ap.add_argument("--micro")
     ap.add_argument("--config", default="")
     ap.add_argument("--params", default="")
-    ap.add_argument("--check", action="store_true", help="exit 1 when an issue-12 target is missed")
+    ap.add_argument("--check", action="store_true", help="exit 1 when an issue-12 or issue-13 target is missed")
     ap.add_argument("--fail-on-errors", action="store_true", help="exit 1 if any request failed (CI smoke)")
     return report(ap.parse_args())
 

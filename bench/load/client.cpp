@@ -45,6 +45,7 @@ constexpr std::int64_t kMs = 1000000;
 
 constexpr const char* kRunUsage = R"(usage: glmp-load run --target HOST:PORT [--scenario constant|ramp|spike|soak|idle|large]
   what:    [--path /v1/chat/completions] [--header "Name: value"]... [--model glm-4.7]
+           [--body-tag TEXT] [--vary-body N (N consecutive requests share a message; 1: all differ)]
            [--stream] [--events 50] [--gap-ms 20] [--mix 0.2 (soak: share of streamed requests)]
   load:    [--concurrency 10] [--duration 10] [--warmup 1] [--requests N] [--rate RPS]
            [--ramp-up-ms 0] [--new-connection] [--threads 1] [--timeout-s T]
@@ -69,6 +70,8 @@ struct Options {
   std::string path = "/v1/chat/completions";
   std::vector<Header> headers;
   std::string model = "glm-4.7";
+  std::string body_tag;        // appended to the message: requests identical to each other, not to another run's
+  std::uint64_t vary_body = 0;  // N: request i's message ends in " #(i / N)"; 1: no two bodies alike
   bool stream = false;
   std::uint64_t events = 50;
   std::uint64_t gap_ms = 20;
@@ -141,6 +144,8 @@ Options parse_run_args(int argc, char** argv) {
     } else if (flag == "--path") o.path = v;
     else if (flag == "--header") o.headers.push_back(parse_header(flag, v));
     else if (flag == "--model") o.model = v;
+    else if (flag == "--body-tag") o.body_tag = v;
+    else if (flag == "--vary-body") o.vary_body = u(0, 1ULL << 40);
     else if (flag == "--events") o.events = u(0, 10000000);
     else if (flag == "--gap-ms") o.gap_ms = u(0, 3600000);
     else if (flag == "--mix") o.mix = d(0, 1);
@@ -180,6 +185,8 @@ Options parse_run_args(int argc, char** argv) {
   if (o.path.empty() || o.path[0] != '/') throw UsageError{"--path must start with '/'"};
   if (!o.probe_get.empty() && o.probe_get[0] != '/') throw UsageError{"--probe-get must start with '/'"};
   if (o.model.find_first_of("\"\\") != std::string::npos) throw UsageError{"--model: no quotes or backslashes"};
+  if (o.body_tag.find_first_of("\"\\") != std::string::npos || o.body_tag.find_first_of("\r\n\t") != std::string::npos)
+    throw UsageError{"--body-tag: no quotes, backslashes or control characters"};
   if (!o.duration_s && !(o.requests && o.scenario == "constant")) o.duration_s = 10;
   if (o.scenario == "soak") {
     if (!o.mix) o.mix = 0.2;
@@ -194,13 +201,16 @@ Options parse_run_args(int argc, char** argv) {
 
 // --- Requests -------------------------------------------------------------------------------------
 
+// `suffix` (--vary-body: " #k") goes after the --body-tag in the message.
 std::string build_request(const Options& o, bool stream, const std::string& path, const std::vector<Header>& extra,
-                          bool get = false) {
+                          bool get = false, const std::string& suffix = {}) {
   std::string body;
   if (!get) {
     body = "{\"model\":\"" + o.model + "\"";
     if (stream) body += ",\"stream\":true";
-    body += ",\"messages\":[{\"role\":\"user\",\"content\":\"Hello, benchmark\"}],\"max_tokens\":64}";
+    body += ",\"messages\":[{\"role\":\"user\",\"content\":\"Hello, benchmark";
+    if (!o.body_tag.empty()) body += " " + o.body_tag;
+    body += suffix + "\"}],\"max_tokens\":64}";
   }
   std::string r = std::string(get ? "GET " : "POST ") + path + " HTTP/1.1\r\nHost: " + o.target.host_header() + "\r\n";
   if (!get) r += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
@@ -361,6 +371,7 @@ struct Shared {
   std::atomic<bool> stop_issuing{false};
   std::atomic<std::int64_t> quota{INT64_MAX};
   std::atomic<std::uint64_t> events_in_window{0};
+  std::atomic<std::uint64_t> next_body{0};  // --vary-body: the next request's number, in start order
   bool hold_after_first = false;  // idle: one request per slot, then hold the connection open
 };
 
@@ -406,6 +417,7 @@ class Conn final : public Loop::Handler {
   std::uint32_t interest_ = 0;
   llhttp_t parser_{};
   const std::string* req_ = nullptr;
+  std::string own_req_;  // --vary-body: this request's own bytes
   std::size_t sent_ = 0;
   bool stream_ = false;
   bool complete_ = false;
@@ -609,6 +621,16 @@ void Conn::begin() {
   started_once = true;
   stream_ = w_.pick_stream();
   req_ = stream_ ? &s.request_stream : &s.request_plain;
+  if (s.o.vary_body > 0 && !s.hold_after_first) {
+    const std::string suffix =
+        " #" + std::to_string(s.next_body.fetch_add(1, std::memory_order_relaxed) / s.o.vary_body);
+    own_req_ = stream_ ? build_request(s.o, true, s.o.path,
+                                       {{"x-mock-chunks", std::to_string(s.o.events)},
+                                        {"x-mock-delay-ms", std::to_string(s.o.gap_ms)}},
+                                       false, suffix)
+                       : build_request(s.o, false, s.o.path, {}, false, suffix);
+    req_ = &own_req_;
+  }
   sent_ = 0;
   complete_ = false;
   status_ = 0;
@@ -1254,6 +1276,8 @@ Json base_json(const Options& o) {
   p["target"] = o.target.host_header();
   p["path"] = o.path;
   p["stream"] = o.stream;
+  p["body_tag"] = o.body_tag;
+  p["vary_body"] = o.vary_body;
   p["mix"] = *o.mix;
   p["events"] = o.events;
   p["gap_ms"] = o.gap_ms;

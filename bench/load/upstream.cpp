@@ -9,7 +9,7 @@
 //   POST .../chat/completions   Authorization: Bearer KEY; OpenAI completion, SSE when
 //                               "stream":true; "stream_options":{"include_usage":true} adds the
 //                               usage chunk; x-mock-chunks, x-mock-delay-ms, x-mock-large-bytes
-//   GET  /__mock/stats          {"connections","requests","active","current_connections"}
+//   GET  /__mock/stats          {"connections","requests","completions","active","current_connections"}
 //   GET  /health                {"status":"ok"}
 //
 // Anything else is a 404 (the Anthropic routes, echo, faults and stalls are not here: use
@@ -54,6 +54,7 @@ void on_signal(int) { g_stop.store(true); }
 struct Stats {
   std::atomic<std::uint64_t> connections{0};
   std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> completions{0};  // POST .../chat/completions received (scripts/bench counts upstream calls)
   std::atomic<std::int64_t> active{0};
   std::atomic<std::int64_t> current{0};
 };
@@ -394,6 +395,7 @@ void UConn::start_response() {
   if (path == "/__mock/stats") {
     const std::string out = "{\"connections\":" + std::to_string(owner_.stats.connections.load()) +
                             ",\"requests\":" + std::to_string(owner_.stats.requests.load()) +
+                            ",\"completions\":" + std::to_string(owner_.stats.completions.load()) +
                             ",\"active\":" + std::to_string(owner_.stats.active.load() - 1) +
                             ",\"current_connections\":" + std::to_string(owner_.stats.current.load()) + "}";
     respond(200, "OK", "application/json", out);
@@ -412,6 +414,7 @@ void UConn::start_response() {
     error(405, "Method Not Allowed", "mock: method not allowed", "method_not_allowed");
     return;
   }
+  owner_.stats.completions.fetch_add(1, std::memory_order_relaxed);
   if (bad_control_) {
     error(400, "Bad Request", "mock: bad control header " + bad_control_name_, "bad_control_header");
     return;
