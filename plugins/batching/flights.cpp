@@ -31,29 +31,6 @@ bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
 
 }  // namespace
 
-std::uint64_t parse_size(std::string_view text) {
-  std::size_t i = 0;
-  std::uint64_t value = 0;
-  while (i < text.size() && is_digit(text[i])) {
-    value = value * 10 + static_cast<std::uint64_t>(text[i] - '0');
-    if (value > (std::uint64_t{1} << 50)) throw std::invalid_argument("size \"" + std::string(text) + "\" is too large");
-    ++i;
-  }
-  if (i == 0) throw std::invalid_argument("invalid size \"" + std::string(text) + "\" (examples: \"1MiB\", \"512KiB\", \"1000\")");
-  std::string_view unit = text.substr(i);
-  while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
-  std::uint64_t mult = 0;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "KiB") mult = 1024;
-  else if (unit == "MiB") mult = 1024 * 1024;
-  else if (unit == "GiB") mult = std::uint64_t{1024} * 1024 * 1024;
-  else if (unit == "KB" || unit == "kB") mult = 1000;
-  else if (unit == "MB") mult = 1000 * 1000;
-  else if (unit == "GB") mult = std::uint64_t{1000} * 1000 * 1000;
-  else throw std::invalid_argument("invalid size unit in \"" + std::string(text) + "\": use B, KiB, MiB, GiB, KB, MB or GB");
-  if (value > (std::uint64_t{1} << 60) / mult) throw std::invalid_argument("size \"" + std::string(text) + "\" is too large");
-  return value * mult;
-}
 
 Config parse_config(const glmp::Settings& s) {
   for (const auto& [k, v] : s.json().items())
@@ -89,18 +66,7 @@ Config parse_config(const glmp::Settings& s) {
   }
 
   if (s.has("max_bytes")) {
-    const nlohmann::json& v = s.json().at("max_bytes");
-    if (v.is_number_unsigned() || (v.is_number_integer() && v.get<std::int64_t>() >= 0)) {
-      c.max_bytes = v.get<std::uint64_t>();
-    } else if (v.is_string()) {
-      try {
-        c.max_bytes = parse_size(v.get<std::string>());
-      } catch (const std::invalid_argument& e) {
-        throw glmp::SettingsError(std::string("setting \"max_bytes\": ") + e.what());
-      }
-    } else {
-      throw glmp::SettingsError("setting \"max_bytes\" must be a size such as \"1MiB\" or a number of bytes");
-    }
+    c.max_bytes = s.get_size("max_bytes", c.max_bytes);
     if (c.max_bytes == 0) throw glmp::SettingsError("setting \"max_bytes\" must be > 0");
     if (c.max_bytes > kMaxBytesLimit) throw glmp::SettingsError("setting \"max_bytes\" must be at most 1GiB");
   }

@@ -42,10 +42,6 @@ inline constexpr std::uint64_t kMaxBytesLimit = std::uint64_t{1} << 30;
 // Reads and validates the plugin's settings; unknown keys and bad values throw glmp::SettingsError.
 Config parse_config(const glmp::Settings& settings);
 
-// "1MiB", "512KiB", "64KB", "1000" (bytes; B, KiB, MiB, GiB, KB/kB, MB, GB). Throws
-// std::invalid_argument for anything else or a size past 2^60.
-std::uint64_t parse_size(std::string_view text);
-
 std::string_view mode_name(Mode mode) noexcept;
 
 // True when `raw` (a JSON value as written, e.g. from Request::body_member) is the number zero in

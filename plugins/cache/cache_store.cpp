@@ -25,23 +25,10 @@ std::string_view trim(std::string_view s) noexcept {
 }
 
 std::size_t size_setting(const glmp::Settings& s, std::string_view key, std::size_t fallback) {
-  if (!s.has(key)) return fallback;
-  const nlohmann::json& v = s.json().at(std::string(key));
-  std::optional<std::uint64_t> size;
-  if (v.is_number_unsigned()) {
-    const std::uint64_t n = v.get<std::uint64_t>();
-    if (n <= (std::uint64_t{1} << 50)) size = n;
-  } else if (v.is_number_integer()) {
-    if (v.get<std::int64_t>() >= 0) size = static_cast<std::uint64_t>(v.get<std::int64_t>());
-  } else if (v.is_string()) {
-    size = parse_size(v.get<std::string>());
-  }
-  if (!size)
-    throw glmp::SettingsError("setting \"" + std::string(key) +
-                              "\" must be a size like \"1MiB\", \"512KiB\", \"1GB\" or a number of bytes");
-  if (*size == 0) throw glmp::SettingsError("setting \"" + std::string(key) + "\" must be greater than 0");
-  if (*size > std::numeric_limits<std::size_t>::max()) throw glmp::SettingsError("setting \"" + std::string(key) + "\" is too large");
-  return static_cast<std::size_t>(*size);
+  const std::uint64_t size = s.get_size(key, fallback);
+  if (size == 0) throw glmp::SettingsError("setting \"" + std::string(key) + "\" must be greater than 0");
+  if (size > std::numeric_limits<std::size_t>::max()) throw glmp::SettingsError("setting \"" + std::string(key) + "\" is too large");
+  return static_cast<std::size_t>(size);
 }
 
 }  // namespace
@@ -50,29 +37,6 @@ std::size_t size_setting(const glmp::Settings& s, std::string_view key, std::siz
 // Settings
 // ---------------------------------------------------------------------------------------------
 
-std::optional<std::uint64_t> parse_size(std::string_view text) {
-  std::size_t i = 0;
-  std::uint64_t value = 0;
-  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
-    value = value * 10 + static_cast<std::uint64_t>(text[i] - '0');
-    if (value > (std::uint64_t{1} << 50)) return std::nullopt;
-    ++i;
-  }
-  if (i == 0) return std::nullopt;
-  std::string_view unit = text.substr(i);
-  while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
-  std::uint64_t mult = 0;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "KiB") mult = 1024;
-  else if (unit == "MiB") mult = 1024 * 1024;
-  else if (unit == "GiB") mult = 1024ull * 1024 * 1024;
-  else if (unit == "KB" || unit == "kB") mult = 1000;
-  else if (unit == "MB") mult = 1000 * 1000;
-  else if (unit == "GB") mult = 1000ull * 1000 * 1000;
-  else return std::nullopt;
-  if (value > (std::uint64_t{1} << 50) / mult) return std::nullopt;
-  return value * mult;
-}
 
 CacheSettings read_settings(const glmp::Settings& s) {
   static const std::vector<std::string> kKnown{"ttl",   "max_entries",    "max_entry_bytes", "max_bytes",

@@ -40,10 +40,6 @@ struct CacheSettings {
 // unknown key is an error too).
 CacheSettings read_settings(const glmp::Settings& settings);
 
-// A byte size: an integer (bytes) or "<digits>[ ]<unit>" with unit B, KiB, MiB, GiB, KB (kB), MB,
-// GB (as the core's config reads sizes). nullopt when malformed or above 2^50 bytes.
-std::optional<std::uint64_t> parse_size(std::string_view text);
-
 // ---------------------------------------------------------------------------------------------
 // Cache-Control request directives
 // ---------------------------------------------------------------------------------------------

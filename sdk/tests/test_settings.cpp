@@ -82,5 +82,19 @@ int main() {
     for (const char* key : {"bad", "neg", "unit", "txt"})
       GLMP_EXPECT(c, error_of([&] { (void)d.get_duration(key, milliseconds(1)); }).find(std::string("\"") + key + "\"") != std::string::npos);
   }
+  {
+    // Sizes read like the proxy's own config (glmp::parse_size): binary and decimal units, bytes.
+    const Settings z(R"({"a":"512KiB","b":"1 MiB","c":"2GB","d":4096,"e":"100","bad":"1.5MiB","neg":-1,"unit":"1TiB","txt":true,"big":"17179869184GiB"})");
+    GLMP_EXPECT(c, z.get_size("a", 1) == 512u * 1024);
+    GLMP_EXPECT(c, z.get_size("b", 1) == 1024u * 1024);
+    GLMP_EXPECT(c, z.get_size("c", 1) == 2'000'000'000u);
+    GLMP_EXPECT(c, z.get_size("d", 1) == 4096u);
+    GLMP_EXPECT(c, z.get_size("e", 1) == 100u);
+    GLMP_EXPECT(c, z.get_size("absent", 7) == 7u);
+    for (const char* key : {"bad", "neg", "unit", "txt", "big"})
+      GLMP_EXPECT(c, error_of([&] { (void)z.get_size(key, 1); }).find(std::string("\"") + key + "\"") != std::string::npos);
+    // Durations combine units like the core's ("1m30s").
+    GLMP_EXPECT(c, Settings(R"({"t":"1m30s"})").get_duration("t", std::chrono::milliseconds(1)) == std::chrono::milliseconds(90'000));
+  }
   return c.finish();
 }

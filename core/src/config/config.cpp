@@ -409,61 +409,6 @@ std::string interpolate_env(std::string_view text, std::vector<std::string>* mis
   return out;
 }
 
-// About 100 years: larger durations are configuration mistakes, and stay far from int64 overflow.
-constexpr int64_t kMaxDurationMs = int64_t{100} * 365 * 24 * 3'600'000;
-
-Duration parse_duration(std::string_view text) {
-  if (text.empty()) throw std::invalid_argument("empty duration");
-  int64_t total_ms = 0;
-  size_t i = 0;
-  while (i < text.size()) {
-    size_t start = i;
-    int64_t value = 0;
-    while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
-      value = value * 10 + (text[i] - '0');
-      if (value > (int64_t{1} << 40)) throw std::invalid_argument("duration \"" + std::string(text) + "\" is too large");
-      ++i;
-    }
-    if (i == start) throw std::invalid_argument("invalid duration \"" + std::string(text) + "\" (examples: \"250ms\", \"10s\", \"5m\", \"1h\")");
-    size_t unit_start = i;
-    while (i < text.size() && std::isalpha(static_cast<unsigned char>(text[i]))) ++i;
-    std::string_view unit = text.substr(unit_start, i - unit_start);
-    int64_t mult = 0;
-    if (unit == "ms") mult = 1;
-    else if (unit == "s") mult = 1000;
-    else if (unit == "m") mult = 60'000;
-    else if (unit == "h") mult = 3'600'000;
-    else throw std::invalid_argument("invalid duration \"" + std::string(text) + "\": unit must be ms, s, m or h");
-    total_ms += value * mult;  // value <= 2^40 and mult < 2^22: no overflow here
-    if (total_ms > kMaxDurationMs) throw std::invalid_argument("duration \"" + std::string(text) + "\" is too large");
-  }
-  return Duration(total_ms);
-}
-
-uint64_t parse_size(std::string_view text) {
-  size_t i = 0;
-  uint64_t value = 0;
-  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
-    value = value * 10 + static_cast<uint64_t>(text[i] - '0');
-    if (value > (uint64_t{1} << 50)) throw std::invalid_argument("size \"" + std::string(text) + "\" is too large");
-    ++i;
-  }
-  if (i == 0) throw std::invalid_argument("invalid size \"" + std::string(text) + "\" (examples: \"32MiB\", \"512KiB\", \"1000\")");
-  std::string_view unit = text.substr(i);
-  while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
-  uint64_t mult = 0;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "KiB") mult = 1024;
-  else if (unit == "MiB") mult = 1024 * 1024;
-  else if (unit == "GiB") mult = 1024ull * 1024 * 1024;
-  else if (unit == "KB" || unit == "kB") mult = 1000;
-  else if (unit == "MB") mult = 1000 * 1000;
-  else if (unit == "GB") mult = 1000ull * 1000 * 1000;
-  else throw std::invalid_argument("invalid size unit in \"" + std::string(text) + "\": use B, KiB, MiB, GiB, KB, MB or GB");
-  if (value > (uint64_t{1} << 60) / mult) throw std::invalid_argument("size \"" + std::string(text) + "\" is too large");
-  return value * mult;
-}
-
 std::string redact_url(const std::string& url) {
   const auto scheme = url.find("://");
   const auto at = url.rfind('@');

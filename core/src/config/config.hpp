@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <glmproxy/units.hpp>
+
 #include "pipeline/usage.hpp"  // Flavour
 
 namespace glmp::core::config {
@@ -140,9 +142,10 @@ Config parse_config(std::string_view toml_text, const std::string& source_name);
 // collected in `missing` and expand to "". Throws std::invalid_argument on a malformed reference.
 std::string interpolate_env(std::string_view text, std::vector<std::string>* missing);
 
-// "250ms", "10s", "5m", "1h" (also combined: "1m30s"). Throws std::invalid_argument.
-Duration parse_duration(std::string_view text);
-// "32MiB", "512KiB", "1GB", "100" (bytes). Throws std::invalid_argument.
-uint64_t parse_size(std::string_view text);
+// "250ms", "10s", "5m", "1h" (also combined: "1m30s") and "32MiB", "512KiB", "1GB", "100" (bytes):
+// the SDK's <glmproxy/units.hpp>, so plugins' settings read sizes and durations exactly alike.
+// Both throw std::invalid_argument.
+using glmp::parse_duration;
+using glmp::parse_size;
 
 }  // namespace glmp::core::config

@@ -147,21 +147,6 @@ TEST(Settings, UnknownKeyMessageNamesTheAllowedOnes) {
   }
 }
 
-TEST(Sizes, Units) {
-  EXPECT_EQ(parse_size("1000"), 1000u);
-  EXPECT_EQ(parse_size("12B"), 12u);
-  EXPECT_EQ(parse_size("1KiB"), 1024u);
-  EXPECT_EQ(parse_size("1MiB"), 1048576u);
-  EXPECT_EQ(parse_size("2GiB"), 2147483648u);
-  EXPECT_EQ(parse_size("64KB"), 64000u);
-  EXPECT_EQ(parse_size("64kB"), 64000u);
-  EXPECT_EQ(parse_size("3MB"), 3000000u);
-  EXPECT_EQ(parse_size("1GB"), 1000000000u);
-  EXPECT_EQ(parse_size("8 MiB"), 8u << 20);
-  for (const char* bad : {"", "MiB", "1.5MiB", "-1", "1mib", "1TiB", "99999999999999999999", "2000000000GiB"})
-    EXPECT_THROW(parse_size(bad), std::invalid_argument) << bad;
-}
-
 // --- which requests coalesce ---------------------------------------------------------------------
 
 TEST(Temperature, ZeroInEveryJsonSpelling) {

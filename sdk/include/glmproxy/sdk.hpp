@@ -66,6 +66,7 @@
 #pragma once
 
 #include <glmproxy/plugin_api.h>
+#include <glmproxy/units.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -494,21 +495,38 @@ class Settings {
     return v->get<bool>();
   }
 
-  // A duration: "250ms", "30s", "5m", "1h", or an integer number of milliseconds (>= 0). Anything
-  // else throws SettingsError naming the key.
+  // A duration: "250ms", "30s", "5m", "1h", "1m30s" (glmp::parse_duration, as in the proxy's own
+  // config), or an integer number of milliseconds (>= 0). Anything else throws SettingsError naming
+  // the key.
   std::chrono::milliseconds get_duration(std::string_view key, std::chrono::milliseconds fallback) const {
     const nlohmann::json* v = find(key);
     if (v == nullptr) return fallback;
     if (v->is_number_integer() && v->get<std::int64_t>() >= 0) return std::chrono::milliseconds(v->get<std::int64_t>());
     if (v->is_string()) {
-      const std::string text = v->get<std::string>();
-      std::size_t digits = 0;
-      while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
-      const std::string unit = text.substr(digits);
-      const std::int64_t mult = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : unit == "h" ? 3'600'000 : -1;
-      if (digits > 0 && digits <= 12 && mult > 0) return std::chrono::milliseconds(std::stoll(text.substr(0, digits)) * mult);
+      try {
+        return parse_duration(v->get<std::string>());
+      } catch (const std::invalid_argument& e) {
+        throw SettingsError("setting \"" + std::string(key) + "\": " + e.what());
+      }
     }
     throw SettingsError("setting \"" + std::string(key) + "\" must be a duration like \"250ms\", \"30s\", \"5m\", \"1h\" or milliseconds");
+  }
+
+  // A size in bytes: "512KiB", "32MiB", "1GB", "100" (glmp::parse_size, as in the proxy's own
+  // config) or an integer number of bytes (>= 0). Anything else throws SettingsError naming the key.
+  std::uint64_t get_size(std::string_view key, std::uint64_t fallback) const {
+    const nlohmann::json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (v->is_number_unsigned()) return v->get<std::uint64_t>();
+    if (v->is_number_integer() && v->get<std::int64_t>() >= 0) return static_cast<std::uint64_t>(v->get<std::int64_t>());
+    if (v->is_string()) {
+      try {
+        return parse_size(v->get<std::string>());
+      } catch (const std::invalid_argument& e) {
+        throw SettingsError("setting \"" + std::string(key) + "\": " + e.what());
+      }
+    }
+    throw SettingsError("setting \"" + std::string(key) + "\" must be a size like \"512KiB\", \"1MiB\", \"1GB\" or a number of bytes");
   }
 
   // Any number (integers convert).
