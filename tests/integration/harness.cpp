@@ -1,5 +1,6 @@
 #include "harness.hpp"
 
+#include <filesystem>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -9,6 +10,7 @@
 #include <dirent.h>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -429,6 +431,30 @@ std::string json_get(const std::string& json, const std::string& path) {
     return os.str();
   }
   return v.convert<std::string>();
+}
+
+std::string jget(const std::string& json, const std::string& path) {
+  try {
+    return json_get(json, path);
+  } catch (...) {
+    return "<unparsable>";
+  }
+}
+
+long to_long(const std::string& text, long fallback) {
+  try {
+    size_t pos = 0;
+    const long n = std::stol(text, &pos);
+    return pos == text.size() ? n : fallback;
+  } catch (...) {
+    return fallback;
+  }
+}
+
+long jlong(const std::string& json, const std::string& path, long fallback) { return to_long(jget(json, path), fallback); }
+
+std::string plugin_path(const std::string& name) {
+  return (std::filesystem::path(GLMP_PROXY_BIN).parent_path().parent_path() / "plugins" / (name + ".so")).string();
 }
 
 std::string openai_body(bool stream, const std::string& extra) {

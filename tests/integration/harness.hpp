@@ -172,6 +172,15 @@ TestPki make_pki(const TempDir& dir);
 
 // JSON helpers (Poco::JSON): value at a dotted path like "usage.prompt_tokens" or "error.type".
 std::string json_get(const std::string& json, const std::string& path);
+// The same, but a body that is not JSON reads as "<unparsable>" instead of throwing.
+std::string jget(const std::string& json, const std::string& path);
+// A whole decimal integer, or `fallback` when `text` is anything else.
+long to_long(const std::string& text, long fallback = -1);
+// The integer at `path`, or `fallback` when missing or not an integer.
+long jlong(const std::string& json, const std::string& path, long fallback = -1);
+
+// A plugin module built next to the proxy: plugin_path("auth") = <build>/plugins/auth.so.
+std::string plugin_path(const std::string& name);
 
 // Standard request bodies.
 std::string openai_body(bool stream, const std::string& extra = "");

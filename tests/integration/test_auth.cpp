@@ -29,7 +29,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kAuthSo = (fs::path(GLMP_PROXY_BIN).parent_path().parent_path() / "plugins" / "auth.so").string();
+const std::string kAuthSo = plugin_path("auth");
 const std::map<std::string, std::string> kAdmin{{"Authorization", "Bearer t0ken-admin"}};
 const std::string kRequired = "API key required. Use Authorization: Bearer <key> or x-api-key: <key>";
 const std::string kEmpty = "API key is empty";
@@ -41,15 +41,6 @@ using Headers = std::map<std::string, std::string>;
 std::string auth_toml(const std::string& settings) {
   return "\n[admin]\ntoken = \"t0ken-admin\"\n\n[[plugins]]\nname = \"auth\"\npath = \"" + kAuthSo + "\"\n" +
          (settings.empty() ? "" : "[plugins.settings]\n" + settings + "\n");
-}
-
-// json_get that never throws (a non-JSON body reads as "<unparsable>").
-std::string jget(const std::string& json, const std::string& path) {
-  try {
-    return json_get(json, path);
-  } catch (...) {
-    return "<unparsable>";
-  }
 }
 
 // Number of elements of the array at `path` (-1 if it is not an array).

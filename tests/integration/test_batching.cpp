@@ -43,32 +43,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Headers = std::map<std::string, std::string>;
 
-const fs::path kPluginDir = fs::path(GLMP_PROXY_BIN).parent_path().parent_path() / "plugins";
 const std::string kAdminToken = "batching-adm1n-t0ken";
 const Headers kAdmin{{"Authorization", "Bearer " + kAdminToken}};
 
 const std::string kChat = "/v1/chat/completions";
 const std::string kMessages = "/v1/messages";
 const std::string kT0 = ",\"temperature\":0";
-
-std::string jget(const std::string& json, const std::string& path) {
-  try {
-    return json_get(json, path);
-  } catch (...) {
-    return "<unparsable>";
-  }
-}
-
-long jlong(const std::string& json, const std::string& path, long fallback = -1) {
-  const std::string v = jget(json, path);
-  try {
-    size_t pos = 0;
-    const long n = std::stol(v, &pos);
-    return pos == v.size() ? n : fallback;
-  } catch (...) {
-    return fallback;
-  }
-}
 
 std::string hdr(const Headers& h, const std::string& lower_name) {
   auto it = h.find(lower_name);
@@ -294,8 +274,8 @@ protected:
   std::unique_ptr<Proxy> proxy;
 
   void start(const BatchSetup& s = {}) {
-    for (const char* so : {"auth.so", "ratelimit.so", "cache.so", "batching.so"})
-      ASSERT_TRUE(fs::exists(kPluginDir / so)) << "plugin not built: " << (kPluginDir / so);
+    for (const char* name : {"auth", "ratelimit", "cache", "batching"})
+      ASSERT_TRUE(fs::exists(plugin_path(name))) << "plugin not built: " << plugin_path(name);
     mock = std::make_unique<Mock>(dir);
     auto upstream = [&](const std::string& name, const std::string& base, const std::string& header,
                         const std::string& value) {
@@ -311,7 +291,7 @@ protected:
                        "\n[[routes]]\nprefix = \"/v1/messages\"\nflavour = \"anthropic\"\nupstream = \"anthropic\"\n"
                        "\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\nstrip_prefix = \"/v1\"\n"
                        "\n[admin]\ntoken = \"" + kAdminToken + "\"\n" +
-                       "\n[loader]\ndir = \"" + kPluginDir.string() + "\"\n" +
+                       "\n[loader]\ndir = \"" + fs::path(plugin_path("auth")).parent_path().string() + "\"\n" +
                        "\n[[plugins]]\nname = \"auth\"\n";
     if (s.ratelimit) toml += "\n[[plugins]]\nname = \"ratelimit\"\n[plugins.settings]\n" + s.ratelimit_settings + "\n";
     if (s.cache) toml += "\n[[plugins]]\nname = \"cache\"\n";

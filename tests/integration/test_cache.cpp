@@ -37,37 +37,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const fs::path kPluginDir = fs::path(GLMP_PROXY_BIN).parent_path().parent_path() / "plugins";
-const std::string kAuthSo = (kPluginDir / "auth.so").string();
-const std::string kRatelimitSo = (kPluginDir / "ratelimit.so").string();
-const std::string kCacheSo = (kPluginDir / "cache.so").string();
+const std::string kAuthSo = plugin_path("auth");
+const std::string kRatelimitSo = plugin_path("ratelimit");
+const std::string kCacheSo = plugin_path("cache");
 const std::string kAdminToken = "cache-adm1n-t0ken";
 
 using Headers = std::map<std::string, std::string>;
 const Headers kAdmin{{"Authorization", "Bearer " + kAdminToken}};
-
-// json_get that never throws (a non-JSON body reads as "<unparsable>").
-std::string jget(const std::string& json, const std::string& path) {
-  try {
-    return json_get(json, path);
-  } catch (...) {
-    return "<unparsable>";
-  }
-}
-
-long to_long(const std::string& text, long fallback = -1) {
-  try {
-    size_t pos = 0;
-    const long n = std::stol(text, &pos);
-    return pos == text.size() ? n : fallback;
-  } catch (...) {
-    return fallback;
-  }
-}
-
-long jlong(const std::string& json, const std::string& path, long fallback = -1) {
-  return to_long(jget(json, path), fallback);
-}
 
 // The sum of the Prometheus samples named `name` whose label set contains every fragment of
 // `labels` (e.g. `result="hit"`); -1 when there is none.

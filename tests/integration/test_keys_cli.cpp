@@ -20,7 +20,7 @@ namespace {
 const std::string kToken = "kc-admin-T0ken-7f3a9";
 
 std::string auth_plugin_path() {
-  return (fs::path(GLMP_PROXY_BIN).parent_path().parent_path() / "plugins" / "auth.so").string();
+  return plugin_path("auth");
 }
 
 struct CliResult {

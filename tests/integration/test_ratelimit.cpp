@@ -36,9 +36,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const fs::path kPluginDir = fs::path(GLMP_PROXY_BIN).parent_path().parent_path() / "plugins";
-const std::string kAuthSo = (kPluginDir / "auth.so").string();
-const std::string kRatelimitSo = (kPluginDir / "ratelimit.so").string();
+const std::string kAuthSo = plugin_path("auth");
+const std::string kRatelimitSo = plugin_path("ratelimit");
 const std::string kAdminToken = "rl-adm1n-t0ken";
 const std::map<std::string, std::string> kAdmin{{"Authorization", "Bearer " + kAdminToken}};
 constexpr int64_t kWindowMs = 5LL * 3600 * 1000;  // the default window
@@ -56,37 +55,6 @@ std::string plugins_toml(const std::string& ratelimit_settings = "window = \"5h\
 
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-// json_get that never throws (a non-JSON body reads as "<unparsable>").
-std::string jget(const std::string& json, const std::string& path) {
-  try {
-    return json_get(json, path);
-  } catch (...) {
-    return "<unparsable>";
-  }
-}
-
-// A JSON integer at `path`, or `fallback` when missing / not a number.
-long jlong(const std::string& json, const std::string& path, long fallback = -1) {
-  const std::string v = jget(json, path);
-  try {
-    size_t pos = 0;
-    const long n = std::stol(v, &pos);
-    return pos == v.size() ? n : fallback;
-  } catch (...) {
-    return fallback;
-  }
-}
-
-long to_long(const std::string& text, long fallback = -1) {
-  try {
-    size_t pos = 0;
-    const long n = std::stol(text, &pos);
-    return pos == text.size() ? n : fallback;
-  } catch (...) {
-    return fallback;
-  }
 }
 
 // RFC 3339 (`2026-01-18T00:00:00Z`, fraction and offset optional) to Unix ms; -1 if it does not parse.
@@ -853,7 +821,7 @@ void expect_bound(const DriveResult& d, const Logged& l, long limit, long estima
 }
 
 TEST(RatelimitReplicas, ThreeProxiesOnOneRedisShareTheQuotaWithinTheBound) {
-  ASSERT_TRUE(fs::exists(kAuthSo) && fs::exists(kRatelimitSo)) << "plugins not built in " << kPluginDir;
+  ASSERT_TRUE(fs::exists(kAuthSo) && fs::exists(kRatelimitSo)) << "plugins not built: " << kAuthSo << ", " << kRatelimitSo;
   RedisServer redis;
   TempDir dir_a, dir_b, dir_c;
   Mock mock(dir_a);
@@ -919,7 +887,7 @@ TEST(RatelimitReplicas, ThreeProxiesOnOneRedisShareTheQuotaWithinTheBound) {
 }
 
 TEST(RatelimitReplicas, OneSqliteInstanceKeepsTheSameBound) {
-  ASSERT_TRUE(fs::exists(kAuthSo) && fs::exists(kRatelimitSo)) << "plugins not built in " << kPluginDir;
+  ASSERT_TRUE(fs::exists(kAuthSo) && fs::exists(kRatelimitSo)) << "plugins not built: " << kAuthSo << ", " << kRatelimitSo;
   TempDir dir;
   Mock mock(dir);
   ProxyOptions opts;
