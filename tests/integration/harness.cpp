@@ -229,6 +229,12 @@ std::map<std::string, long> Mock::stats() const {
   return out;
 }
 
+long Mock::requests() const {
+  const auto s = stats();
+  const auto it = s.find("requests");
+  return it == s.end() ? -1 : it->second;
+}
+
 Proxy::Proxy(const TempDir& dir, const Mock* mock, ProxyOptions opts) {
   config_path_ = dir.file("proxy.toml");
   std::string toml = opts.custom_toml;

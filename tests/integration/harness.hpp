@@ -83,6 +83,8 @@ public:
   Child& process() { return *child_; }
   // GET /__mock/stats → {"connections","requests","active"}
   std::map<std::string, long> stats() const;
+  // Requests the mock has served so far (stats()["requests"]), -1 when the stats are unreadable.
+  long requests() const;
 private:
   MockOptions opts_;
   std::unique_ptr<Child> child_;

@@ -311,7 +311,7 @@ protected:
     return r.status == 201 ? jget(r.body, "key") : std::string("<none>");
   }
 
-  long upstream_requests() const { return mock->stats()["requests"]; }
+  long upstream_requests() const { return mock->requests(); }
   long upstream_active() const { return mock->stats()["active"]; }
   // Waits until the mock has `n` requests in progress (the leader's upstream call is running).
   void wait_upstream_active(long n = 1) {

@@ -165,12 +165,6 @@ Key create_key(uint16_t port, const std::string& body) {
   return {jget(r.body, "id"), jget(r.body, "key")};
 }
 
-long upstream_requests(const Mock& mock) {
-  const auto s = mock.stats();
-  const auto it = s.find("requests");
-  return it == s.end() ? -1 : it->second;
-}
-
 // The proxied lines (/v1/…) of an access log.
 std::vector<std::string> proxied_lines(const Proxy& proxy) {
   std::vector<std::string> out;
@@ -521,7 +515,7 @@ TEST_F(Ratelimit, RefusalsInBothFlavoursWithBodyHeadersAndNoUpstreamCall) {
     int64_t refused_at = 0;
     long upstream_before_refusal = -1;
     for (int i = 0; i < 10; ++i) {
-      const long upstream_before = upstream_requests(*mock);
+      const long upstream_before = mock->requests();
       const int64_t sent_at = now_ms();
       const Response r = call(k.plain, path, body, {}, rid);
       const int64_t answered_at = now_ms();
@@ -563,7 +557,7 @@ TEST_F(Ratelimit, RefusalsInBothFlavoursWithBodyHeadersAndNoUpstreamCall) {
     EXPECT_GE(admitted, 2) << flavour;
     EXPECT_GE(used, kLimit) << flavour << ": refused before the usage reached the limit";
     // The refused request never reached the upstream.
-    EXPECT_EQ(upstream_requests(*mock), upstream_before_refusal) << flavour << ": the refused request reached the upstream";
+    EXPECT_EQ(mock->requests(), upstream_before_refusal) << flavour << ": the refused request reached the upstream";
     const std::string where = flavour + ": " + refused.body;
     EXPECT_EQ(refused.header("content-type").find("application/json"), 0u) << where;
     EXPECT_EQ(jget(refused.body, "error.message"), kLimitMessage) << where;
@@ -607,9 +601,9 @@ TEST_F(Ratelimit, RefusalsInBothFlavoursWithBodyHeadersAndNoUpstreamCall) {
     EXPECT_EQ(after.lifetime, used) << after.body;
     EXPECT_EQ(after.remaining, 0) << after.body;
     // Refused again, still without reaching the upstream.
-    const long upstream = upstream_requests(*mock);
+    const long upstream = mock->requests();
     EXPECT_EQ(call(k.plain, path, body, {}, rid).status, 429) << flavour;
-    EXPECT_EQ(upstream_requests(*mock), upstream) << flavour;
+    EXPECT_EQ(mock->requests(), upstream) << flavour;
   }
 }
 
@@ -690,7 +684,7 @@ TEST_F(Ratelimit, StatsHasTheOldProxysShape) {
   EXPECT_EQ(rfc3339_ms(jget(d.body, "expiry_date")), rfc3339_ms("2099-12-31T23:59:59Z")) << d.body;
 
   // Without a key, or with an unknown one: 401, and the upstream is not involved.
-  const long upstream = upstream_requests(*mock);
+  const long upstream = mock->requests();
   const Response none = http(port(), "GET", "/stats");
   EXPECT_EQ(none.status, 401) << none.body;
   EXPECT_EQ(jget(none.body, "error.message"), "API key required. Use Authorization: Bearer <key> or x-api-key: <key>")
@@ -701,7 +695,7 @@ TEST_F(Ratelimit, StatsHasTheOldProxysShape) {
   const Response via_x = http(port(), "GET", "/stats", "", {{"x-api-key", plain}});
   EXPECT_EQ(via_x.status, 200) << via_x.body;
   EXPECT_EQ(jlong(via_x.body, "current_usage.tokens_used_in_current_window"), used) << via_x.body;
-  EXPECT_EQ(upstream_requests(*mock), upstream);
+  EXPECT_EQ(mock->requests(), upstream);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,7 +843,7 @@ TEST(RatelimitReplicas, ThreeProxiesOnOneRedisShareTheQuotaWithinTheBound) {
 
   const std::string body = exact_openai_body();
   const long estimate = estimate_of(body);
-  const long upstream_before = upstream_requests(mock);
+  const long upstream_before = mock.requests();
   std::vector<uint16_t> ports;
   std::vector<const Proxy*> views;
   for (const auto& p : proxies) {
@@ -859,7 +853,7 @@ TEST(RatelimitReplicas, ThreeProxiesOnOneRedisShareTheQuotaWithinTheBound) {
   const DriveResult d = drive(ports, k.plain, body, 12);
   const Logged l = logged(views, d.admitted, d.refused, estimate);
   expect_bound(d, l, kLimit, estimate, "3 proxies on Redis");
-  EXPECT_EQ(upstream_requests(mock) - upstream_before, d.admitted) << "refused requests reached the upstream";
+  EXPECT_EQ(mock.requests() - upstream_before, d.admitted) << "refused requests reached the upstream";
   for (size_t i = 0; i < proxies.size(); ++i) EXPECT_GT(proxied_lines(*proxies[i]).size(), 0u) << "proxy " << i << " got no traffic";
 
   // Every proxy shows the same window: the admitted usage.
@@ -897,11 +891,11 @@ TEST(RatelimitReplicas, OneSqliteInstanceKeepsTheSameBound) {
   const Key k = create_key(proxy.port(), R"({"name":"single","token_limit_per_5h":400})");
   const std::string body = exact_openai_body();
   const long estimate = estimate_of(body);
-  const long upstream_before = upstream_requests(mock);
+  const long upstream_before = mock.requests();
   const DriveResult d = drive({proxy.port()}, k.plain, body, 12);
   const Logged l = logged({&proxy}, d.admitted, d.refused, estimate);
   expect_bound(d, l, kLimit, estimate, "1 proxy on sqlite");
-  EXPECT_EQ(upstream_requests(mock) - upstream_before, d.admitted) << "refused requests reached the upstream";
+  EXPECT_EQ(mock.requests() - upstream_before, d.admitted) << "refused requests reached the upstream";
   const Stats s = stats_until(proxy.port(), k.plain, l.tokens);
   EXPECT_EQ(s.used, l.tokens) << s.body;
   EXPECT_EQ(s.lifetime, l.tokens) << s.body;
