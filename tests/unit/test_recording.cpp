@@ -194,7 +194,7 @@ pl::RecordedHead json_head(int status, int64_t length) {
 
 std::vector<std::string> strings(const Rec::Take& t) {
   std::vector<std::string> out;
-  for (const auto& c : t.chunks) out.push_back(*c);
+  for (const auto& c : t.chunks) out.push_back(*c.raw);
   return out;
 }
 
@@ -279,6 +279,65 @@ TEST(Recording, StartAppendCompleteWithAFollowerAttachedBeforeTheHead) {
   EXPECT_FALSE(reader.off_loop.load());
 }
 
+// When the leader hides the usage-only chunk from its client (head.hidden_views), every chunk also
+// carries that view: the raw chunk itself when the view is byte-identical (no copy), a chunk of its
+// own when the leader held bytes back or dropped the usage chunk; the view's last held-back bytes
+// come with complete(). Without hidden_views there are no views.
+TEST(Recording, HiddenViewsRideWithTheChunks) {
+  Loops loops;
+  const int64_t kept_before = Rec::kept_bytes_total();
+  {
+    Rec rec(1 << 20, pl::Flavour::OpenAI);
+    CountingReader reader(loops.loop(0));
+    auto f = rec.attach(loops.loop(0), &reader);
+    pl::RecordedHead head = sse_head();
+    head.hidden_views = true;
+    rec.start(head);
+    const std::string usage_event = "data: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\n";
+    rec.append(std::string_view("data: a\n\n"), std::string_view("data: a\n\n"));  // same view
+    rec.append(std::vector<std::string_view>{"data: b\n\n", "data: par"}, std::string_view("data: b\n\n"));  // held back
+    rec.append(std::string_view("t\n\n" + usage_event), std::string_view("data: part\n\n"));  // released, usage dropped
+    rec.append(std::string_view("data: [DO"));  // no view given: the raw bytes stand for it
+    rec.complete({}, true, "NE]\n\n");
+    Rec::Take t = take(rec, *f);
+    EXPECT_EQ(t.state, Rec::State::Complete);
+    ASSERT_EQ(t.chunks.size(), 4u);
+    EXPECT_EQ(t.chunks[0].hidden.get(), t.chunks[0].raw.get()) << "an identical view is the raw chunk, not a copy";
+    EXPECT_EQ(*t.chunks[1].raw, "data: b\n\ndata: par");
+    EXPECT_EQ(*t.chunks[1].hidden, "data: b\n\n");
+    EXPECT_EQ(*t.chunks[2].raw, "t\n\n" + usage_event);
+    EXPECT_EQ(*t.chunks[2].hidden, "data: part\n\n");
+    EXPECT_EQ(t.chunks[3].hidden.get(), t.chunks[3].raw.get());
+    EXPECT_EQ(rec.hidden_tail(), "NE]\n\n");
+    const int64_t raw_bytes = 9 + 18 + 3 + static_cast<int64_t>(usage_event.size()) + 9;
+    EXPECT_EQ(rec.info().body_bytes, raw_bytes) << "body bytes are the upstream's";
+    EXPECT_EQ(Rec::kept_bytes_total() - kept_before, raw_bytes + 9 + 12) << "distinct views are kept (and counted) too";
+    // A late follower (a cache hit) gets the same pairs.
+    CountingReader later(loops.loop(1));
+    auto g = rec.attach(loops.loop(1), &later);
+    ASSERT_TRUE(g);
+    const Rec::Take tg = take(rec, *g);
+    ASSERT_EQ(tg.chunks.size(), 4u);
+    EXPECT_EQ(tg.chunks[1].hidden.get(), t.chunks[1].hidden.get());
+    loops.run(0, [&] { rec.detach(f); });
+    loops.run(1, [&] { rec.detach(g); });
+  }
+  EXPECT_EQ(Rec::kept_bytes_total(), kept_before);
+  {
+    Rec rec(1 << 20, pl::Flavour::OpenAI);
+    CountingReader reader(loops.loop(0));
+    auto f = rec.attach(loops.loop(0), &reader);
+    rec.start(sse_head());
+    rec.append(std::string_view("data: a\n\n"), std::string_view("ignored"));
+    rec.complete({}, true, "ignored");
+    const Rec::Take t = take(rec, *f);
+    ASSERT_EQ(t.chunks.size(), 1u);
+    EXPECT_EQ(t.chunks[0].hidden, nullptr) << "no views without head.hidden_views";
+    EXPECT_EQ(rec.hidden_tail(), "");
+    loops.run(0, [&] { rec.detach(f); });
+  }
+}
+
 // A follower attaching mid-body finds every chunk kept so far in its inbox, then gets the rest;
 // two followers share the same immutable chunks.
 TEST(Recording, AttachMidBodyGetsTheKeptChunksFirst) {
@@ -298,7 +357,7 @@ TEST(Recording, AttachMidBodyGetsTheKeptChunksFirst) {
   EXPECT_EQ(strings(tl), (std::vector<std::string>{"a1", "b22", "c333"}));
   Rec::Take te = take(rec, *fe);
   ASSERT_EQ(te.chunks.size(), 3u);
-  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(te.chunks[i].get(), tl.chunks[i].get()) << "chunk " << i << " is shared, not copied";
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(te.chunks[i].raw.get(), tl.chunks[i].raw.get()) << "chunk " << i << " is shared, not copied";
 
   rec.append(std::string_view("d4444"));
   ASSERT_TRUE(eventually([&] { return late.calls.load() >= 1; }));
@@ -442,7 +501,7 @@ TEST(Recording, FollowerFallingPastTheBacklogIsCut) {
     ++sent;
     const Rec::Take t = take(rec, *fa);
     EXPECT_FALSE(t.cut);
-    for (const auto& c : t.chunks) body_a += *c;
+    for (const auto& c : t.chunks) body_a += *c.raw;
   };
   for (size_t i = 0; i < at_limit; ++i) append_one();
   Rec::Take tc = take(rec, *fc);
@@ -730,7 +789,7 @@ public:
     ++takes;
     if (take_.cut) problem = "cut";
     for (const auto& c : take_.chunks) {
-      body += *c;
+      body += *c.raw;
       ++chunks;
     }
     if (take_.state == Rec::State::Complete || take_.state == Rec::State::Failed || take_.cut) {

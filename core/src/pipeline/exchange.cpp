@@ -495,7 +495,8 @@ void Exchange::begin_response() {
     sink_.flush_head();
   }
   if (leading_) {
-    RecordedHead recorded{ctx_.upstream_status, std::string(parser_->reason()), http::Headers(), sse_, no_body, upstream_length_};
+    RecordedHead recorded{ctx_.upstream_status, std::string(parser_->reason()), http::Headers(), sse_, no_body, upstream_length_,
+                          hide_usage_chunk_};
     recorded.headers = ctx_.response_headers;
     ctx_.recording->start(std::move(recorded));
   }
@@ -522,8 +523,19 @@ void Exchange::relay_from(size_t start) {
   // The pieces are views into buf_, relayed before the next read reuses it: gathered, then one
   // write for the whole read (the head too, when it came with body bytes of a stream). A
   // recording gets them as the upstream sent them (one chunk per read).
-  if (leading_) ctx_.recording->append(pieces_);
-  for (std::string_view piece : pieces_) emit(usage_->feed(piece), false);
+  if (leading_ && hide_usage_chunk_) {
+    // Its followers that hide the usage-only chunk too relay this view as it is.
+    hidden_view_.clear();
+    for (std::string_view piece : pieces_) {
+      const std::string_view out = usage_->feed(piece);
+      hidden_view_.append(out);
+      emit(out, false);
+    }
+    ctx_.recording->append(pieces_, std::string_view(hidden_view_));
+  } else {
+    if (leading_) ctx_.recording->append(pieces_);
+    for (std::string_view piece : pieces_) emit(usage_->feed(piece), false);
+  }
   pieces_.clear();
   sink_.flush();
   after_relay();
@@ -685,8 +697,9 @@ void Exchange::recording_ready() {
     return end_follow(false);
   }
   for (const auto& chunk : take_.chunks) {
-    if (usage_) write_client(usage_->feed(*chunk), false);  // this client's own view (usage chunk hidden)
-    else write_client(*chunk, false);
+    if (hidden_views_) write_client(*chunk.hidden, false);  // the leader's view (usage chunk hidden)
+    else if (usage_) write_client(usage_->feed(*chunk.raw), false);  // this client's own view
+    else write_client(*chunk.raw, false);
   }
   take_.chunks.clear();
   sink_.flush();
@@ -710,7 +723,9 @@ void Exchange::begin_follow(const RecordedHead& head) {
   const bool success = head.status >= 200 && head.status < 300;
   // This client's own view: the usage-only chunk hidden when it did not ask for usage.
   hide_usage_chunk_ = sse_ && success && proxy_.finalize_body(ctx_);
-  if (hide_usage_chunk_) usage_.emplace(ctx_.flavour, sse_, true);
+  // The leader computed the hidden view once for everyone; else this client hides it itself.
+  hidden_views_ = hide_usage_chunk_ && head.hidden_views;
+  if (hide_usage_chunk_ && !hidden_views_) usage_.emplace(ctx_.flavour, sse_, true);
   if (sse_) {
     proxy_.stream_started();
     counted_stream_ = true;
@@ -736,8 +751,8 @@ void Exchange::end_follow(bool complete_ok) {
     follower_.reset();
   }
   state_ = State::Completing;
-  if (complete_ok && usage_) {
-    const std::string_view rest = usage_->finish();
+  if (complete_ok && (usage_ || hidden_views_)) {
+    const std::string_view rest = hidden_views_ ? std::string_view(rec.hidden_tail()) : usage_->finish();
     if (!rest.empty()) write_client(rest, true);
   }
   if (!ctx_.usage_set) ctx_.usage = rec.final_usage();
@@ -771,7 +786,7 @@ void Exchange::end_relay() {
   if (leading_) {
     // Followers get the end (or the failure, as an error event of their own flavour).
     if (upstream_done_ && upstream_error_.empty())
-      ctx_.recording->complete(usage_->usage(), !sse_ || (usage_->saw_terminal_event() && !usage_->saw_error_event()));
+      ctx_.recording->complete(usage_->usage(), !sse_ || (usage_->saw_terminal_event() && !usage_->saw_error_event()), rest);
     else
       ctx_.recording->fail(usage_->usage(), {502, upstream_error_.empty() ? std::string("the response being followed ended early") : upstream_error_});
   }

@@ -163,6 +163,8 @@ private:
   size_t filled_ = 0, used_ = 0;
   std::vector<std::string_view> pieces_;
   bool hide_usage_chunk_ = false;
+  bool hidden_views_ = false;  // a follower relaying its recording's hidden view
+  std::string hidden_view_;    // a leader's view of one read without the usage-only chunk
   bool keep_ = false;
   bool waiting_ = false;  // in the pool's waiter queue
   bool draining_ = false;

@@ -1,6 +1,7 @@
 #include "pipeline/recording.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "server/engine.hpp"
 
@@ -56,13 +57,22 @@ void Recording::set_leader(server::Loop* loop, Leader* leader) {
   leader_link_ = leader ? std::make_shared<Leader*>(leader) : nullptr;
 }
 
-void Recording::post(const std::shared_ptr<Follower>& f) {
-  if (f->posted || f->detached) return;
-  f->posted = true;
-  std::shared_ptr<Follower> keep = f;
-  f->loop->ev().post([keep] {
-    if (keep->reader) keep->reader->recording_ready();
-  });
+void Recording::notify_locked() {
+  // Few loops (one per core): a linear list of (loop, followers) batches.
+  std::vector<std::pair<server::Loop*, std::vector<std::shared_ptr<Follower>>>> batches;
+  for (const auto& f : followers_list_) {
+    if (f->posted || f->detached) continue;
+    f->posted = true;
+    auto it = std::find_if(batches.begin(), batches.end(), [&](const auto& b) { return b.first == f->loop; });
+    if (it == batches.end()) it = batches.insert(batches.end(), {f->loop, {}});
+    it->second.push_back(f);
+  }
+  for (auto& [loop, followers] : batches) {
+    loop->ev().post([followers = std::move(followers)] {
+      for (const auto& f : followers)
+        if (f->reader) f->reader->recording_ready();
+    });
+  }
 }
 
 void Recording::drop_kept_locked() {
@@ -77,59 +87,74 @@ void Recording::start(RecordedHead head) {
   head_ = std::move(head);
   head_known_ = true;
   state_ = State::Live;
-  for (const auto& f : followers_list_) post(f);
+  notify_locked();
 }
 
-void Recording::append(std::string_view bytes) {
-  if (bytes.empty()) return;
-  std::vector<std::string_view> one{bytes};
-  append(one);
+void Recording::append(std::string_view bytes, std::optional<std::string_view> hidden) {
+  const std::vector<std::string_view> one{bytes};
+  append(one, hidden);
 }
 
-void Recording::append(const std::vector<std::string_view>& pieces) {
+void Recording::append(const std::vector<std::string_view>& pieces, std::optional<std::string_view> hidden) {
   size_t n = 0;
   for (auto p : pieces) n += p.size();
-  if (n == 0) return;
   std::lock_guard lock(mu_);
   if (state_ != State::Live) return;
+  // The hidden view may differ in size (an event held back, the usage-only chunk dropped): it is a
+  // chunk of its own then, else the raw one stands for it.
+  bool same = !head_.hidden_views || !hidden || hidden->size() == n;
+  if (head_.hidden_views && hidden && same) {
+    size_t at = 0;
+    for (auto p : pieces) {
+      if (!p.empty() && std::memcmp(p.data(), hidden->data() + at, p.size()) != 0) {
+        same = false;
+        break;
+      }
+      at += p.size();
+    }
+  }
+  const size_t extra = same ? 0 : hidden->size();
+  if (n == 0 && extra == 0) return;
   body_bytes_ += static_cast<int64_t>(n);
-  const bool keep = !overflowed_ && kept_bytes_ + n <= max_bytes_;
+  const bool keep = !overflowed_ && kept_bytes_ + n + extra <= max_bytes_;
   if (!keep && !overflowed_) {
     overflowed_ = true;  // no more attaching or replay; the memory goes now
     drop_kept_locked();
   }
   if (!keep && followers_list_.empty()) return;  // nobody to give it to: no copy
-  auto chunk = std::make_shared<std::string>();
-  chunk->reserve(n);
-  for (auto p : pieces) chunk->append(p);
-  Chunk c = std::move(chunk);
+  auto raw = std::make_shared<std::string>();
+  raw->reserve(n);
+  for (auto p : pieces) raw->append(p);
+  Chunk c{std::move(raw), nullptr};
+  if (head_.hidden_views) c.hidden = same ? c.raw : std::make_shared<const std::string>(*hidden);
   if (keep) {
     kept_.push_back(c);
-    kept_bytes_ += n;
-    g_kept_bytes.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
+    kept_bytes_ += n + extra;
+    g_kept_bytes.fetch_add(static_cast<int64_t>(n + extra), std::memory_order_relaxed);
   }
   const size_t limit = backlog();
   for (const auto& f : followers_list_) {
     if (f->cut || f->detached) continue;
     f->inbox.push_back(c);
-    f->inbox_bytes += n;
+    f->inbox_bytes += n + extra;
     if (f->inbox_bytes > limit) {
       f->cut = true;  // it cannot slow anyone: its inbox goes, it ends with an error event
       std::vector<Chunk>().swap(f->inbox);
       f->inbox_bytes = 0;
     }
-    post(f);
   }
+  notify_locked();
 }
 
-void Recording::complete(const Usage& usage, bool ended_normally) {
+void Recording::complete(const Usage& usage, bool ended_normally, std::string_view hidden_tail) {
   std::lock_guard lock(mu_);
   if (state_ != State::Live) return;
   state_ = State::Complete;
   usage_ = usage;
+  if (head_.hidden_views) hidden_tail_.assign(hidden_tail);
   ended_normally_ = ended_normally;
   finished_ms_ = unix_ms();
-  for (const auto& f : followers_list_) post(f);
+  notify_locked();
 }
 
 void Recording::fail(const Usage& usage, const ApiError& answer) {
@@ -140,7 +165,7 @@ void Recording::fail(const Usage& usage, const ApiError& answer) {
   failure_ = answer;
   finished_ms_ = unix_ms();
   drop_kept_locked();  // never replayed
-  for (const auto& f : followers_list_) post(f);
+  notify_locked();
 }
 
 Usage Recording::final_usage() const {

@@ -11,7 +11,10 @@
 //
 // Body bytes travel as immutable, reference-counted chunks (one per upstream read): the recording
 // keeps them for replay up to max_bytes, and every follower has an inbox of references to the
-// chunks it has not taken yet. Nobody waits for anybody: the leader never slows down for a
+// chunks it has not taken yet. When the leader hides the usage-only chunk from its own client
+// (OpenAI streams whose client did not ask for usage), each chunk also carries that hidden view,
+// computed once by the leader: followers that hide it too just relay the view (no parsing per
+// follower), others the raw bytes. Nobody waits for anybody: the leader never slows down for a
 // follower (past `backlog` bytes in its inbox a follower is cut off), a follower takes its inbox
 // when its own client can take more. A follower is told through its loop's post queue; one
 // notification is pending per follower at most. No thread per follower, no lock held across I/O.
@@ -21,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,12 +52,21 @@ struct RecordedHead {
   bool sse = false;
   bool no_body = false;         // HEAD, 204, 304
   int64_t content_length = -1;  // the upstream's Content-Length, -1 without one
+  // Every chunk carries the leader's view without the usage-only chunk (Recording::Chunk::hidden).
+  bool hidden_views = false;
 };
 
 class Recording {
 public:
   enum class State { Waiting, Live, Complete, Failed };
-  using Chunk = std::shared_ptr<const std::string>;
+  using Bytes = std::shared_ptr<const std::string>;
+  // One upstream read: its bytes as the upstream sent them, and (when the head says hidden_views)
+  // the same bytes as a client that hides the usage-only chunk gets them: the same pointer when
+  // nothing was hidden or held back.
+  struct Chunk {
+    Bytes raw;
+    Bytes hidden;
+  };
 
   // Told (on its own loop, through a post) that its inbox or the recording's state changed.
   class Reader {
@@ -104,12 +117,14 @@ public:
   // Who is told (on `loop`) when the last follower leaves; null to stop (the exchange ends).
   void set_leader(server::Loop* loop, Leader* leader);
   void start(RecordedHead head);
-  // The body pieces of one upstream read, exactly as the upstream sent them (one chunk).
-  void append(const std::vector<std::string_view>& pieces);
-  void append(std::string_view bytes);
+  // The body pieces of one upstream read, exactly as the upstream sent them (one chunk), and what
+  // the leader's client got of them with the usage-only chunk hidden (head.hidden_views; without
+  // one the raw bytes stand for it).
+  void append(const std::vector<std::string_view>& pieces, std::optional<std::string_view> hidden = std::nullopt);
+  void append(std::string_view bytes, std::optional<std::string_view> hidden = std::nullopt);
   // The response arrived whole; `ended_normally`: a stream's terminal event was seen and no error
-  // event was.
-  void complete(const Usage& usage, bool ended_normally);
+  // event was. `hidden_tail`: what the hiding view still had held back at the end.
+  void complete(const Usage& usage, bool ended_normally, std::string_view hidden_tail = {});
   // It ended otherwise: before its head (`answer` is what the leader's client got: a 5xx of the
   // proxy, or a cancellation) or cut mid-body (`answer.message` says why).
   void fail(const Usage& usage, const ApiError& answer);
@@ -126,6 +141,8 @@ public:
   const RecordedHead& head() const { return head_; }
   // The usage the leader reported at the end (zero before).
   Usage final_usage() const;
+  // The hidden view's last bytes (complete(…, hidden_tail)); valid once the state is Complete.
+  const std::string& hidden_tail() const { return hidden_tail_; }
   const ApiError& failure() const { return failure_; }
   bool started() const;  // the head is known (it went past Waiting, or failed after its head)
 
@@ -153,7 +170,9 @@ public:
   static int64_t alive_total();
 
 private:
-  void post(const std::shared_ptr<Follower>& f);  // under the lock: queue a notification
+  // Under the lock: tells the followers that have news and no notification pending, with one post
+  // per loop (not one per follower).
+  void notify_locked();
   void drop_kept_locked();
 
   mutable std::mutex mu_;
@@ -168,6 +187,7 @@ private:
   int64_t body_bytes_ = 0;
   bool ended_normally_ = false;
   Usage usage_;
+  std::string hidden_tail_;
   ApiError failure_;
   int64_t started_ms_ = 0, finished_ms_ = 0;
   std::vector<std::shared_ptr<Follower>> followers_list_;
