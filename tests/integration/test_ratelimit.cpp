@@ -814,6 +814,36 @@ void expect_bound(const DriveResult& d, const Logged& l, long limit, long estima
   EXPECT_GE(l.tokens, limit - l.max_usage) << what << ": the quota was not used up (admitted usage " << l.tokens << ")";
 }
 
+// The core times every hook each plugin implements and exports it on /metrics, one observation
+// per request and hook: glmp_plugin_hook_duration_seconds{hook,plugin}. Hooks a plugin lacks
+// have no series.
+TEST_F(Ratelimit, TheCoreTimesEveryHookAPluginImplements) {
+  start();
+  const Key k = create_key(port(), R"({"name":"timed","token_limit_per_5h":1000000})");
+  auto series = [&](const std::string& plugin, const std::string& hook, const std::string& what) {
+    const std::string name = "glmp_plugin_hook_duration_seconds_" + what + "{hook=\"" + hook + "\",plugin=\"" + plugin + "\"} ";
+    const std::string text = http(port(), "GET", "/metrics").body;
+    const size_t at = text.find(name);
+    return at == std::string::npos ? -1.0 : std::stod(text.substr(at + name.size()));
+  };
+  const std::vector<std::pair<std::string, std::string>> implemented = {
+      {"auth", "on_request_headers"}, {"auth", "on_request"}, {"ratelimit", "on_request"}, {"ratelimit", "on_complete"}};
+  std::map<std::string, double> before;
+  for (const auto& [plugin, hook] : implemented) before[plugin + "." + hook] = series(plugin, hook, "count");
+  std::string rid;
+  ASSERT_EQ(call(k.plain, "/v1/chat/completions", openai_body(false), {}, rid).status, 200);
+  log_line(rid);  // written after on_complete
+  ASSERT_EQ(call_stream(k.plain, "/v1/messages", anthropic_body(true), {{"x-mock-chunks", "5"}}, rid).status, 200);
+  log_line(rid);
+  for (const auto& [plugin, hook] : implemented) {
+    EXPECT_EQ(series(plugin, hook, "count") - before[plugin + "." + hook], 2) << plugin << " " << hook;
+    EXPECT_GT(series(plugin, hook, "sum"), 0) << plugin << " " << hook;
+  }
+  for (const auto& [plugin, hook] : std::vector<std::pair<std::string, std::string>>{
+           {"auth", "on_complete"}, {"auth", "on_response_body"}, {"ratelimit", "on_response_headers"}, {"ratelimit", "on_response_body"}})
+    EXPECT_EQ(series(plugin, hook, "count"), -1) << plugin << " " << hook << " has a series but no hook";
+}
+
 TEST(RatelimitReplicas, ThreeProxiesOnOneRedisShareTheQuotaWithinTheBound) {
   ASSERT_TRUE(fs::exists(kAuthSo) && fs::exists(kRatelimitSo)) << "plugins not built: " << kAuthSo << ", " << kRatelimitSo;
   RedisServer redis;

@@ -4,14 +4,23 @@
 // routes off the core's.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include <prometheus/registry.h>
+
+#include "metrics/plugin_metrics.hpp"
 #include "plugins/chain.hpp"
 
 namespace {
 
+using namespace std::chrono_literals;
 using glmp::core::pipeline::RequestContext;
 using glmp::core::plugins::Chain;
 using glmp::core::plugins::ChainHolder;
 using glmp::core::plugins::ChainRun;
+using glmp::core::plugins::Hook;
 using glmp::core::plugins::HookResult;
 using glmp::core::plugins::Plugin;
 using glmp::core::plugins::shadows_core_route;
@@ -201,6 +210,82 @@ TEST(ChainRun, RequestRunsTheHeadersPhaseWhenNobodyDid) {
   EXPECT_EQ(run2.request(ctx2), HookResult::Continue);
   run2.complete(ctx2);
   EXPECT_EQ(log2, (std::vector<std::string>{"a.rh", "a.request", "a.complete"}));
+}
+
+// A plugin whose hooks take a known time; it implements every hook but on_response_headers.
+class Slow : public Plugin {
+public:
+  explicit Slow(std::string name) : name_(std::move(name)) {}
+  const std::string& name() const override { return name_; }
+  bool has_request_headers_hook() const override { return true; }
+  bool has_hook(Hook hook) const override { return hook != Hook::ResponseHeaders; }
+  HookResult on_request_headers(RequestContext&) override {
+    spin(1ms);
+    return HookResult::Continue;
+  }
+  HookResult on_request(RequestContext&) override {
+    spin(3ms);
+    return HookResult::Continue;
+  }
+  void on_response_headers(RequestContext&) override {}  // "lacks": a no-op, like a NULL hook of a native plugin
+  void on_response_body(RequestContext&, std::string_view, bool) override { spin(1ms); }
+  void on_complete(RequestContext&) override { spin(2ms); }
+
+private:
+  static void spin(std::chrono::microseconds d) { std::this_thread::sleep_for(d); }
+  std::string name_;
+};
+
+// The core times every hook a plugin implements: when it first ran (from the request's start) and
+// how long it took in all (on_response_body summed over chunks), and observes each in
+// glmp_plugin_hook_duration_seconds{plugin,hook} once per request.
+TEST(ChainRun, TimesEachHookAndObservesItOncePerRequest) {
+  prometheus::Registry registry;
+  glmp::core::metrics::PluginMetrics metrics(registry);
+  auto slow = std::make_shared<Slow>("slow");
+  auto chain = std::make_shared<Chain>();
+  chain->plugins = {slow};
+  chain->hook_histograms.push_back(metrics.hook_histograms(
+      "slow", {"on_request_headers", "on_request", nullptr, "on_response_body", "on_complete"}));
+  for (int request = 0; request < 2; ++request) {
+    RequestContext ctx;
+    ChainRun run(chain);
+    ASSERT_EQ(run.request(ctx), HookResult::Continue);
+    run.response_headers(ctx);
+    for (int i = 0; i < 3; ++i) run.response_body(ctx, "x", i == 2);
+    run.complete(ctx);
+    const ChainRun::HookTimes* t = run.hook_times(0);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(run.hook_times(1), nullptr);
+    const auto h = [](Hook hook) { return static_cast<size_t>(hook); };
+    EXPECT_EQ(t->ran, 0b11011) << "every hook but on_response_headers";
+    EXPECT_GE(t->dur_ns[h(Hook::RequestHeaders)], 1'000'000);
+    EXPECT_GE(t->dur_ns[h(Hook::Request)], 3'000'000);
+    EXPECT_GE(t->dur_ns[h(Hook::ResponseBody)], 3'000'000) << "three chunks of 1 ms, summed";
+    EXPECT_GE(t->dur_ns[h(Hook::Complete)], 2'000'000);
+    // Starts are in the order the hooks ran, each after the previous one ended.
+    EXPECT_GE(t->start_ns[h(Hook::RequestHeaders)], 0);
+    EXPECT_GE(t->start_ns[h(Hook::Request)], t->start_ns[h(Hook::RequestHeaders)] + t->dur_ns[h(Hook::RequestHeaders)]);
+    EXPECT_GE(t->start_ns[h(Hook::ResponseBody)], t->start_ns[h(Hook::Request)] + t->dur_ns[h(Hook::Request)]);
+    EXPECT_GE(t->start_ns[h(Hook::Complete)], t->start_ns[h(Hook::ResponseBody)] + t->dur_ns[h(Hook::ResponseBody)]);
+  }
+  std::map<std::string, std::pair<uint64_t, double>> seen;  // hook → (count, sum)
+  for (const auto& family : registry.Collect()) {
+    if (family.name != "glmp_plugin_hook_duration_seconds") continue;
+    for (const auto& m : family.metric) {
+      std::string plugin, hook;
+      for (const auto& l : m.label) (l.name == "plugin" ? plugin : hook) = l.value;
+      EXPECT_EQ(plugin, "slow");
+      seen[hook] = {m.histogram.sample_count, m.histogram.sample_sum};
+    }
+  }
+  EXPECT_EQ(seen.size(), 4u) << "no series for the hook it lacks";
+  EXPECT_EQ(seen["on_request"].first, 2u) << "one observation per request";
+  EXPECT_EQ(seen["on_response_body"].first, 2u) << "one observation per request, not per chunk";
+  EXPECT_GE(seen["on_response_body"].second, 2 * 0.003);
+  EXPECT_GE(seen["on_request"].second, 2 * 0.003);
+  EXPECT_LT(seen["on_request"].second, 2 * 1.0);
+  EXPECT_EQ(seen.count("on_response_headers"), 0u);
 }
 
 TEST(ChainRouteGuard, RefusesRoutesThatMatchOrShadowCoreRoutes) {

@@ -21,7 +21,8 @@ PluginMetric* PluginMetrics::create(glmp_metric_kind kind, const std::string& na
   // The core's own families (glmp_requests_total, glmp_store_*, …) stay the core's.
   static const char* const kCorePrefixes[] = {"glmp_request", "glmp_upstream", "glmp_proxy_", "glmp_time_to_first",
                                               "glmp_tokens", "glmp_plugin_reloads", "glmp_store_", "glmp_process_",
-                                              "glmp_active_streams"};
+                                              "glmp_active_streams", "glmp_plugin_hook", "glmp_recording",
+                                              "glmp_recorded"};
   for (const char* p : kCorePrefixes)
     if (name.rfind(p, 0) == 0) {
       error = "\"" + name + "\" is reserved for the core's metrics (name plugin metrics glmp_<plugin>_…)";
@@ -85,6 +86,24 @@ PluginMetric* PluginMetrics::create(glmp_metric_kind kind, const std::string& na
   }
   kinds_.emplace(name, kind);
   return by_key_.emplace(std::move(key), std::move(metric)).first->second.get();
+}
+
+std::array<prometheus::Histogram*, 5> PluginMetrics::hook_histograms(const std::string& plugin,
+                                                                     const std::array<const char*, 5>& hooks) {
+  // From 1 µs to 1 s: most hooks take microseconds; a store round trip or a slow plugin shows.
+  static const prometheus::Histogram::BucketBoundaries kBuckets{1e-6,   2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4,
+                                                                5e-4,   1e-3,   2.5e-3, 5e-3, 0.01, 0.025, 0.1, 1};
+  std::lock_guard lock(mutex_);
+  if (!hook_family_)
+    hook_family_ = &prometheus::BuildHistogram()
+                        .Name("glmp_plugin_hook_duration_seconds")
+                        .Help("Time spent in each plugin hook, measured by the core, one observation per request and hook "
+                              "(on_response_body: its sum over the response's chunks)")
+                        .Register(registry_);
+  std::array<prometheus::Histogram*, 5> out{};
+  for (size_t h = 0; h < hooks.size(); ++h)
+    if (hooks[h]) out[h] = &hook_family_->Add({{"plugin", plugin}, {"hook", hooks[h]}}, kBuckets);
+  return out;
 }
 
 }  // namespace glmp::core::metrics

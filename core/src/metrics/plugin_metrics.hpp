@@ -4,6 +4,7 @@
 // them next to the core's. A handle lives until the process exits; asking again for the same
 // name and labels (a plugin reloading) returns the same handle, so values carry across reloads.
 // Updates go straight to prometheus-cpp's atomics: no lock, no allocation.
+#include <array>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,8 +38,15 @@ public:
                        const std::vector<std::pair<std::string, std::string>>& labels, const std::vector<double>& buckets,
                        std::string& error);
 
+  // The core's glmp_plugin_hook_duration_seconds{plugin,hook} histograms of one plugin, in
+  // plugins::Hook order ("on_request_headers", "on_request", "on_response_headers",
+  // "on_response_body", "on_complete"); null where `hooks` has null (a hook the plugin lacks).
+  // The same ones again for the same name (a reload).
+  std::array<prometheus::Histogram*, 5> hook_histograms(const std::string& plugin, const std::array<const char*, 5>& hooks);
+
 private:
   prometheus::Registry& registry_;
+  prometheus::Family<prometheus::Histogram>* hook_family_ = nullptr;  // created on first use
   std::mutex mutex_;
   std::map<std::string, std::unique_ptr<PluginMetric>> by_key_;  // name + labels → handle
   std::map<std::string, glmp_metric_kind> kinds_;                // family name → kind

@@ -3,7 +3,50 @@
 #include <algorithm>
 #include <array>
 
+#include <prometheus/histogram.h>
+
 namespace glmp::core::plugins {
+
+const char* hook_name(Hook hook) {
+  switch (hook) {
+    case Hook::RequestHeaders: return "on_request_headers";
+    case Hook::Request: return "on_request";
+    case Hook::ResponseHeaders: return "on_response_headers";
+    case Hook::ResponseBody: return "on_response_body";
+    case Hook::Complete: return "on_complete";
+  }
+  return "?";
+}
+
+ChainRun::ChainRun(std::shared_ptr<const Chain> chain) : chain_(std::move(chain)) {
+  timed_ = std::min(chain_->plugins.size(), kTimedPlugins);
+  for (size_t i = 0; i < timed_; ++i) times_[i].ran = 0;  // start_ns / dur_ns are set on a hook's first run
+}
+
+// Two clock reads per call of a hook the plugin implements (steady_clock: the vDSO, no syscall).
+template <class Call>
+auto ChainRun::timed(size_t i, Hook hook, const pipeline::RequestContext& ctx, Call&& call) {
+  if (i >= timed_ || !chain_->plugins[i]->has_hook(hook)) return call();
+  const auto t0 = pipeline::Clock::now();
+  struct Record {  // runs when `call` returns (a value or void)
+    HookTimes& t;
+    size_t h;
+    pipeline::Clock::time_point t0, start;
+    ~Record() {
+      const auto t1 = pipeline::Clock::now();
+      const int64_t dur = std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();
+      const uint8_t bit = static_cast<uint8_t>(1u << h);
+      if (!(t.ran & bit)) {
+        t.ran |= bit;
+        t.start_ns[h] = std::chrono::duration_cast<std::chrono::nanoseconds>(t0 - start).count();
+        t.dur_ns[h] = dur;
+      } else {
+        t.dur_ns[h] += dur;
+      }
+    }
+  } record{times_[i], static_cast<size_t>(hook), t0, ctx.start};
+  return call();
+}
 
 bool shadows_core_route(std::string_view path, bool prefix) {
   // Exact core paths, and the core's prefix: "/v1" itself and everything under "/v1/".
@@ -22,7 +65,7 @@ HookResult ChainRun::request_headers(pipeline::RequestContext& ctx) {
   for (const auto& plugin : chain_->plugins) {
     ++headers_ran_;
     if (!plugin->has_request_headers_hook()) continue;
-    const HookResult r = plugin->on_request_headers(ctx);
+    const HookResult r = timed(headers_ran_ - 1, Hook::RequestHeaders, ctx, [&] { return plugin->on_request_headers(ctx); });
     if (r != HookResult::Continue) {
       headers_result_ = r;
       break;
@@ -35,18 +78,19 @@ HookResult ChainRun::request(pipeline::RequestContext& ctx) {
   if (const HookResult h = request_headers(ctx); h != HookResult::Continue) return h;
   for (const auto& plugin : chain_->plugins) {
     ++ran_;
-    HookResult r = plugin->on_request(ctx);
+    const HookResult r = timed(ran_ - 1, Hook::Request, ctx, [&] { return plugin->on_request(ctx); });
     if (r != HookResult::Continue) return r;
   }
   return HookResult::Continue;
 }
 
 void ChainRun::response_headers(pipeline::RequestContext& ctx) {
-  for (size_t i = ran_; i-- > 0;) chain_->plugins[i]->on_response_headers(ctx);
+  for (size_t i = ran_; i-- > 0;) timed(i, Hook::ResponseHeaders, ctx, [&] { chain_->plugins[i]->on_response_headers(ctx); });
 }
 
 void ChainRun::response_body(pipeline::RequestContext& ctx, std::string_view chunk, bool end_of_stream) {
-  for (size_t i = ran_; i-- > 0;) chain_->plugins[i]->on_response_body(ctx, chunk, end_of_stream);
+  for (size_t i = ran_; i-- > 0;)
+    timed(i, Hook::ResponseBody, ctx, [&] { chain_->plugins[i]->on_response_body(ctx, chunk, end_of_stream); });
 }
 
 void ChainRun::complete(pipeline::RequestContext& ctx) {
@@ -56,7 +100,15 @@ void ChainRun::complete(pipeline::RequestContext& ctx) {
   // and had its turn) even if its on_request never did (it refused, or one before it refused).
   for (size_t i = std::max(ran_, headers_ran_); i-- > 0;) {
     const auto& plugin = chain_->plugins[i];
-    if (i < ran_ || plugin->has_request_headers_hook()) plugin->on_complete(ctx);
+    if (i < ran_ || plugin->has_request_headers_hook()) timed(i, Hook::Complete, ctx, [&] { plugin->on_complete(ctx); });
+  }
+  // One observation per hook that ran (on_response_body: its sum over the response).
+  if (chain_->hook_histograms.size() < timed_) return;
+  for (size_t i = 0; i < timed_; ++i) {
+    const HookTimes& t = times_[i];
+    for (size_t h = 0; h < kHooks; ++h)
+      if ((t.ran & (1u << h)) && chain_->hook_histograms[i][h])
+        chain_->hook_histograms[i][h]->Observe(static_cast<double>(t.dur_ns[h]) * 1e-9);
   }
 }
 

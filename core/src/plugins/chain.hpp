@@ -3,7 +3,9 @@
 // Each request takes the snapshot when it starts and keeps it until on_complete, so a reload never
 // changes the chain under a running request. The C ABI (plugin-api/) binds to this interface.
 
+#include <array>
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -13,9 +15,18 @@
 
 #include "pipeline/request_context.hpp"
 
+namespace prometheus {
+class Histogram;
+}
+
 namespace glmp::core::plugins {
 
 enum class HookResult { Continue, Responded, Error };
+
+// The plugin hooks the core times (glmp_plugin_hook_duration_seconds{plugin,hook}).
+enum class Hook : uint8_t { RequestHeaders, Request, ResponseHeaders, ResponseBody, Complete };
+inline constexpr size_t kHooks = 5;
+const char* hook_name(Hook hook);  // "on_request_headers", "on_request", …
 
 class Plugin {
 public:
@@ -40,6 +51,8 @@ public:
   virtual void on_response_body(pipeline::RequestContext&, std::string_view /*chunk*/, bool /*end_of_stream*/) {}
   // Runs in reverse order exactly once for every plugin whose on_request or on_request_headers ran.
   virtual void on_complete(pipeline::RequestContext&) {}
+  // Whether the plugin implements `hook`: a hook it leaves out (a no-op call) is not timed.
+  virtual bool has_hook(Hook) const { return true; }
 };
 
 // True when a plugin route on `path` (exact, or every path starting with it when `prefix`) would
@@ -59,6 +72,10 @@ struct Route {
 
 struct Chain {
   std::vector<std::shared_ptr<Plugin>> plugins;
+  // glmp_plugin_hook_duration_seconds{plugin,hook} of plugins[i] (metrics::PluginMetrics; null
+  // for a hook it lacks); empty when the chain was built without metrics (tests): hooks are still
+  // timed, not observed.
+  std::vector<std::array<prometheus::Histogram*, kHooks>> hook_histograms;
   std::vector<Route> routes;
   uint64_t generation = 0;
   // Request and completion hooks run on the loop (every plugin non-blocking, the store never
@@ -97,7 +114,7 @@ private:
 // then (if it went upstream) response_headers/response_body, and complete() however it ends.
 class ChainRun {
 public:
-  explicit ChainRun(std::shared_ptr<const Chain> chain) : chain_(std::move(chain)) {}
+  explicit ChainRun(std::shared_ptr<const Chain> chain);
   ChainRun(const ChainRun&) = delete;
   ChainRun& operator=(const ChainRun&) = delete;
   ~ChainRun() = default;  // complete() must be called by the pipeline; see Proxy
@@ -116,8 +133,27 @@ public:
   void response_body(pipeline::RequestContext& ctx, std::string_view chunk, bool end_of_stream);
   void complete(pipeline::RequestContext& ctx);  // idempotent
 
+  // How long one plugin's hooks took in this request: each hook's first call (from ctx.start) and
+  // the sum of its calls (on_response_body runs once per relayed chunk). Kept for the first
+  // kTimedPlugins plugins of the chain; complete() observes them in hook_histograms.
+  struct HookTimes {
+    std::array<int64_t, kHooks> start_ns;
+    std::array<int64_t, kHooks> dur_ns;
+    uint8_t ran = 0;  // bit per Hook
+  };
+  static constexpr size_t kTimedPlugins = 16;
+  // Plugin i's times, null past kTimedPlugins or the chain's end.
+  const HookTimes* hook_times(size_t i) const { return i < timed_ ? &times_[i] : nullptr; }
+  const Chain& chain() const { return *chain_; }
+
 private:
+  // Calls `call` for plugin i, timing it when the plugin implements the hook.
+  template <class Call>
+  auto timed(size_t i, Hook hook, const pipeline::RequestContext& ctx, Call&& call);
+
   std::shared_ptr<const Chain> chain_;
+  std::array<HookTimes, kTimedPlugins> times_;  // [0, timed_) initialised by the constructor
+  size_t timed_ = 0;
   size_t headers_ran_ = 0;  // plugins [0, headers_ran_) had their turn in the headers phase
   size_t ran_ = 0;          // plugins [0, ran_) had their on_request run
   std::optional<HookResult> headers_result_;  // set once the headers phase ran

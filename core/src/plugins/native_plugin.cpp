@@ -88,6 +88,18 @@ void NativePlugin::on_complete(pipeline::RequestContext& ctx) {
   if (library_->descriptor->on_complete) library_->descriptor->on_complete(state_, handle(ctx));
 }
 
+bool NativePlugin::has_hook(Hook hook) const {
+  const auto* d = library_->descriptor;
+  switch (hook) {
+    case Hook::RequestHeaders: return headers_hook_ != nullptr;
+    case Hook::Request: return d->on_request != nullptr;
+    case Hook::ResponseHeaders: return d->on_response_headers != nullptr;
+    case Hook::ResponseBody: return d->on_response_body != nullptr;
+    case Hook::Complete: return d->on_complete != nullptr;
+  }
+  return false;
+}
+
 void NativePlugin::serve_route(const PluginRoute& route, pipeline::RequestContext& ctx) {
   route.handler(state_, handle(ctx), route.user_data);
 }

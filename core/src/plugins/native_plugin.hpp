@@ -39,6 +39,7 @@ public:
   const std::string& name() const override { return name_; }
   HookResult on_request_headers(pipeline::RequestContext& ctx) override;
   bool has_request_headers_hook() const override { return headers_hook_ != nullptr; }
+  bool has_hook(Hook hook) const override;
   bool nonblocking() const override { return nonblocking_; }
   HookResult on_request(pipeline::RequestContext& ctx) override;
   void on_response_headers(pipeline::RequestContext& ctx) override;
