@@ -848,7 +848,10 @@ TEST_F(Cache, MaxBytesHoldsUnderManyLargeEntries) {
   // 50 MB went through the cache: the process must not have kept it.
   const double grown = rss() - rss_before;
 #ifdef GLMP_SANITIZED
-  constexpr double kRssBound = 48.0 * (1 << 20);
+  // ASan keeps freed memory in its quarantine (256 MiB by default) and grows shadow memory: here
+  // the bound only catches a runaway; the byte accounting above and LeakSanitizer at exit are the
+  // checks that hold under the sanitizers (the CI run saw 122 MiB).
+  constexpr double kRssBound = 320.0 * (1 << 20);
 #else
   constexpr double kRssBound = 24.0 * (1 << 20);
 #endif

@@ -21,6 +21,7 @@ const std::map<std::string, std::string> kHeaderHashes = {
     {"1.3", "dfb1013660120410905f3e577acfd1ca57cc37c740bf9ac443382693fc6fa228"},
     {"1.4", "4c118f556850ffa5f16b36eb836b00761f28c5945b969806eee5d49bde590cbd"},
     {"1.5", "5d60e1f1373f4faedc3356b85526fcde2c6ca6b428b078f2288f9e16d69c9275"},
+    {"1.6", "02d23c7f6bb1893bccce9a375d07a15598360267f6d17a4baf31e38b8170babd"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is
@@ -37,7 +38,10 @@ TEST(Abi, MinorVersionsOnlyAppend) {
   // 1.5 appends the recording functions right after it.
   EXPECT_EQ(offsetof(glmp_host_api, request_record), offsetof(glmp_host_api, request_body_member) + sizeof(void*));
   EXPECT_EQ(offsetof(glmp_host_api, request_defer_upstream), offsetof(glmp_host_api, request_record) + 11 * sizeof(void*));
-  EXPECT_EQ(offsetof(glmp_host_api, request_defer_upstream) + sizeof(void*), sizeof(glmp_host_api));
+  // 1.6 appends the timing functions.
+  EXPECT_EQ(offsetof(glmp_host_api, request_profile), offsetof(glmp_host_api, request_defer_upstream) + sizeof(void*));
+  EXPECT_EQ(offsetof(glmp_host_api, request_is_admin), offsetof(glmp_host_api, request_profile) + 2 * sizeof(void*));
+  EXPECT_EQ(offsetof(glmp_host_api, request_is_admin) + sizeof(void*), sizeof(glmp_host_api));
   EXPECT_EQ(sizeof(glmp_recording_info), 104u);
   EXPECT_EQ(offsetof(glmp_recording_info, struct_size), 0u);
   // 1.2 appends on_request_headers to the descriptor, right after 1.0/1.1's last member (a 1.1
@@ -68,6 +72,7 @@ TEST(Abi, StructsStartWithTheirSize) {
   EXPECT_EQ(offsetof(glmp_host_api, struct_size), 0u);
   EXPECT_EQ(offsetof(glmp_plugin_descriptor, struct_size), 0u);
   EXPECT_EQ(offsetof(glmp_usage, struct_size), 0u);
+  EXPECT_EQ(offsetof(glmp_request_profile, struct_size), 0u);
 }
 
 }  // namespace

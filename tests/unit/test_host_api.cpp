@@ -5,8 +5,13 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+#include <vector>
+
 #include "pipeline/json_body.hpp"
 #include "pipeline/request_context.hpp"
+#include "plugins/chain.hpp"
 #include "plugins/native_plugin.hpp"  // host_api()
 
 namespace glmp::core::plugins {
@@ -85,6 +90,137 @@ TEST(HostApiBodyMember, UsesTheScanTheCoreStored) {
   ctx.body_scanned = true;
   EXPECT_EQ(member(ctx, "a"), R"("2")");
   EXPECT_EQ(member(ctx, "b"), R"("1")");
+}
+
+
+// --- ABI 1.6: request_profile, request_timings, request_is_admin ----------------------------
+
+// A plugin with one hook, on_request, that takes 2 ms.
+class Sleeper : public Plugin {
+public:
+  explicit Sleeper(std::string name) : name_(std::move(name)) {}
+  const std::string& name() const override { return name_; }
+  bool has_hook(Hook hook) const override { return hook == Hook::Request; }
+  HookResult on_request(RequestContext&) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return HookResult::Continue;
+  }
+
+private:
+  std::string name_;
+};
+
+std::vector<glmp_timing> timings_of(RequestContext& ctx) {
+  const size_t n = host_api().request_timings(handle(ctx), nullptr, 0);
+  std::vector<glmp_timing> out(n);
+  EXPECT_EQ(host_api().request_timings(handle(ctx), out.data(), out.size()), n);
+  return out;
+}
+
+std::string name_of(const glmp_timing& t) {
+  return std::string(t.name, t.name_len) + (t.hook ? "." + std::string(t.hook, t.hook_len) : "");
+}
+
+// The core's phases come from the exchange's marks, the hooks from the ChainRun's timing, all
+// ordered by start; a phase not reached is not listed.
+TEST(HostApiTimings, PhasesAndHooksInTheOrderTheyStarted) {
+  auto chain = std::make_shared<Chain>();
+  chain->plugins = {std::make_shared<Sleeper>("first"), std::make_shared<Sleeper>("second")};
+  RequestContext ctx;
+  ChainRun run(chain);
+  EXPECT_TRUE(timings_of(ctx).empty()) << "nothing reached yet";
+  ctx.marks.received = 1000;
+  ASSERT_EQ(run.request(ctx), HookResult::Continue);
+  ctx.marks.upstream_start = ctx.since_start();
+  ctx.marks.upstream_ready = ctx.marks.upstream_start + 500;
+  ctx.marks.upstream_head = ctx.marks.upstream_ready + 7000;
+  ctx.ttfb = std::chrono::nanoseconds(ctx.marks.upstream_head + 300);
+  std::vector<std::string> names;
+  for (const auto& t : timings_of(ctx)) names.push_back(name_of(t));
+  EXPECT_EQ(names, (std::vector<std::string>{"receive", "first.on_request", "second.on_request", "upstream_connect",
+                                             "upstream_headers", "first_byte"}))
+      << "no stream before the end";
+  ctx.marks.ended = *ctx.ttfb / std::chrono::nanoseconds(1) + 40'000;
+  run.complete(ctx);
+  const auto all = timings_of(ctx);
+  names.clear();
+  for (const auto& t : all) names.push_back(name_of(t));
+  EXPECT_EQ(names, (std::vector<std::string>{"receive", "first.on_request", "second.on_request", "upstream_connect",
+                                             "upstream_headers", "first_byte", "stream"}))
+      << "on_complete is not a hook Sleeper has: not timed";
+  for (size_t i = 1; i < all.size(); ++i) EXPECT_LE(all[i - 1].start_ns, all[i].start_ns) << names[i];
+  EXPECT_EQ(all[0].start_ns, 0);
+  EXPECT_EQ(all[0].dur_ns, 1000);
+  EXPECT_GE(all[1].dur_ns, 2'000'000) << "on_request slept 2 ms";
+  EXPECT_GE(all[2].start_ns, all[1].start_ns + all[1].dur_ns);
+  EXPECT_EQ(all[3].dur_ns, 500);
+  EXPECT_EQ(all[4].dur_ns, 7000);
+  EXPECT_EQ(all[5].dur_ns, 300);
+  EXPECT_EQ(all[6].dur_ns, 40'000);
+  // A short array gets the first `cap`, and the count says how many there are.
+  glmp_timing two[2];
+  EXPECT_EQ(host_api().request_timings(handle(ctx), two, 2), all.size());
+  EXPECT_EQ(name_of(two[1]), "first.on_request");
+}
+
+// A follower's wait for its leader's head, a deferred upstream call.
+TEST(HostApiTimings, DeferAndFollowWait) {
+  RequestContext ctx;
+  ctx.marks.received = 10;
+  ctx.marks.deferred = 100;
+  ctx.marks.upstream_start = 5'000;
+  ctx.marks.upstream_ready = 6'000;
+  ctx.marks.ended = 10'000;  // the head never came: the phases that waited for it end with the request
+  ctx.marks.follow_start = 50;
+  ctx.marks.follow_head = 900;
+  std::vector<std::string> names;
+  std::vector<int64_t> durs;
+  for (const auto& t : timings_of(ctx)) {
+    names.push_back(name_of(t));
+    durs.push_back(t.dur_ns);
+  }
+  ASSERT_EQ(names, (std::vector<std::string>{"receive", "follow_wait", "defer", "upstream_connect", "upstream_headers"}));
+  EXPECT_EQ(durs[4], 4'000);
+  EXPECT_EQ(durs[1], 850);
+  EXPECT_EQ(durs[2], 4'900);
+}
+
+TEST(HostApiProfile, ReportsTheRequestsCourse) {
+  RequestContext ctx;
+  config::RouteConfig route;
+  route.prefix = "/v1/messages";
+  ctx.route = &route;
+  ctx.status = 200;
+  ctx.upstream_status = 201;
+  ctx.bytes_in = 12;
+  ctx.bytes_out = 34;
+  ctx.error = "upstream reset";
+  ctx.upstream_time = std::chrono::microseconds(700);
+  glmp_request_profile p{};
+  EXPECT_EQ(host_api().request_profile(handle(ctx), &p), 0) << "struct_size 0 is refused";
+  p.struct_size = sizeof p;
+  const int64_t before_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  ASSERT_EQ(host_api().request_profile(handle(ctx), &p), 1);
+  EXPECT_EQ(p.status, 200);
+  EXPECT_EQ(p.upstream_status, 201);
+  EXPECT_EQ(p.ttfb_ns, -1);
+  EXPECT_EQ(p.upstream_ns, 700'000);
+  EXPECT_EQ(p.bytes_in, 12u);
+  EXPECT_EQ(p.bytes_out, 34u);
+  EXPECT_EQ(std::string(p.route, p.route_len), "/v1/messages");
+  EXPECT_EQ(std::string(p.error, p.error_len), "upstream reset");
+  EXPECT_GE(p.elapsed_ns, 0);
+  EXPECT_LE(p.started_unix_us, before_us + 1000);
+  EXPECT_GT(p.started_unix_us, before_us - 10'000'000);
+  ctx.marks.ended = 123'456;
+  ctx.ttfb = std::chrono::nanoseconds(99);
+  ASSERT_EQ(host_api().request_profile(handle(ctx), &p), 1);
+  EXPECT_EQ(p.elapsed_ns, 123'456) << "after the end: to the last byte";
+  EXPECT_EQ(p.ttfb_ns, 99);
+  EXPECT_EQ(host_api().request_is_admin(handle(ctx)), 0);
+  ctx.is_admin = true;
+  EXPECT_EQ(host_api().request_is_admin(handle(ctx)), 1);
 }
 
 }  // namespace

@@ -185,6 +185,7 @@ void Exchange::read_body() {
 
 void Exchange::after_body() {
   ctx_.bytes_in = ctx_.body.size();
+  ctx_.marks.received = ctx_.since_start();
   if (!proxy_.inspect_body(conn().request(), resp(), ctx_)) {
     complete();
     return;
@@ -203,6 +204,7 @@ void Exchange::after_request_hooks(plugins::HookResult r) {
   if (ctx_.defer_upstream_ms > 0) {
     // A plugin asked the upstream call to wait (e.g. for identical requests to join it).
     state_ = State::Deferred;
+    ctx_.marks.deferred = ctx_.since_start();
     arm_timer(std::chrono::milliseconds(std::min<uint32_t>(ctx_.defer_upstream_ms, 10000)));
     return;
   }
@@ -228,6 +230,7 @@ void Exchange::go_upstream() {
     leading_ = true;
   }
   phase_start_ = Clock::now();
+  ctx_.marks.upstream_start = ctx_.since_start(phase_start_);
   acquire();
 }
 
@@ -287,6 +290,7 @@ void Exchange::send_request() {
   if (state_ != State::Send) {
     state_ = State::Send;
     request_sent_ = 0;
+    ctx_.marks.upstream_ready = ctx_.since_start();
     // One deadline for writing the request and for its response's headers (both read_timeout).
     arm_timer(pool_.config().read_timeout);
   }
@@ -455,7 +459,9 @@ void Exchange::on_timer() {
 // Response side
 
 void Exchange::on_head_parsed() {
-  ctx_.upstream_time += Clock::now() - phase_start_;
+  const Clock::time_point now = Clock::now();
+  ctx_.upstream_time += now - phase_start_;
+  ctx_.marks.upstream_head = ctx_.since_start(now);
   ctx_.upstream_status = parser_->status();
   // Read before the headers move out of upstream_head_.
   sse_ = is_event_stream(upstream_head_.get("Content-Type"));
@@ -656,6 +662,7 @@ void Exchange::on_event(uint32_t events) {
 
 void Exchange::start_follow() {
   state_ = State::Follow;
+  ctx_.marks.follow_start = ctx_.since_start();
   follower_ = ctx_.follow->recording->attach(loop_, this);
   if (!follower_) {
     // It failed or outgrew its limit since the plugin looked.
@@ -713,6 +720,7 @@ void Exchange::recording_ready() {
 
 void Exchange::begin_follow(const RecordedHead& head) {
   follow_started_ = true;
+  ctx_.marks.follow_head = ctx_.since_start();
   ctx_.origin = ctx_.follow->origin;
   for (auto& [name, value] : ctx_.follow->headers) {  // the plugin's headers for this answer
     std::erase_if(ctx_.extra_response_headers, [&](const auto& kv) { return iequals(kv.first, name); });
@@ -812,6 +820,7 @@ void Exchange::end_relay() {
 
 void Exchange::complete() {
   state_ = State::Completing;
+  ctx_.marks.ended = ctx_.since_start();
   // A recording not ended yet ends here: its request got an error answer, a refusal, an answer
   // from another recording, or its client left early. Its followers fall back or get the answer.
   if (ctx_.recording) {

@@ -19,6 +19,10 @@
 #include "pipeline/recording.hpp"
 #include "pipeline/usage.hpp"
 
+namespace glmp::core::plugins {
+class ChainRun;
+}
+
 namespace glmp::core::pipeline {
 
 using Clock = std::chrono::steady_clock;
@@ -114,6 +118,22 @@ struct RequestContext {
   Clock::time_point start = Clock::now();
   Clock::duration upstream_time{};    // time blocked on the upstream (connect, send, waits for bytes)
   std::optional<Clock::duration> ttfb;  // start → first response byte flushed to the client
+  // Where the request's course got to, in ns from `start` (-1: not reached), for request_timings
+  // (host API 1.6): mostly clock reads the exchange takes anyway.
+  struct Marks {
+    int64_t received = -1;        // the whole body read
+    int64_t deferred = -1;        // the upstream call parked (request_defer_upstream)
+    int64_t upstream_start = -1;  // going upstream (pool wait or connect from here)
+    int64_t upstream_ready = -1;  // a connection in hand, the request being written
+    int64_t upstream_head = -1;   // the response head parsed
+    int64_t follow_start = -1;    // following a recording (request_follow)
+    int64_t follow_head = -1;     // the followed response's head arrived
+    int64_t ended = -1;           // the response's last body byte handed to the socket
+  } marks;
+  int64_t since_start(Clock::time_point t) const { return std::chrono::duration_cast<std::chrono::nanoseconds>(t - start).count(); }
+  int64_t since_start() const { return since_start(Clock::now()); }
+  const plugins::ChainRun* chain_run = nullptr;  // set by the ChainRun running its hooks (request_timings)
+  bool is_admin = false;  // a GLMP_ACCESS_KEY_OR_ADMIN route called with the admin token
 
   const std::string* attribute(std::string_view name) const {
     for (const auto& [k, v] : attributes)

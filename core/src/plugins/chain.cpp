@@ -60,6 +60,7 @@ bool shadows_core_route(std::string_view path, bool prefix) {
 }
 
 HookResult ChainRun::request_headers(pipeline::RequestContext& ctx) {
+  ctx.chain_run = this;
   if (headers_result_) return *headers_result_;
   headers_result_ = HookResult::Continue;
   for (const auto& plugin : chain_->plugins) {
@@ -95,6 +96,7 @@ void ChainRun::response_body(pipeline::RequestContext& ctx, std::string_view chu
 
 void ChainRun::complete(pipeline::RequestContext& ctx) {
   if (completed_) return;
+  ctx.chain_run = this;
   completed_ = true;
   // Every plugin whose on_request ran, and every plugin whose on_request_headers ran (it has one
   // and had its turn) even if its on_request never did (it refused, or one before it refused).

@@ -65,7 +65,8 @@ struct Route {
   std::string method;  // "" = any
   std::string path;
   bool prefix = false;
-  enum class Access { Public, Admin, Key } access = Access::Public;
+  // KeyOrAdmin: the admin token is served at once (ctx.is_admin), anything else as Key.
+  enum class Access { Public, Admin, Key, KeyOrAdmin } access = Access::Public;
   std::string plugin;  // owner's name
   std::function<void(pipeline::RequestContext&)> serve;
 };

@@ -74,9 +74,10 @@ std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t gen
       route.method = pr.method;
       route.path = pr.path;
       route.prefix = pr.prefix;
-      route.access = pr.access == GLMP_ACCESS_ADMIN ? Route::Access::Admin
-                     : pr.access == GLMP_ACCESS_KEY ? Route::Access::Key
-                                                    : Route::Access::Public;
+      route.access = pr.access == GLMP_ACCESS_ADMIN          ? Route::Access::Admin
+                     : pr.access == GLMP_ACCESS_KEY          ? Route::Access::Key
+                     : pr.access == GLMP_ACCESS_KEY_OR_ADMIN ? Route::Access::KeyOrAdmin
+                                                             : Route::Access::Public;
       route.plugin = pc.name;
       NativePlugin* owner = plugin.get();
       route.serve = [owner, pr](pipeline::RequestContext& ctx) { owner->serve_route(pr, ctx); };

@@ -192,6 +192,10 @@ int register_route(glmp_instance_host_ptr* instance, const char* method, size_t 
                    glmp_route_access access, glmp_route_handler handler, void* user_data) {
   auto& plugin = P(instance);
   if (!plugin.configuring() || !handler || !path || pl == 0 || path[0] != '/') return -1;
+  if (access < GLMP_ACCESS_PUBLIC || access > GLMP_ACCESS_KEY_OR_ADMIN) {
+    plugin.logger().error("register_route(\"" + S(path, pl) + "\") refused: unknown access " + std::to_string(static_cast<int>(access)));
+    return -1;
+  }
   PluginRoute route;
   route.method = S(method, ml);
   route.path = S(path, pl);
@@ -483,6 +487,77 @@ int request_canonical_body(glmp_request_host_ptr* r, const glmp_string* exclude,
 }
 void request_defer_upstream(glmp_request_host_ptr* r, uint32_t ms) { C(r).defer_upstream_ms = std::min<uint32_t>(ms, 10000); }
 
+// --- 1.6: request timings ---
+
+int request_profile(glmp_request_host_ptr* r, glmp_request_profile* out) {
+  if (!out || out->struct_size < sizeof(glmp_request_profile)) return 0;
+  const auto& ctx = C(r);
+  const int64_t now = ctx.since_start();
+  out->status = ctx.status;
+  out->upstream_status = ctx.upstream_status;
+  out->reserved = 0;
+  const int64_t unix_now_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  out->started_unix_us = unix_now_us - now / 1000;
+  out->elapsed_ns = ctx.marks.ended >= 0 ? ctx.marks.ended : now;
+  out->ttfb_ns = ctx.ttfb ? std::chrono::duration_cast<std::chrono::nanoseconds>(*ctx.ttfb).count() : -1;
+  out->upstream_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(ctx.upstream_time).count();
+  out->bytes_in = ctx.bytes_in;
+  out->bytes_out = ctx.bytes_out;
+  out->route = ctx.route ? ctx.route->prefix.data() : "";
+  out->route_len = ctx.route ? ctx.route->prefix.size() : 0;
+  out->error = ctx.error.data();
+  out->error_len = ctx.error.size();
+  return 1;
+}
+
+// The core's phases (from the exchange's marks) and every timed plugin hook, by start.
+size_t request_timings(glmp_request_host_ptr* r, glmp_timing* out, size_t cap) {
+  const auto& ctx = C(r);
+  const auto& m = ctx.marks;
+  thread_local std::vector<glmp_timing> spans;
+  spans.clear();
+  const int64_t now = ctx.since_start();
+  const int64_t ttfb = ctx.ttfb ? std::chrono::duration_cast<std::chrono::nanoseconds>(*ctx.ttfb).count() : -1;
+  auto phase = [&](const char* name, int64_t from, int64_t to) {
+    if (from < 0 || to < from) return;
+    spans.push_back(glmp_timing{name, std::strlen(name), nullptr, 0, from, to - from});
+  };
+  auto first = [](std::initializer_list<int64_t> marks) {
+    for (int64_t v : marks)
+      if (v >= 0) return v;
+    return int64_t{-1};
+  };
+  const int64_t end = m.ended >= 0 ? m.ended : now;
+  phase("receive", 0, m.received);
+  if (m.deferred >= 0) phase("defer", m.deferred, first({m.upstream_start, end}));
+  if (m.follow_start >= 0) phase("follow_wait", m.follow_start, first({m.follow_head, m.upstream_start, end}));
+  if (m.upstream_start >= 0) phase("upstream_connect", m.upstream_start, first({m.upstream_ready, end}));
+  if (m.upstream_ready >= 0) phase("upstream_headers", m.upstream_ready, first({m.upstream_head, end}));
+  const int64_t head = m.upstream_head >= 0 ? m.upstream_head : m.follow_head;
+  if (head >= 0 && ttfb >= head) phase("first_byte", head, ttfb);
+  if (ttfb >= 0 && m.ended >= 0) phase("stream", ttfb, m.ended);
+  if (const ChainRun* run = ctx.chain_run) {
+    const auto& plugins = run->chain().plugins;
+    for (size_t i = 0; i < plugins.size(); ++i) {
+      const ChainRun::HookTimes* t = run->hook_times(i);
+      if (!t) break;
+      for (size_t h = 0; h < kHooks; ++h) {
+        if (!(t->ran & (1u << h))) continue;
+        const char* hook = hook_name(static_cast<Hook>(h));
+        spans.push_back(glmp_timing{plugins[i]->name().data(), plugins[i]->name().size(), hook, std::strlen(hook),
+                                    t->start_ns[h], t->dur_ns[h]});
+      }
+    }
+  }
+  std::stable_sort(spans.begin(), spans.end(), [](const glmp_timing& a, const glmp_timing& b) { return a.start_ns < b.start_ns; });
+  if (out)
+    for (size_t i = 0; i < std::min(cap, spans.size()); ++i) out[i] = spans[i];
+  return spans.size();
+}
+
+int request_is_admin(glmp_request_host_ptr* r) { return C(r).is_admin ? 1 : 0; }
+
 const glmp_host_api kHostApi = {
     sizeof(glmp_host_api), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, log,
     request_id, request_method, request_path, request_query, request_flavour, request_streaming, request_model,
@@ -498,6 +573,8 @@ const glmp_host_api kHostApi = {
     request_record, recording_retain, recording_release, recording_info, request_follow, response_origin,
     response_set_usage, response_charge, response_set_charge, request_upstream_body, request_canonical_body,
     request_defer_upstream,
+    // 1.6
+    request_profile, request_timings, request_is_admin,
 };
 
 }  // namespace

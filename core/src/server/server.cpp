@@ -411,8 +411,11 @@ void Server::serve_plugin_route(const plugins::Route& route, std::shared_ptr<con
                                 pipeline::RequestContext& ctx) {
   if (route.access == plugins::Route::Access::Admin && !admin_allowed(req, resp, ctx)) return;
   plugins::ChainRun run(chain);
+  // KeyOrAdmin: the admin token is the operator (no chain hooks); anything else is a key.
+  const bool keyed = route.access == plugins::Route::Access::Key ||
+                     (route.access == plugins::Route::Access::KeyOrAdmin && !(ctx.is_admin = admin_token_matches(req)));
   // Key routes: the headers phase (auth) answers before a byte of the body is read.
-  if (route.access == plugins::Route::Access::Key && run.request_headers(ctx) != plugins::HookResult::Continue) {
+  if (keyed && run.request_headers(ctx) != plugins::HookResult::Continue) {
     resp.setKeepAlive(false);
     if (!ctx.plugin_stream && ctx.early_response) pipeline::send_early(resp, ctx);
     run.complete(ctx);
@@ -422,7 +425,7 @@ void Server::serve_plugin_route(const plugins::Route& route, std::shared_ptr<con
     run.complete(ctx);
     return;
   }
-  if (route.access == plugins::Route::Access::Key) {
+  if (keyed) {
     // The chain's on_request hooks (auth, …) run first; a refusal answers instead of the route.
     if (run.request(ctx) != plugins::HookResult::Continue) {
       if (!ctx.plugin_stream && ctx.early_response) pipeline::send_early(resp, ctx);

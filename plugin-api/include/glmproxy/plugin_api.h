@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GLMP_ABI_MAJOR 1u
-#define GLMP_ABI_MINOR 5u
+#define GLMP_ABI_MINOR 6u
 
 /* ---------------------------------------------------------------------------------------------
  * Opaque handles
@@ -70,7 +70,9 @@ typedef enum glmp_log_level {
 typedef enum glmp_route_access {
   GLMP_ACCESS_PUBLIC = 0, /* anyone */
   GLMP_ACCESS_ADMIN = 1,  /* needs the admin token ([admin] token), compared in constant time */
-  GLMP_ACCESS_KEY = 2     /* goes through the chain's on_request_headers and on_request hooks first (so auth has run) */
+  GLMP_ACCESS_KEY = 2,    /* goes through the chain's on_request_headers and on_request hooks first (so auth has run) */
+  GLMP_ACCESS_KEY_OR_ADMIN = 3 /* 1.6: with the admin token, served at once and request_is_admin() is 1; else as
+                                  GLMP_ACCESS_KEY. The handler tells the two apart (an older host refuses it) */
 } glmp_route_access;
 
 /* Token usage of a response, as extracted by the core (valid in on_complete). */
@@ -112,6 +114,39 @@ typedef struct glmp_label {
   const char* value;
   size_t value_len;
 } glmp_label;
+
+/* --- 1.6: request timings (profiling) ------------------------------------------------------- */
+
+/* One timed span of a request (request_timings): a core phase, or one plugin hook. Times are
+ * nanoseconds from the request's start (its head parsed). */
+typedef struct glmp_timing {
+  const char* name; /* a core phase ("receive", "defer", "follow_wait", "upstream_connect",
+                       "upstream_headers", "first_byte", "stream") or, for a hook, the plugin's name */
+  size_t name_len;
+  const char* hook; /* NULL for a core phase; "on_request_headers", "on_request", "on_response_headers",
+                       "on_response_body" (summed over the chunks; start = the first), "on_complete" */
+  size_t hook_len;
+  int64_t start_ns;
+  int64_t dur_ns;
+} glmp_timing;
+
+/* What the core knows of a request's course so far (request_profile). */
+typedef struct glmp_request_profile {
+  uint32_t struct_size;    /* set by the caller to sizeof(glmp_request_profile) */
+  int32_t status;          /* sent to the client; 0 before the response head */
+  int32_t upstream_status; /* 0: no upstream response (yet) */
+  int32_t reserved;
+  int64_t started_unix_us; /* wall clock at the request's start */
+  int64_t elapsed_ns;      /* start → now; in on_complete: → the last byte handed to the client's socket */
+  int64_t ttfb_ns;         /* start → the first response byte handed to the client's socket; -1: none yet */
+  int64_t upstream_ns;     /* time spent waiting on the upstream (connect, send, response) */
+  uint64_t bytes_in;       /* request bytes read (head and body) */
+  uint64_t bytes_out;      /* response bytes written (head and body) */
+  const char* route;       /* the matched route's prefix ("/v1/messages", "/v1/"); "" for none */
+  size_t route_len;
+  const char* error;       /* why the proxy failed the request ("" when it did not); on_complete */
+  size_t error_len;
+} glmp_request_profile;
 
 /* --- 1.5: recordings (response cache, request coalescing) ----------------------------------- */
 
@@ -417,6 +452,22 @@ typedef struct glmp_host_api {
   /* on_request: the upstream call waits `ms` milliseconds (at most 10000) after the request
    * hooks, without holding a thread, e.g. so identical requests can join it. */
   void (*request_defer_upstream)(glmp_request_host_ptr* request, uint32_t ms);
+
+  /* ===== ABI 1.6 (check struct_size / abi_minor >= 6 before use): request timings ===== */
+
+  /* --- Any hook or route handler. Fills `out` (its struct_size set by the caller; host-owned
+   * strings valid during the call's hook). Returns 1, or 0 when struct_size is too small. --- */
+  int (*request_profile)(glmp_request_host_ptr* request, glmp_request_profile* out);
+  /* --- Any hook. The request's timed spans so far, in the order they started: the core's phases
+   * and every hook call of every plugin that implements the hook (the core times them whether or
+   * not anyone asks; a hook still running is not listed). Writes at most `cap` into `out` and
+   * returns how many there are (call again with a larger array when that is more than cap).
+   * Strings are host-owned, valid during the hook. In on_complete, the on_complete of plugins
+   * that run after this one (earlier in the chain) is not listed yet. --- */
+  size_t (*request_timings)(glmp_request_host_ptr* request, glmp_timing* out, size_t cap);
+  /* --- A GLMP_ACCESS_KEY_OR_ADMIN route handler: 1 when the request carries the admin token
+   * (it was not run through the chain's request hooks), else 0. 0 elsewhere. --- */
+  int (*request_is_admin)(glmp_request_host_ptr* request);
 } glmp_host_api;
 
 /* ---------------------------------------------------------------------------------------------

@@ -110,6 +110,19 @@ struct FakeRequest {
   std::vector<Header> response_headers;
   glmp_usage usage{};              // what response_usage() reports (struct_size is ignored)
   bool client_gone = false;        // stream_write returns -1 when true
+  // ABI 1.6: what request_profile, request_timings and request_is_admin report. profile's
+  // struct_size, route and error are ignored: `route` and `error` below stand for them.
+  glmp_request_profile profile{};
+  std::string route = "/v1/";
+  std::string error;
+  struct Timing {
+    std::string name;  // a core phase, or the plugin's name
+    std::string hook;  // "" for a core phase
+    std::int64_t start_ns = 0;
+    std::int64_t dur_ns = 0;
+  };
+  std::vector<Timing> timings;
+  bool is_admin = false;  // a KeyOrAdmin route called with the admin token
 
   // --- outputs ---
   bool model_set = false;
@@ -439,6 +452,29 @@ class FakeHost {
       return 0;
     };
     api_.stream_end = [](glmp_request_host_ptr* r) { req(r).stream_ended = true; };
+    // 1.6
+    api_.request_profile = [](glmp_request_host_ptr* r, glmp_request_profile* p) {
+      if (p == nullptr || p->struct_size < sizeof(glmp_request_profile)) return 0;
+      const FakeRequest& q = req(r);
+      const std::uint32_t size = p->struct_size;
+      *p = q.profile;
+      p->struct_size = size;
+      p->route = q.route.data();
+      p->route_len = q.route.size();
+      p->error = q.error.data();
+      p->error_len = q.error.size();
+      return 1;
+    };
+    api_.request_timings = [](glmp_request_host_ptr* r, glmp_timing* out, std::size_t cap) {
+      const FakeRequest& q = req(r);
+      for (std::size_t i = 0; out != nullptr && i < std::min(cap, q.timings.size()); ++i) {
+        const auto& t = q.timings[i];
+        out[i] = glmp_timing{t.name.data(), t.name.size(), t.hook.empty() ? nullptr : t.hook.data(), t.hook.size(),
+                             t.start_ns, t.dur_ns};
+      }
+      return q.timings.size();
+    };
+    api_.request_is_admin = [](glmp_request_host_ptr* r) { return req(r).is_admin ? 1 : 0; };
     api_.register_route = &register_route_fn;
     // ABI 1.1: state store and metrics.
     api_.store_get = &store_get_fn;
@@ -617,6 +653,7 @@ class FakeHost {
     if (self.reject_routes) return -1;
     if (path == nullptr || path_len == 0 || path[0] != '/' || handler == nullptr) return -1;
     if (shadows_core_route(std::string_view(path, path_len))) return -1;
+    if (access < GLMP_ACCESS_PUBLIC || access > GLMP_ACCESS_KEY_OR_ADMIN) return -1;
     self.routes.push_back({std::string(method, method_len), std::string(path, path_len), access, handler, user_data});
     return 0;
   }

@@ -120,7 +120,34 @@ enum class LogLevel : int {
 enum class Access : int {
   Public = GLMP_ACCESS_PUBLIC,  // anyone
   Admin = GLMP_ACCESS_ADMIN,    // needs the admin token
-  Key = GLMP_ACCESS_KEY         // runs the chain's on_request hooks first (so auth has run)
+  Key = GLMP_ACCESS_KEY,        // runs the chain's on_request hooks first (so auth has run)
+  // ABI 1.6: the admin token is served at once (Request::is_admin() true), anything else as Key.
+  // An older host refuses the route (register_route throws).
+  KeyOrAdmin = GLMP_ACCESS_KEY_OR_ADMIN
+};
+
+// ABI 1.6: one timed span of a request (Request::timings): a core phase ("receive", "defer",
+// "follow_wait", "upstream_connect", "upstream_headers", "first_byte", "stream"; hook empty) or one
+// plugin hook (name = the plugin, hook = "on_request", …; on_response_body summed over the chunks).
+// Nanoseconds from the request's start. The views are valid during the hook.
+struct Timing {
+  std::string_view name;
+  std::string_view hook;
+  std::int64_t start_ns = 0;
+  std::int64_t dur_ns = 0;
+};
+
+// ABI 1.6: what the core knows of a request's course so far (Request::profile).
+struct Profile {
+  int status = 0;           // sent to the client; 0 before the response head
+  int upstream_status = 0;  // 0: no upstream response (yet)
+  std::int64_t started_unix_us = 0;
+  std::int64_t elapsed_ns = 0;  // start → now; in on_complete: → the last byte handed to the socket
+  std::int64_t ttfb_ns = -1;    // → the first response byte handed to the socket; -1: none yet
+  std::int64_t upstream_ns = 0; // waiting on the upstream (connect, send, response)
+  std::uint64_t bytes_in = 0, bytes_out = 0;
+  std::string_view route;  // the matched route's prefix; "" for none (valid during the hook)
+  std::string_view error;  // why the proxy failed the request; "" when it did not
 };
 
 // Token usage of a response as extracted by the core; final in on_complete.
@@ -286,6 +313,12 @@ inline bool host_has_store(const glmp_host_api* api) noexcept {
 inline bool host_has_metrics(const glmp_host_api* api) noexcept {
   return GLMP_DETAIL_HOST_HAS(api, metric_new, 1u) && GLMP_DETAIL_HOST_HAS(api, metric_add, 1u) &&
          GLMP_DETAIL_HOST_HAS(api, metric_set, 1u) && GLMP_DETAIL_HOST_HAS(api, metric_observe, 1u);
+}
+
+// Every ABI 1.6 timing function.
+inline bool host_has_timings(const glmp_host_api* api) noexcept {
+  return GLMP_DETAIL_HOST_HAS(api, request_profile, 6u) && GLMP_DETAIL_HOST_HAS(api, request_timings, 6u) &&
+         GLMP_DETAIL_HOST_HAS(api, request_is_admin, 6u);
 }
 
 // Every ABI 1.5 function (recordings, the upstream body, request keys).
@@ -854,6 +887,52 @@ class Request {
   void defer_upstream(std::chrono::milliseconds delay) {
     if (!GLMP_DETAIL_HOST_HAS(api_, request_defer_upstream, 5u) || delay.count() <= 0) return;
     api_->request_defer_upstream(handle_, static_cast<std::uint32_t>(std::min<std::int64_t>(delay.count(), 10000)));
+  }
+
+  // --- request timings (ABI 1.6; any hook). See plugin_api.h. ---
+  bool has_timings() const noexcept { return detail::host_has_timings(api_); }
+  // The request's course so far; nullopt on an older host.
+  std::optional<Profile> profile() const {
+    if (!has_timings()) return std::nullopt;
+    glmp_request_profile raw{};
+    raw.struct_size = static_cast<std::uint32_t>(sizeof raw);
+    if (api_->request_profile(handle_, &raw) == 0) return std::nullopt;
+    Profile p;
+    p.status = raw.status;
+    p.upstream_status = raw.upstream_status;
+    p.started_unix_us = raw.started_unix_us;
+    p.elapsed_ns = raw.elapsed_ns;
+    p.ttfb_ns = raw.ttfb_ns;
+    p.upstream_ns = raw.upstream_ns;
+    p.bytes_in = raw.bytes_in;
+    p.bytes_out = raw.bytes_out;
+    p.route = std::string_view(raw.route != nullptr ? raw.route : "", raw.route != nullptr ? raw.route_len : 0);
+    p.error = std::string_view(raw.error != nullptr ? raw.error : "", raw.error != nullptr ? raw.error_len : 0);
+    return p;
+  }
+  // The timed spans so far, in the order they started, into `out` (cleared first; its capacity is
+  // reused, so a plugin that keeps one vector per thread allocates nothing once it is warm).
+  // Empty on an older host.
+  void timings(std::vector<Timing>& out) const {
+    out.clear();
+    if (!has_timings()) return;
+    thread_local std::vector<glmp_timing> raw(32);
+    std::size_t n = api_->request_timings(handle_, raw.data(), raw.size());
+    if (n > raw.size()) {
+      raw.resize(n);
+      n = std::min(api_->request_timings(handle_, raw.data(), raw.size()), raw.size());
+    }
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const glmp_timing& t = raw[i];
+      out.push_back(Timing{std::string_view(t.name != nullptr ? t.name : "", t.name != nullptr ? t.name_len : 0),
+                           std::string_view(t.hook != nullptr ? t.hook : "", t.hook != nullptr ? t.hook_len : 0),
+                           t.start_ns, t.dur_ns});
+    }
+  }
+  // A route registered with Access::KeyOrAdmin: true when the caller sent the admin token.
+  bool is_admin() const {
+    return GLMP_DETAIL_HOST_HAS(api_, request_is_admin, 6u) && api_->request_is_admin(handle_) != 0;
   }
 
   // Escape hatch: the raw C handles (for host functions added in later ABI minors).
