@@ -148,9 +148,10 @@ public:
   const Chain& chain() const { return *chain_; }
 
 private:
-  // Calls `call` for plugin i, timing it when the plugin implements the hook.
+  // Calls `call` for plugin i, timing it when the plugin implements the hook; `last` carries the
+  // phase's previous clock read.
   template <class Call>
-  auto timed(size_t i, Hook hook, const pipeline::RequestContext& ctx, Call&& call);
+  auto timed(size_t i, Hook hook, const pipeline::RequestContext& ctx, pipeline::Clock::time_point& last, Call&& call);
 
   std::shared_ptr<const Chain> chain_;
   std::array<HookTimes, kTimedPlugins> times_;  // [0, timed_) initialised by the constructor

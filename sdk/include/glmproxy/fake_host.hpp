@@ -30,6 +30,9 @@
 // ABI 1.4: request_body_member finds a top-level member of the request body by walking its JSON
 // (FakeRequest::body; keys compared as written), as the core answers it from its scan.
 //
+// ABI 1.6: request_profile, request_timings and request_is_admin answer from FakeRequest::profile,
+// route, error, timings and is_admin (the test sets the course of the request it pretends).
+//
 // Test-only: header-only, depends on nothing but the C ABI, the standard library and dlopen
 // (link ${CMAKE_DL_LIBS}). It models the core's contract loosely (no hook-order enforcement, no
 // hop-by-hop rules); integration tests against the real binary remain the reference.
