@@ -459,6 +459,27 @@ long to_long(const std::string& text, long fallback) {
 
 long jlong(const std::string& json, const std::string& path, long fallback) { return to_long(jget(json, path), fallback); }
 
+double metric(const std::string& text, const std::string& name, const std::vector<std::string>& labels) {
+  std::istringstream in(text);
+  std::string line;
+  double sum = 0;
+  bool found = false;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto space = line.rfind(' ');
+    if (space == std::string::npos) continue;
+    const std::string series = line.substr(0, space);
+    const std::string series_name = series.substr(0, series.find('{'));
+    if (series_name != name) continue;
+    bool all = true;
+    for (const auto& l : labels) all = all && series.find(l) != std::string::npos;
+    if (!all) continue;
+    sum += std::strtod(line.c_str() + space + 1, nullptr);
+    found = true;
+  }
+  return found ? sum : -1;
+}
+
 std::string plugin_path(const std::string& name) {
   return (std::filesystem::path(GLMP_PROXY_BIN).parent_path().parent_path() / "plugins" / (name + ".so")).string();
 }

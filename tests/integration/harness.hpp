@@ -181,6 +181,10 @@ long to_long(const std::string& text, long fallback = -1);
 // The integer at `path`, or `fallback` when missing or not an integer.
 long jlong(const std::string& json, const std::string& path, long fallback = -1);
 
+// The sum of the Prometheus samples of family `name` (a /metrics text) whose series contains every
+// fragment in `labels` (e.g. {"origin=\"cache\""}); -1 when there is none.
+double metric(const std::string& text, const std::string& name, const std::vector<std::string>& labels = {});
+
 // A plugin module built next to the proxy: plugin_path("auth") = <build>/plugins/auth.so.
 std::string plugin_path(const std::string& name);
 

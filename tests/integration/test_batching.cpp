@@ -72,29 +72,6 @@ std::string next_id(const std::string& tag) {
   return "bt-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n.fetch_add(1));
 }
 
-// The sum of the samples of `name` whose labels contain every one of `labels` (e.g.
-// `reason="leader_failed"`); -1 when there is none.
-double metric(const std::string& text, const std::string& name, const std::vector<std::string>& labels = {}) {
-  std::istringstream in(text);
-  std::string line;
-  double sum = 0;
-  bool found = false;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#' || line.rfind(name, 0) != 0) continue;
-    const char next = line.size() > name.size() ? line[name.size()] : '\0';
-    if (next != '{' && next != ' ') continue;
-    bool all = true;
-    for (const auto& l : labels) all = all && contains(line, l);
-    if (!all) continue;
-    try {
-      sum += std::stod(line.substr(line.rfind(' ') + 1));
-      found = true;
-    } catch (...) {
-    }
-  }
-  return found ? sum : -1;
-}
-
 // ---------------------------------------------------------------------------------------------
 // A raw HTTP/1.1 client on a POSIX socket: its own receive buffer size, reads under the test's
 // control (or none at all), chunked decoding, and when each decoded byte arrived.

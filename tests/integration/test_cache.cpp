@@ -45,29 +45,6 @@ const std::string kAdminToken = "cache-adm1n-t0ken";
 using Headers = std::map<std::string, std::string>;
 const Headers kAdmin{{"Authorization", "Bearer " + kAdminToken}};
 
-// The sum of the Prometheus samples named `name` whose label set contains every fragment of
-// `labels` (e.g. `result="hit"`); -1 when there is none.
-double metric(const std::string& text, const std::string& name, const std::vector<std::string>& labels = {}) {
-  std::istringstream in(text);
-  std::string line;
-  double sum = 0;
-  bool found = false;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    const auto space = line.rfind(' ');
-    if (space == std::string::npos) continue;
-    const std::string series = line.substr(0, space);
-    const std::string series_name = series.substr(0, series.find('{'));
-    if (series_name != name) continue;
-    bool all = true;
-    for (const auto& l : labels) all = all && series.find(l) != std::string::npos;
-    if (!all) continue;
-    sum += std::strtod(line.c_str() + space + 1, nullptr);
-    found = true;
-  }
-  return found ? sum : -1;
-}
-
 std::string next_request_id() {
   static std::atomic<int> n{0};
   return "cache-test-" + std::to_string(::getpid()) + "-" + std::to_string(n.fetch_add(1));

@@ -821,10 +821,8 @@ TEST_F(Ratelimit, TheCoreTimesEveryHookAPluginImplements) {
   start();
   const Key k = create_key(port(), R"({"name":"timed","token_limit_per_5h":1000000})");
   auto series = [&](const std::string& plugin, const std::string& hook, const std::string& what) {
-    const std::string name = "glmp_plugin_hook_duration_seconds_" + what + "{hook=\"" + hook + "\",plugin=\"" + plugin + "\"} ";
-    const std::string text = http(port(), "GET", "/metrics").body;
-    const size_t at = text.find(name);
-    return at == std::string::npos ? -1.0 : std::stod(text.substr(at + name.size()));
+    return metric(http(port(), "GET", "/metrics").body, "glmp_plugin_hook_duration_seconds_" + what,
+                  {"hook=\"" + hook + "\"", "plugin=\"" + plugin + "\""});
   };
   const std::vector<std::pair<std::string, std::string>> implemented = {
       {"auth", "on_request_headers"}, {"auth", "on_request"}, {"ratelimit", "on_request"}, {"ratelimit", "on_complete"}};

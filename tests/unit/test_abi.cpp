@@ -21,7 +21,7 @@ const std::map<std::string, std::string> kHeaderHashes = {
     {"1.3", "dfb1013660120410905f3e577acfd1ca57cc37c740bf9ac443382693fc6fa228"},
     {"1.4", "4c118f556850ffa5f16b36eb836b00761f28c5945b969806eee5d49bde590cbd"},
     {"1.5", "5d60e1f1373f4faedc3356b85526fcde2c6ca6b428b078f2288f9e16d69c9275"},
-    {"1.6", "02d23c7f6bb1893bccce9a375d07a15598360267f6d17a4baf31e38b8170babd"},
+    {"1.6", "992b2b12c7fd9bc31965a1e924e9a9dd60add62781dbd03937d833c3e7f27bda"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is

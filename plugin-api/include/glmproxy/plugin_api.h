@@ -140,8 +140,8 @@ typedef struct glmp_request_profile {
   int64_t elapsed_ns;      /* start → now; in on_complete: → the last byte handed to the client's socket */
   int64_t ttfb_ns;         /* start → the first response byte handed to the client's socket; -1: none yet */
   int64_t upstream_ns;     /* time spent waiting on the upstream (connect, send, response) */
-  uint64_t bytes_in;       /* request bytes read (head and body) */
-  uint64_t bytes_out;      /* response bytes written (head and body) */
+  uint64_t bytes_in;       /* request body bytes read (as the access log counts them) */
+  uint64_t bytes_out;      /* response body bytes written (as the access log counts them) */
   const char* route;       /* the matched route's prefix ("/v1/messages", "/v1/"); "" for none */
   size_t route_len;
   const char* error;       /* why the proxy failed the request ("" when it did not); on_complete */

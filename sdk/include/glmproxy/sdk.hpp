@@ -71,6 +71,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <ctime>
 #include <chrono>
@@ -145,7 +146,7 @@ struct Profile {
   std::int64_t elapsed_ns = 0;  // start → now; in on_complete: → the last byte handed to the socket
   std::int64_t ttfb_ns = -1;    // → the first response byte handed to the socket; -1: none yet
   std::int64_t upstream_ns = 0; // waiting on the upstream (connect, send, response)
-  std::uint64_t bytes_in = 0, bytes_out = 0;
+  std::uint64_t bytes_in = 0, bytes_out = 0;  // body bytes, as the access log counts them
   std::string_view route;  // the matched route's prefix; "" for none (valid during the hook)
   std::string_view error;  // why the proxy failed the request; "" when it did not
 };
@@ -911,16 +912,19 @@ class Request {
     return p;
   }
   // The timed spans so far, in the order they started, into `out` (cleared first; its capacity is
-  // reused, so a plugin that keeps one vector per thread allocates nothing once it is warm).
-  // Empty on an older host.
+  // reused, so a caller that keeps its vector allocates nothing once it is warm). Empty on an
+  // older host. (No thread_local here: it would keep the plugin's library from unloading.)
   void timings(std::vector<Timing>& out) const {
     out.clear();
     if (!has_timings()) return;
-    thread_local std::vector<glmp_timing> raw(32);
-    std::size_t n = api_->request_timings(handle_, raw.data(), raw.size());
-    if (n > raw.size()) {
-      raw.resize(n);
-      n = std::min(api_->request_timings(handle_, raw.data(), raw.size()), raw.size());
+    std::array<glmp_timing, 32> stack;
+    std::vector<glmp_timing> heap;  // only for a request with more spans than that
+    const glmp_timing* raw = stack.data();
+    std::size_t n = api_->request_timings(handle_, stack.data(), stack.size());
+    if (n > stack.size()) {
+      heap.resize(n);
+      n = std::min(api_->request_timings(handle_, heap.data(), heap.size()), heap.size());
+      raw = heap.data();
     }
     out.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
