@@ -180,9 +180,8 @@ private:
     return o;
   }
 
-  // The request's spans so far, in `stack` or (a long chain) in `heap`. The raw C call, not
-  // Request::timings(): that one keeps a thread_local buffer, and a thread_local with a destructor
-  // in a plugin keeps the library from unloading (plugin_api.h, "Threading").
+  // The request's spans so far, in `stack` or (a long chain) in `heap`: the raw C call, so the
+  // spans are read in place; Request::timings() would copy them into a vector of glmp::Timing.
   static std::span<const glmp_timing> read_timings(glmp::Request& r, std::array<glmp_timing, kStackSpans>& stack,
                                                    std::vector<glmp_timing>& heap) {
     if (!r.has_timings()) return {};
