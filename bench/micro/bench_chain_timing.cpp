@@ -6,7 +6,6 @@
 // worst case). Plus what request_timings costs a profiling plugin that asks in on_complete.
 #include <benchmark/benchmark.h>
 
-#include <array>
 #include <memory>
 #include <vector>
 
@@ -46,12 +45,7 @@ std::shared_ptr<plugins::Chain> chain_of(Hooks hooks, metrics::PluginMetrics* m)
   auto chain = std::make_shared<plugins::Chain>();
   for (const char* name : {"auth", "ratelimit", "profiling"}) {
     auto plugin = std::make_shared<Idle>(name, hooks);
-    if (m) {
-      std::array<const char*, plugins::kHooks> names{};
-      for (size_t h = 0; h < plugins::kHooks; ++h)
-        if (plugin->has_hook(static_cast<Hook>(h))) names[h] = plugins::hook_name(static_cast<Hook>(h));
-      chain->hook_histograms.push_back(m->hook_histograms(name, names));
-    }
+    if (m) chain->hook_histograms.push_back(m->hook_histograms(name, plugins::implemented_hook_names(*plugin)));
     chain->plugins.push_back(std::move(plugin));
   }
   return chain;

@@ -528,20 +528,17 @@ void Exchange::relay_from(size_t start) {
     upstream_done();  // released before the client sees the last byte: its next request finds it idle
   // The pieces are views into buf_, relayed before the next read reuses it: gathered, then one
   // write for the whole read (the head too, when it came with body bytes of a stream). A
-  // recording gets them as the upstream sent them (one chunk per read).
-  if (leading_ && hide_usage_chunk_) {
-    // Its followers that hide the usage-only chunk too relay this view as it is.
-    hidden_view_.clear();
-    for (std::string_view piece : pieces_) {
-      const std::string_view out = usage_->feed(piece);
-      hidden_view_.append(out);
-      emit(out, false);
-    }
-    ctx_.recording->append(pieces_, std::string_view(hidden_view_));
-  } else {
-    if (leading_) ctx_.recording->append(pieces_);
-    for (std::string_view piece : pieces_) emit(usage_->feed(piece), false);
+  // recording gets them as the upstream sent them (one chunk per read), after the own client.
+  // When the leader hides the usage-only chunk, the recording also gets what its client got: its
+  // followers that hide it too relay that view as it is.
+  const bool record_view = leading_ && hide_usage_chunk_;
+  if (record_view) hidden_view_.clear();
+  for (std::string_view piece : pieces_) {
+    const std::string_view out = usage_->feed(piece);
+    if (record_view) hidden_view_.append(out);
+    emit(out, false);
   }
+  if (leading_) ctx_.recording->append(pieces_, record_view ? std::optional<std::string_view>(hidden_view_) : std::nullopt);
   pieces_.clear();
   sink_.flush();
   after_relay();

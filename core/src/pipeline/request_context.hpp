@@ -132,6 +132,7 @@ struct RequestContext {
   } marks;
   int64_t since_start(Clock::time_point t) const { return std::chrono::duration_cast<std::chrono::nanoseconds>(t - start).count(); }
   int64_t since_start() const { return since_start(Clock::now()); }
+  int64_t ttfb_ns() const { return ttfb ? std::chrono::duration_cast<std::chrono::nanoseconds>(*ttfb).count() : -1; }
   const plugins::ChainRun* chain_run = nullptr;  // set by the ChainRun running its hooks (request_timings)
   bool is_admin = false;  // a GLMP_ACCESS_KEY_OR_ADMIN route called with the admin token
 

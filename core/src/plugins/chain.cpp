@@ -18,6 +18,13 @@ const char* hook_name(Hook hook) {
   return "?";
 }
 
+std::array<const char*, kHooks> implemented_hook_names(const Plugin& plugin) {
+  std::array<const char*, kHooks> names{};
+  for (size_t h = 0; h < kHooks; ++h)
+    if (plugin.has_hook(static_cast<Hook>(h))) names[h] = hook_name(static_cast<Hook>(h));
+  return names;
+}
+
 ChainRun::ChainRun(std::shared_ptr<const Chain> chain) : chain_(std::move(chain)) {
   timed_ = std::min(chain_->plugins.size(), kTimedPlugins);
   for (size_t i = 0; i < timed_; ++i) times_[i].ran = 0;  // start_ns / dur_ns are set on a hook's first run

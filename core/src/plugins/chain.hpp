@@ -55,6 +55,10 @@ public:
   virtual bool has_hook(Hook) const { return true; }
 };
 
+// hook_name of each Hook the plugin implements, null for the others (the series
+// glmp_plugin_hook_duration_seconds has for it: metrics::PluginMetrics::hook_histograms).
+std::array<const char*, kHooks> implemented_hook_names(const Plugin& plugin);
+
 // True when a plugin route on `path` (exact, or every path starting with it when `prefix`) would
 // match or shadow a core route: /health, /metrics, /api/metrics/prometheus, /admin/reload,
 // /admin/plugins, /v1 and anything under /v1/. register_route refuses such routes.

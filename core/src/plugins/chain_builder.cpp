@@ -87,12 +87,8 @@ std::shared_ptr<const Chain> build_chain(const config::Config& cfg, uint64_t gen
       chain->routes.push_back(std::move(route));
     }
     if (!plugin->nonblocking()) chain->inline_hooks = false;
-    if (services.metrics) {
-      std::array<const char*, kHooks> hooks{};  // the series of the hooks it implements, no empty ones
-      for (size_t h = 0; h < kHooks; ++h)
-        if (plugin->has_hook(static_cast<Hook>(h))) hooks[h] = hook_name(static_cast<Hook>(h));
-      chain->hook_histograms.push_back(services.metrics->hook_histograms(pc.name, hooks));
-    }
+    if (services.metrics)  // series only for the hooks it implements
+      chain->hook_histograms.push_back(services.metrics->hook_histograms(pc.name, implemented_hook_names(*plugin)));
     chain->plugins.push_back(std::move(plugin));
   }
   if (!chain->plugins.empty() && services.store && services.store->may_block()) chain->inline_hooks = false;

@@ -500,7 +500,7 @@ int request_profile(glmp_request_host_ptr* r, glmp_request_profile* out) {
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   out->started_unix_us = unix_now_us - now / 1000;
   out->elapsed_ns = ctx.marks.ended >= 0 ? ctx.marks.ended : now;
-  out->ttfb_ns = ctx.ttfb ? std::chrono::duration_cast<std::chrono::nanoseconds>(*ctx.ttfb).count() : -1;
+  out->ttfb_ns = ctx.ttfb_ns();
   out->upstream_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(ctx.upstream_time).count();
   out->bytes_in = ctx.bytes_in;
   out->bytes_out = ctx.bytes_out;
@@ -518,7 +518,7 @@ size_t request_timings(glmp_request_host_ptr* r, glmp_timing* out, size_t cap) {
   thread_local std::vector<glmp_timing> spans;
   spans.clear();
   const int64_t now = ctx.since_start();
-  const int64_t ttfb = ctx.ttfb ? std::chrono::duration_cast<std::chrono::nanoseconds>(*ctx.ttfb).count() : -1;
+  const int64_t ttfb = ctx.ttfb_ns();
   auto phase = [&](const char* name, int64_t from, int64_t to) {
     if (from < 0 || to < from) return;
     spans.push_back(glmp_timing{name, std::strlen(name), nullptr, 0, from, to - from});
