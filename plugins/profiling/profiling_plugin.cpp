@@ -80,7 +80,7 @@ public:
     if (!settings_.server_timing) return;
     std::array<glmp_timing, kStackSpans> stack;
     std::vector<glmp_timing> heap;
-    const std::span<const glmp_timing> spans = read_timings(r, stack, heap);
+    const std::span<const glmp_timing> spans = r.raw_timings(stack, heap);
     if (spans.empty()) return;
     std::string value;
     value.reserve(spans.size() * 40);
@@ -111,7 +111,7 @@ public:
 
     std::array<glmp_timing, kStackSpans> stack;
     std::vector<glmp_timing> heap;
-    const std::span<const glmp_timing> spans = read_timings(r, stack, heap);
+    const std::span<const glmp_timing> spans = r.raw_timings(stack, heap);
     std::array<Phase, kStackSpans> phase_stack;
     std::vector<Phase> phase_heap;
     Phase* phases = phase_stack.data();
@@ -178,18 +178,6 @@ private:
       (why == Eviction::Age ? age : why == Eviction::MaxRecords ? max : per_key).add(static_cast<double>(n));
     };
     return o;
-  }
-
-  // The request's spans so far, in `stack` or (a long chain) in `heap`: the raw C call, so the
-  // spans are read in place; Request::timings() would copy them into a vector of glmp::Timing.
-  static std::span<const glmp_timing> read_timings(glmp::Request& r, std::array<glmp_timing, kStackSpans>& stack,
-                                                   std::vector<glmp_timing>& heap) {
-    if (!r.has_timings()) return {};
-    const std::size_t n = r.api()->request_timings(r.handle(), stack.data(), stack.size());
-    if (n <= stack.size()) return std::span<const glmp_timing>(stack.data(), n);
-    heap.resize(n);
-    const std::size_t again = r.api()->request_timings(r.handle(), heap.data(), heap.size());
-    return std::span<const glmp_timing>(heap.data(), std::min(again, heap.size()));
   }
 
   // Who is calling and which records the query selects; nullopt after answering a refusal. A key

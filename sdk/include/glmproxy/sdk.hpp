@@ -83,6 +83,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -916,23 +917,26 @@ class Request {
   // older host. (No thread_local here: it would keep the plugin's library from unloading.)
   void timings(std::vector<Timing>& out) const {
     out.clear();
-    if (!has_timings()) return;
     std::array<glmp_timing, 32> stack;
-    std::vector<glmp_timing> heap;  // only for a request with more spans than that
-    const glmp_timing* raw = stack.data();
-    std::size_t n = api_->request_timings(handle_, stack.data(), stack.size());
-    if (n > stack.size()) {
-      heap.resize(n);
-      n = std::min(api_->request_timings(handle_, heap.data(), heap.size()), heap.size());
-      raw = heap.data();
-    }
-    out.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      const glmp_timing& t = raw[i];
+    std::vector<glmp_timing> heap;
+    const std::span<const glmp_timing> raw = raw_timings(stack, heap);
+    out.reserve(raw.size());
+    for (const glmp_timing& t : raw) {
       out.push_back(Timing{std::string_view(t.name != nullptr ? t.name : "", t.name != nullptr ? t.name_len : 0),
                            std::string_view(t.hook != nullptr ? t.hook : "", t.hook != nullptr ? t.hook_len : 0),
                            t.start_ns, t.dur_ns});
     }
+  }
+  // The same spans as the C structs, read in place: into `stack`, or into `heap` when there are
+  // more (so a usual chain costs no allocation). Strings valid during the hook. Empty on an older
+  // host.
+  std::span<const glmp_timing> raw_timings(std::span<glmp_timing> stack, std::vector<glmp_timing>& heap) const {
+    if (!has_timings()) return {};
+    const std::size_t n = api_->request_timings(handle_, stack.data(), stack.size());
+    if (n <= stack.size()) return stack.first(n);
+    heap.resize(n);
+    const std::size_t again = api_->request_timings(handle_, heap.data(), heap.size());
+    return std::span<const glmp_timing>(heap.data(), std::min(again, heap.size()));
   }
   // A route registered with Access::KeyOrAdmin: true when the caller sent the admin token.
   bool is_admin() const {
