@@ -22,6 +22,7 @@ const std::map<std::string, std::string> kHeaderHashes = {
     {"1.4", "4c118f556850ffa5f16b36eb836b00761f28c5945b969806eee5d49bde590cbd"},
     {"1.5", "5d60e1f1373f4faedc3356b85526fcde2c6ca6b428b078f2288f9e16d69c9275"},
     {"1.6", "992b2b12c7fd9bc31965a1e924e9a9dd60add62781dbd03937d833c3e7f27bda"},
+    {"1.7", "15bc9094e1010f5bc7c4d1ec2014662c797631c26826f0141676096564de86bb"},
 };
 
 // Minor versions only append: what a 1.0 plugin sees of the host table and of the descriptor is
@@ -41,7 +42,10 @@ TEST(Abi, MinorVersionsOnlyAppend) {
   // 1.6 appends the timing functions.
   EXPECT_EQ(offsetof(glmp_host_api, request_profile), offsetof(glmp_host_api, request_defer_upstream) + sizeof(void*));
   EXPECT_EQ(offsetof(glmp_host_api, request_is_admin), offsetof(glmp_host_api, request_profile) + 2 * sizeof(void*));
-  EXPECT_EQ(offsetof(glmp_host_api, request_is_admin) + sizeof(void*), sizeof(glmp_host_api));
+  // 1.7 appends metrics_collect.
+  EXPECT_EQ(offsetof(glmp_host_api, metrics_collect), offsetof(glmp_host_api, request_is_admin) + sizeof(void*));
+  EXPECT_EQ(offsetof(glmp_host_api, metrics_collect) + sizeof(void*), sizeof(glmp_host_api));
+  EXPECT_EQ(sizeof(glmp_metric_sample), 64u);
   EXPECT_EQ(sizeof(glmp_recording_info), 104u);
   EXPECT_EQ(offsetof(glmp_recording_info, struct_size), 0u);
   // 1.2 appends on_request_headers to the descriptor, right after 1.0/1.1's last member (a 1.1

@@ -147,7 +147,7 @@ void Metrics::request_finished(const pipeline::RequestContext& ctx) {
   }
 }
 
-std::string Metrics::scrape(const pipeline::Pools& pools, int active_streams) {
+void Metrics::refresh(const pipeline::Pools& pools, int active_streams) {
   active_streams_->Set(active_streams);
   for (const auto& [name, pool] : pools) {
     const upstream::PoolStats s = pool->stats();
@@ -166,8 +166,16 @@ std::string Metrics::scrape(const pipeline::Pools& pools, int active_streams) {
     closedir(d);
   }
   fds_->Set(fds - 1);  // minus the directory stream itself
+}
+
+std::vector<prometheus::MetricFamily> Metrics::collect() {
+  if (refresher_) refresher_();
+  return registry_->Collect();
+}
+
+std::string Metrics::scrape() {
   std::ostringstream os;
-  prometheus::TextSerializer().Serialize(os, registry_->Collect());
+  prometheus::TextSerializer().Serialize(os, collect());
   return os.str();
 }
 

@@ -6,6 +6,7 @@
 // counters are keyed by model and go through prometheus-cpp's family lookup (a short lock).
 
 #include <array>
+#include <functional>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -38,8 +39,15 @@ public:
   void request_finished(const pipeline::RequestContext& ctx);
   void reload(bool ok) { (ok ? reload_ok_ : reload_failed_)->Increment(); }
 
-  // The Prometheus text format (version 0.0.4); pool, stream and process gauges are refreshed first.
-  std::string scrape(const pipeline::Pools& pools, int active_streams);
+  // Sets the scrape-time gauges: pools, streams, process, recordings.
+  void refresh(const pipeline::Pools& pools, int active_streams);
+  // What refreshes them before every collect(): set once by the server, before anything collects.
+  void set_refresher(std::function<void()> refresher) { refresher_ = std::move(refresher); }
+  // Every family of the registry (the core's, the store's, the plugins'), gauges refreshed first.
+  // GET /metrics and the host API's metrics_collect (ABI 1.7) read this.
+  std::vector<prometheus::MetricFamily> collect();
+  // The Prometheus text format (version 0.0.4) of collect().
+  std::string scrape();
 
   // Where the store's and the plugins' metrics are registered too.
   prometheus::Registry& registry() { return *registry_; }
@@ -49,6 +57,7 @@ private:
   prometheus::Counter& request_counter(const pipeline::RequestContext& ctx);
 
   std::shared_ptr<prometheus::Registry> registry_;
+  std::function<void()> refresher_;
   PluginMetrics plugin_metrics_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* duration_;

@@ -1,9 +1,12 @@
 // The glmp_host_api table: every host function a plugin can call, implemented over the request's
 // RequestContext. Request handles are RequestContext pointers; instance handles NativePlugin pointers.
+#include <charconv>
+#include <cmath>
 #include <cstring>
 
 #include <Poco/Message.h>
 
+#include "metrics/metrics.hpp"
 #include "metrics/plugin_metrics.hpp"
 #include "pipeline/errors.hpp"
 #include "pipeline/headers.hpp"
@@ -558,6 +561,60 @@ size_t request_timings(glmp_request_host_ptr* r, glmp_timing* out, size_t cap) {
 
 int request_is_admin(glmp_request_host_ptr* r) { return C(r).is_admin ? 1 : 0; }
 
+// --- 1.7: reading the metrics ---
+
+// A bucket bound as the text format writes it: the shortest form that reads back the same.
+std::string prometheus_number(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+size_t metrics_collect(glmp_instance_host_ptr* instance, const char* prefix, size_t prefix_len, glmp_sample_fn out,
+                       void* user_data) {
+  if (!instance || !out) return 0;
+  metrics::Metrics* all = P(instance).services().all_metrics;
+  if (!all) return 0;
+  const std::string_view want(prefix ? prefix : "", prefix ? prefix_len : 0);
+  size_t count = 0;
+  std::vector<glmp_label> labels;
+  std::string sample_name;
+  for (const prometheus::MetricFamily& family : all->collect()) {
+    if (!std::string_view(family.name).starts_with(want)) continue;
+    glmp_metric_kind kind;
+    switch (family.type) {
+      case prometheus::MetricType::Counter: kind = GLMP_METRIC_COUNTER; break;
+      case prometheus::MetricType::Gauge: kind = GLMP_METRIC_GAUGE; break;
+      case prometheus::MetricType::Histogram: kind = GLMP_METRIC_HISTOGRAM; break;
+      default: continue;  // no summaries or untyped families are registered
+    }
+    auto emit = [&](std::string_view name, double value) {
+      glmp_metric_sample s{family.name.data(), family.name.size(), name.data(), name.size(), kind, 0,
+                           labels.data(), labels.size(), value};
+      out(user_data, &s);
+      ++count;
+    };
+    for (const prometheus::ClientMetric& m : family.metric) {
+      labels.clear();
+      for (const auto& l : m.label) labels.push_back({l.name.data(), l.name.size(), l.value.data(), l.value.size()});
+      if (kind == GLMP_METRIC_COUNTER) emit(family.name, m.counter.value);
+      else if (kind == GLMP_METRIC_GAUGE) emit(family.name, m.gauge.value);
+      else {
+        sample_name = family.name + "_bucket";
+        for (const auto& b : m.histogram.bucket) {
+          const std::string le = std::isinf(b.upper_bound) ? std::string("+Inf") : prometheus_number(b.upper_bound);
+          labels.push_back({"le", 2, le.data(), le.size()});
+          emit(sample_name, static_cast<double>(b.cumulative_count));
+          labels.pop_back();
+        }
+        emit(family.name + "_sum", m.histogram.sample_sum);
+        emit(family.name + "_count", static_cast<double>(m.histogram.sample_count));
+      }
+    }
+  }
+  return count;
+}
+
 const glmp_host_api kHostApi = {
     sizeof(glmp_host_api), GLMP_ABI_MAJOR, GLMP_ABI_MINOR, log,
     request_id, request_method, request_path, request_query, request_flavour, request_streaming, request_model,
@@ -575,6 +632,8 @@ const glmp_host_api kHostApi = {
     request_defer_upstream,
     // 1.6
     request_profile, request_timings, request_is_admin,
+    // 1.7
+    metrics_collect,
 };
 
 }  // namespace

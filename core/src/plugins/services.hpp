@@ -7,6 +7,7 @@ class Store;
 }
 namespace glmp::core::metrics {
 class PluginMetrics;
+class Metrics;
 }
 
 namespace glmp::core::plugins {
@@ -14,6 +15,7 @@ namespace glmp::core::plugins {
 struct Services {
   store::Store* store = nullptr;             // null: store calls answer GLMP_STORE_UNAVAILABLE
   metrics::PluginMetrics* metrics = nullptr;  // null: metric_new answers NULL
+  metrics::Metrics* all_metrics = nullptr;    // null: metrics_collect hands out nothing
 };
 
 }  // namespace glmp::core::plugins

@@ -99,6 +99,7 @@ Server::Server(config::Config cfg)
       proxy_(cfg_, pools_),
       plugin_cfg_(cfg_) {
   for (const auto& [name, ucfg] : cfg_.upstreams) pools_.emplace(name, std::make_unique<upstream::Pool>(ucfg));
+  metrics_.set_refresher([this] { metrics_.refresh(pools_, proxy_.active_streams()); });
   chain_.publish(plugins::build_chain(cfg_, ++generation_, services()));  // throws: a broken chain never starts
 }
 
@@ -507,7 +508,7 @@ void Server::handle(Request& req, Response& resp) {
     } else if (auto chain = chain_.snapshot(); const plugins::Route* route = chain->find_route(ctx.method, ctx.path)) {
       serve_plugin_route(*route, chain, req, resp, ctx);
     } else if (ctx.path == "/metrics" || ctx.path == "/api/metrics/prometheus") {
-      if (ctx.method == "GET" || ctx.method == "HEAD") pipeline::send_body(resp, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_.scrape(pools_, proxy_.active_streams()));
+      if (ctx.method == "GET" || ctx.method == "HEAD") pipeline::send_body(resp, ctx, 200, "text/plain; version=0.0.4; charset=utf-8", metrics_.scrape());
       else pipeline::send_error(resp, ctx, {405, "method " + ctx.method + " not allowed on " + ctx.path});
     } else if (ctx.path == "/health") {
       if (ctx.method == "GET" || ctx.method == "HEAD") handle_health(req, resp, ctx);

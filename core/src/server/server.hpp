@@ -69,7 +69,7 @@ private:
   void serve_plugin_route(const plugins::Route& route, std::shared_ptr<const plugins::Chain> chain,
                           Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
   void watch_loop();
-  plugins::Services services() { return {store_.get(), &metrics_.plugin_metrics()}; }
+  plugins::Services services() { return {store_.get(), &metrics_.plugin_metrics(), &metrics_}; }
   void handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp, pipeline::RequestContext& ctx);
   bool admin_token_matches(const Poco::Net::HTTPServerRequest& req) const;
   // On the loop: a complete request's headers arrived.

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GLMP_ABI_MAJOR 1u
-#define GLMP_ABI_MINOR 6u
+#define GLMP_ABI_MINOR 7u
 
 /* ---------------------------------------------------------------------------------------------
  * Opaque handles
@@ -147,6 +147,24 @@ typedef struct glmp_request_profile {
   const char* error;       /* why the proxy failed the request ("" when it did not); on_complete */
   size_t error_len;
 } glmp_request_profile;
+
+/* --- 1.7: reading the metrics (dashboards) ------------------------------------------------- */
+
+/* One sample of GET /metrics as metrics_collect hands it out (host-owned, valid during the call). */
+typedef struct glmp_metric_sample {
+  const char* family; /* the family's name, e.g. "glmp_upstream_pool" */
+  size_t family_len;
+  const char* name; /* the sample's name as in the text format: the family's, or for a histogram
+                       "<family>_bucket" (labels end with "le"), "<family>_sum" or "<family>_count" */
+  size_t name_len;
+  glmp_metric_kind kind; /* the family's kind (families of other kinds are not handed out) */
+  int32_t reserved;
+  const glmp_label* labels;
+  size_t label_count;
+  double value;
+} glmp_metric_sample;
+
+typedef void (*glmp_sample_fn)(void* user_data, const glmp_metric_sample* sample);
 
 /* --- 1.5: recordings (response cache, request coalescing) ----------------------------------- */
 
@@ -468,6 +486,18 @@ typedef struct glmp_host_api {
   /* --- A GLMP_ACCESS_KEY_OR_ADMIN route handler: 1 when the request carries the admin token
    * (it was not run through the chain's request hooks), else 0. 0 elsewhere. --- */
   int (*request_is_admin)(glmp_request_host_ptr* request);
+
+  /* ===== ABI 1.7 (check struct_size / abi_minor >= 7 before use): reading the metrics ===== */
+
+  /* --- Any thread, any time while the instance lives, but not from a hook that runs on an event
+   * loop (on_response_headers, on_response_body, or any hook of a GLMP_PLUGIN_NONBLOCKING chain):
+   * like a GET /metrics it refreshes the scrape-time gauges (pools, streams, process), takes the
+   * registry's locks and allocates. For a plugin's own thread or a route handler (those run on
+   * worker threads), a few times a second at most. Calls `out` for every sample of every family whose name starts with
+   * `prefix` ("" = all) — the core's, the store's and every plugin's — exactly as GET /metrics
+   * would show them now, and returns how many it handed out. --- */
+  size_t (*metrics_collect)(glmp_instance_host_ptr* instance, const char* prefix, size_t prefix_len,
+                            glmp_sample_fn out, void* user_data);
 } glmp_host_api;
 
 /* ---------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@
 // ABI 1.6: request_profile, request_timings and request_is_admin answer from FakeRequest::profile,
 // route, error, timings and is_admin (the test sets the course of the request it pretends).
 //
+// ABI 1.7: metrics_collect hands out the plugin's own metrics and what set_foreign_metrics gave.
+//
 // Test-only: header-only, depends on nothing but the C ABI, the standard library and dlopen
 // (link ${CMAKE_DL_LIBS}). It models the core's contract loosely (no hook-order enforcement, no
 // hop-by-hop rules); integration tests against the real binary remain the reference.
@@ -494,6 +496,8 @@ class FakeHost {
     api_.metric_add = &metric_add_fn;
     api_.metric_set = &metric_set_fn;
     api_.metric_observe = &metric_observe_fn;
+    // ABI 1.7
+    api_.metrics_collect = &metrics_collect_fn;
   }
 
   FakeHost(const FakeHost&) = delete;
@@ -609,6 +613,19 @@ class FakeHost {
     }
     return out;
   }
+  // ABI 1.7: what metrics_collect hands out besides the plugin's own metrics — stand-ins for the
+  // core's and other plugins' families (e.g. {GLMP_METRIC_GAUGE, "glmp_upstream_pool", "", {{"upstream",
+  // "openai"}, {"figure", "in_use"}}, 3}). Histograms among them come out as _bucket/_sum/_count.
+  // Guarded by the host's lock: set it while no plugin thread collects, or through set_foreign_metrics.
+  void set_foreign_metrics(std::vector<FakeMetric> metrics) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    foreign_metrics_ = std::move(metrics);
+  }
+  std::size_t collect_calls() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return collect_calls_;
+  }
+
   // The core's default histogram buckets (seconds, 5 ms to 60 s).
   static std::vector<double> default_buckets() {
     return {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
@@ -863,6 +880,49 @@ class FakeHost {
     logs_.push_back({GLMP_LOG_ERROR, "metric " + std::string(name) + " refused: " + std::string(why)});
   }
 
+  static std::size_t metrics_collect_fn(glmp_instance_host_ptr* i, const char* prefix, std::size_t prefix_len,
+                                        glmp_sample_fn out, void* user) {
+    FakeHost& self = host(i);
+    std::vector<FakeMetric> all;
+    {
+      std::lock_guard<std::mutex> lock(self.mutex_);
+      ++self.collect_calls_;
+      all = self.foreign_metrics_;
+      for (const auto& cell : self.metrics_) {
+        std::lock_guard<std::mutex> cell_lock(cell->mutex);
+        all.push_back(cell->metric);
+      }
+    }
+    const std::string_view want(prefix != nullptr ? prefix : "", prefix != nullptr ? prefix_len : 0);
+    std::size_t n = 0;
+    for (const FakeMetric& m : all) {
+      if (m.name.compare(0, want.size(), want) != 0) continue;
+      std::vector<glmp_label> labels;
+      for (const auto& [k, v] : m.labels) labels.push_back({k.data(), k.size(), v.data(), v.size()});
+      auto emit = [&](const std::string& name, double value) {
+        const glmp_metric_sample sample{m.name.data(), m.name.size(), name.data(), name.size(), m.kind, 0,
+                                        labels.data(), labels.size(), value};
+        out(user, &sample);
+        ++n;
+      };
+      if (m.kind != GLMP_METRIC_HISTOGRAM) {
+        emit(m.name, m.value);
+        continue;
+      }
+      std::vector<std::string> bounds;
+      for (double b : m.buckets) bounds.push_back(std::to_string(b));
+      bounds.emplace_back("+Inf");
+      for (std::size_t b = 0; b < bounds.size(); ++b) {
+        labels.push_back({"le", 2, bounds[b].data(), bounds[b].size()});
+        emit(m.name + "_bucket", static_cast<double>(b < m.bucket_counts.size() ? m.bucket_counts[b] : m.count));
+        labels.pop_back();
+      }
+      emit(m.name + "_sum", m.sum);
+      emit(m.name + "_count", static_cast<double>(m.count));
+    }
+    return n;
+  }
+
   static glmp_metric_host_ptr* metric_new_fn(glmp_instance_host_ptr* i, glmp_metric_kind kind, const char* name,
                                              std::size_t name_len, const char* help, std::size_t help_len,
                                              const glmp_label* labels, std::size_t label_count, const double* buckets,
@@ -956,6 +1016,8 @@ class FakeHost {
   std::vector<LogLine> logs_;
   mutable std::mutex store_mutex_;
   std::vector<std::unique_ptr<MetricCell>> metrics_;
+  std::vector<FakeMetric> foreign_metrics_;  // ABI 1.7: set_foreign_metrics
+  std::size_t collect_calls_ = 0;
 };
 
 // A plugin library, dlopen'ed (RTLD_NOW | RTLD_LOCAL) and dlclose'd on destruction.

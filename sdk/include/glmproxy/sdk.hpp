@@ -248,6 +248,23 @@ struct WindowBucket {
 // A metric label: name (a Prometheus label name) and value. Only read during the creating call.
 using Label = std::pair<std::string_view, std::string_view>;
 
+// ABI 1.7: one sample of GET /metrics (Host::metrics). A histogram comes as its "<family>_bucket"
+// samples (the last label is "le"), "<family>_sum" and "<family>_count".
+enum class MetricKind : int { Counter = GLMP_METRIC_COUNTER, Gauge = GLMP_METRIC_GAUGE, Histogram = GLMP_METRIC_HISTOGRAM };
+struct MetricSample {
+  std::string family;
+  std::string name;
+  MetricKind kind = MetricKind::Counter;
+  std::vector<std::pair<std::string, std::string>> labels;
+  double value = 0;
+  // The value of label `name` ("" when absent).
+  std::string_view label(std::string_view label_name) const noexcept {
+    for (const auto& [k, v] : labels)
+      if (k == label_name) return v;
+    return {};
+  }
+};
+
 class Request;
 class Host;
 class Plugin;
@@ -1312,6 +1329,37 @@ class Host {
     glmp_metric_host_ptr* m = new_metric(GLMP_METRIC_HISTOGRAM, name, help, labels, buckets);
     return m != nullptr ? Histogram(m, state_->api->metric_observe) : Histogram();
   }
+
+  // ABI 1.7: every sample of every metric family whose name starts with `prefix` ("" = all: the
+  // core's, the store's, every plugin's), as GET /metrics would show them now. Any thread while the
+  // plugin lives, but not from a hook that runs on an event loop: it refreshes gauges, takes the
+  // registry's locks and allocates (a plugin's own thread or a route handler, a few times a second
+  // at most).
+  // Empty on an older host (see has_metrics_collect).
+  std::vector<MetricSample> metrics(std::string_view prefix = {}) const {
+    std::vector<MetricSample> out;
+    if (!has_metrics_collect()) return out;
+    detail::Sink<std::vector<MetricSample>> sink{&out, nullptr};
+    state_->api->metrics_collect(
+        state_->instance, detail::ptr(prefix), prefix.size(),
+        [](void* user, const glmp_metric_sample* s) {
+          static_cast<detail::Sink<std::vector<MetricSample>>*>(user)->guarded([&](std::vector<MetricSample>& v) {
+            MetricSample m;
+            m.family.assign(s->family, s->family_len);
+            m.name.assign(s->name, s->name_len);
+            m.kind = static_cast<MetricKind>(s->kind);
+            m.value = s->value;
+            for (std::size_t i = 0; i < s->label_count; ++i)
+              m.labels.emplace_back(std::string(s->labels[i].name, s->labels[i].name_len),
+                                    std::string(s->labels[i].value, s->labels[i].value_len));
+            v.push_back(std::move(m));
+          });
+        },
+        &sink);
+    sink.rethrow();
+    return out;
+  }
+  bool has_metrics_collect() const noexcept { return GLMP_DETAIL_HOST_HAS(state_->api, metrics_collect, 7u); }
 
   // True when the host has recordings and request keys (ABI 1.5): Request::record/follow,
   // canonical_body, defer_upstream. A plugin that needs them refuses an older host here.
