@@ -7,7 +7,7 @@ JOBS="${GLMP_JOBS:-2}"
 GLMP_BUILD_PACKAGES=(build-essential cmake ninja-build ccache pkg-config libpoco-dev libboost-dev
   libboost-filesystem-dev libtomlplusplus-dev prometheus-cpp-dev libssl-dev nlohmann-json3-dev node-llhttp)
 GLMP_TEST_PACKAGES=(libgtest-dev libgmock-dev libbenchmark-dev openssl nodejs curl wrk nginx-light python3 prometheus
-  redis-server sqlite3)
+  redis-server sqlite3 chromium)
 
 ensure_packages() {
   local missing=()
@@ -28,6 +28,9 @@ ensure_npm() {
 }
 
 # build PRESET [extra cmake args...] [-- TARGET...]
+# The dashboard plugin embeds its chart library (uPlot, pinned in plugins/dashboard/web/package-lock.json):
+# its CMakeLists runs `npm ci` into the build tree at configure time, so every build needs npm.
+
 # Configures build/PRESET and builds every target, or only the TARGETs (and what they depend on).
 # PRESET: release, test, debug, or any name starting with asan (ASan+UBSan, UBSan fatal) or tsan
 # (TSan); e.g. asan-mine configures build/asan-mine with ASan+UBSan. Sanitizer builds are
@@ -36,6 +39,7 @@ ensure_npm() {
 # sanitizer's stack trace needs.
 build() {
   local preset="$1"; shift
+  ensure_npm
   local dir="$ROOT/build/$preset"
   local args=() targets=()
   while [ $# -gt 0 ]; do
