@@ -357,6 +357,9 @@ private:
     const Aggregate all = h.aggregate(now_s, settings_.history_s);
     const double span = static_cast<double>(w.seconds);
     auto ms = [](std::optional<double> us) -> Json { return us ? round3(*us / 1000.0) : Json(nullptr); };
+    // Percentiles never leave the window's exact extremes (a bin is up to 25 % wide).
+    const double lo = static_cast<double>(w.latency_min_us), hi = static_cast<double>(w.latency_max_us);
+    auto latency_q = [&](double q) { return ms(LatencyBins::quantile_us(w.latency, q, lo, hi)); };
     auto rate = [&](std::uint64_t n) { return round3(static_cast<double>(n) / span); };
     auto percent = [](std::uint64_t part, std::uint64_t whole) -> Json {
       return whole == 0 ? Json(nullptr) : round3(100.0 * static_cast<double>(part) / static_cast<double>(whole));
@@ -368,9 +371,9 @@ private:
         {"failedRequests", h.total_errors()},
         {"requestRate", rate(w.requests)},
         {"errorRate", percent(w.errors, w.requests)},
-        {"p50", ms(LatencyBins::quantile_us(w.latency, 0.50))},
-        {"p95", ms(LatencyBins::quantile_us(w.latency, 0.95))},
-        {"p99", ms(LatencyBins::quantile_us(w.latency, 0.99))},
+        {"p50", latency_q(0.50)},
+        {"p95", latency_q(0.95)},
+        {"p99", latency_q(0.99)},
         {"avg", w.requests ? round3(static_cast<double>(w.latency_sum_us) / static_cast<double>(w.requests) / 1000.0) : Json(nullptr)},
         {"min", w.requests ? round3(static_cast<double>(w.latency_min_us) / 1000.0) : Json(nullptr)},
         {"max", w.requests ? round3(static_cast<double>(w.latency_max_us) / 1000.0) : Json(nullptr)},

@@ -54,24 +54,26 @@ double LatencyBins::upper_us(std::size_t bin) noexcept {
   return std::ldexp(static_cast<double>(kSub + sub + 1), static_cast<int>(octave) - 1);
 }
 
-std::optional<double> LatencyBins::quantile_us(const std::array<std::uint64_t, kBins>& counts, double q) noexcept {
+std::optional<double> LatencyBins::quantile_us(const std::array<std::uint64_t, kBins>& counts, double q, double min_us,
+                                               double max_us) noexcept {
   std::uint64_t total = 0;
   for (std::uint64_t c : counts) total += c;
   if (total == 0) return std::nullopt;
   q = std::clamp(q, 0.0, 1.0);
+  auto bounded = [&](double v) { return max_us >= min_us ? std::clamp(v, min_us, max_us) : v; };
   // The rank of the quantile among the sorted values (1-based, nearest rank), then where in its bin.
   const double rank = std::max(1.0, std::ceil(q * static_cast<double>(total)));
   std::uint64_t below = 0;
   for (std::size_t b = 0; b < kBins; ++b) {
     if (counts[b] == 0) continue;
     if (static_cast<double>(below + counts[b]) >= rank) {
-      const double within = (rank - static_cast<double>(below)) / static_cast<double>(counts[b]);
-      if (b < static_cast<std::size_t>(kSub)) return lower_us(b);  // exact bins
-      return lower_us(b) + within * (upper_us(b) - lower_us(b));
+      if (b < static_cast<std::size_t>(kSub)) return bounded(lower_us(b));  // exact bins
+      const double within = (rank - static_cast<double>(below) - 0.5) / static_cast<double>(counts[b]);
+      return bounded(lower_us(b) + within * (upper_us(b) - lower_us(b)));
     }
     below += counts[b];
   }
-  return lower_us(kBins - 1);
+  return bounded(lower_us(kBins - 1));
 }
 
 // --- classes ------------------------------------------------------------------------------------
@@ -211,9 +213,11 @@ Series History::series(std::int64_t after, std::int64_t now_s) const {
     out.coalesced.push_back(slot ? count(slot->coalesced) : 0);
     if (slot) {
       for (std::size_t b = 0; b < LatencyBins::kBins; ++b) bins[b] = slot->latency[b].load(kRelaxed);
-      out.p50.push_back(ms(LatencyBins::quantile_us(bins, 0.50)));
-      out.p95.push_back(ms(LatencyBins::quantile_us(bins, 0.95)));
-      out.p99.push_back(ms(LatencyBins::quantile_us(bins, 0.99)));
+      const auto lo = static_cast<double>(slot->latency_min_us.load(kRelaxed));
+      const auto hi = static_cast<double>(slot->latency_max_us.load(kRelaxed));
+      out.p50.push_back(ms(LatencyBins::quantile_us(bins, 0.50, lo, hi)));
+      out.p95.push_back(ms(LatencyBins::quantile_us(bins, 0.95, lo, hi)));
+      out.p99.push_back(ms(LatencyBins::quantile_us(bins, 0.99, lo, hi)));
       for (std::size_t b = 0; b < LatencyBins::kBins; ++b) bins[b] = slot->ttft[b].load(kRelaxed);
       out.ttft_p50.push_back(ms(LatencyBins::quantile_us(bins, 0.50)));
       out.ttft_p95.push_back(ms(LatencyBins::quantile_us(bins, 0.95)));

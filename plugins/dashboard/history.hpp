@@ -28,8 +28,11 @@ struct LatencyBins {
   static double lower_us(std::size_t bin) noexcept;  // the bin holds [lower_us, upper_us)
   static double upper_us(std::size_t bin) noexcept;
   // The q-quantile (0 < q <= 1) of `counts` (kBins values) in microseconds, interpolated linearly
-  // inside its bin; nullopt when the counts are all zero.
-  static std::optional<double> quantile_us(const std::array<std::uint64_t, kBins>& counts, double q) noexcept;
+  // inside its bin (the k-th of n values in a bin sits at (k - 0.5) / n of its width), then kept
+  // within [min_us, max_us] when the caller knows the exact extremes; nullopt when the counts are
+  // all zero.
+  static std::optional<double> quantile_us(const std::array<std::uint64_t, kBins>& counts, double q,
+                                           double min_us = 0, double max_us = -1) noexcept;
 };
 
 // What the dashboard keeps of a request that answered with an error (status >= 400).

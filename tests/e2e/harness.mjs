@@ -131,7 +131,7 @@ class Child {
   }
 }
 
-function proxyConfig(mockPort, accessLog, plugins) {
+function proxyConfig(mockPort, accessLog, plugins, adminToken) {
   return `[server]
 listen = "127.0.0.1:0"
 
@@ -143,7 +143,7 @@ model = "${MODEL}"
 
 [log]
 access_log = "${accessLog}"
-
+${adminToken ? `\n[admin]\ntoken = "${adminToken}"\n` : ''}
 [upstreams.openai]
 base_url = "http://127.0.0.1:${mockPort}/api/coding/paas/v4"
 auth_header = "Authorization"
@@ -173,7 +173,8 @@ ${plugins ? `\n${plugins}\n` : ''}`;
 // `plugins`: TOML appended to the proxy's config, e.g. `[[plugins]]` entries. Without a `path`
 // the proxy loads <name>.so from its default plugin directory: <build>/plugins next to
 // <build>/bin/glm-proxy in a build tree.
-export async function startStack({ plugins = '' } = {}) {
+// `adminToken`: adds `[admin] token = "…"` (without one, admin routes answer 403).
+export async function startStack({ plugins = '', adminToken = '' } = {}) {
   const proxyBin = binary('GLMP_PROXY_BIN', 'glm-proxy');
   const mockBin = binary('GLMP_MOCK_BIN', 'mock-upstream');
   const dir = mkdtempSync(join(tmpdir(), 'glmp-e2e-'));
@@ -196,7 +197,7 @@ export async function startStack({ plugins = '' } = {}) {
     mock = new Child('mock-upstream', mockBin, ['--host', '127.0.0.1', '--port', '0', '--api-key', UPSTREAM_KEY]);
     const mockPort = Number((await mock.waitFor(/^LISTENING (\d+)$/m, 'LISTENING line'))[1]);
 
-    writeFileSync(configPath, proxyConfig(mockPort, accessLogPath, plugins));
+    writeFileSync(configPath, proxyConfig(mockPort, accessLogPath, plugins, adminToken));
     proxy = new Child('glm-proxy', proxyBin, ['--config', configPath]);
     const proxyPort = Number((await proxy.waitFor(/listening on 127\.0\.0\.1:(\d+)/, '"listening on" line'))[1]);
 
@@ -230,20 +231,21 @@ export async function stopStack(stack) {
 const CLIENT_TIMEOUT_MS = 10_000;
 
 // OpenAI SDK client: through the proxy (any API key; the proxy adds the upstream's), or direct.
-export function openaiClient(stack, { direct = false } = {}) {
+// `apiKey`: the key sent to the proxy (e.g. a proxy key when the auth plugin is loaded).
+export function openaiClient(stack, { direct = false, apiKey = 'sk-client-key-the-proxy-must-strip' } = {}) {
   return new OpenAI({
     baseURL: direct ? stack.mockOpenAIURL : `${stack.proxyURL}/v1`,
-    apiKey: direct ? UPSTREAM_KEY : 'sk-client-key-the-proxy-must-strip',
+    apiKey: direct ? UPSTREAM_KEY : apiKey,
     maxRetries: 0,
     timeout: CLIENT_TIMEOUT_MS,
   });
 }
 
-// Anthropic SDK client: through the proxy, or direct.
-export function anthropicClient(stack, { direct = false } = {}) {
+// Anthropic SDK client: through the proxy, or direct. `apiKey` as for openaiClient.
+export function anthropicClient(stack, { direct = false, apiKey = 'sk-ant-client-key-the-proxy-must-strip' } = {}) {
   return new Anthropic({
     baseURL: direct ? stack.mockAnthropicURL : stack.proxyURL,
-    apiKey: direct ? UPSTREAM_KEY : 'sk-ant-client-key-the-proxy-must-strip',
+    apiKey: direct ? UPSTREAM_KEY : apiKey,
     maxRetries: 0,
     timeout: CLIENT_TIMEOUT_MS,
   });

@@ -587,7 +587,7 @@
     };
     const twoScales = def.series.some((s) => s.scale);
     const scales = { x: { time: true } };
-    const axes = [{ ...axisStyle, values: timeTicks }];
+    const axes = [{ ...axisStyle, space: 80, values: timeTicks }]; // room for "18:04:20" labels
     if (twoScales) {
       def.series.forEach((s, i) => {
         scales[s.scale] = { range: zeroBased };
