@@ -57,9 +57,7 @@ public:
         lookups_(host.counter("glmp_auth_lookups_total", "Key lookups by result", {{"result", "cache_hit"}})),
         misses_(host.counter("glmp_auth_lookups_total", "Key lookups by result", {{"result", "store"}})),
         rejected_(host.counter("glmp_auth_rejected_total", "Requests refused by auth", {})) {
-    for (const auto& [k, v] : settings.json().items())
-      if (k != "cache_size" && k != "cache_ttl" && k != "import_file")
-        throw glmp::SettingsError("unknown setting \"" + k + "\" (allowed: cache_size, cache_ttl, import_file)");
+    settings.allow_only({"cache_size", "cache_ttl", "import_file"});
     if (settings.get_int("cache_size", 10'000) < 0) throw glmp::SettingsError("setting \"cache_size\" must be >= 0");
     if (!store_.available()) throw glmp::SettingsError("the auth plugin needs a host with the state store (ABI 1.1)");
 

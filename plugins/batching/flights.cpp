@@ -9,18 +9,6 @@ namespace glmp::plugins::batching {
 
 namespace {
 
-const std::vector<std::string>& known_settings() {
-  static const std::vector<std::string> kKnown{"mode",  "wait",           "max_followers", "max_waiting", "charge_followers",
-                                               "scope", "exclude_fields", "paths",         "max_bytes"};
-  return kKnown;
-}
-
-std::string known_list() {
-  std::string out;
-  for (const auto& k : known_settings()) out += (out.empty() ? "" : ", ") + k;
-  return out;
-}
-
 std::int64_t at_least_one(const glmp::Settings& s, std::string_view key, std::int64_t fallback) {
   const std::int64_t v = s.get_int(key, fallback);
   if (v < 1) throw glmp::SettingsError("setting \"" + std::string(key) + "\" must be >= 1");
@@ -33,9 +21,8 @@ bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
 
 
 Config parse_config(const glmp::Settings& s) {
-  for (const auto& [k, v] : s.json().items())
-    if (std::find(known_settings().begin(), known_settings().end(), k) == known_settings().end())
-      throw glmp::SettingsError("unknown setting \"" + k + "\" (allowed: " + known_list() + ")");
+  s.allow_only({"mode", "wait", "max_followers", "max_waiting", "charge_followers", "scope", "exclude_fields", "paths",
+                "max_bytes"});
   Config c;
 
   const std::string mode = s.get_string("mode", "deterministic");

@@ -39,13 +39,7 @@ std::size_t size_setting(const glmp::Settings& s, std::string_view key, std::siz
 
 
 CacheSettings read_settings(const glmp::Settings& s) {
-  static const std::vector<std::string> kKnown{"ttl",   "max_entries",    "max_entry_bytes", "max_bytes",
-                                               "scope", "exclude_fields", "charge_hits",     "paths"};
-  for (const auto& [k, v] : s.json().items())
-    if (std::find(kKnown.begin(), kKnown.end(), k) == kKnown.end())
-      throw glmp::SettingsError("unknown setting \"" + k +
-                                "\" (allowed: ttl, max_entries, max_entry_bytes, max_bytes, scope, exclude_fields, "
-                                "charge_hits, paths)");
+  s.allow_only({"ttl", "max_entries", "max_entry_bytes", "max_bytes", "scope", "exclude_fields", "charge_hits", "paths"});
   CacheSettings c;
   c.ttl_ms = s.get_duration("ttl", std::chrono::milliseconds(c.ttl_ms)).count();
   if (c.ttl_ms <= 0) throw glmp::SettingsError("setting \"ttl\" must be longer than 0");

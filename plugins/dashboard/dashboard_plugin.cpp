@@ -5,8 +5,8 @@
 // into JSON; the page (web/, embedded at build time with uPlot) draws them. README.md documents
 // the endpoints, the fields and their units.
 //
-// The ring outlives a reload: every instance of the plugin in this process with the same history
-// length shares one Collector (and its sampler thread), so reloading the config keeps the history.
+// The ring belongs to the plugin instance: the core loads a private copy of the library for every
+// chain it builds, so nothing of a plugin's memory outlives a reload (README: what survives).
 #include <glmproxy/sdk.hpp>
 
 #include <time.h>
@@ -43,10 +43,6 @@ constexpr std::string_view kBaselineNamespace = "dashboard";
 constexpr std::string_view kBaselineKey = "baseline";
 
 std::string dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
-
-std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 // The second a request ended in: the coarse clock is a few ns (vDSO) and a few ms coarse.
 std::int64_t coarse_second() noexcept {
@@ -104,14 +100,8 @@ struct Settings {
 };
 
 Settings read_settings(const glmp::Settings& s) {
-  static const std::vector<std::string> known = {"history",        "summary_window", "usage_window", "top_keys",
-                                                 "top_keys_refresh", "top_keys_scan", "slow_window",  "slowest",
-                                                 "top_errors",     "baseline"};
-  for (const auto& [key, value] : s.json().items())
-    if (std::find(known.begin(), known.end(), key) == known.end())
-      throw glmp::SettingsError("unknown setting \"" + key +
-                                "\" (known: history, summary_window, usage_window, top_keys, top_keys_refresh, "
-                                "top_keys_scan, slow_window, slowest, top_errors, baseline)");
+  s.allow_only({"history", "summary_window", "usage_window", "top_keys", "top_keys_refresh", "top_keys_scan", "slow_window",
+                "slowest", "top_errors", "baseline"});
   Settings out;
   auto seconds = [&](const char* key, std::int64_t fallback_s, std::int64_t min_s, std::int64_t max_s) {
     const std::int64_t ms = s.get_duration(key, std::chrono::seconds(fallback_s)).count();
@@ -154,10 +144,10 @@ Settings read_settings(const glmp::Settings& s) {
 
 // --- the shared collector -------------------------------------------------------------------------
 
-// The history and the once-a-second sampler, shared by every instance with the same history length.
+// The history and the once-a-second sampler of one plugin instance.
 class Collector {
 public:
-  explicit Collector(std::size_t seconds) : history(seconds, now_ms()) {
+  explicit Collector(std::size_t seconds) : history(seconds, glmp::unix_ms()) {
     thread_ = std::thread([this] { run(); });
   }
   ~Collector() {
@@ -173,8 +163,8 @@ public:
 
   History history;
 
-  // The instances whose host the sampler may use (the newest first). detach waits for a sample in
-  // progress, so the host is never used after its instance is gone.
+  // The host the sampler reads the metrics through; detach waits for a sample in progress, so the
+  // host is never used after its instance is gone.
   void attach(const glmp::Host& host) {
     std::lock_guard lock(hosts_mutex_);
     hosts_.insert(hosts_.begin(), host);
@@ -197,7 +187,7 @@ public:
 
   // Takes one sample now (the thread does it once a second; tests and the first request may too).
   void sample_now() {
-    const std::int64_t at = now_ms();
+    const std::int64_t at = glmp::unix_ms();
     std::vector<glmp::MetricSample> samples;
     {
       std::lock_guard lock(hosts_mutex_);
@@ -256,16 +246,6 @@ private:
   std::thread thread_;
 };
 
-std::shared_ptr<Collector> acquire_collector(std::size_t seconds) {
-  static std::mutex mutex;
-  static std::weak_ptr<Collector> shared;
-  std::lock_guard lock(mutex);
-  if (auto c = shared.lock(); c && c->history.capacity() == seconds) return c;
-  auto fresh = std::make_shared<Collector>(seconds);
-  shared = fresh;
-  return fresh;
-}
-
 }  // namespace
 
 class Dashboard final : public glmp::Plugin {
@@ -275,7 +255,7 @@ public:
   static constexpr bool nonblocking = true;
 
   Dashboard(const glmp::Settings& settings, glmp::Host host)
-      : Plugin(host), settings_(read_settings(settings)), collector_(acquire_collector(static_cast<std::size_t>(settings_.history_s))) {
+      : Plugin(host), settings_(read_settings(settings)), collector_(std::make_unique<Collector>(static_cast<std::size_t>(settings_.history_s))) {
     if (host.host_abi_minor() < 7 || !host.has_metrics_collect())
       throw glmp::SettingsError("the dashboard plugin needs a host that hands out its metrics (ABI 1.7)");
     for (std::size_t i = 0; i < kAssetCount; ++i) {
@@ -315,7 +295,7 @@ public:
     s.origin = origin == glmp::Origin::Cache ? Origin::Cache : origin == glmp::Origin::Coalesced ? Origin::Coalesced : Origin::Upstream;
     History& h = collector_->history;
     h.record(s);
-    if (const auto c = classify(s.status, s.upstream_status)) h.add_error(s.status, *c, p->error, p->route, now_ms());
+    if (const auto c = classify(s.status, s.upstream_status)) h.add_error(s.status, *c, p->error, p->route, glmp::unix_ms());
     if (h.is_slow_candidate(s.second, s.duration_us)) {
       SlowRow row;
       row.request_id = r.id().substr(0, 200);
@@ -323,7 +303,7 @@ public:
       row.path = r.path().substr(0, 200);
       row.model = r.model().substr(0, 200);
       if (const auto key = r.attribute(kKeyIdAttribute)) row.key_id = key->substr(0, 100);
-      row.at_ms = now_ms();
+      row.at_ms = glmp::unix_ms();
       row.status = s.status;
       row.duration_us = s.duration_us;
       row.ttfb_us = s.ttfb_us;
@@ -589,7 +569,7 @@ private:
   // --- the endpoints ----------------------------------------------------------------------------
 
   void system(glmp::Request& r) {
-    const std::int64_t now = now_ms();
+    const std::int64_t now = glmp::unix_ms();
     answer(r, system_json(now, latest()));
   }
 
@@ -603,7 +583,7 @@ private:
         return;
       }
     }
-    const std::int64_t now = now_ms();
+    const std::int64_t now = glmp::unix_ms();
     const Collector::Latest l = latest();
     Json models = Json::array();
     for (const ModelView& m : l.view.models)
@@ -624,7 +604,7 @@ private:
   }
 
   void health(glmp::Request& r) {
-    const std::int64_t now = now_ms();
+    const std::int64_t now = glmp::unix_ms();
     const Collector::Latest l = collector_->latest();
     // Healthy while the sampler keeps up (a sample within the last 5 s) and every pool is healthy.
     bool healthy = l.at_ms == 0 || now - l.at_ms < 5000;
@@ -635,7 +615,7 @@ private:
   // PUT /api/metrics/baseline: the current summary-window figures become the baseline, saved in
   // the store (shared by replicas, kept across restarts).
   void save_baseline(glmp::Request& r) {
-    const std::int64_t now = now_ms();
+    const std::int64_t now = glmp::unix_ms();
     const Json sys = system_json(now, latest());
     Json b = {{"source", "snapshot"},
               {"savedAt", now},
@@ -665,7 +645,7 @@ private:
   }
 
   const Settings settings_;
-  const std::shared_ptr<Collector> collector_;
+  const std::unique_ptr<Collector> collector_;
   std::mutex top_keys_mutex_;
   Json top_keys_;
   std::int64_t top_keys_at_ = 0;

@@ -339,6 +339,9 @@ std::vector<SlowRow> History::slowest(std::int64_t now_s, std::int64_t window_s,
 // --- errors -------------------------------------------------------------------------------------
 
 void History::add_error(int status, ErrorClass type, std::string_view message, std::string_view route, std::int64_t at_ms) {
+  // Rows keep at most 300 bytes of the message and 200 of the route: compare what is kept.
+  message = message.substr(0, 300);
+  route = route.substr(0, 200);
   std::lock_guard lock(table_mutex_);
   for (ErrorRow& row : top_errors_) {
     if (row.status == status && row.type == type && row.message == message && row.route == route) {
@@ -347,7 +350,7 @@ void History::add_error(int status, ErrorClass type, std::string_view message, s
       return;
     }
   }
-  ErrorRow fresh{status, type, std::string(message.substr(0, 300)), std::string(route.substr(0, 200)), 1, at_ms};
+  ErrorRow fresh{status, type, std::string(message), std::string(route), 1, at_ms};
   if (top_errors_.size() < kTopErrorRows) {
     top_errors_.push_back(std::move(fresh));
     return;

@@ -24,13 +24,7 @@ std::int64_t count_setting(const glmp::Settings& s, std::string_view key, std::i
 }  // namespace
 
 ProfilingSettings read_settings(const glmp::Settings& s) {
-  static const std::vector<std::string> kKnown{"max_records",    "max_age",       "per_key_max", "sample_rate",
-                                               "slow_threshold", "server_timing", "top"};
-  for (const auto& [k, v] : s.json().items())
-    if (std::find(kKnown.begin(), kKnown.end(), k) == kKnown.end())
-      throw glmp::SettingsError("unknown setting \"" + k +
-                                "\" (allowed: max_records, max_age, per_key_max, sample_rate, slow_threshold, "
-                                "server_timing, top)");
+  s.allow_only({"max_records", "max_age", "per_key_max", "sample_rate", "slow_threshold", "server_timing", "top"});
   ProfilingSettings c;
   c.max_records = static_cast<std::size_t>(
       count_setting(s, "max_records", static_cast<std::int64_t>(c.max_records), kMaxRecordsLimit));

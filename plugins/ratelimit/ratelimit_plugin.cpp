@@ -51,12 +51,8 @@ int64_t non_negative(const glmp::Settings& s, std::string_view key, int64_t fall
 }
 
 QuotaSettings read_settings(const glmp::Settings& s) {
-  static const std::vector<std::string> kKnown{"window", "default_limit", "default_reservation", "max_reservation",
-                                               "requests_per_minute", "global_limit", "count_cache_tokens"};
-  for (const auto& [k, v] : s.json().items())
-    if (std::find(kKnown.begin(), kKnown.end(), k) == kKnown.end())
-      throw glmp::SettingsError("unknown setting \"" + k + "\" (allowed: window, default_limit, default_reservation, "
-                                "max_reservation, requests_per_minute, global_limit, count_cache_tokens)");
+  s.allow_only({"window", "default_limit", "default_reservation", "max_reservation", "requests_per_minute", "global_limit",
+                "count_cache_tokens"});
   QuotaSettings q;
   q.window = s.get_duration("window", std::chrono::hours(5)).count();
   if (q.window <= 0) throw glmp::SettingsError("setting \"window\" must be longer than 0");

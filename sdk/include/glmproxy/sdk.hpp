@@ -80,6 +80,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -521,6 +522,17 @@ class Settings {
 
   // Typed getters for top-level keys. An absent (or null) key yields `fallback`; a key of the wrong
   // type throws SettingsError naming the key, so a typo in the config is reported, not ignored.
+  // Refuses a setting the plugin does not know (a typo must not pass silently): throws
+  // SettingsError "unknown setting \"<key>\" (allowed: a, b, c)" for the first key not in `allowed`.
+  void allow_only(std::initializer_list<std::string_view> allowed) const {
+    for (const auto& [key, value] : json_.items()) {
+      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+      std::string list;
+      for (std::string_view a : allowed) (list += list.empty() ? "" : ", ") += a;
+      throw SettingsError("unknown setting \"" + key + "\" (allowed: " + list + ")");
+    }
+  }
+
   std::string get_string(std::string_view key, std::string_view fallback = {}) const {
     const nlohmann::json* v = find(key);
     if (v == nullptr) return std::string(fallback);
