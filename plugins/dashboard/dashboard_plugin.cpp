@@ -496,13 +496,18 @@ private:
     std::size_t scanned = 0;
     bool truncated = false;
     while (true) {
-      const glmp::StorePage page = store.list("keys", "", after, 500);
+      const std::size_t want = std::min<std::size_t>(500, settings_.top_keys_scan - scanned);
+      const glmp::StorePage page = store.list("keys", "", after, want);
       if (!page.ok()) {
         out["error"] = page.status == glmp::StoreStatus::Degraded ? "the store is degraded" : "the store is unavailable";
         break;
       }
       for (const glmp::StoreRecord& rec : page.records) {
         const auto used = store.window_sum("tokens:" + rec.key, std::chrono::milliseconds(settings_.usage_window_ms), now);
+        if (used.status == glmp::StoreStatus::Invalid) {
+          out["error"] = "the store refused usage_window (longer than [store] max_window?)";
+          break;
+        }
         if (used.ok() && used.value > 0) {
           std::string name;
           const Json j = Json::parse(rec.value, nullptr, false);
@@ -511,7 +516,7 @@ private:
         }
       }
       scanned += page.records.size();
-      if (!page.more || page.records.empty()) break;
+      if (!out["error"].is_null() || !page.more || page.records.empty()) break;
       if (scanned >= settings_.top_keys_scan) {
         truncated = true;
         break;
@@ -585,6 +590,10 @@ private:
     }
     const std::int64_t now = glmp::unix_ms();
     const Collector::Latest l = latest();
+    // A second counts as complete 100 ms after it ended: on_complete files a request by the coarse
+    // clock (a few ms behind), and one that read the clock just before the second turned may add
+    // a moment later. Without the margin the page could fetch a second before its last request.
+    const std::int64_t complete_s = (now - 100) / 1000;
     Json models = Json::array();
     for (const ModelView& m : l.view.models)
       models.push_back({{"model", m.model}, {"flavour", m.flavour}, {"tokensIn", m.tokens_in}, {"tokensOut", m.tokens_out}});
@@ -596,7 +605,7 @@ private:
                      {"summary_window_s", settings_.summary_window_s},
                      {"usage_window_s", settings_.usage_window_ms / 1000}}},
                    {"system", system_json(now, l)},
-                   {"series", series_json(h.series(since, now / 1000))},
+                   {"series", series_json(h.series(since, complete_s))},
                    {"models", std::move(models)},
                    {"topKeys", top_keys_json(now)},
                    {"slowest", slowest_json(now)},

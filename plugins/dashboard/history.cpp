@@ -181,6 +181,7 @@ void History::sample(std::int64_t second, const Gauges& g) noexcept {
 Series History::series(std::int64_t after, std::int64_t now_s) const {
   Series out;
   const std::int64_t last = now_s - 1;
+  if (after >= last) return out;  // nothing newer (and after + 1 cannot overflow below)
   const std::int64_t oldest = std::max<std::int64_t>(now_s - static_cast<std::int64_t>(slots_.size()) + 1,
                                                      floor_div(started_ms_, 1000));
   const std::int64_t first = std::max(after + 1, oldest);
@@ -285,7 +286,7 @@ std::optional<double> History::memory_growth_mb_per_hour(std::int64_t now_s) con
     sxx += x * x;
     sxy += x * y;
   }
-  if (n < 60) return std::nullopt;
+  if (n < 30) return std::nullopt;
   const double d = n * sxx - sx * sx;
   if (d <= 0) return std::nullopt;
   return (n * sxy - sx * sy) / d;

@@ -156,7 +156,7 @@ public:
   // Sum of the complete seconds in [now_s - seconds, now_s - 1].
   Aggregate aggregate(std::int64_t now_s, std::int64_t seconds) const;
   // The sampled RSS growth over the ring, in MB per hour (least squares); nullopt with fewer than
-  // 60 samples.
+  // 30 samples.
   std::optional<double> memory_growth_mb_per_hour(std::int64_t now_s) const;
 
   static constexpr std::size_t kSlowPerMinute = 10;

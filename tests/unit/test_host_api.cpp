@@ -6,9 +6,18 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <map>
+#include <memory>
+#include <set>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+
+#include "metrics/metrics.hpp"
 #include "pipeline/json_body.hpp"
 #include "pipeline/request_context.hpp"
 #include "plugins/chain.hpp"
@@ -221,6 +230,166 @@ TEST(HostApiProfile, ReportsTheRequestsCourse) {
   EXPECT_EQ(host_api().request_is_admin(handle(ctx)), 0);
   ctx.is_admin = true;
   EXPECT_EQ(host_api().request_is_admin(handle(ctx)), 1);
+}
+
+
+// --- ABI 1.7: metrics_collect --------------------------------------------------------------
+
+// A NativePlugin without a library behind it (no on_config_new): only its Services matter to
+// metrics_collect, which reads the registry through them.
+class CollectFixture {
+public:
+  explicit CollectFixture(metrics::Metrics* all) {
+    descriptor_.struct_size = sizeof descriptor_;
+    descriptor_.abi_major = GLMP_ABI_MAJOR;
+    descriptor_.abi_minor = GLMP_ABI_MINOR;
+    descriptor_.name = "collector";
+    descriptor_.version = "1.0.0";
+    auto library = std::make_shared<Library>();
+    library->descriptor = &descriptor_;
+    library->name = "collector";
+    config::PluginConfig cfg;
+    cfg.name = "collector";
+    cfg.settings_json = "{}";
+    Services services;
+    services.all_metrics = all;
+    plugin_ = std::make_unique<NativePlugin>(library, cfg, 0, services);
+  }
+  glmp_instance_host_ptr* instance() { return reinterpret_cast<glmp_instance_host_ptr*>(plugin_.get()); }
+
+private:
+  glmp_plugin_descriptor descriptor_{};
+  std::unique_ptr<NativePlugin> plugin_;
+};
+
+// One sample as handed out, copied out of the host-owned strings.
+struct Collected {
+  std::string family, name;
+  glmp_metric_kind kind;
+  std::vector<std::pair<std::string, std::string>> labels;
+  double value;
+};
+
+std::pair<size_t, std::vector<Collected>> collect(glmp_instance_host_ptr* instance, std::string_view prefix) {
+  std::vector<Collected> out;
+  const size_t n = host_api().metrics_collect(
+      instance, prefix.data(), prefix.size(),
+      [](void* user, const glmp_metric_sample* s) {
+        Collected c{std::string(s->family, s->family_len), std::string(s->name, s->name_len), s->kind, {}, s->value};
+        for (size_t i = 0; i < s->label_count; ++i)
+          c.labels.emplace_back(std::string(s->labels[i].name, s->labels[i].name_len),
+                                std::string(s->labels[i].value, s->labels[i].value_len));
+        static_cast<std::vector<Collected>*>(user)->push_back(std::move(c));
+      },
+      &out);
+  return {n, std::move(out)};
+}
+
+TEST(HostApiMetricsCollect, CountersGaugesAndHistogramsUnderThePrefix) {
+  metrics::Metrics all({"/v1/"});
+  int refreshed = 0;
+  all.set_refresher([&] { ++refreshed; });
+  prometheus::Registry& registry = all.registry();
+  prometheus::BuildCounter().Name("glmp_demo_hits_total").Help("x").Register(registry).Add({{"kind", "a"}}).Increment(3);
+  prometheus::BuildCounter().Name("glmp_demo_hits_total").Help("x").Register(registry).Add({{"kind", "b"}}).Increment(4);
+  prometheus::BuildGauge().Name("glmp_demo_level").Help("x").Register(registry).Add({}).Set(7);
+  auto& hist = prometheus::BuildHistogram().Name("glmp_demo_size").Help("x").Register(registry)
+                   .Add({{"flavour", "openai"}}, prometheus::Histogram::BucketBoundaries{0.25, 10, 100});
+  for (double v : {0.1, 5.0, 50.0, 500.0}) hist.Observe(v);
+  prometheus::BuildCounter().Name("other_demo_total").Help("x").Register(registry).Add({}).Increment(1);
+  CollectFixture fx(&all);
+
+  const auto [n, samples] = collect(fx.instance(), "glmp_demo_");
+  EXPECT_GE(refreshed, 1) << "the scrape-time gauges are refreshed first, as for GET /metrics";
+  ASSERT_EQ(n, samples.size()) << "returns how many it handed out";
+  std::map<std::string, const Collected*> by_series;
+  for (const auto& s : samples) {
+    std::string key = s.name + "{";
+    for (const auto& [k, v] : s.labels) key += k + "=" + v + ",";
+    by_series[key + "}"] = &s;
+  }
+  std::vector<std::string> keys;
+  for (const auto& [k, s] : by_series) keys.push_back(k);
+  EXPECT_EQ(keys, (std::vector<std::string>{
+                      "glmp_demo_hits_total{kind=a,}",
+                      "glmp_demo_hits_total{kind=b,}",
+                      "glmp_demo_level{}",
+                      "glmp_demo_size_bucket{flavour=openai,le=+Inf,}",
+                      "glmp_demo_size_bucket{flavour=openai,le=0.25,}",
+                      "glmp_demo_size_bucket{flavour=openai,le=10,}",
+                      "glmp_demo_size_bucket{flavour=openai,le=100,}",
+                      "glmp_demo_size_count{flavour=openai,}",
+                      "glmp_demo_size_sum{flavour=openai,}",
+                  }));
+  ASSERT_EQ(n, 9u);
+  auto at = [&](const std::string& key) -> const Collected& {
+    static const Collected none{"", "", GLMP_METRIC_COUNTER, {}, -1};
+    const auto it = by_series.find(key);
+    return it == by_series.end() ? none : *it->second;
+  };
+  EXPECT_EQ(at("glmp_demo_hits_total{kind=a,}").value, 3);
+  EXPECT_EQ(at("glmp_demo_hits_total{kind=a,}").kind, GLMP_METRIC_COUNTER);
+  EXPECT_EQ(at("glmp_demo_hits_total{kind=a,}").family, "glmp_demo_hits_total");
+  EXPECT_EQ(at("glmp_demo_hits_total{kind=b,}").value, 4);
+  EXPECT_EQ(at("glmp_demo_level{}").value, 7);
+  EXPECT_EQ(at("glmp_demo_level{}").kind, GLMP_METRIC_GAUGE);
+  // A histogram: cumulative buckets (le last), then _sum and _count, all of the family.
+  EXPECT_EQ(at("glmp_demo_size_bucket{flavour=openai,le=0.25,}").value, 1);
+  EXPECT_EQ(at("glmp_demo_size_bucket{flavour=openai,le=10,}").value, 2);
+  EXPECT_EQ(at("glmp_demo_size_bucket{flavour=openai,le=100,}").value, 3);
+  EXPECT_EQ(at("glmp_demo_size_bucket{flavour=openai,le=+Inf,}").value, 4);
+  EXPECT_DOUBLE_EQ(at("glmp_demo_size_sum{flavour=openai,}").value, 555.1);
+  EXPECT_EQ(at("glmp_demo_size_count{flavour=openai,}").value, 4);
+  for (const auto& s : samples) {
+    if (s.family != "glmp_demo_size") continue;
+    EXPECT_EQ(s.kind, GLMP_METRIC_HISTOGRAM) << s.name;
+    if (s.name == "glmp_demo_size_bucket") {
+      ASSERT_EQ(s.labels.size(), 2u);
+      EXPECT_EQ(s.labels.back().first, "le");
+    }
+  }
+  std::vector<std::string> bucket_order;
+  for (const auto& s : samples)
+    if (s.name == "glmp_demo_size_bucket") bucket_order.push_back(s.labels.back().second);
+  EXPECT_EQ(bucket_order, (std::vector<std::string>{"0.25", "10", "100", "+Inf"})) << "in increasing order";
+}
+
+TEST(HostApiMetricsCollect, PrefixSelectsFamiliesAndEveryRegistryIsSeen) {
+  metrics::Metrics all({"/v1/"});
+  prometheus::BuildCounter().Name("other_demo_total").Help("x").Register(all.registry()).Add({}).Increment(1);
+  CollectFixture fx(&all);
+  const auto [none, nothing] = collect(fx.instance(), "glmp_nothing_here_");
+  EXPECT_EQ(none, 0u);
+  EXPECT_TRUE(nothing.empty());
+  const auto [n_flight, in_flight] = collect(fx.instance(), "glmp_requests_in_flight");
+  ASSERT_EQ(n_flight, 1u);
+  EXPECT_EQ(in_flight[0].family, "glmp_requests_in_flight");
+  EXPECT_EQ(in_flight[0].kind, GLMP_METRIC_GAUGE);
+  // "" = every family: the core's and anything else registered.
+  const auto [n_all, everything] = collect(fx.instance(), "");
+  EXPECT_EQ(n_all, everything.size());
+  std::set<std::string> families;
+  for (const auto& s : everything) families.insert(s.family);
+  for (const char* f : {"glmp_requests_in_flight", "glmp_active_streams", "glmp_process_resident_memory_bytes",
+                        "glmp_plugin_reloads_total", "other_demo_total"})
+    EXPECT_EQ(families.count(f), 1u) << f;
+  // The prefix is a prefix of the family's name, not of a sample's.
+  const auto [n_other, other] = collect(fx.instance(), "other_");
+  ASSERT_EQ(n_other, 1u);
+  EXPECT_EQ(other[0].value, 1);
+}
+
+TEST(HostApiMetricsCollect, NothingWithoutARegistryOrACallback) {
+  CollectFixture without(nullptr);
+  const auto [n, samples] = collect(without.instance(), "");
+  EXPECT_EQ(n, 0u);
+  EXPECT_TRUE(samples.empty());
+  metrics::Metrics all({"/v1/"});
+  CollectFixture fx(&all);
+  EXPECT_EQ(host_api().metrics_collect(fx.instance(), "", 0, nullptr, nullptr), 0u);
+  EXPECT_EQ(host_api().metrics_collect(nullptr, "", 0, [](void*, const glmp_metric_sample*) {}, nullptr), 0u);
+  EXPECT_GT(host_api().metrics_collect(fx.instance(), nullptr, 0, [](void*, const glmp_metric_sample*) {}, nullptr), 0u)
+      << "a null prefix is \"\"";
 }
 
 }  // namespace
