@@ -16,7 +16,6 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -54,15 +53,6 @@ std::int64_t coarse_second() noexcept {
 Json opt(std::optional<double> v) { return v ? Json(*v) : Json(nullptr); }
 Json round3(double v) { return std::round(v * 1000.0) / 1000.0; }
 Json opt3(std::optional<double> v) { return v ? round3(*v) : Json(nullptr); }
-
-// /proc/self/status "VmHWM:" (peak RSS) in bytes; -1 when unreadable.
-std::int64_t peak_rss_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::strtoll(line.c_str() + 6, nullptr, 10) * 1024;
-  return -1;
-}
 
 struct Baseline {
   std::optional<double> p50, p95, p99, requests_per_second, error_rate, cpu_percent, memory_mb, ttft_p50;
@@ -142,12 +132,13 @@ Settings read_settings(const glmp::Settings& s) {
   return out;
 }
 
-// --- the shared collector -------------------------------------------------------------------------
+// --- the collector ---------------------------------------------------------------------------------
 
-// The history and the once-a-second sampler of one plugin instance.
+// The history and the once-a-second sampler of one plugin instance. The instance owns it and
+// destroys it (joining the thread) in its destructor, while its host is still valid.
 class Collector {
 public:
-  explicit Collector(std::size_t seconds) : history(seconds, glmp::unix_ms()) {
+  Collector(std::size_t seconds, glmp::Host host) : history(seconds, glmp::unix_ms()), host_(std::move(host)) {
     thread_ = std::thread([this] { run(); });
   }
   ~Collector() {
@@ -163,21 +154,9 @@ public:
 
   History history;
 
-  // The host the sampler reads the metrics through; detach waits for a sample in progress, so the
-  // host is never used after its instance is gone.
-  void attach(const glmp::Host& host) {
-    std::lock_guard lock(hosts_mutex_);
-    hosts_.insert(hosts_.begin(), host);
-  }
-  void detach(const glmp::Host& host) {
-    std::lock_guard lock(hosts_mutex_);
-    std::erase_if(hosts_, [&](const glmp::Host& h) { return h.instance() == host.instance(); });
-  }
-
   struct Latest {
     MetricsView view;
     std::int64_t at_ms = 0;
-    std::int64_t peak_rss_bytes = -1;
     double cpu_percent = -1;
   };
   Latest latest() const {
@@ -188,16 +167,8 @@ public:
   // Takes one sample now (the thread does it once a second; tests and the first request may too).
   void sample_now() {
     const std::int64_t at = glmp::unix_ms();
-    std::vector<glmp::MetricSample> samples;
-    {
-      std::lock_guard lock(hosts_mutex_);
-      if (hosts_.empty()) return;
-      samples = hosts_.front().metrics("glmp_");
-    }
-    MetricsView view = read_metrics(samples);
-    timespec cpu{};
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
-    const double cpu_s = static_cast<double>(cpu.tv_sec) + static_cast<double>(cpu.tv_nsec) / 1e9;
+    MetricsView view = read_metrics(host_.metrics("glmp_"));
+    const double cpu_s = view.cpu_seconds;
     const double wall_s = static_cast<double>(at) / 1000.0;
     Gauges g;
     g.in_flight = static_cast<std::int64_t>(view.in_flight);
@@ -212,13 +183,14 @@ public:
       }
     }
     std::lock_guard lock(mutex_);
-    if (last_wall_s_ > 0 && wall_s > last_wall_s_) g.cpu_percent = std::max(0.0, (cpu_s - last_cpu_s_) / (wall_s - last_wall_s_) * 100.0);
+    // The process's CPU percentage: its CPU seconds counter over the wall time since the last sample.
+    if (cpu_s >= 0 && last_cpu_s_ >= 0 && wall_s > last_wall_s_)
+      g.cpu_percent = std::max(0.0, (cpu_s - last_cpu_s_) / (wall_s - last_wall_s_) * 100.0);
     last_cpu_s_ = cpu_s;
     last_wall_s_ = wall_s;
     history.sample(at / 1000, g);
     latest_.view = std::move(view);
     latest_.at_ms = at;
-    latest_.peak_rss_bytes = peak_rss_bytes();
     if (g.cpu_percent >= 0) latest_.cpu_percent = g.cpu_percent;
   }
 
@@ -240,9 +212,8 @@ private:
   std::condition_variable wake_;
   bool stop_ = false;
   Latest latest_;
-  double last_cpu_s_ = 0, last_wall_s_ = 0;
-  std::mutex hosts_mutex_;
-  std::vector<glmp::Host> hosts_;
+  double last_cpu_s_ = -1, last_wall_s_ = 0;  // the previous sample's (-1: none)
+  const glmp::Host host_;
   std::thread thread_;
 };
 
@@ -255,7 +226,7 @@ public:
   static constexpr bool nonblocking = true;
 
   Dashboard(const glmp::Settings& settings, glmp::Host host)
-      : Plugin(host), settings_(read_settings(settings)), collector_(std::make_unique<Collector>(static_cast<std::size_t>(settings_.history_s))) {
+      : Plugin(host), settings_(read_settings(settings)), collector_(std::make_unique<Collector>(static_cast<std::size_t>(settings_.history_s), host)) {
     if (host.host_abi_minor() < 7 || !host.has_metrics_collect())
       throw glmp::SettingsError("the dashboard plugin needs a host that hands out its metrics (ABI 1.7)");
     for (std::size_t i = 0; i < kAssetCount; ++i) {
@@ -267,9 +238,7 @@ public:
     host.register_route("GET", "/api/metrics/health", glmp::Access::Admin, [this](glmp::Request& r) { health(r); });
     host.register_route("PUT", "/api/metrics/baseline", glmp::Access::Admin, [this](glmp::Request& r) { save_baseline(r); });
     host.register_route("DELETE", "/api/metrics/baseline", glmp::Access::Admin, [this](glmp::Request& r) { clear_baseline(r); });
-    collector_->attach(host);
   }
-  ~Dashboard() override { collector_->detach(host()); }
 
   // Implemented only so that on_complete also runs for requests a later plugin refuses from their
   // headers (auth's 401s).
@@ -334,7 +303,6 @@ private:
     const History& h = collector_->history;
     const std::int64_t now_s = now / 1000;
     const Aggregate w = h.aggregate(now_s, settings_.summary_window_s);
-    const Aggregate all = h.aggregate(now_s, settings_.history_s);
     const double span = static_cast<double>(w.seconds);
     auto ms = [](std::optional<double> us) -> Json { return us ? round3(*us / 1000.0) : Json(nullptr); };
     // Percentiles never leave the window's exact extremes (a bin is up to 25 % wide).
@@ -367,7 +335,7 @@ private:
         {"bytesPerSecond", rate(w.bytes_in + w.bytes_out)},
         {"avgRequestSize", w.requests ? round3(static_cast<double>(w.bytes_in) / static_cast<double>(w.requests)) : Json(nullptr)},
         {"avgResponseSize", w.requests ? round3(static_cast<double>(w.bytes_out) / static_cast<double>(w.requests)) : Json(nullptr)},
-        {"peakRequestsPerSecond", all.peak_requests},
+        {"peakRequestsPerSecond", h.peak_requests(now_s, settings_.history_s)},
         {"tokensInPerSecond", rate(w.tokens_in)},
         {"tokensOutPerSecond", rate(w.tokens_out)},
     };
@@ -424,7 +392,7 @@ private:
     auto number_or_null = [](double v) -> Json { return v < 0 ? Json(nullptr) : Json(v); };
     Json resources = {
         {"memoryUsageMB", latest.view.rss_bytes < 0 ? Json(nullptr) : round3(latest.view.rss_bytes / (1024.0 * 1024.0))},
-        {"peakMemoryUsageMB", latest.peak_rss_bytes < 0 ? Json(nullptr) : round3(static_cast<double>(latest.peak_rss_bytes) / (1024.0 * 1024.0))},
+        {"peakMemoryUsageMB", latest.view.peak_rss_bytes < 0 ? Json(nullptr) : round3(latest.view.peak_rss_bytes / (1024.0 * 1024.0))},
         {"memoryGrowthRate", opt3(h.memory_growth_mb_per_hour(now_s))},
         {"cpuUsagePercent", latest.cpu_percent < 0 ? Json(nullptr) : round3(latest.cpu_percent)},
         {"threads", number_or_null(latest.view.threads)},

@@ -11,6 +11,7 @@ MetricsView read_metrics(const std::vector<glmp::MetricSample>& samples) {
   std::map<std::pair<std::string, std::string>, ModelView> models;
   std::optional<CacheView> api_keys, responses, store_records;
   std::optional<CoalescingView> coalescing;
+  double coalesced_requests = 0;  // the core's; shown only beside batching's own families
   auto cache = [](std::optional<CacheView>& c, const char* name, const char* plugin) -> CacheView& {
     if (!c) c = CacheView{name, plugin, 0, 0, {}};
     return *c;
@@ -31,6 +32,10 @@ MetricsView read_metrics(const std::vector<glmp::MetricSample>& samples) {
       v.streams = s.value;
     } else if (f == "glmp_process_resident_memory_bytes") {
       v.rss_bytes = s.value;
+    } else if (f == "glmp_process_peak_resident_memory_bytes") {
+      v.peak_rss_bytes = s.value;
+    } else if (f == "glmp_process_cpu_seconds_total") {
+      v.cpu_seconds = s.value;
     } else if (f == "glmp_process_threads") {
       v.threads = s.value;
     } else if (f == "glmp_process_open_fds") {
@@ -62,7 +67,7 @@ MetricsView read_metrics(const std::vector<glmp::MetricSample>& samples) {
       CacheView& c = cache(store_records, "store_records", "core");
       (s.label("result") == "hit" ? c.hits : c.misses) += s.value;
     } else if (f == "glmp_recorded_responses_total") {
-      if (s.label("origin") == "coalesced") batching().coalesced_requests = s.value;
+      if (s.label("origin") == "coalesced") coalesced_requests = s.value;
     } else if (f == "glmp_batching_flights_total") {
       batching().flights = s.value;
     } else if (f == "glmp_batching_followers_total") {
@@ -73,6 +78,8 @@ MetricsView read_metrics(const std::vector<glmp::MetricSample>& samples) {
       batching().bytes_shared = s.value;
     } else if (f == "glmp_batching_flights_active") {
       batching().active_flights = s.value;
+    } else if (f.starts_with("glmp_batching_")) {
+      batching();  // another of its families: the plugin is there
     }
   }
   for (auto& [name, p] : pools) v.pools.push_back(std::move(p));
@@ -84,13 +91,10 @@ MetricsView read_metrics(const std::vector<glmp::MetricSample>& samples) {
     if (*c) v.caches.push_back(std::move(**c));
   // glmp_recorded_responses_total is the core's and always there: coalescing is shown only when
   // batching's own families are (the plugin is or was loaded).
-  bool batching_loaded = false;
-  for (const glmp::MetricSample& s : samples)
-    if (s.family.starts_with("glmp_batching_")) {
-      batching_loaded = true;
-      break;
-    }
-  if (batching_loaded) v.coalescing = coalescing;
+  if (coalescing) {
+    coalescing->coalesced_requests = coalesced_requests;
+    v.coalescing = coalescing;
+  }
   return v;
 }
 

@@ -41,7 +41,8 @@ struct MetricsView {
   std::vector<CacheView> caches; // api_keys (auth), responses (cache), store_records (redis store)
   std::optional<CoalescingView> coalescing;  // batching loaded (its families exist)
   std::vector<ModelView> models;             // by tokens, most first
-  double in_flight = -1, streams = -1, rss_bytes = -1, threads = -1, open_fds = -1;
+  double in_flight = -1, streams = -1, rss_bytes = -1, peak_rss_bytes = -1, threads = -1, open_fds = -1;
+  double cpu_seconds = -1;  // the process's CPU time so far (glmp_process_cpu_seconds_total)
 };
 
 MetricsView read_metrics(const std::vector<glmp::MetricSample>& samples);

@@ -1,6 +1,7 @@
 #include "metrics/metrics.hpp"
 
 #include <dirent.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -26,13 +27,30 @@ const Histogram::BucketBoundaries kRequestBuckets{0.001, 0.005, 0.01, 0.025, 0.0
 // Seconds, fine-grained in microseconds: the proxy's own cost.
 const Histogram::BucketBoundaries kOverheadBuckets{0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05};
 
-long status_value(const char* key) {
+// What the scrape reads from /proc/self/status, in one pass.
+struct ProcStatus {
+  long rss_kb = 0, peak_rss_kb = 0, threads = 0;
+};
+ProcStatus proc_status() {
+  ProcStatus s;
   std::ifstream in("/proc/self/status");
   std::string line;
-  const size_t n = std::strlen(key);
+  auto value = [&](const char* key, long& out) {
+    const size_t n = std::strlen(key);
+    if (line.compare(0, n, key) != 0) return false;
+    out = std::strtol(line.c_str() + n, nullptr, 10);
+    return true;
+  };
   while (std::getline(in, line))
-    if (line.compare(0, n, key) == 0) return std::strtol(line.c_str() + n, nullptr, 10);
-  return 0;
+    if (!value("VmRSS:", s.rss_kb) && !value("VmHWM:", s.peak_rss_kb)) value("Threads:", s.threads);
+  return s;
+}
+
+// The process's CPU time (user + system, all threads), in seconds.
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
 }  // namespace
@@ -54,6 +72,8 @@ Metrics::Metrics(const std::vector<std::string>& route_prefixes)
   rss_ = &prometheus::BuildGauge().Name("glmp_process_resident_memory_bytes").Help("Resident set size").Register(*registry_).Add({});
   fds_ = &prometheus::BuildGauge().Name("glmp_process_open_fds").Help("Open file descriptors").Register(*registry_).Add({});
   threads_ = &prometheus::BuildGauge().Name("glmp_process_threads").Help("Threads").Register(*registry_).Add({});
+  peak_rss_ = &prometheus::BuildGauge().Name("glmp_process_peak_resident_memory_bytes").Help("Peak resident set size (VmHWM)").Register(*registry_).Add({});
+  cpu_seconds_ = &prometheus::BuildCounter().Name("glmp_process_cpu_seconds_total").Help("CPU time the process used, user and system, in seconds").Register(*registry_).Add({});
   auto& recorded = prometheus::BuildCounter().Name("glmp_recorded_responses_total").Help("Responses served from another request's recording, by origin (cache: replayed; coalesced: followed live)").Register(*registry_);
   recorded_cache_ = &recorded.Add({{"origin", "cache"}});
   recorded_coalesced_ = &recorded.Add({{"origin", "coalesced"}});
@@ -148,6 +168,7 @@ void Metrics::request_finished(const pipeline::RequestContext& ctx) {
 }
 
 void Metrics::refresh(const pipeline::Pools& pools, int active_streams) {
+  std::lock_guard lock(refresh_mutex_);
   active_streams_->Set(active_streams);
   for (const auto& [name, pool] : pools) {
     const upstream::PoolStats s = pool->stats();
@@ -155,10 +176,15 @@ void Metrics::refresh(const pipeline::Pools& pools, int active_streams) {
     for (const auto& [figure, value] : s.figures()) set(figure, static_cast<double>(value));
     set("healthy", s.healthy ? 1 : 0);
   }
-  rss_->Set(static_cast<double>(status_value("VmRSS:")) * 1024);
+  const ProcStatus status = proc_status();
+  rss_->Set(static_cast<double>(status.rss_kb) * 1024);
+  peak_rss_->Set(static_cast<double>(status.peak_rss_kb) * 1024);
+  const double cpu = process_cpu_seconds();
+  cpu_seconds_->Increment(cpu - cpu_counted_);
+  cpu_counted_ = cpu;
   recordings_->Set(static_cast<double>(pipeline::Recording::alive_total()));
   recording_bytes_->Set(static_cast<double>(pipeline::Recording::kept_bytes_total()));
-  threads_->Set(static_cast<double>(status_value("Threads:")));
+  threads_->Set(static_cast<double>(status.threads));
   int fds = 0;
   if (DIR* d = opendir("/proc/self/fd")) {
     while (auto* e = readdir(d))

@@ -81,6 +81,10 @@ private:
   prometheus::Gauge* rss_;
   prometheus::Gauge* fds_;
   prometheus::Gauge* threads_;
+  prometheus::Gauge* peak_rss_;
+  prometheus::Counter* cpu_seconds_;
+  std::mutex refresh_mutex_;  // refresh() from a scrape and a plugin's metrics_collect at once
+  double cpu_counted_ = 0;    // CPU seconds already added to cpu_seconds_ (under refresh_mutex_)
   prometheus::Counter* recorded_cache_;
   prometheus::Counter* recorded_coalesced_;
   prometheus::Gauge* recordings_;

@@ -128,6 +128,8 @@ std::vector<FakeMetric> foreign_metrics() {
   out.push_back(gauge("glmp_process_resident_memory_bytes", {}, 50.0 * 1024 * 1024));
   out.push_back(gauge("glmp_process_threads", {}, 17));
   out.push_back(gauge("glmp_process_open_fds", {}, 42));
+  out.push_back(gauge("glmp_process_peak_resident_memory_bytes", {}, 64.0 * 1024 * 1024));
+  out.push_back(counter("glmp_process_cpu_seconds_total", {}, 12.5));
   out.push_back(counter("glmp_auth_lookups_total", {{"result", "cache_hit"}}, 9));
   out.push_back(counter("glmp_auth_lookups_total", {{"result", "store"}}, 1));
   out.push_back(counter("not_ours_total", {}, 1));  // outside the "glmp_" prefix
@@ -565,7 +567,7 @@ TEST_F(DashboardPlugin, JsonAnswersEveryFieldFromTheRequestsAndTheMetrics) {
                         "inFlight", "activeStreams"})
     EXPECT_TRUE(res.contains(k)) << k;
   EXPECT_NEAR(res["memoryUsageMB"].get<double>(), 50.0, 1e-9);
-  EXPECT_GT(res["peakMemoryUsageMB"].get<double>(), 0.0) << "this process's VmHWM";
+  EXPECT_GT(res["peakMemoryUsageMB"].get<double>(), 0.0) << "the core's glmp_process_peak_resident_memory_bytes";
   EXPECT_EQ(res["threads"], 17);
   EXPECT_EQ(res["openFds"], 42);
   EXPECT_EQ(res["inFlight"], 3);
