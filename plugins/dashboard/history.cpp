@@ -247,7 +247,6 @@ Aggregate History::aggregate(std::int64_t now_s, std::int64_t seconds) const {
     if (slot == nullptr) continue;
     const std::uint64_t requests = slot->requests.load(kRelaxed);
     a.requests += requests;
-    a.peak_requests = std::max(a.peak_requests, requests);
     a.success += slot->success.load(kRelaxed);
     a.errors += slot->errors.load(kRelaxed);
     for (std::size_t c = 0; c < kErrorClasses; ++c) a.by_class[c] += slot->by_class[c].load(kRelaxed);
@@ -267,6 +266,14 @@ Aggregate History::aggregate(std::int64_t now_s, std::int64_t seconds) const {
     }
   }
   return a;
+}
+
+std::uint64_t History::peak_requests(std::int64_t now_s, std::int64_t seconds) const {
+  seconds = std::clamp<std::int64_t>(seconds, 1, static_cast<std::int64_t>(slots_.size()) - 1);
+  std::uint64_t peak = 0;
+  for (std::int64_t sec = now_s - seconds; sec <= now_s - 1; ++sec)
+    if (const Slot* slot = slot_for_read(sec)) peak = std::max<std::uint64_t>(peak, slot->requests.load(kRelaxed));
+  return peak;
 }
 
 std::optional<double> History::memory_growth_mb_per_hour(std::int64_t now_s) const {

@@ -80,7 +80,6 @@ struct Aggregate {
   std::uint64_t latency_min_us = UINT64_MAX, latency_max_us = 0;
   std::array<std::uint64_t, LatencyBins::kBins> latency{};
   std::array<std::uint64_t, LatencyBins::kBins> ttft{};
-  std::uint64_t peak_requests = 0;  // the busiest second
   std::int64_t seconds = 0;         // how many seconds it spans
 };
 
@@ -155,6 +154,9 @@ public:
   Series series(std::int64_t after, std::int64_t now_s) const;
   // Sum of the complete seconds in [now_s - seconds, now_s - 1].
   Aggregate aggregate(std::int64_t now_s, std::int64_t seconds) const;
+  // The most requests of one complete second in [now_s - seconds, now_s - 1] (reads only the
+  // request counts, not the histograms an aggregate sums).
+  std::uint64_t peak_requests(std::int64_t now_s, std::int64_t seconds) const;
   // The sampled RSS growth over the ring, in MB per hour (least squares); nullopt with fewer than
   // 30 samples.
   std::optional<double> memory_growth_mb_per_hour(std::int64_t now_s) const;
