@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "history.hpp"
+#include "typical_request.hpp"
 
 namespace {
 
@@ -61,23 +62,9 @@ void BM_DashboardOnComplete(benchmark::State& state) {
   static PluginInstance plugin(lib.descriptor(), host, R"({"history":"1h"})");
   std::vector<FakeRequest> requests;
   for (int i = 0; i < 256; ++i) {
-    FakeRequest r;
-    r.id = "req-" + std::to_string(i);
-    r.streaming = (i & 1) != 0;
-    r.model = "glm-4.7";
-    r.attributes["auth.key_id"] = "key_" + std::to_string(i % 50);
-    r.response_status = 200;
-    r.usage.seen = 1;
-    r.usage.input_tokens = 120;
-    r.usage.output_tokens = 380;
-    r.profile.status = 200;
-    r.profile.upstream_status = 200;
-    r.profile.elapsed_ns = 1'250'000'000 + i * 1'000'000;
-    r.profile.ttfb_ns = 180'000'000;
-    r.profile.upstream_ns = 1'249'000'000;
-    r.profile.bytes_in = 900;
-    r.profile.bytes_out = 24'000;
-    r.route = "/v1/";
+    FakeRequest r = glmp::bench::typical_request(i);
+    r.streaming = (i & 1) != 0;                                // half of them streamed (TTFT counted)
+    r.profile.elapsed_ns = 1'250'000'000 + i * 1'000'000;      // spread: the slowest list keeps moving
     requests.push_back(std::move(r));
   }
   size_t i = 0;
