@@ -5,9 +5,9 @@ JOBS="${GLMP_JOBS:-2}"
 
 # Debian packages the build, tests and benchmarks need. Installed only when missing.
 GLMP_BUILD_PACKAGES=(build-essential cmake ninja-build ccache pkg-config libpoco-dev libboost-dev
-  libboost-filesystem-dev libtomlplusplus-dev prometheus-cpp-dev libssl-dev nlohmann-json3-dev node-llhttp)
+  libboost-filesystem-dev libtomlplusplus-dev prometheus-cpp-dev libssl-dev nlohmann-json3-dev node-llhttp libnghttp2-dev)
 GLMP_TEST_PACKAGES=(libgtest-dev libgmock-dev libbenchmark-dev openssl nodejs curl wrk nginx-light python3 prometheus
-  redis-server sqlite3 chromium)
+  redis-server sqlite3 chromium nghttp2-client)
 
 ensure_packages() {
   local missing=()

@@ -24,6 +24,7 @@
 #include "metrics/plugin_metrics.hpp"
 #include "plugins/chain_builder.hpp"
 #include "server/server.hpp"
+#include "server/tls.hpp"
 #include "store/store.hpp"
 
 namespace {
@@ -77,7 +78,8 @@ int run(const std::string& path) {
       int sig = 0;
       if (sigwait(&signals, &sig) != 0) continue;
       if (sig == SIGHUP) {
-        log.information("SIGHUP received: reloading the plugin chain");
+        log.information(server.config().server.tls_cert.empty() ? "SIGHUP received: reloading the plugin chain"
+                                                                : "SIGHUP received: reloading the plugin chain and the TLS certificate");
         server.reload();  // logs the outcome; a failure keeps the running chain
         continue;
       }
@@ -88,6 +90,10 @@ int run(const std::string& path) {
       server.stop();
       break;
     }
+  } catch (const glmp::core::server::TlsError& e) {
+    // A certificate or key that cannot be used: a config error like any other.
+    std::cerr << "glm-proxy: config error: " << e.what() << "\n";
+    rc = 1;
   } catch (const Poco::Exception& e) {
     log.fatal("cannot start: %s", e.displayText());
     rc = 1;
@@ -117,11 +123,16 @@ int main(int argc, char** argv) {
   if (argc == 3 && std::strcmp(argv[1], "--check-config") == 0) {
     try {
       auto cfg = glmp::core::config::load_config(argv[2]);
-      std::cout << argv[2] << ": OK (" << cfg.routes.size() << " routes, " << cfg.upstreams.size() << " upstreams)\n";
+      if (!cfg.server.tls_cert.empty()) glmp::core::server::TlsContext::load(cfg.server.tls_cert, cfg.server.tls_key);
+      std::cout << argv[2] << ": OK (" << cfg.routes.size() << " routes, " << cfg.upstreams.size() << " upstreams"
+                << (cfg.server.tls_cert.empty() ? "" : ", TLS") << ")\n";
       for (const auto& [name, u] : cfg.upstreams)
         if (!u.auth_error.empty()) std::cout << "warning: " << u.auth_error << "\n";
       return 0;
     } catch (const glmp::core::config::ConfigError& e) {
+      std::cerr << "glm-proxy: config error: " << e.what() << "\n";
+      return 1;
+    } catch (const glmp::core::server::TlsError& e) {
       std::cerr << "glm-proxy: config error: " << e.what() << "\n";
       return 1;
     }

@@ -5,7 +5,7 @@
 // Binaries come from GLMP_PROXY_BIN / GLMP_MOCK_BIN (set by CTest); when unset, the release build
 // in this repository is used.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -131,10 +131,10 @@ class Child {
   }
 }
 
-function proxyConfig(mockPort, accessLog, plugins, adminToken) {
+function proxyConfig(mockPort, accessLog, plugins, adminToken, tls) {
   return `[server]
 listen = "127.0.0.1:0"
-
+${tls ? `tls_cert = "${tls.cert}"\ntls_key = "${tls.key}"\n` : ''}
 [store]
 path = "${join(dirname(accessLog), 'state.db')}"
 
@@ -174,7 +174,9 @@ ${plugins ? `\n${plugins}\n` : ''}`;
 // the proxy loads <name>.so from its default plugin directory: <build>/plugins next to
 // <build>/bin/glm-proxy in a build tree.
 // `adminToken`: adds `[admin] token = "…"` (without one, admin routes answer 403).
-export async function startStack({ plugins = '', adminToken = '' } = {}) {
+// `tls`: `{ cert, key }` (PEM paths, e.g. from makePki): the proxy listens with TLS only, and
+// proxyURL is https://.
+export async function startStack({ plugins = '', adminToken = '', tls = null } = {}) {
   const proxyBin = binary('GLMP_PROXY_BIN', 'glm-proxy');
   const mockBin = binary('GLMP_MOCK_BIN', 'mock-upstream');
   const dir = mkdtempSync(join(tmpdir(), 'glmp-e2e-'));
@@ -197,7 +199,7 @@ export async function startStack({ plugins = '', adminToken = '' } = {}) {
     mock = new Child('mock-upstream', mockBin, ['--host', '127.0.0.1', '--port', '0', '--api-key', UPSTREAM_KEY]);
     const mockPort = Number((await mock.waitFor(/^LISTENING (\d+)$/m, 'LISTENING line'))[1]);
 
-    writeFileSync(configPath, proxyConfig(mockPort, accessLogPath, plugins, adminToken));
+    writeFileSync(configPath, proxyConfig(mockPort, accessLogPath, plugins, adminToken, tls));
     proxy = new Child('glm-proxy', proxyBin, ['--config', configPath]);
     const proxyPort = Number((await proxy.waitFor(/listening on 127\.0\.0\.1:(\d+)/, '"listening on" line'))[1]);
 
@@ -209,7 +211,7 @@ export async function startStack({ plugins = '', adminToken = '' } = {}) {
       mock,
       proxy,
       stop,
-      proxyURL: `http://127.0.0.1:${proxyPort}`,
+      proxyURL: `${tls ? 'https' : 'http'}://127.0.0.1:${proxyPort}`,
       mockOpenAIURL: `http://127.0.0.1:${mockPort}/api/coding/paas/v4`,
       mockAnthropicURL: `http://127.0.0.1:${mockPort}/api/anthropic`,
     };
@@ -249,6 +251,27 @@ export function anthropicClient(stack, { direct = false, apiKey = 'sk-ant-client
     maxRetries: 0,
     timeout: CLIENT_TIMEOUT_MS,
   });
+}
+
+// A test PKI made with the openssl CLI in `dir`: a CA, and a server certificate it signed for
+// 127.0.0.1 and localhost. Returns the PEM paths { ca, cert, key }.
+export function makePki(dir) {
+  const run = (args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  run(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1',
+    '-subj', '/CN=glmp-e2e-ca', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  run(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost']);
+  writeFileSync(join(dir, 'ext.cnf'),
+    'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
+  run(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem',
+    '-days', '1', '-extfile', 'ext.cnf']);
+  return { ca: join(dir, 'ca.pem'), cert: join(dir, 'server.pem'), key: join(dir, 'server.key') };
+}
+
+// A fresh temporary directory, removed when this process exits.
+export function tempDir(prefix = 'glmp-e2e-') {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.add(dir);
+  return dir;
 }
 
 let idCounter = 0;

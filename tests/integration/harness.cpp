@@ -171,6 +171,7 @@ Mock::Mock(const TempDir& dir, MockOptions opts, const std::string& name) : opts
     argv.insert(argv.end(), {"--https", "--cert", opts_.cert, "--key", opts_.key});
   }
   if (opts_.fast) argv.push_back("--fast");
+  argv.insert(argv.end(), opts_.extra_args.begin(), opts_.extra_args.end());
   child_ = std::make_unique<Child>(argv, dir.file(name + ".out"), dir.file(name + ".err"));
   port_ = static_cast<uint16_t>(std::stoi(child_->wait_for(false, "LISTENING ")));
 }
@@ -241,14 +242,21 @@ Proxy::Proxy(const TempDir& dir, const Mock* mock, ProxyOptions opts) {
   if (toml.empty()) {
     const std::string openai = !opts.openai_base.empty() ? opts.openai_base : mock->base_url("/api/coding/paas/v4");
     const std::string anthropic = !opts.anthropic_base.empty() ? opts.anthropic_base : mock->base_url("/api/anthropic");
+    // The harness's upstream defaults, minus the keys upstream_extra sets itself (TOML refuses a key twice).
+    std::string defaults;
+    for (const char* line : {"min_connections = 0", "max_connections = 32", "read_timeout = \"10s\"", "health_interval = \"0s\""}) {
+      const std::string key = std::string(line).substr(0, std::string(line).find(' '));
+      if (opts.upstream_extra.rfind(key + " ", 0) != 0 && opts.upstream_extra.find("\n" + key + " ") == std::string::npos)
+        defaults += std::string(line) + "\n";
+    }
     toml = "[server]\nlisten = \"127.0.0.1:0\"\nmax_threads = 64\ndrain_timeout = \"10s\"\n" + opts.server_extra +
            "\n[proxy]\nmodel = \"" + opts.model + "\"\n" + opts.proxy_extra +
            "\n[log]\nlevel = \"information\"\naccess_log = \"" + dir.file("access.log") + "\"\n" +
            "\n[upstreams.openai]\nbase_url = \"" + openai + "\"\nauth_header = \"Authorization\"\nauth_value = \"" +
-           opts.auth_value_openai + "\"\nmin_connections = 0\nmax_connections = 32\nread_timeout = \"10s\"\nhealth_interval = \"0s\"\n" +
+           opts.auth_value_openai + "\"\n" + defaults +
            opts.upstream_extra + "\n[upstreams.anthropic]\nbase_url = \"" + anthropic +
            "\"\nauth_header = \"x-api-key\"\nauth_value = \"" + opts.auth_value_anthropic +
-           "\"\nmin_connections = 0\nmax_connections = 32\nread_timeout = \"10s\"\nhealth_interval = \"0s\"\n" + opts.upstream_extra +
+           "\"\n" + defaults + opts.upstream_extra +
            "\n[[routes]]\nprefix = \"/v1/messages\"\nflavour = \"anthropic\"\nupstream = \"anthropic\"\n"
            "\n[[routes]]\nprefix = \"/v1/\"\nflavour = \"openai\"\nupstream = \"openai\"\nstrip_prefix = \"/v1\"\n" +
            opts.extra_toml;
@@ -414,6 +422,18 @@ TestPki make_pki(const TempDir& dir) {
       "-extfile ext.cnf >/dev/null 2>&1";
   if (std::system(cmd.c_str()) != 0) throw std::runtime_error("openssl failed to make the test PKI");
   return p;
+}
+
+IssuedCert issue_cert(const TempDir& dir, const std::string& name, const std::string& cn, int days) {
+  IssuedCert c{dir.file(name + ".pem"), dir.file(name + ".key")};
+  const std::string cmd =
+      "cd " + dir.path() + " && "
+      "openssl req -newkey rsa:2048 -nodes -keyout " + name + ".key -out " + name + ".csr -subj /CN=" + cn + " >/dev/null 2>&1 && "
+      "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > " + name + ".cnf && "
+      "openssl x509 -req -in " + name + ".csr -CA ca.pem -CAkey ca.key -CAserial ca.srl -CAcreateserial -out " + name +
+      ".pem -days " + std::to_string(days) + " -extfile " + name + ".cnf >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) throw std::runtime_error("openssl failed to issue " + name);
+  return c;
 }
 
 std::string json_get(const std::string& json, const std::string& path) {

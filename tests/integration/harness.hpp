@@ -72,6 +72,7 @@ struct MockOptions {
   std::string api_key = "test-upstream-key";
   int keepalive_timeout_ms = 10000;
   bool fast = false;
+  std::vector<std::string> extra_args;  // further flags (--alpn, --max-concurrent-streams, …)
 };
 
 class Mock {
@@ -171,6 +172,12 @@ struct TestPki {
   std::string ca_cert, server_cert, server_key;
 };
 TestPki make_pki(const TempDir& dir);
+// Another server certificate (and its key), signed by make_pki's CA in `dir` (a new serial each
+// time), for 127.0.0.1/localhost, with subject CN=`cn`: <dir>/<name>.pem and <dir>/<name>.key.
+struct IssuedCert {
+  std::string cert, key;
+};
+IssuedCert issue_cert(const TempDir& dir, const std::string& name, const std::string& cn, int days = 2);
 
 // JSON helpers (Poco::JSON): value at a dotted path like "usage.prompt_tokens" or "error.type".
 std::string json_get(const std::string& json, const std::string& path);

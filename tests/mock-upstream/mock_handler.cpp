@@ -4,6 +4,7 @@
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/Net/HTTPResponse.h>
+#include <Poco/String.h>
 
 #include <algorithm>
 #include <charconv>
@@ -87,10 +88,12 @@ struct Controls {
   std::optional<std::uint64_t> stall_ms;
   std::optional<std::uint64_t> cache_read;
   std::optional<std::uint64_t> cache_creation;
+  std::optional<std::uint64_t> goaway_after;  // HTTP/2 only
   std::optional<std::string> error_message;
   bool garbage = false;
   bool echo = false;
   bool usage_in_last_chunk = false;
+  bool goaway_refuse = false;  // HTTP/2 only
 };
 
 std::optional<std::uint64_t> parse_uint(std::string_view v) {
@@ -125,11 +128,13 @@ std::optional<std::string> parse_controls(const Request& req, Controls& c) {
         {"status", &Controls::status},           {"reset-after", &Controls::reset_after},
         {"large-bytes", &Controls::large_bytes}, {"stall-ms", &Controls::stall_ms},
         {"cache-read", &Controls::cache_read},   {"cache-creation", &Controls::cache_creation},
+        {"goaway-after", &Controls::goaway_after},
     };
     static constexpr std::pair<std::string_view, FlagField> kFlags[] = {
         {"garbage", &Controls::garbage},
         {"echo", &Controls::echo},
         {"usage-in-last-chunk", &Controls::usage_in_last_chunk},
+        {"goaway-refuse", &Controls::goaway_refuse},
     };
     if (key == "error-message") {
       if (!c.error_message) c.error_message = value;
@@ -350,6 +355,15 @@ class MockHandler final : public Handler {
   }
 
   Script run() override {
+    Script inner = respond();
+    while (inner.next()) co_yield std::move(inner.step());
+    // HTTP/2 x-mock-goaway-after on a response that had no content events to count (not a
+    // stream, an error, another route): the GOAWAY follows the response's bytes.
+    if (req_.h2() && controls_ok_ && ctl_.goaway_after && !goaway_sent_) co_yield Step::goaway();
+  }
+
+ private:
+  Script respond() {
     const std::string& uri = req_.uri;
     const auto qpos = uri.find('?');
     path_ = uri.substr(0, qpos);
@@ -357,6 +371,14 @@ class MockHandler final : public Handler {
 
     if (path_ == "/__mock/stats") {
       co_yield Step::write(stats_response());
+      co_return;
+    }
+    // Parsed here so that an HTTP/2 x-mock-goaway-refuse leaves the request uncounted (it was
+    // never processed); a bad control header is still answered in its place below.
+    const std::optional<std::string> ctl_error = parse_controls(req_, ctl_);
+    controls_ok_ = !ctl_error;
+    if (controls_ok_ && ctl_.goaway_refuse && req_.h2()) {
+      co_yield Step::refuse();
       co_return;
     }
     stats_.requests.fetch_add(1);
@@ -369,8 +391,8 @@ class MockHandler final : public Handler {
                    uri.c_str(), req_.body.size());
     }
 
-    if (auto err = parse_controls(req_, ctl_)) {
-      co_yield Step::write(error(400, *err));
+    if (ctl_error) {
+      co_yield Step::write(error(400, *ctl_error));
       co_return;
     }
     if (ctl_.stall_ms && *ctl_.stall_ms > 0) co_yield Step::wait(*ctl_.stall_ms);
@@ -438,7 +460,6 @@ class MockHandler final : public Handler {
     if (chunked_) co_yield Step::write("0\r\n\r\n");
   }
 
- private:
   struct ActiveGuard {
     explicit ActiveGuard(Stats& s) : stats(s) { stats.active.fetch_add(1); }
     ~ActiveGuard() { stats.active.fetch_sub(1); }
@@ -488,10 +509,10 @@ class MockHandler final : public Handler {
   }
 
   // The head of a streamed response: chunked on HTTP/1.1; on HTTP/1.0 the end of the body is the
-  // close.
+  // close; on HTTP/2 the events are the DATA (the session strips the hop-by-hop headers).
   std::string sse_head() {
     chunked_ = req_.version_major == 1 && req_.version_minor == 1;
-    if (!chunked_) keep_alive_ = false;
+    if (!chunked_ && !req_.h2()) keep_alive_ = false;
     std::string out;
     start_head(out, 200);
     out += "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
@@ -583,7 +604,11 @@ class MockHandler final : public Handler {
         "{\"connections\":" + to_str(stats_.connections.load()) +
         ",\"requests\":" + to_str(stats_.requests.load()) +
         ",\"active\":" + std::to_string(stats_.active.load()) +
-        ",\"current_connections\":" + std::to_string(stats_.current_connections.load()) + "}";
+        ",\"current_connections\":" + std::to_string(stats_.current_connections.load()) +
+        ",\"h2_connections\":" + to_str(stats_.h2_connections.load()) +
+        ",\"h2_streams\":" + to_str(stats_.h2_streams.load()) +
+        ",\"max_streams_per_connection\":" + to_str(stats_.max_streams_per_connection.load()) +
+        ",\"goaways\":" + to_str(stats_.goaways.load()) + "}";
     return json_response(200, out);
   }
 
@@ -661,6 +686,13 @@ class MockHandler final : public Handler {
     return *ctl_.reset_after == sent || (last && *ctl_.reset_after >= sent);
   }
 
+  // The same for HTTP/2's x-mock-goaway-after (once; marks it sent).
+  bool goaway_due(std::uint64_t sent, bool last) {
+    if (!req_.h2() || !ctl_.goaway_after || goaway_sent_) return false;
+    goaway_sent_ = *ctl_.goaway_after == sent || (last && *ctl_.goaway_after >= sent);
+    return goaway_sent_;
+  }
+
   std::string openai_usage(std::uint64_t completion) const {
     return "{\"prompt_tokens\":" + to_str(prompt_tokens_) +
            ",\"completion_tokens\":" + to_str(completion) +
@@ -690,6 +722,7 @@ class MockHandler final : public Handler {
                    tail);
     co_yield Step::write(std::move(first));
     const std::uint64_t n = content.pieces();
+    if (goaway_due(0, n == 0)) co_yield Step::goaway();
     if (reset_due(0, n == 0)) {
       co_yield Step::reset();
       co_return;
@@ -699,6 +732,7 @@ class MockHandler final : public Handler {
       if (ctl_.delay_ms && *ctl_.delay_ms > 0) co_yield Step::wait(*ctl_.delay_ms);
       co_yield Step::write(event("data: ", head, "{\"index\":0,\"delta\":{\"content\":\"",
                                  content.piece(i, scratch), "\"},\"finish_reason\":null}]", tail));
+      if (goaway_due(i + 1, i + 1 == n)) co_yield Step::goaway();
       if (reset_due(i + 1, i + 1 == n)) {
         co_yield Step::reset();
         co_return;
@@ -728,6 +762,7 @@ class MockHandler final : public Handler {
     first += event("event: ping\ndata: {\"type\":\"ping\"}\n\n");
     co_yield Step::write(std::move(first));
     const std::uint64_t n = content.pieces();
+    if (goaway_due(0, n == 0)) co_yield Step::goaway();
     if (reset_due(0, n == 0)) {
       co_yield Step::reset();
       co_return;
@@ -739,6 +774,7 @@ class MockHandler final : public Handler {
           event("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
                 "\"delta\":{\"type\":\"text_delta\",\"text\":\"",
                 content.piece(i, scratch), "\"}}\n\n"));
+      if (goaway_due(i + 1, i + 1 == n)) co_yield Step::goaway();
       if (reset_due(i + 1, i + 1 == n)) {
         co_yield Step::reset();
         co_return;
@@ -822,6 +858,8 @@ class MockHandler final : public Handler {
   Route route_ = Route::Unknown;
   Flavour flavour_ = Flavour::OpenAI;
   Controls ctl_;
+  bool controls_ok_ = false;
+  bool goaway_sent_ = false;
   std::string model_json_ = "\"glm-4.7\"";
   bool stream_ = false;
   bool include_usage_ = false;
@@ -832,6 +870,18 @@ class MockHandler final : public Handler {
 
 // -----------------------------------------------------------------------------------------------
 // Request
+
+void Request::add_header(std::string name, std::string value) {
+  auto pos = headers.end();
+  for (auto it = headers.begin(); it != headers.end(); ++it) {
+    if (Poco::icompare(it->first, name) == 0) {
+      pos = it;
+      while (pos != headers.end() && Poco::icompare(pos->first, name) == 0) ++pos;
+      break;
+    }
+  }
+  headers.emplace(pos, std::move(name), std::move(value));
+}
 
 const std::string* Request::find(std::string_view name) const {
   for (const auto& [k, v] : headers) {
@@ -866,7 +916,7 @@ bool Request::keep_alive() const {
   if (const std::string* c = find("Connection"); c != nullptr && !c->empty()) {
     return lower(*c) != "close";
   }
-  return version_major == 1 && version_minor == 1;
+  return version_major > 1 || (version_major == 1 && version_minor == 1);
 }
 
 bool Request::expect_continue() const {

@@ -27,6 +27,11 @@ struct Options {
   int loops = 1;  // event loop threads
   bool fast = false;
   bool verbose = false;
+  // HTTP/2. ALPN (--https): the protocols the mock selects, in its order of preference ("h2",
+  // "http/1.1"); none of them offered = no ALPN, HTTP/1.1.
+  std::vector<std::string> alpn = {"h2", "http/1.1"};
+  std::uint32_t max_concurrent_streams = 100;  // SETTINGS_MAX_CONCURRENT_STREAMS advertised
+  std::uint32_t h2_window = 65535;             // SETTINGS_INITIAL_WINDOW_SIZE advertised
 };
 
 struct Stats {
@@ -34,9 +39,21 @@ struct Stats {
   std::atomic<std::uint64_t> requests{0};            // requests, excluding /__mock/* ones
   std::atomic<std::int64_t> active{0};               // in-flight requests, excluding /__mock/* ones
   std::atomic<std::int64_t> current_connections{0};  // open connections
+  std::atomic<std::uint64_t> h2_connections{0};      // accepted connections that became HTTP/2
+  std::atomic<std::uint64_t> h2_streams{0};          // request streams served over HTTP/2
+  std::atomic<std::uint64_t> max_streams_per_connection{0};  // most streams open at once on one
+  std::atomic<std::uint64_t> goaways{0};             // GOAWAY frames sent
+
+  // Raises max_streams_per_connection to `open` if that is higher.
+  void note_open_streams(std::uint64_t open) {
+    std::uint64_t seen = max_streams_per_connection.load();
+    while (open > seen && !max_streams_per_connection.compare_exchange_weak(seen, open)) {
+    }
+  }
 };
 
-// One parsed request. Header names keep their case; lookups ignore it.
+// One parsed request. Header names keep their case; lookups ignore it. An HTTP/2 request has
+// version 2.0, its pseudo-header :authority as a `host` header and lowercase names.
 struct Request {
   std::string method;
   std::string uri;
@@ -45,13 +62,17 @@ struct Request {
   std::vector<std::pair<std::string, std::string>> headers;  // in the order received
   std::string body;
 
+  // Adds a header as Poco's NameValueCollection kept them: a repeated name (any case) goes right
+  // after the earlier ones, so lookups and iteration see the same order.
+  void add_header(std::string name, std::string value);
   // The first value of header `name` (case-insensitive), or nullptr.
   const std::string* find(std::string_view name) const;
   const std::string& get(std::string_view name, const std::string& fallback) const;
-  // "HTTP/1.1" or "HTTP/1.0" (whatever the request line said).
+  // "HTTP/1.1" or "HTTP/1.0" (whatever the request line said); "HTTP/2.0" over HTTP/2.
   std::string version() const;
+  bool h2() const { return version_major == 2; }
   // As Poco's HTTPMessage::getKeepAlive: a Connection header other than "close" keeps the
-  // connection alive; without one, only HTTP/1.1 does.
+  // connection alive; without one, only HTTP/1.1 (and HTTP/2) does.
   bool keep_alive() const;
   // Expect: 100-continue.
   bool expect_continue() const;
@@ -61,7 +82,9 @@ struct Request {
 class Handler {
  public:
   virtual ~Handler() = default;
-  // The response. The handler and its request must outlive the script.
+  // The response. The handler and its request must outlive the script. The response is written
+  // as HTTP/1.1 bytes (status line, headers, body); for an HTTP/2 request (version 2.0) the body
+  // is never chunked, and the HTTP/2 session turns the head into HEADERS and the rest into DATA.
   virtual Script run() = 0;
   // After the script: whether the connection may carry another request (the response's
   // Connection header).

@@ -1,8 +1,8 @@
 #pragma once
 // A response as a script of timed steps. The handler writes it as a C++20 coroutine that yields
-// steps (write these bytes, wait N ms, reset the connection); the connection's event loop pulls
-// the steps one at a time and plays them with non-blocking writes and timers, so no thread ever
-// sleeps or blocks on a slow peer.
+// steps (write these bytes, wait N ms, reset the connection or the HTTP/2 stream, HTTP/2 GOAWAY);
+// the connection's event loop pulls the steps one at a time and plays them with non-blocking
+// writes and timers, so no thread ever sleeps or blocks on a slow peer.
 
 #include <coroutine>
 #include <cstdint>
@@ -14,9 +14,14 @@ namespace glmp::mock {
 
 struct Step {
   enum class Kind : std::uint8_t {
-    Write,  // queue `bytes` for the peer
-    Wait,   // once every queued byte is in the kernel, wait `ms` milliseconds
-    Reset,  // once the peer has acknowledged every byte (at most 2 s), abort with a TCP RST
+    Write,   // queue `bytes` for the peer
+    Wait,    // once every queued byte is in the kernel, wait `ms` milliseconds
+    Reset,   // HTTP/1.1: once the peer has acknowledged every byte (at most 2 s), abort with a
+             // TCP RST. HTTP/2: once the stream's bytes are framed, RST_STREAM(INTERNAL_ERROR).
+    Goaway,  // HTTP/2 only: once the stream's bytes are framed, GOAWAY(NO_ERROR) with this
+             // stream as the last one; the stream goes on. HTTP/1.1 ignores it.
+    Refuse,  // HTTP/2 only, as the first step: GOAWAY(NO_ERROR) with last_stream_id = this
+             // stream - 2, then RST_STREAM(REFUSED_STREAM); nothing else of the script runs.
   };
   Kind kind = Kind::Write;
   std::uint64_t ms = 0;
@@ -25,6 +30,8 @@ struct Step {
   static Step write(std::string b) { return Step{Kind::Write, 0, std::move(b)}; }
   static Step wait(std::uint64_t ms) { return Step{Kind::Wait, ms, {}}; }
   static Step reset() { return Step{Kind::Reset, 0, {}}; }
+  static Step goaway() { return Step{Kind::Goaway, 0, {}}; }
+  static Step refuse() { return Step{Kind::Refuse, 0, {}}; }
 };
 
 // A lazily evaluated sequence of steps (a minimal generator coroutine). Nothing runs until the

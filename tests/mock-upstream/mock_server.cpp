@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
@@ -22,10 +23,11 @@
 #include <queue>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 
-#include <Poco/String.h>
+#include "mock_h2.hpp"
 
 namespace glmp::mock {
 
@@ -56,6 +58,29 @@ constexpr std::size_t kMaxFields = 100;
 
 // What Poco's server sent for a request it could not parse, before it closed the connection.
 constexpr std::string_view kBadRequest = "HTTP/1.1 400 Bad Request\r\nConnection: Close\r\n\r\n";
+
+// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 3.4).
+constexpr std::string_view kH2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// ALPN (--https): the first of the mock's protocols (--alpn, in its order) that the client
+// offers; none = no ALPN (HTTP/1.1).
+int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                unsigned int inlen, void* arg) {
+  const Options& opt = *static_cast<const Options*>(arg);
+  for (const std::string& proto : opt.alpn) {
+    for (unsigned int i = 0; i < inlen;) {
+      const unsigned int len = in[i];
+      if (i + 1 + len > inlen) break;
+      if (len == proto.size() && std::memcmp(in + i + 1, proto.data(), len) == 0) {
+        *out = in + i + 1;
+        *outlen = static_cast<unsigned char>(len);
+        return SSL_TLSEXT_ERR_OK;
+      }
+      i += 1 + len;
+    }
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
 
 constexpr std::uint64_t kListenerId = 0;
 constexpr std::uint64_t kWakeId = 1;
@@ -111,7 +136,9 @@ class Loop {
 };
 
 // One client connection: reads and parses requests while idle, plays one response script at a
-// time (requests that arrive meanwhile wait, in order, as with Poco's server).
+// time (requests that arrive meanwhile wait, in order, as with Poco's server). A connection that
+// starts with the HTTP/2 preface (or negotiates "h2" with ALPN) is handed to an H2Session instead,
+// which plays many streams at once over the same socket.
 class Conn {
  public:
   Conn(Loop& loop, std::uint64_t id, int fd, SSL* ssl);
@@ -131,11 +158,14 @@ class Conn {
   Nanos queued_due = 0;  // the heap entry that stands for it (0: none)
 
  private:
-  enum class State { Handshake, Reading, Responding, Closing, Dead };
+  enum class State { Handshake, Reading, Responding, H2, Closing, Dead };
   enum class Gate { None, Wait, Waiting, Reset };
 
   void drive();
   bool handshake();
+  void start_h2();
+  bool h2_drive();
+  void h2_arm_timer();
   bool read_requests();
   bool play();
   void start_response();
@@ -191,6 +221,11 @@ class Conn {
   Nanos ack_deadline_ = 0;
   std::string out_;
   std::size_t out_off_ = 0;
+
+  // HTTP/2.
+  bool detect_ = false;  // the first bytes may still turn out to be the HTTP/2 preface
+  std::unique_ptr<H2Session> h2_;
+  Nanos idle_from_ = 0;  // HTTP/2: when the connection last read bytes or answered a stream
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -202,7 +237,8 @@ Conn::Conn(Loop& loop, std::uint64_t conn_id, int fd, SSL* ssl)
       fd_(fd),
       ssl_(ssl),
       state_(ssl != nullptr ? State::Handshake : State::Reading),
-      idle_ns_(static_cast<Nanos>(loop.opt.keepalive_timeout_ms) * kMs) {
+      idle_ns_(static_cast<Nanos>(loop.opt.keepalive_timeout_ms) * kMs),
+      detect_(ssl == nullptr) {
   llhttp_init(&parser_, HTTP_REQUEST, &loop.parser_settings());
   parser_.data = this;
 }
@@ -210,6 +246,7 @@ Conn::Conn(Loop& loop, std::uint64_t conn_id, int fd, SSL* ssl)
 Conn::~Conn() {
   script_.reset();  // the script's locals first (the active-request count)
   handler_.reset();
+  h2_.reset();
   if (fd_ >= 0) ::close(fd_);
   if (ssl_ != nullptr) SSL_free(ssl_);
   loop_.stats.current_connections.fetch_sub(1);
@@ -247,6 +284,23 @@ void Conn::on_timer() {
       if (gate_ == Gate::Waiting) gate_ = Gate::None;  // a wait step is over
       drive();                                         // (a reset re-checks the peer's ACKs)
       return;
+    case State::H2: {
+      const Nanos now = now_ns();
+      if (!h2_->responding() && now >= idle_from_ + idle_ns_) {
+        // Idle (no stream being answered) for the keep-alive timeout: GOAWAY, then close.
+        h2_->goaway();
+        if (out_off_ > 0) {
+          out_.erase(0, out_off_);
+          out_off_ = 0;
+        }
+        (void)h2_->pump(out_, out_.size() + kHighWater);
+        if (flush()) close_gracefully();
+        return;
+      }
+      h2_->on_timer(now);
+      drive();
+      return;
+    }
     case State::Closing:
     case State::Dead:
       return;
@@ -265,6 +319,9 @@ void Conn::drive() {
       case State::Responding:
         if (!play()) return;
         continue;
+      case State::H2:
+        if (!h2_drive()) return;
+        continue;
       case State::Closing:
         if (!flush()) return;
         if (pending() == 0) close_gracefully();
@@ -279,8 +336,17 @@ bool Conn::handshake() {
   ERR_clear_error();
   const int r = SSL_accept(ssl_);
   if (r == 1) {
-    state_ = State::Reading;
     readable_ = true;  // OpenSSL may already hold the first request's bytes
+    const unsigned char* proto = nullptr;
+    unsigned int proto_len = 0;
+    SSL_get0_alpn_selected(ssl_, &proto, &proto_len);
+    if (proto_len == 2 && std::memcmp(proto, "h2", 2) == 0) {
+      start_h2();
+      return true;
+    }
+    // Without ALPN, a client may still speak HTTP/2 with prior knowledge.
+    detect_ = proto_len == 0;
+    state_ = State::Reading;
     return true;
   }
   switch (SSL_get_error(ssl_, r)) {
@@ -342,7 +408,7 @@ void Conn::feed(const char* data, std::size_t len, std::size_t& used) {
 
 bool Conn::read_requests() {
   // A request that was read with the previous one (pipelined) comes first.
-  if (!in_.empty()) {
+  if (!in_.empty() && !detect_) {
     std::size_t used = 0;
     feed(in_.data(), in_.size(), used);
     in_.erase(0, used);
@@ -374,6 +440,15 @@ bool Conn::read_requests() {
       return false;
     }
     if (n == 0) {
+      if (detect_) {
+        // The end came before the first bytes were told apart: they are HTTP/1.1's, parsed as
+        // ever (the next read sees the end again).
+        detect_ = false;
+        std::size_t used = 0;
+        if (!in_.empty()) feed(in_.data(), in_.size(), used);
+        in_.erase(0, used);
+        continue;
+      }
       // The peer is done. In the middle of a request, that is a bad request (Poco's 400).
       if (started_) {
         bad_request();
@@ -385,6 +460,21 @@ bool Conn::read_requests() {
     // A short read drained the socket: wait for the next edge instead of reading EAGAIN.
     if (ssl_ == nullptr && static_cast<std::size_t>(n) < kReadChunk) readable_ = false;
     arm_idle();
+    if (detect_) {
+      // The first bytes of a connection: HTTP/2's client preface, or HTTP/1.1.
+      in_.append(buf, static_cast<std::size_t>(n));
+      const std::size_t k = std::min(in_.size(), kH2Preface.size());
+      if (std::string_view(in_).substr(0, k) == kH2Preface.substr(0, k)) {
+        if (k < kH2Preface.size()) continue;  // a prefix of it so far: read on
+        start_h2();
+        return true;
+      }
+      detect_ = false;
+      std::size_t used = 0;
+      feed(in_.data(), in_.size(), used);
+      in_.erase(0, used);
+      continue;
+    }
     std::size_t used = 0;
     feed(buf, static_cast<std::size_t>(n), used);
     if (used < static_cast<std::size_t>(n))
@@ -487,8 +577,89 @@ bool Conn::play() {
       case Step::Kind::Reset:
         gate_ = Gate::Reset;
         break;
+      case Step::Kind::Goaway:  // HTTP/2 only
+      case Step::Kind::Refuse:
+        break;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2
+
+void Conn::start_h2() {
+  detect_ = false;
+  state_ = State::H2;
+  loop_.stats.h2_connections.fetch_add(1);
+  h2_ = std::make_unique<H2Session>(loop_.opt, loop_.stats);
+  idle_from_ = now_ns();
+  if (!in_.empty()) {
+    (void)h2_->receive(in_.data(), in_.size());  // the preface and whatever came with it
+    in_.clear();
+    in_.shrink_to_fit();
+  }
+}
+
+// Reads what the peer sent into the session, sends what the session produces (up to the
+// high-water mark queued, then EPOLLOUT resumes), and closes when the session is over.
+bool Conn::h2_drive() {
+  for (;;) {
+    while (readable_ && !h2_->failed()) {
+      char* buf = loop_.read_buffer();
+      const long n = read_some(buf, kReadChunk);
+      if (n == -1) {
+        readable_ = false;
+        break;
+      }
+      if (n <= 0) {  // the peer's end, or an error: nothing more can come
+        close_now(false);
+        return false;
+      }
+      if (ssl_ == nullptr && static_cast<std::size_t>(n) < kReadChunk) readable_ = false;
+      idle_from_ = now_ns();
+      (void)h2_->receive(buf, static_cast<std::size_t>(n));
+    }
+    if (out_off_ > 0) {
+      out_.erase(0, out_off_);
+      out_off_ = 0;
+    }
+    const bool more = h2_->pump(out_, kHighWater);
+    if (!flush()) return false;
+    if (pending() > 0) break;  // EPOLLOUT resumes
+    h2_->drained(now_ns());
+    if (h2_->failed() || h2_->finished()) {
+      close_gracefully();
+      return false;
+    }
+    if (!more && h2_->awaiting_ack()) {
+      // A stream reset waits until the peer has acknowledged every byte (polled every ms); not
+      // while nghttp2 still holds frames that pump() left for the next round.
+      int unacked = 0;
+      if (::ioctl(fd_, SIOCOUTQ, &unacked) != 0 || unacked <= 0) {
+        h2_->acked();
+        continue;  // send the RST_STREAMs
+      }
+    }
+    if (!more) break;
+  }
+  h2_arm_timer();
+  return false;
+}
+
+// The connection's timer: the earliest stream timer, or the idle timeout when no stream is
+// being answered (counted from the last bytes read or the last stream answered).
+void Conn::h2_arm_timer() {
+  if (h2_->responding()) idle_from_ = now_ns();
+  Nanos next = h2_->next_due();
+  if (!h2_->responding()) {
+    const Nanos idle = idle_from_ + idle_ns_;
+    if (next == 0 || idle < next) next = idle;
+  }
+  if (h2_->awaiting_ack()) {
+    const Nanos poll = now_ns() + kAckPoll;
+    if (next == 0 || poll < next) next = poll;
+  }
+  loop_.set_timer(*this, next);
 }
 
 bool Conn::finish_response() {
@@ -571,6 +742,7 @@ void Conn::close_now(bool reset) {
   loop_.set_timer(*this, 0);
   script_.reset();
   handler_.reset();
+  h2_.reset();
   if (fd_ >= 0) {
     if (reset) {
       const ::linger lg{1, 0};
@@ -582,6 +754,17 @@ void Conn::close_now(bool reset) {
 }
 
 void Conn::shutdown_for_stop() {
+  if (state_ == State::H2 && fd_ >= 0) {
+    // HTTP/2: a GOAWAY first (best effort: what the socket takes now).
+    h2_->goaway();
+    if (out_off_ > 0) {
+      out_.erase(0, out_off_);
+      out_off_ = 0;
+    }
+    (void)h2_->pump(out_, out_.size() + kHighWater);
+    writable_ = true;
+    if (!flush()) return;  // the connection died meanwhile
+  }
   if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
   close_now(false);
 }
@@ -623,15 +806,7 @@ int Conn::on_header_value_complete(llhttp_t* p) {
   while (!c.value_.empty() && (c.value_.back() == ' ' || c.value_.back() == '\t')) {
     c.value_.pop_back();
   }
-  auto pos = headers.end();
-  for (auto it = headers.begin(); it != headers.end(); ++it) {
-    if (Poco::icompare(it->first, c.field_) == 0) {
-      pos = it;
-      while (pos != headers.end() && Poco::icompare(pos->first, c.field_) == 0) ++pos;
-      break;
-    }
-  }
-  headers.emplace(pos, std::move(c.field_), std::move(c.value_));
+  c.req_.add_header(std::move(c.field_), std::move(c.value_));
   c.field_.clear();
   c.value_.clear();
   return 0;
@@ -843,6 +1018,9 @@ Server::Server(const Options& options, Stats& stats, int listen_fd, SSL_CTX* tls
     : options_(options), stats_(stats), listen_fd_(listen_fd), tls_(tls) {
   const int flags = ::fcntl(listen_fd_, F_GETFL, 0);
   ::fcntl(listen_fd_, F_SETFL, flags | O_NONBLOCK);
+  if (tls_ != nullptr) {
+    SSL_CTX_set_alpn_select_cb(tls_, &select_alpn, const_cast<Options*>(&options_));
+  }
   for (int i = 0; i < options_.loops; ++i) {
     loops_.push_back(std::make_unique<Loop>(options_, stats_, listen_fd_, tls_));
   }

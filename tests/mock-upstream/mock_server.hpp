@@ -1,8 +1,10 @@
 #pragma once
-// The mock upstream's HTTP/1.1 server: a few epoll event loops (one thread each) share one
-// non-blocking listening socket. Each loop owns the connections it accepted: it reads and parses
-// requests with llhttp, asks the handler for a Script, and plays the script's steps with
-// non-blocking writes and timers. TLS (--https) is OpenSSL on the same non-blocking socket.
+// The mock upstream's HTTP/1.1 and HTTP/2 server: a few epoll event loops (one thread each) share
+// one non-blocking listening socket. Each loop owns the connections it accepted: it reads and
+// parses requests with llhttp, asks the handler for a Script, and plays the script's steps with
+// non-blocking writes and timers. A connection that starts with the HTTP/2 preface, or selects h2
+// with ALPN, runs an nghttp2 session instead (mock_h2.hpp). TLS (--https) is OpenSSL on the same
+// non-blocking socket.
 
 #include <openssl/ssl.h>
 
@@ -19,7 +21,7 @@ class Loop;
 class Server {
  public:
   // `listen_fd` is a bound, listening socket (the server makes it non-blocking but does not own
-  // it). `tls` is the server context for --https, or nullptr.
+  // it). `tls` is the server context for --https, or nullptr (the server sets its ALPN callback).
   Server(const Options& options, Stats& stats, int listen_fd, SSL_CTX* tls);
   ~Server();
   Server(const Server&) = delete;

@@ -10,6 +10,7 @@
 #include <semaphore.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -37,7 +38,10 @@ void usage(std::FILE* to) {
       "usage: mock-upstream [--host 127.0.0.1] [--port 0] [--api-key KEY]\n"
       "                     [--https --cert FILE --key FILE] [--keepalive-timeout-ms 10000]\n"
       "                     [--loops 1] [--fast] [--verbose]\n"
+      "                     [--alpn h2,http/1.1] [--max-concurrent-streams 100]\n"
+      "                     [--h2-window 65535]\n"
       "Prints 'LISTENING <port>' on stdout once it accepts connections.\n"
+      "HTTP/2: h2c with prior knowledge on the plain listener, ALPN h2 with --https.\n"
       "--threads N (the old connection-thread pool) is accepted and ignored.\n",
       to);
 }
@@ -101,6 +105,24 @@ Options parse_args(int argc, char** argv) {
       // The thread-per-connection server's pool size; accepted (and checked) so existing command
       // lines keep working, but unused: connections no longer hold threads.
       (void)parse_long(arg, value(), 1, 100000);
+    } else if (arg == "--alpn") {
+      o.alpn.clear();
+      const std::string list = value();
+      std::size_t start = 0;
+      while (start <= list.size()) {
+        const std::size_t comma = std::min(list.find(',', start), list.size());
+        const std::string proto = list.substr(start, comma - start);
+        if (proto != "h2" && proto != "http/1.1") {
+          die("invalid --alpn protocol '" + proto + "' (expected h2 and/or http/1.1)");
+        }
+        o.alpn.push_back(proto);
+        start = comma + 1;
+      }
+    } else if (arg == "--max-concurrent-streams") {
+      o.max_concurrent_streams =
+          static_cast<std::uint32_t>(parse_long(arg, value(), 1, 2147483647));
+    } else if (arg == "--h2-window") {
+      o.h2_window = static_cast<std::uint32_t>(parse_long(arg, value(), 1, 2147483647));
     } else if (arg == "--fast") {
       no_value();
       o.fast = true;
@@ -159,9 +181,15 @@ int main(int argc, char** argv) {
 
     std::cout << "LISTENING " << port << std::endl;
     if (opt.verbose) {
-      std::fprintf(stderr, "mock-upstream: listening on %s:%u (%s, %d event loop%s%s)\n",
+      std::string alpn;
+      for (const auto& proto : opt.alpn) alpn += (alpn.empty() ? "" : ",") + proto;
+      std::fprintf(stderr,
+                   "mock-upstream: listening on %s:%u (%s, %d event loop%s%s; h2: %s, %u streams, "
+                   "window %u)\n",
                    opt.host.c_str(), port, opt.https ? "https" : "http", opt.loops,
-                   opt.loops == 1 ? "" : "s", opt.fast ? ", fast" : "");
+                   opt.loops == 1 ? "" : "s", opt.fast ? ", fast" : "",
+                   opt.https ? ("ALPN " + alpn).c_str() : "h2c prior knowledge",
+                   opt.max_concurrent_streams, opt.h2_window);
     }
 
     while (sem_wait(&g_stop_sem) != 0) {

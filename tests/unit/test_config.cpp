@@ -736,3 +736,41 @@ TEST(ConfigStore, RedactUrl) {
   EXPECT_EQ(cfg::redact_url("redis://user:secret@h/1"), "redis://***@h/1");
   EXPECT_EQ(cfg::redact_url("redis://h:6379/0"), "redis://h:6379/0");
 }
+
+// ---------------------------------------------------------------------------------------------
+// [server] tls_cert / tls_key (the TLS listener; the files' contents are checked by
+// server::TlsContext, see test_tls.cpp)
+// ---------------------------------------------------------------------------------------------
+
+TEST(ConfigTls, OffByDefault) {
+  const cfg::Config c = cfg::parse_config(kMinimal, "min.toml");
+  EXPECT_EQ(c.server.tls_cert, "");
+  EXPECT_EQ(c.server.tls_key, "");
+}
+
+TEST(ConfigTls, BothReadableFilesAreTaken) {
+  TempFile cert("-----BEGIN CERTIFICATE-----\n", "crt");
+  TempFile key("-----BEGIN PRIVATE KEY-----\n", "key");
+  const cfg::Config c = cfg::parse_config(
+      "[server]\ntls_cert = \"" + cert.path() + "\"\ntls_key = \"" + key.path() + "\"\n" + kMinimal, "t.toml");
+  EXPECT_EQ(c.server.tls_cert, cert.path());
+  EXPECT_EQ(c.server.tls_key, key.path());
+}
+
+TEST(ConfigTls, OneWithoutTheOtherIsAnError) {
+  TempFile cert("pem", "crt");
+  expect_error("[server]\ntls_cert = \"" + cert.path() + "\"\n" + kMinimal, {"t.toml:2:", "tls_key", "TLS needs both"});
+  expect_error("[server]\ntls_key = \"" + cert.path() + "\"\n" + kMinimal, {"t.toml:2:", "tls_cert", "TLS needs both"});
+}
+
+TEST(ConfigTls, UnreadableFilesAreNamed) {
+  TempFile key("pem", "key");
+  expect_error("[server]\ntls_cert = \"/nonexistent/glmp/cert.pem\"\ntls_key = \"" + key.path() + "\"\n" + kMinimal,
+               {"t.toml:2:", "tls_cert", "cannot read", "/nonexistent/glmp/cert.pem"});
+  expect_error("[server]\ntls_cert = \"" + key.path() + "\"\ntls_key = \"/nonexistent/glmp/key.pem\"\n" + kMinimal,
+               {"t.toml:3:", "tls_key", "cannot read", "/nonexistent/glmp/key.pem"});
+}
+
+TEST(ConfigTls, WrongTypeIsAnError) {
+  expect_error("[server]\ntls_cert = 1\ntls_key = \"k\"\n" + kMinimal, {"t.toml:2:", "tls_cert"});
+}

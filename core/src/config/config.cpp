@@ -150,7 +150,7 @@ private:
 void read_server(const TableReader& r, ServerConfig& s) {
   r.allow_only({"listen", "workers", "max_threads", "thread_stack_size", "max_queued", "max_request_body", "header_timeout",
                 "keepalive_timeout", "drain_timeout", "max_connections", "max_header_bytes", "max_headers",
-                "max_uri_bytes", "body_timeout", "send_timeout"});
+                "max_uri_bytes", "body_timeout", "send_timeout", "tls_cert", "tls_key"});
   std::string listen;
   if (r.get_string("listen", listen)) {
     auto colon = listen.rfind(':');
@@ -194,6 +194,12 @@ void read_server(const TableReader& r, ServerConfig& s) {
   r.get_duration("drain_timeout", s.drain_timeout, true);
   r.get_duration("body_timeout", s.body_timeout);
   r.get_duration("send_timeout", s.send_timeout);
+  r.get_string("tls_cert", s.tls_cert);
+  r.get_string("tls_key", s.tls_key);
+  if (s.tls_cert.empty() && !s.tls_key.empty()) r.fail(r.node("tls_key"), "tls_cert", "is required with tls_key (TLS needs both)");
+  if (s.tls_key.empty() && !s.tls_cert.empty()) r.fail(r.node("tls_cert"), "tls_key", "is required with tls_cert (TLS needs both)");
+  if (!s.tls_cert.empty() && !std::ifstream(s.tls_cert)) r.fail(r.node("tls_cert"), "tls_cert", "cannot read \"" + s.tls_cert + "\"");
+  if (!s.tls_key.empty() && !std::ifstream(s.tls_key)) r.fail(r.node("tls_key"), "tls_key", "cannot read \"" + s.tls_key + "\"");
 }
 
 void read_proxy(const TableReader& r, ProxyConfig& p) {

@@ -39,6 +39,10 @@ struct ServerConfig {
   Duration send_timeout{30'000};         // a client that takes nothing for this long is disconnected
   Duration keepalive_timeout{10'000};    // idle keep-alive connections close after this
   Duration drain_timeout{30'000};        // SIGTERM: how long in-flight requests may take to finish
+  // TLS on the listener: both set = every connection is TLS (ALPN http/1.1); neither = plain
+  // HTTP. PEM files, read at start and again on SIGHUP (or POST /admin/reload).
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 struct ProxyConfig {

@@ -69,6 +69,11 @@ Metrics::Metrics(const std::vector<std::string>& route_prefixes)
   auto& reloads = prometheus::BuildCounter().Name("glmp_plugin_reloads_total").Help("Plugin chain reloads by result").Register(*registry_);
   reload_ok_ = &reloads.Add({{"result", "success"}});
   reload_failed_ = &reloads.Add({{"result", "failure"}});
+  auto& handshakes = prometheus::BuildCounter().Name("glmp_tls_handshakes_total").Help("TLS listener: connection starts by result (ok; failed: handshake error, or not finished within header_timeout; plain_http: a plain HTTP request on the TLS port, answered 400)").Register(*registry_);
+  tls_ok_ = &handshakes.Add({{"result", "ok"}});
+  tls_failed_ = &handshakes.Add({{"result", "failed"}});
+  tls_plain_ = &handshakes.Add({{"result", "plain_http"}});
+  tls_not_after_ = &prometheus::BuildGauge().Name("glmp_tls_certificate_not_after_seconds").Help("TLS listener: expiry of the certificate new connections get (unix seconds)").Register(*registry_);
   rss_ = &prometheus::BuildGauge().Name("glmp_process_resident_memory_bytes").Help("Resident set size").Register(*registry_).Add({});
   fds_ = &prometheus::BuildGauge().Name("glmp_process_open_fds").Help("Open file descriptors").Register(*registry_).Add({});
   threads_ = &prometheus::BuildGauge().Name("glmp_process_threads").Help("Threads").Register(*registry_).Add({});
@@ -94,6 +99,10 @@ Metrics::Metrics(const std::vector<std::string>& route_prefixes)
     for (auto& s : *slots) s.store(nullptr, std::memory_order_relaxed);
     slots_.push_back(std::move(slots));
   }
+}
+
+void Metrics::set_tls_certificate(int64_t not_after_unix) {
+  tls_not_after_->Add({}).Set(static_cast<double>(not_after_unix));
 }
 
 Metrics::~Metrics() {

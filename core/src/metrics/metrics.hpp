@@ -23,6 +23,7 @@
 #include "metrics/plugin_metrics.hpp"
 #include "pipeline/proxy.hpp"  // Pools
 #include "pipeline/request_context.hpp"
+#include "server/tls.hpp"  // TlsOutcome
 
 namespace glmp::core::metrics {
 
@@ -38,6 +39,13 @@ public:
   // Records a finished request: count, durations (total, upstream, overhead, ttfb), tokens.
   void request_finished(const pipeline::RequestContext& ctx);
   void reload(bool ok) { (ok ? reload_ok_ : reload_failed_)->Increment(); }
+  // The TLS listener: how each connection's start went (glmp_tls_handshakes_total{result}), and
+  // the expiry of the certificate new connections get (glmp_tls_certificate_not_after_seconds;
+  // the series exists only while TLS is on, so a plain proxy never looks expired).
+  void tls_handshake(server::TlsOutcome outcome) {
+    (outcome == server::TlsOutcome::Ok ? tls_ok_ : outcome == server::TlsOutcome::Failed ? tls_failed_ : tls_plain_)->Increment();
+  }
+  void set_tls_certificate(int64_t not_after_unix);
 
   // Sets the scrape-time gauges: pools, streams, process, recordings.
   void refresh(const pipeline::Pools& pools, int active_streams);
@@ -78,6 +86,10 @@ private:
   prometheus::Gauge* active_streams_;
   prometheus::Counter* reload_ok_;
   prometheus::Counter* reload_failed_;
+  prometheus::Counter* tls_ok_;
+  prometheus::Counter* tls_failed_;
+  prometheus::Counter* tls_plain_;
+  prometheus::Family<prometheus::Gauge>* tls_not_after_;
   prometheus::Gauge* rss_;
   prometheus::Gauge* fds_;
   prometheus::Gauge* threads_;

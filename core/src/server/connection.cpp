@@ -7,7 +7,11 @@
 #include <cerrno>
 #include <charconv>
 #include <ctime>
+#include <cstring>
 #include <sstream>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include <Poco/Exception.h>
 #include <Poco/Net/HTTPResponse.h>
@@ -20,7 +24,8 @@
 namespace glmp::core::server {
 namespace {
 
-constexpr size_t kReadSize = 16 * 1024;      // one recv(2)
+constexpr size_t kReadSize = 16 * 1024;      // one recv(2); also a whole TLS record's plaintext
+constexpr size_t kTlsRecord = 16 * 1024;     // one SSL_write_ex: at most one full record
 constexpr size_t kSmallWrite = 4 * 1024;     // writes below this are gathered until the next flush
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr auto kPollSlice = std::chrono::milliseconds(250);  // stop requests are noticed this fast
@@ -68,18 +73,197 @@ private:
 
 ClientConnection::ClientConnection(int fd, const Poco::Net::SocketAddress& peer, const Poco::Net::SocketAddress& local,
                                    const ConnectionLimits& limits, std::atomic<int>* open_count,
-                                   const std::atomic<bool>* stopping)
+                                   const std::atomic<bool>* stopping, SSL* ssl)
     : fd_(fd), peer_(peer), local_(local), limits_(limits), open_count_(open_count), stopping_(stopping),
-      parser_(limits.request) {
+      parser_(limits.request), ssl_(ssl) {
   if (open_count_) open_count_->fetch_add(1, std::memory_order_relaxed);
+  if (ssl_) {
+    ::SSL_set_fd(ssl_, fd_);
+    ::SSL_set_accept_state(ssl_);
+    handshaking_ = true;
+  }
   begin_request();
 }
 
 ClientConnection::~ClientConnection() {
   if (on_destroy) on_destroy(slot);
   request_.reset();
+  if (ssl_) {
+    close_notify();
+    ::SSL_free(ssl_);
+  }
   ::close(fd_);
   if (open_count_) open_count_->fetch_sub(1, std::memory_order_relaxed);
+}
+
+// ---- TLS ----
+
+ClientConnection::Handshake ClientConnection::handshake_step(std::string& error) {
+  if (!tls_peeked_) {
+    // A TLS connection starts with a handshake record (0x16); a plain request line starts with a
+    // method in capitals. Peeked, so OpenSSL still reads the whole ClientHello.
+    unsigned char first = 0;
+    ssize_t n;
+    do n = ::recv(fd_, &first, 1, MSG_PEEK);
+    while (n < 0 && errno == EINTR);
+    if (n == 0) return Handshake::Closed;
+    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? Handshake::NeedMore : Handshake::Closed;
+    tls_peeked_ = true;
+    if (first >= 'A' && first <= 'Z') {
+      ::SSL_free(ssl_);  // nothing was read or written through it
+      ssl_ = nullptr;
+      handshaking_ = false;
+      return Handshake::PlainHttp;
+    }
+  }
+  ::ERR_clear_error();
+  const int rc = ::SSL_do_handshake(ssl_);
+  if (rc == 1) {
+    handshaking_ = false;
+    tls_wants_ = 0;
+    return Handshake::Done;
+  }
+  const int sys = errno;
+  const int err = ::SSL_get_error(ssl_, rc);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return Handshake::NeedMore;
+  tls_broken_ = true;
+  error.clear();
+  while (const unsigned long e = ::ERR_get_error()) {
+    if (!error.empty()) error += "; ";
+    const char* reason = ::ERR_reason_error_string(e);
+    error += reason ? reason : "error " + std::to_string(ERR_GET_REASON(e));
+  }
+  if (error.empty()) {
+    error = err == SSL_ERROR_SYSCALL && sys != 0 ? std::string(std::strerror(sys))
+                                                 : "the client closed the connection during the handshake";
+  }
+  return Handshake::Failed;
+}
+
+bool ClientConnection::tls_has_pending() const { return ::SSL_has_pending(ssl_) == 1; }
+
+void ClientConnection::send_close_notify() {
+  if (handshaking_ || tls_broken_ || tls_notified_) return;
+  tls_notified_ = true;
+  ::ERR_clear_error();
+  ::SSL_shutdown(ssl_);  // one try: a full socket (or a peer gone) just gets no close_notify
+  ::ERR_clear_error();
+}
+
+std::string_view ClientConnection::alpn() const {
+  if (!ssl_) return {};
+  const unsigned char* data = nullptr;
+  unsigned int len = 0;
+  ::SSL_get0_alpn_selected(ssl_, &data, &len);
+  return data ? std::string_view(reinterpret_cast<const char*>(data), len) : std::string_view();
+}
+
+// An OpenSSL call that did not succeed, as recv(2)/send(2) would report it.
+ssize_t ClientConnection::tls_failure(int rc, bool writing) {
+  const int sys = errno;  // of the system call under OpenSSL, for SSL_ERROR_SYSCALL
+  const int err = ::SSL_get_error(ssl_, rc);
+  switch (err) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+      tls_wants_ = err == SSL_ERROR_WANT_READ ? kWantRead : kWantWrite;
+      errno = EAGAIN;
+      return -1;
+    case SSL_ERROR_ZERO_RETURN:  // close_notify received
+      if (!writing) return 0;
+      errno = EPIPE;
+      return -1;
+    case SSL_ERROR_SYSCALL: {
+      tls_broken_ = true;
+      const int e = sys;
+      const bool queued = ::ERR_peek_error() != 0;
+      ::ERR_clear_error();
+      if (!writing && !queued && e == 0) return 0;  // EOF without close_notify: a client that just left
+      errno = e != 0 && e != EAGAIN && e != EWOULDBLOCK ? e : ECONNRESET;
+      return -1;
+    }
+    default:
+      tls_broken_ = true;
+      ::ERR_clear_error();
+      errno = EPROTO;
+      return -1;
+  }
+}
+
+ssize_t ClientConnection::tls_read(char* buf, size_t len) {
+  ::ERR_clear_error();
+  size_t n = 0;
+  const int rc = ::SSL_read_ex(ssl_, buf, len, &n);
+  if (rc == 1) {
+    tls_wants_ = 0;
+    return static_cast<ssize_t>(n);
+  }
+  return tls_failure(rc, false);
+}
+
+// The iovecs in records of up to 16 KiB: each SSL_write_ex gets min(16 KiB, what is left) bytes,
+// gathered when they span iovecs. The cut is a function of the bytes alone, so a write retried
+// after EAGAIN (from the queue, or the worker's same iovecs) starts with the same bytes and at
+// least the same length, which is what OpenSSL requires of a retry.
+ssize_t ClientConnection::tls_write(const iovec* iov, int count) {
+  char gather[kTlsRecord];
+  size_t done = 0;
+  int i = 0;
+  size_t off = 0;  // into iov[i]
+  for (;;) {
+    while (i < count && off == iov[i].iov_len) {
+      ++i;
+      off = 0;
+    }
+    if (i == count) return static_cast<ssize_t>(done);
+    const char* data = static_cast<const char*>(iov[i].iov_base) + off;
+    size_t len = iov[i].iov_len - off;
+    bool alone = len >= kTlsRecord;
+    if (!alone) {
+      alone = true;
+      for (int j = i + 1; j < count && alone; ++j) alone = iov[j].iov_len == 0;
+    }
+    if (alone) {
+      len = std::min(len, kTlsRecord);
+    } else {
+      len = 0;
+      size_t o = off;
+      for (int j = i; j < count && len < kTlsRecord;) {
+        const size_t take = std::min(iov[j].iov_len - o, kTlsRecord - len);
+        std::memcpy(gather + len, static_cast<const char*>(iov[j].iov_base) + o, take);
+        len += take;
+        o += take;
+        if (o == iov[j].iov_len) {
+          ++j;
+          o = 0;
+        }
+      }
+      data = gather;
+    }
+    ::ERR_clear_error();
+    size_t n = 0;
+    const int rc = ::SSL_write_ex(ssl_, data, len, &n);
+    if (rc != 1) {
+      const ssize_t r = tls_failure(rc, true);
+      if (done > 0 && errno == EAGAIN) return static_cast<ssize_t>(done);
+      return r;
+    }
+    tls_wants_ = 0;
+    done += n;
+    while (n > 0) {  // advance over what was written
+      const size_t step = std::min(n, iov[i].iov_len - off);
+      off += step;
+      n -= step;
+      if (off == iov[i].iov_len && n > 0) {
+        ++i;
+        off = 0;
+      }
+    }
+  }
+}
+
+short ClientConnection::poll_events(short wanted) const {
+  if (!ssl_ || tls_wants_ == 0) return wanted;
+  return static_cast<short>(wanted | (tls_wants_ == kWantRead ? POLLIN : POLLOUT));
 }
 
 void ClientConnection::begin_request() {
@@ -136,7 +320,7 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
   // Until the socket has nothing more (the loop's events are edge-triggered); the header limits
   // bound what one connection can make it read.
   for (;;) {
-    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    const ssize_t n = read_some(buf, sizeof buf);
     if (n > 0) {
       const Progress p = feed_read(buf, static_cast<size_t>(n));
       if (p != Progress::NeedMore) return p;
@@ -150,12 +334,13 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
 }
 
 ClientConnection::Wait ClientConnection::wait_readable(Clock::time_point until) {
+  if (ssl_ && ::SSL_has_pending(ssl_) == 1) return Wait::Ready;  // poll(2) cannot see these bytes
   for (;;) {
     if (stopping_ && stopping_->load(std::memory_order_relaxed)) return Wait::Stopped;
     const auto now = Clock::now();
     if (now >= until) return Wait::Timeout;
     const auto left = std::min(std::chrono::duration_cast<std::chrono::milliseconds>(until - now), kPollSlice);
-    pollfd pfd{fd_, POLLIN, 0};
+    pollfd pfd{fd_, poll_events(POLLIN), 0};
     const int rc = ::poll(&pfd, 1, static_cast<int>(left.count()) + 1);
     if (rc > 0) return Wait::Ready;
     if (rc < 0 && errno != EINTR) return Wait::Stopped;
@@ -178,7 +363,7 @@ ClientConnection::BodyResult ClientConnection::read_body(std::string& out) {
       case Wait::Timeout: return BodyResult::Timeout;
       case Wait::Stopped: return BodyResult::ClientGone;
     }
-    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    const ssize_t n = read_some(buf, sizeof buf);
     if (n == 0) return BodyResult::ClientGone;
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
@@ -204,7 +389,7 @@ ClientConnection::BodyStep ClientConnection::read_body_step(std::string& out) {
   }
   char buf[kReadSize];
   while (!body_done_) {
-    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    const ssize_t n = read_some(buf, sizeof buf);
     if (n == 0) return BodyStep::ClientGone;
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -223,7 +408,7 @@ void ClientConnection::send_continue() {
 
 bool ClientConnection::flush_queued() {
   while (out_off_ < out_.size()) {
-    const ssize_t n = ::send(fd_, out_.data() + out_off_, out_.size() - out_off_, MSG_NOSIGNAL);
+    const ssize_t n = write_some(out_.data() + out_off_, out_.size() - out_off_);
     if (n > 0) {
       out_off_ += static_cast<size_t>(n);
       last_write_progress_ = Clock::now();
@@ -246,11 +431,8 @@ bool ClientConnection::send_all(iovec* iov, int count, std::chrono::milliseconds
     if (total == 0) return true;
     size_t skip = 0;
     if (out_off_ == out_.size()) {
-      msghdr m{};
-      m.msg_iov = iov;
-      m.msg_iovlen = static_cast<size_t>(count);
       ssize_t n;
-      do n = ::sendmsg(fd_, &m, MSG_NOSIGNAL);
+      do n = write_some(iov, count);
       while (n < 0 && errno == EINTR);
       if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;
       if (n > 0) {
@@ -290,7 +472,7 @@ bool ClientConnection::send_all(iovec* iov, int count, std::chrono::milliseconds
       --msg.msg_iovlen;
       continue;
     }
-    const ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    const ssize_t n = write_some(msg.msg_iov, static_cast<int>(msg.msg_iovlen));
     if (n > 0) {
       last_progress = Clock::now();
       size_t left = static_cast<size_t>(n);
@@ -318,7 +500,7 @@ bool ClientConnection::send_all(iovec* iov, int count, std::chrono::milliseconds
           return false;
         }
         const auto left = std::min(std::chrono::duration_cast<std::chrono::milliseconds>(timeout - idle), kPollSlice);
-        pollfd pfd{fd_, POLLOUT, 0};
+        pollfd pfd{fd_, poll_events(POLLOUT), 0};
         const int rc = ::poll(&pfd, 1, static_cast<int>(left.count()) + 1);
         if (rc > 0) {
           if (pfd.revents & (POLLERR | POLLHUP)) return false;
@@ -333,10 +515,11 @@ bool ClientConnection::send_all(iovec* iov, int count, std::chrono::milliseconds
   return true;
 }
 
-void ClientConnection::reject(int status, const std::string& message, std::chrono::milliseconds timeout) {
+void ClientConnection::reject(int status, const std::string& message, std::chrono::milliseconds timeout,
+                              const std::string& code) {
   const std::string& uri = parser_.target().empty() ? request_->getURI() : parser_.target();  // as much as arrived
   const auto flavour = pipeline::Router::guess_flavour(uri.empty() ? std::string_view("/") : std::string_view(uri));
-  const std::string body = pipeline::error_body(flavour, {status, message});
+  const std::string body = pipeline::error_body(flavour, {status, message, "", code});
   std::string out = "HTTP/1.1 " + std::to_string(status) + " " + pipeline::reason_phrase(status) +
                     "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
                     "\r\nX-Request-ID: " + pipeline::generate_request_id() + "\r\nDate: " + http_date() +

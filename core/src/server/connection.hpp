@@ -10,6 +10,11 @@
 // worker, a write waits with poll(2) against server.send_timeout without progress, as does a
 // worker's body read against server.body_timeout.
 //
+// TLS (docs/design.md, "TLS listener"): when the engine hands a connection an SSL object, the
+// handshake runs first, non-blocking, on the loop's events (handshake_step), and every read and
+// write goes through read_some/write_some: plain recv/send(msg), or SSL_read_ex/SSL_write_ex with
+// want-read/want-write reported as EAGAIN. The plain path pays one branch on ssl_ for it.
+//
 // Request and Response implement Poco's HTTPServerRequest/HTTPServerResponse, so the pipeline and
 // the plugin host API keep one interface whatever parses the bytes.
 
@@ -20,7 +25,10 @@
 #include <ostream>
 #include <string>
 
+#include <sys/socket.h>
 #include <sys/uio.h>
+
+#include <openssl/types.h>
 
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/HTTPServerRequest.h>
@@ -47,8 +55,10 @@ class Response;
 
 class ClientConnection {
 public:
+  // `ssl` (owned): a TLS connection, in accept state once constructed; null: plain HTTP.
   ClientConnection(int fd, const Poco::Net::SocketAddress& peer, const Poco::Net::SocketAddress& local,
-                   const ConnectionLimits& limits, std::atomic<int>* open_count, const std::atomic<bool>* stopping);
+                   const ConnectionLimits& limits, std::atomic<int>* open_count, const std::atomic<bool>* stopping,
+                   SSL* ssl = nullptr);
   ~ClientConnection();
   ClientConnection(const ClientConnection&) = delete;
   ClientConnection& operator=(const ClientConnection&) = delete;
@@ -99,9 +109,35 @@ public:
     return send_all(&v, 1, limits_.send_timeout);
   }
   // Answers a request that failed parsing (or a limit) with its status and a JSON error in the
-  // flavour its path suggests, then the connection must be closed.
-  // `timeout`: how long the answer may wait for room in the send buffer (0 from the event loop).
-  void reject(int status, const std::string& message, std::chrono::milliseconds timeout);
+  // flavour its path suggests (`code`: the OpenAI error code, "" = null), then the connection must
+  // be closed. `timeout`: how long the answer may wait for room in the send buffer (0 from the
+  // event loop).
+  void reject(int status, const std::string& message, std::chrono::milliseconds timeout, const std::string& code = {});
+
+  // ---- TLS ----
+  bool secure() const { return ssl_ != nullptr; }
+  // True until the TLS handshake is done (never for a plain connection).
+  bool handshaking() const { return handshaking_; }
+  enum class Handshake { Done, NeedMore, PlainHttp, Failed, Closed };
+  // Loop thread, on the connection's events until it returns something else than NeedMore. The
+  // first byte is peeked: an ASCII capital starts a plain HTTP request line (PlainHttp: the
+  // connection is plain from then on, for the 400 that says so); anything else goes to OpenSSL.
+  // Failed: `error` says why (OpenSSL's reason, never key material). Closed: the client left
+  // before sending a byte.
+  Handshake handshake_step(std::string& error);
+  // A byte of the handshake has arrived (a handshake cut after it counts as failed).
+  bool handshake_started() const { return tls_peeked_; }
+  // OpenSSL holds bytes (decrypted or not) that epoll cannot report.
+  bool tls_buffered() const { return ssl_ && tls_has_pending(); }
+  // The last TLS operation waits for the socket to be writable (a read that has to write first).
+  bool tls_wants_write() const { return ssl_ && tls_wants_ == kWantWrite; }
+  // Sends close_notify once (SSL_shutdown, non-blocking: dropped if the socket is full); before
+  // shutdown(SHUT_WR) and close. Nothing for a plain connection or one whose TLS failed.
+  void close_notify() {
+    if (ssl_) send_close_notify();
+  }
+  // The protocol ALPN selected ("" when none).
+  std::string_view alpn() const;
 
   int fd() const { return fd_; }
   const Poco::Net::SocketAddress& peer() const { return peer_; }
@@ -131,6 +167,40 @@ private:
   enum class Wait { Ready, Timeout, Stopped };
   Wait wait_readable(Clock::time_point deadline);
 
+  // The transport, one pair for every read and write site. recv(2)'s contract: > 0 bytes, 0 the
+  // peer closed, -1 with errno (EAGAIN: nothing now; for TLS also an incomplete record, or a
+  // want-write). Plain: the system call itself, behind one branch.
+  ssize_t read_some(char* buf, size_t len) {
+    if (ssl_) [[unlikely]] return tls_read(buf, len);
+    return ::recv(fd_, buf, len, 0);
+  }
+  // > 0 bytes taken, -1 with errno (EAGAIN: the socket is full). TLS: the iovecs are gathered
+  // into records of up to 16 KiB; a write that got EAGAIN must be retried with the same bytes
+  // first (the queue keeps them), as OpenSSL requires.
+  ssize_t write_some(const iovec* iov, int count) {
+    if (ssl_) [[unlikely]] return tls_write(iov, count);
+    msghdr m{};
+    m.msg_iov = const_cast<iovec*>(iov);
+    m.msg_iovlen = static_cast<size_t>(count);
+    return ::sendmsg(fd_, &m, MSG_NOSIGNAL);
+  }
+  ssize_t write_some(const char* data, size_t len) {
+    if (ssl_) [[unlikely]] {
+      const iovec v{const_cast<char*>(data), len};
+      return tls_write(&v, 1);
+    }
+    return ::send(fd_, data, len, MSG_NOSIGNAL);
+  }
+  bool tls_has_pending() const;
+  void send_close_notify();
+  ssize_t tls_read(char* buf, size_t len);
+  ssize_t tls_write(const iovec* iov, int count);
+  ssize_t tls_failure(int rc, bool writing);
+  // poll(2) events the socket needs for the current operation, given what TLS last asked for.
+  short poll_events(short wanted) const;
+
+  static constexpr uint8_t kWantRead = 1, kWantWrite = 2;
+
   int fd_;
   Poco::Net::SocketAddress peer_, local_;
   mutable std::string peer_host_;
@@ -149,6 +219,12 @@ private:
   std::string out_;     // loop mode: bytes the socket has not taken yet
   size_t out_off_ = 0;
   Clock::time_point last_write_progress_{};
+  SSL* ssl_ = nullptr;
+  bool handshaking_ = false;
+  bool tls_peeked_ = false;    // the first byte was looked at
+  bool tls_broken_ = false;    // a fatal TLS error or an unclean EOF: no close_notify
+  bool tls_notified_ = false;  // close_notify sent
+  uint8_t tls_wants_ = 0;      // kWantRead / kWantWrite: what the last TLS operation waits for
 };
 
 // The request as the pipeline sees it. stream() reads the body through the connection.
@@ -161,7 +237,7 @@ public:
   const Poco::Net::SocketAddress& serverAddress() const override { return conn_.local(); }
   const Poco::Net::HTTPServerParams& serverParams() const override;
   Poco::Net::HTTPServerResponse& response() const override { return *response_; }
-  bool secure() const override { return false; }
+  bool secure() const override { return conn_.secure(); }
 
   void set_response(Poco::Net::HTTPServerResponse* r) { response_ = r; }
   // Ready for the connection's next request.

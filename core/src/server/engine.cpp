@@ -11,6 +11,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include <Poco/Logger.h>
 
 namespace glmp::core::server {
@@ -29,7 +32,11 @@ void raise_fd_limit() {
   }
 }
 
+constexpr const char* kPlainHttpMessage =
+    "The plain HTTP request was sent to HTTPS port: this port speaks TLS, use https://";
+
 // Reads and drops what the client still sends; true when it has closed (the socket may go now).
+// Raw reads, also for a TLS connection: after close_notify nothing it sends is looked at.
 bool drain_until_eof(int fd) {
   char buf[4096];
   for (;;) {
@@ -84,7 +91,8 @@ constexpr uint32_t kInputEvents = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
 // ---------------------------------------------------------------------------------------------
 // Loop
 
-Loop::Loop(Engine& engine, size_t index) : engine_(engine), index_(index), acceptor_(std::make_unique<Acceptor>(*this)) {}
+Loop::Loop(Engine& engine, size_t index)
+    : engine_(engine), index_(index), acceptor_(std::make_unique<Acceptor>(*this)), tls_(engine.options_.tls) {}
 
 Loop::~Loop() = default;
 
@@ -129,6 +137,13 @@ void Loop::close_idle() {
 
 void Loop::accept_all() {
   const auto& options = engine_.options_;
+  if (tls_) {
+    // A reload replaced the context: take the new one (the lock only then).
+    if (const uint64_t v = engine_.tls_version_.load(std::memory_order_acquire); v != tls_version_) {
+      tls_ = engine_.tls();
+      tls_version_ = v;
+    }
+  }
   for (int round = 0; round < 64 && engine_.accepting(); ++round) {
     sockaddr_storage peer{};
     socklen_t peer_len = sizeof peer;
@@ -146,11 +161,23 @@ void Loop::accept_all() {
     }
     const int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    SSL* ssl = nullptr;
+    if (tls_) {
+      ssl = ::SSL_new(tls_->ssl_ctx());  // holds a reference to the context: a reload does not pull it away
+      if (!ssl) {
+        ::ERR_clear_error();
+        ::close(fd);
+        engine_.tls_outcome(TlsOutcome::Failed);
+        continue;
+      }
+    }
     auto conn = std::make_unique<ClientConnection>(fd, Poco::Net::SocketAddress(reinterpret_cast<sockaddr*>(&peer), peer_len),
-                                                   engine_.socket_.address(), options.limits, &engine_.open_, &engine_.stopping_);
+                                                   engine_.socket_.address(), options.limits, &engine_.open_, &engine_.stopping_, ssl);
     if (engine_.open_.load(std::memory_order_relaxed) > options.max_connections) {
-      conn->reject(503, "too many connections (server.max_connections = " + std::to_string(options.max_connections) + ")",
-                   std::chrono::milliseconds(0));
+      // A TLS client cannot be answered before a handshake: it is only closed.
+      if (!conn->secure())
+        conn->reject(503, "too many connections (server.max_connections = " + std::to_string(options.max_connections) + ")",
+                     std::chrono::milliseconds(0));
       continue;  // closed at once: never queued
     }
     conn->deadline = ev_.now() + options.limits.header_timeout;
@@ -197,7 +224,7 @@ void Loop::keep(std::unique_ptr<ClientConnection> conn) {
   // A pipelined request already read is served now. The socket is read only when something
   // arrived while the request was served (the edge-triggered event was remembered).
   auto* s = static_cast<Slot*>(conn->slot);
-  const bool arrived = !s || (s->pending & kInputEvents);
+  const bool arrived = !s || (s->pending & kInputEvents) || conn->tls_buffered();
   switch (arrived ? conn->advance_nonblocking() : conn->advance_buffered()) {
     case ClientConnection::Progress::HeadersDone:
       if (s) s->pending = 0;
@@ -215,15 +242,16 @@ void Loop::keep(std::unique_ptr<ClientConnection> conn) {
 }
 
 void Loop::linger(std::unique_ptr<ClientConnection> conn) {
+  conn->close_notify();  // TLS: the alert goes before the FIN
   ::shutdown(conn->fd(), SHUT_WR);
   if (drain_until_eof(conn->fd())) return;  // the client closed already: close now
   conn->deadline = ev_.now() + kLingerFor;
   watch(std::move(conn), true);
 }
 
-void Loop::reject(std::unique_ptr<ClientConnection> conn, int status, const std::string& message) {
+void Loop::reject(std::unique_ptr<ClientConnection> conn, int status, const std::string& message, const std::string& code) {
   // Never blocks the loop: the answer is small and goes into an empty send buffer.
-  conn->reject(status, message, std::chrono::milliseconds(0));
+  conn->reject(status, message, std::chrono::milliseconds(0), code);
   linger(std::move(conn));
 }
 
@@ -239,7 +267,11 @@ void Loop::adopt(std::unique_ptr<ClientConnection> conn) {
 }
 
 void Loop::on_slot_event(Slot& s, uint32_t events) {
-  if (!(events & kInputEvents)) return;  // writable: nothing to write between requests
+  if (s.conn->handshaking()) [[unlikely]] {
+    if (!handshake(s)) return;  // done: the request may have come with the handshake's last flight
+  } else if (!(events & kInputEvents) && !((events & EPOLLOUT) && s.conn->tls_wants_write())) {
+    return;  // writable: nothing to write between requests (unless a TLS read waits for it)
+  }
   if (s.lingering) {
     if (drain_until_eof(s.conn->fd())) s.conn.reset();
     return;
@@ -263,6 +295,36 @@ void Loop::on_slot_event(Slot& s, uint32_t events) {
   }
 }
 
+bool Loop::handshake(Slot& s) {
+  std::string error;
+  switch (s.conn->handshake_step(error)) {
+    case ClientConnection::Handshake::NeedMore:
+      return false;
+    case ClientConnection::Handshake::Done:
+      engine_.tls_outcome(TlsOutcome::Ok);
+      return true;
+    case ClientConnection::Handshake::PlainHttp: {
+      // As nginx does: a plain answer that says so, then the connection closes.
+      engine_.tls_outcome(TlsOutcome::PlainHttp);
+      auto conn = take(s);
+      conn->advance_nonblocking();  // what arrived of the request line: the answer's flavour
+      reject(std::move(conn), 400, kPlainHttpMessage, "plain_http_to_tls_port");
+      return false;
+    }
+    case ClientConnection::Handshake::Failed: {
+      engine_.tls_outcome(TlsOutcome::Failed);
+      auto& log = Poco::Logger::get("glm-proxy");
+      if (log.debug()) log.debug("TLS handshake with %s failed: %s", s.conn->peer().toString(), error);
+      s.conn.reset();
+      return false;
+    }
+    case ClientConnection::Handshake::Closed:
+      s.conn.reset();  // left before sending a byte (a port probe): not a handshake
+      return false;
+  }
+  return false;
+}
+
 void Loop::sweep() {
   const auto now = ev_.now();
   std::vector<Slot*> expired;
@@ -273,7 +335,17 @@ void Loop::sweep() {
       reject(take(*s), 408,
              "request headers not received within " + std::to_string(engine_.options_.limits.header_timeout.count()) + " ms");
     } else {
-      s->conn.reset();  // idle keep-alive, a fresh connection that never sent a byte, or done lingering
+      if (s->conn->handshaking() && s->conn->handshake_started()) {
+        // A TLS handshake that did not finish within header_timeout: closed, no 408 (there is no
+        // channel to send it on).
+        engine_.tls_outcome(TlsOutcome::Failed);
+        auto& log = Poco::Logger::get("glm-proxy");
+        if (log.debug())
+          log.debug("TLS handshake with %s not finished within %s ms: closed", s->conn->peer().toString(),
+                    std::to_string(engine_.options_.limits.header_timeout.count()));
+      }
+      s->conn.reset();  // idle keep-alive, a fresh connection that never sent a byte (or never
+                        // finished its handshake), or done lingering
     }
   }
 }
@@ -295,6 +367,17 @@ Engine::Engine(const Poco::Net::SocketAddress& address, EngineOptions options, D
 }
 
 Engine::~Engine() { stop(); }
+
+void Engine::set_tls(std::shared_ptr<const TlsContext> tls) {
+  std::lock_guard lock(tls_mutex_);
+  options_.tls = std::move(tls);
+  tls_version_.fetch_add(1, std::memory_order_release);
+}
+
+std::shared_ptr<const TlsContext> Engine::tls() const {
+  std::lock_guard lock(tls_mutex_);
+  return options_.tls;
+}
 
 void Engine::start() {
   raise_fd_limit();

@@ -9,6 +9,11 @@
 // A connection costs memory, never a thread: a slowloris of thousands of connections trickling
 // header bytes meets the total header deadline; beyond server.max_connections a new connection is
 // answered 503 and closed at once; beyond server.max_queued tasks waiting for a worker, 503 too.
+//
+// With a TLS context every accepted connection is TLS: its handshake runs on its loop before the
+// first request is read (ClientConnection::handshake_step). Each loop keeps its own copy of the
+// current context and compares a version number (one atomic load) before accepting: only after a
+// reload does it take the engine's lock, once, to copy the new context.
 
 #include <atomic>
 #include <condition_variable>
@@ -27,6 +32,7 @@
 
 #include "server/connection.hpp"
 #include "server/event_loop.hpp"
+#include "server/tls.hpp"
 
 namespace glmp::core::server {
 
@@ -37,6 +43,8 @@ struct EngineOptions {
   int max_threads = 64;      // worker pool for blocking work
   int max_queued = 1024;     // tasks waiting for a worker
   size_t thread_stack_size = 256 * 1024;
+  std::shared_ptr<const TlsContext> tls;  // set: the listener speaks TLS only
+  std::function<void(TlsOutcome)> on_tls;  // every TLS connection's start, counted (any loop thread)
 };
 
 class Engine;
@@ -57,7 +65,7 @@ public:
   // until it closes (closing with unread bytes would reset the answer away).
   void linger(std::unique_ptr<ClientConnection> conn);
   // Loop thread. Answers a request that cannot be served (status + JSON error) and lingers.
-  void reject(std::unique_ptr<ClientConnection> conn, int status, const std::string& message);
+  void reject(std::unique_ptr<ClientConnection> conn, int status, const std::string& message, const std::string& code = {});
   // Loop thread. The request failed parsing or a limit: answers with the parser's status and reason.
   void reject_malformed(std::unique_ptr<ClientConnection> conn);
   // Any thread: gives a connection back after a worker served it (or close_after set: linger).
@@ -78,6 +86,8 @@ private:
   static void forget(void* slot);  // a connection with a slot is destroyed
   void sweep();
   void close_idle();
+  // A TLS connection's handshake moved on; true when it is done and the request can be read.
+  bool handshake(Slot& s);
 
   Engine& engine_;
   size_t index_;
@@ -89,6 +99,8 @@ private:
   bool accept_paused_ = false;
   Clock::time_point next_sweep_{};
   bool closing_ = false;
+  std::shared_ptr<const TlsContext> tls_;  // this loop's copy: new connections use it
+  uint64_t tls_version_ = 0;               // of the engine's context it copied
 };
 
 class Engine {
@@ -117,6 +129,12 @@ public:
   Loop& loop(size_t i) { return *loops_[i]; }
   int worker_threads() const { return running_now_.load(std::memory_order_relaxed); }
 
+  // Any thread: connections accepted from now on use `tls`; connections already open keep the
+  // certificate they were accepted with. Only for an engine that was started with TLS.
+  void set_tls(std::shared_ptr<const TlsContext> tls);
+  // The context new connections get (null: plain HTTP).
+  std::shared_ptr<const TlsContext> tls() const;
+
   // Runs `task` on a worker thread; false when server.max_queued tasks are already waiting.
   bool submit(std::function<void()> task);
   // Lends a connection to a worker: `serve` runs there; the connection then goes back to `loop`
@@ -138,8 +156,13 @@ private:
     Engine& e_;
   };
   void worker_loop();
+  void tls_outcome(TlsOutcome o) {
+    if (options_.on_tls) options_.on_tls(o);
+  }
 
   EngineOptions options_;
+  mutable std::mutex tls_mutex_;  // guards options_.tls (the current context) for tls()/set_tls()
+  std::atomic<uint64_t> tls_version_{0};  // moves (under tls_mutex_) when set_tls replaces it
   Dispatch dispatch_;
   Poco::Net::ServerSocket socket_;
   uint16_t port_ = 0;

@@ -1,6 +1,7 @@
 #include "server/server.hpp"
 
 #include <cctype>
+#include <ctime>
 #include <thread>
 
 #include <sys/stat.h>
@@ -88,6 +89,7 @@ bool is_unsafe_path(const std::string& path) {
 
 Server::Server(config::Config cfg)
     : cfg_(std::move(cfg)),
+      tls_(cfg_.server.tls_cert.empty() ? nullptr : TlsContext::load(cfg_.server.tls_cert, cfg_.server.tls_key)),  // throws TlsError
       metrics_([this] {
         std::vector<std::string> prefixes;
         for (const auto& r : cfg_.routes) prefixes.push_back(r.prefix);
@@ -100,6 +102,7 @@ Server::Server(config::Config cfg)
       plugin_cfg_(cfg_) {
   for (const auto& [name, ucfg] : cfg_.upstreams) pools_.emplace(name, std::make_unique<upstream::Pool>(ucfg));
   metrics_.set_refresher([this] { metrics_.refresh(pools_, proxy_.active_streams()); });
+  if (tls_) metrics_.set_tls_certificate(tls_->certificate().not_after);
   chain_.publish(plugins::build_chain(cfg_, ++generation_, services()));  // throws: a broken chain never starts
 }
 
@@ -120,7 +123,7 @@ Server::ReloadResult Server::reload() {
     }
     metrics_.reload(true);
     plugin_cfg_ = std::move(fresh);
-    result.ok = true;
+    result.plugins_ok = true;
     result.generation = ++generation_;
     result.message = "reloaded: generation " + std::to_string(generation_) + ", " + std::to_string(chain_.snapshot()->plugins.size()) + " plugin(s)";
     Poco::Logger::get("glm-proxy").information("%s", result.message);
@@ -130,7 +133,42 @@ Server::ReloadResult Server::reload() {
     result.message = std::string("reload failed, keeping generation ") + std::to_string(generation_) + ": " + e.what();
     Poco::Logger::get("glm-proxy").error("%s", result.message);
   }
+  reload_tls(result);  // whatever became of the plugins
+  result.ok = result.plugins_ok && result.tls_ok;
+  if (result.tls) result.message += "; " + result.tls_message;
   return result;
+}
+
+namespace {
+
+std::string iso_time(int64_t unix_seconds) {
+  return Poco::DateTimeFormatter::format(Poco::Timestamp::fromEpochTime(static_cast<std::time_t>(unix_seconds)),
+                                         Poco::DateTimeFormat::ISO8601_FORMAT);
+}
+
+std::string describe_certificate(const TlsCertificateInfo& c) {
+  return "\"" + c.subject + "\" (serial " + c.serial + ", not after " + iso_time(c.not_after) + ")";
+}
+
+}  // namespace
+
+void Server::reload_tls(ReloadResult& result) {
+  if (!tls_) return;
+  result.tls = true;
+  auto& log = Poco::Logger::get("glm-proxy");
+  try {
+    auto fresh = TlsContext::load(cfg_.server.tls_cert, cfg_.server.tls_key);
+    tls_ = fresh;
+    if (engine_) engine_->set_tls(fresh);  // new connections; open ones keep theirs
+    metrics_.set_tls_certificate(fresh->certificate().not_after);
+    result.tls_ok = true;
+    result.tls_message = "TLS certificate reloaded: " + describe_certificate(fresh->certificate());
+    log.information("%s", result.tls_message);
+  } catch (const std::exception& e) {
+    result.tls_ok = false;
+    result.tls_message = "TLS certificate reload failed, keeping " + describe_certificate(tls_->certificate()) + ": " + e.what();
+    log.error("%s", result.tls_message);
+  }
 }
 
 // Polls the config file and the plugin libraries; any change (mtime or size) triggers a reload.
@@ -187,6 +225,15 @@ void Server::start() {
   options.max_threads = sc.max_threads;
   options.max_queued = sc.max_queued;
   options.thread_stack_size = sc.thread_stack_size;
+  options.tls = tls_;
+  options.on_tls = [this](TlsOutcome outcome) { metrics_.tls_handshake(outcome); };
+  if (tls_) {
+    auto& log = Poco::Logger::get("glm-proxy");
+    const TlsCertificateInfo& c = tls_->certificate();
+    log.information("TLS listener: certificate %s from %s", describe_certificate(c), cfg_.server.tls_cert);
+    if (c.not_after <= static_cast<int64_t>(std::time(nullptr)))
+      log.warning("TLS listener: the certificate in %s expired on %s", cfg_.server.tls_cert, iso_time(c.not_after));
+  }
   engine_ = std::make_unique<Engine>(Poco::Net::SocketAddress(sc.host, sc.port), options,
                                      [this](Loop& loop, std::unique_ptr<ClientConnection> c) { dispatch(loop, std::move(c)); });
   engine_->on_loop_stop = [this](Loop& loop) { stop_loop(loop); };
@@ -372,6 +419,13 @@ void Server::handle_admin(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServ
     body.set("status", r.ok ? "reloaded" : "failed");
     body.set("generation", r.generation);
     body.set("message", r.message);
+    if (r.tls) {
+      Poco::JSON::Object tls;
+      tls.set("status", r.tls_ok ? "reloaded" : "failed");
+      tls.set("message", r.tls_message);
+      body.set("tls", tls);
+      body.set("plugins", r.plugins_ok ? "reloaded" : "failed");
+    }
     std::ostringstream os;
     body.stringify(os);
     if (!r.ok) ctx.error = r.message;
@@ -484,6 +538,17 @@ void Server::handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPSer
   st.set("backend", store_->describe());  // never contains a password
   st.set("healthy", store_->healthy());
   body.set("store", st);
+  if (auto tls = engine_ ? engine_->tls() : nullptr) {
+    const TlsCertificateInfo& c = tls->certificate();
+    Poco::JSON::Object t;
+    t.set("subject", c.subject);
+    t.set("issuer", c.issuer);
+    t.set("serial", c.serial);
+    t.set("not_before", iso_time(c.not_before));
+    t.set("not_after", iso_time(c.not_after));
+    t.set("not_after_unix", c.not_after);
+    body.set("tls", t);
+  }
   std::ostringstream os;
   body.stringify(os);
   pipeline::send_json(resp, ctx, 200, os.str());

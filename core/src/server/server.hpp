@@ -45,11 +45,18 @@ public:
 
   // Re-reads the config file and swaps in a new plugin chain built off to the side ([[plugins]] and
   // [loader]; other sections need a restart). On failure the old chain keeps running and the error
-  // is returned. Serialised: one reload at a time.
+  // is returned. With TLS on, also re-reads [server] tls_cert and tls_key (the paths the proxy
+  // started with): new connections get the new certificate, open ones keep theirs; on failure the
+  // current certificate stays. The two are independent: either may fail without stopping the
+  // other, and `ok` is true only when both succeeded. Serialised: one reload at a time.
   struct ReloadResult {
     bool ok = false;
     std::string message;
     uint64_t generation = 0;
+    bool plugins_ok = false;
+    bool tls = false;      // TLS is on: tls_ok and tls_message tell how the certificate reload went
+    bool tls_ok = true;
+    std::string tls_message;
   };
   ReloadResult reload();
   const config::Config& config() const { return cfg_; }
@@ -82,8 +89,14 @@ private:
   void request_started(const Request& req, pipeline::RequestContext& ctx);
   void request_finished(const pipeline::RequestContext& ctx);
   void stop_loop(Loop& loop);
+  // Re-reads the certificate and key (reload()).
+  void reload_tls(ReloadResult& result);
 
   config::Config cfg_;
+  // The certificate and key of the TLS listener, read before anything else starts (a proxy whose
+  // certificate cannot be used never starts); null for plain HTTP. Replaced by reload()
+  // (guarded by reload_mutex_); the engine keeps the copy its loops use.
+  std::shared_ptr<const TlsContext> tls_;
   // Declared before the chain, so plugins (whose on_config_destroy may still use them) go first.
   metrics::Metrics metrics_;
   std::unique_ptr<store::Store> store_;
