@@ -12,15 +12,6 @@ namespace glmp::mock {
 
 namespace {
 
-using Nanos = H2Session::Nanos;
-constexpr Nanos kMs = 1'000'000;
-
-Nanos now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<Nanos>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
 // A stream pulls script steps only while less than this is queued and not yet framed.
 constexpr std::size_t kStreamHighWater = 32 * 1024;
 // A reset waits at most this long for the stream's queued bytes to be framed (flow control) and

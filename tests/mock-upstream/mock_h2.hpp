@@ -13,6 +13,7 @@
 // does not open its window stops the generation.
 
 #include <nghttp2/nghttp2.h>
+#include <time.h>
 
 #include <cstdint>
 #include <functional>
@@ -27,9 +28,19 @@
 
 namespace glmp::mock {
 
+// CLOCK_MONOTONIC nanoseconds: the clock of both protocols' timers.
+using Nanos = std::int64_t;
+inline constexpr Nanos kMs = 1'000'000;
+inline Nanos now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<Nanos>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+
 class H2Session {
  public:
-  using Nanos = std::int64_t;  // CLOCK_MONOTONIC nanoseconds
+  using Nanos = mock::Nanos;
 
   // Queues the server's SETTINGS (--max-concurrent-streams, --h2-window). The peer's client
   // preface is expected as the first bytes given to receive().

@@ -33,15 +33,6 @@ namespace glmp::mock {
 
 namespace {
 
-using Nanos = std::int64_t;
-constexpr Nanos kMs = 1'000'000;
-
-Nanos now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<Nanos>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
 // Output queued beyond this stops the pulling of script steps until the peer takes some.
 constexpr std::size_t kHighWater = 64 * 1024;
 constexpr std::size_t kReadChunk = 64 * 1024;

@@ -1,5 +1,7 @@
 #include "server/tls.hpp"
 
+#include "util/openssl_errors.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -24,13 +26,7 @@ constexpr const char* kCiphers =
 constexpr const char* kGroups = "X25519:P-256:P-384";
 
 std::string openssl_errors() {
-  std::string text;
-  while (const unsigned long e = ::ERR_get_error()) {
-    char buf[256];
-    ::ERR_error_string_n(e, buf, sizeof buf);
-    if (!text.empty()) text += "; ";
-    text += buf;
-  }
+  std::string text = util::openssl_error_queue();
   return text.empty() ? "unknown error" : text;
 }
 

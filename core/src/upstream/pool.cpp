@@ -19,6 +19,8 @@
 #include <Poco/Net/StreamSocket.h>
 #include <Poco/URI.h>
 
+#include "util/openssl_errors.hpp"
+
 namespace glmp::core::upstream {
 namespace {
 
@@ -27,17 +29,6 @@ Poco::Timespan to_timespan(std::chrono::milliseconds ms) { return Poco::Timespan
 constexpr auto kResolveEvery = std::chrono::seconds(30);
 // Registered once, edge-triggered, for every event: using a connection costs no epoll_ctl.
 constexpr uint32_t kEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-
-std::string ssl_error_text() {
-  std::string text;
-  while (const unsigned long e = ::ERR_get_error()) {
-    char buf[256];
-    ::ERR_error_string_n(e, buf, sizeof buf);
-    if (!text.empty()) text += "; ";
-    text += buf;
-  }
-  return text;
-}
 
 // Opens warm-up connections: finishes their connect and handshake, then puts them idle.
 class Warmer final : public ConnectionUser {
@@ -101,7 +92,7 @@ Connection::Io Connection::ssl_result(int rc, const char* what) {
       return Io::Eof;
     case SSL_ERROR_SYSCALL: {
       const int e = errno;
-      const std::string queued = ssl_error_text();
+      const std::string queued = util::openssl_error_queue();
       if (queued.empty() && (e == 0 || rc == 0)) {
         clean_eof_ = false;  // the TCP connection ended without close_notify
         error_ = "TLS connection closed without close_notify";
@@ -111,7 +102,7 @@ Connection::Io Connection::ssl_result(int rc, const char* what) {
       return Io::Error;
     }
     default: {
-      const std::string queued = ssl_error_text();
+      const std::string queued = util::openssl_error_queue();
       error_ = std::string("TLS error with upstream '") + pool_.cfg_.name + "': " + what + ": " +
                (queued.empty() ? "error " + std::to_string(err) : queued);
       const long verify = ::SSL_get_verify_result(ssl_);
@@ -148,7 +139,7 @@ Connection::Io Connection::establish() {
     }
     ssl_ = ::SSL_new(pool_.ssl_context_->sslContext());
     if (!ssl_) {
-      error_ = "TLS error with upstream '" + pool_.cfg_.name + "': " + ssl_error_text();
+      error_ = "TLS error with upstream '" + pool_.cfg_.name + "': " + util::openssl_error_queue();
       return Io::Error;
     }
     ::SSL_set_fd(ssl_, fd_);
