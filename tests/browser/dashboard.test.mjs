@@ -36,6 +36,11 @@ top_keys_refresh = "1s"
 
 [[plugins]]
 name = "profiling"
+[plugins.settings]
+# Every request of the run is kept: the slowest-requests table may list one from the first
+# seconds, and the default per-key bound (200) would evict its profile on a slow machine.
+max_records = 50000
+per_key_max = 50000
 
 [[plugins]]
 name = "auth"
