@@ -23,7 +23,12 @@
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/JSON/Stringifier.h>
+#include <Poco/Net/Context.h>
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPResponse.h>
+#include <Poco/Net/HTTPSClientSession.h>
 #include <Poco/Net/NetException.h>
+#include <Poco/StreamCopier.h>
 #include <Poco/StringTokenizer.h>
 
 extern char** environ;
@@ -223,10 +228,32 @@ std::string Mock::base_url(const std::string& path) const {
 }
 
 std::map<std::string, long> Mock::stats() const {
-  Response r = http(port_, "GET", "/__mock/stats");
+  std::string body;
+  if (opts_.https) {
+    // The mock's certificate comes from the test's own CA; only the figures matter here.
+    const Poco::Net::Context::Ptr ctx = new Poco::Net::Context(Poco::Net::Context::TLS_CLIENT_USE, "", "", "",
+                                                               Poco::Net::Context::VERIFY_NONE);
+    try {
+      Poco::Net::HTTPSClientSession session("127.0.0.1", port_, ctx);
+      session.setTimeout(Poco::Timespan(5, 0));
+      Poco::Net::HTTPRequest req(Poco::Net::HTTPRequest::HTTP_GET, "/__mock/stats", Poco::Net::HTTPMessage::HTTP_1_1);
+      session.sendRequest(req);
+      Poco::Net::HTTPResponse resp;
+      std::istream& in = session.receiveResponse(resp);
+      if (resp.getStatus() != Poco::Net::HTTPResponse::HTTP_OK) return {};
+      Poco::StreamCopier::copyToString(in, body);
+    } catch (const Poco::Exception&) {
+      return {};
+    }
+  } else {
+    const Response r = http(port_, "GET", "/__mock/stats");
+    if (r.status != 200) return {};
+    body = r.body;
+  }
   std::map<std::string, long> out;
-  if (r.status != 200) return out;
-  for (const char* k : {"connections", "requests", "active"}) out[k] = std::stol(json_get(r.body, k));
+  const Poco::JSON::Object::Ptr obj = Poco::JSON::Parser().parse(body).extract<Poco::JSON::Object::Ptr>();
+  for (const auto& [name, value] : *obj)
+    if (value.isNumeric()) out[name] = value.convert<long>();
   return out;
 }
 

@@ -82,7 +82,8 @@ public:
   uint16_t port() const { return port_; }
   std::string base_url(const std::string& path = "") const;
   Child& process() { return *child_; }
-  // GET /__mock/stats → {"connections","requests","active"}
+  // GET /__mock/stats (over TLS for an https mock): every figure, by name ("connections",
+  // "requests", "active", "h2_streams", …); empty when unreadable.
   std::map<std::string, long> stats() const;
   // Requests the mock has served so far (stats()["requests"]), -1 when the stats are unreadable.
   long requests() const;

@@ -127,6 +127,9 @@ TEST(ConfigParse, FullConfigParsesEveryKey) {
       "idle_timeout = \"1h\"\n"
       "health_interval = \"0s\"\n"
       "ca_file = \"" + ca.path() + "\"\n"
+      "protocol = \"h2\"\n"
+      "max_streams_per_connection = 50\n"
+      "ping_interval = \"10s\"\n"
       "\n"
       "[upstreams.local]\n"
       "base_url = \"http://127.0.0.1:9000\"\n"
@@ -178,6 +181,9 @@ TEST(ConfigParse, FullConfigParsesEveryKey) {
   EXPECT_EQ(z.idle_timeout, 1h);
   EXPECT_EQ(z.health_interval, 0ms);
   EXPECT_EQ(z.ca_file, ca.path());
+  EXPECT_EQ(z.protocol, cfg::UpstreamProtocol::H2);
+  EXPECT_EQ(z.max_streams_per_connection, 50);
+  EXPECT_EQ(z.ping_interval, 10s);
 
   const cfg::UpstreamConfig& l = c.upstreams.at("local");
   EXPECT_EQ(l.name, "local");
@@ -230,6 +236,9 @@ TEST(ConfigParse, DefaultsWhenKeysAreOmitted) {
   EXPECT_EQ(u.idle_timeout, 60s);
   EXPECT_EQ(u.health_interval, 30s);
   EXPECT_EQ(u.ca_file, "");
+  EXPECT_EQ(u.protocol, cfg::UpstreamProtocol::Auto);
+  EXPECT_EQ(u.max_streams_per_connection, 100);
+  EXPECT_EQ(u.ping_interval, 30s);
 
   ASSERT_EQ(c.routes.size(), 1u);
   EXPECT_EQ(c.routes[0].strip_prefix, "");
@@ -590,6 +599,16 @@ TEST(ConfigErrors, Upstreams) {
   expect_error("[upstreams.u]\nbase_url = \"http://h\"\nauth_value = \"secret\"\n"
                "[[routes]]\nprefix = \"/\"\nflavour = \"openai\"\nupstream = \"u\"\n",
                {"t.toml:3:", "upstreams.u.auth_value", "auth_header"});
+  // HTTP/2 settings.
+  expect_error("[upstreams.u]\nbase_url = \"http://h\"\nprotocol = \"http2\"\n"
+               "[[routes]]\nprefix = \"/\"\nflavour = \"openai\"\nupstream = \"u\"\n",
+               {"t.toml:3:", "upstreams.u.protocol", "\"http1\", \"h2\" or \"auto\"", "http2"});
+  expect_error("[upstreams.u]\nbase_url = \"http://h\"\nmax_streams_per_connection = 0\n"
+               "[[routes]]\nprefix = \"/\"\nflavour = \"openai\"\nupstream = \"u\"\n",
+               {"t.toml:3:", "upstreams.u.max_streams_per_connection"});
+  expect_error("[upstreams.u]\nbase_url = \"http://h\"\nping_interval = \"soon\"\n"
+               "[[routes]]\nprefix = \"/\"\nflavour = \"openai\"\nupstream = \"u\"\n",
+               {"t.toml:3:", "upstreams.u.ping_interval"});
 }
 
 TEST(ConfigErrors, BaseUrlWithoutHostIsRejected) {

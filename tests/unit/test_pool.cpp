@@ -533,7 +533,9 @@ TEST(Pool, StatsFiguresMatchTheFields) {
   const std::vector<std::pair<std::string, uint64_t>> expected = {
       {"size", s.size},       {"idle", s.idle},       {"in_use", s.in_use}, {"waiting", s.waiting},
       {"max", s.max},         {"created", s.created}, {"reused", s.reused}, {"failed", s.failed},
-      {"expired", s.expired}, {"timeouts", s.timeouts}};
+      {"expired", s.expired}, {"timeouts", s.timeouts}, {"h2_connections", s.h2_connections},
+      {"h2_streams", s.h2_streams}, {"h2_max_streams_per_connection", s.h2_max_streams},
+      {"h2_streams_total", s.h2_streams_total}, {"h2_goaways", s.h2_goaways}};
   ASSERT_EQ(figures.size(), expected.size());
   for (size_t i = 0; i < figures.size(); ++i) {
     EXPECT_EQ(figures[i].first, expected[i].first);

@@ -215,7 +215,8 @@ void read_proxy(const TableReader& r, ProxyConfig& p) {
 
 void read_upstream(const TableReader& r, UpstreamConfig& u) {
   r.allow_only({"base_url", "auth_header", "auth_value", "min_connections", "max_connections", "warm", "connect_timeout",
-                "read_timeout", "acquire_timeout", "idle_timeout", "health_interval", "ca_file"});
+                "read_timeout", "acquire_timeout", "idle_timeout", "health_interval", "ca_file", "protocol",
+                "max_streams_per_connection", "ping_interval"});
   if (!r.get_string("base_url", u.base_url)) r.fail(nullptr, "base_url", "is required");
   if (u.base_url.rfind("http://", 0) != 0 && u.base_url.rfind("https://", 0) != 0)
     r.fail(r.node("base_url"), "base_url", "must start with http:// or https://, got \"" + u.base_url + "\"");
@@ -247,6 +248,15 @@ void read_upstream(const TableReader& r, UpstreamConfig& u) {
   r.get_string("ca_file", u.ca_file);
   if (!u.ca_file.empty() && !std::ifstream(u.ca_file))
     r.fail(r.node("ca_file"), "ca_file", "cannot read \"" + u.ca_file + "\"");
+  std::string protocol;
+  if (r.get_string("protocol", protocol)) {
+    if (protocol == "http1") u.protocol = UpstreamProtocol::Http1;
+    else if (protocol == "h2") u.protocol = UpstreamProtocol::H2;
+    else if (protocol == "auto") u.protocol = UpstreamProtocol::Auto;
+    else r.fail(r.node("protocol"), "protocol", "must be \"http1\", \"h2\" or \"auto\", got \"" + protocol + "\"");
+  }
+  r.get_int("max_streams_per_connection", u.max_streams_per_connection, 1, 100000);
+  r.get_duration("ping_interval", u.ping_interval, true);
 }
 
 void read_route(const TableReader& r, RouteConfig& route) {

@@ -51,6 +51,9 @@ struct ProxyConfig {
   size_t chunk_size = 32 * 1024;  // response relay buffer (STREAM_RESPONSE_CHUNK_SIZE in the old proxy)
 };
 
+// How the proxy speaks to an upstream: HTTP/1.1, HTTP/2, or (https) whatever ALPN agrees on.
+enum class UpstreamProtocol { Http1, H2, Auto };
+
 struct UpstreamConfig {
   std::string name;
   std::string base_url;
@@ -66,6 +69,11 @@ struct UpstreamConfig {
   Duration idle_timeout{60'000};    // idle pooled connections older than this are closed
   Duration health_interval{30'000}; // background TCP health check; 0 = off
   std::string ca_file;              // extra PEM CA bundle for HTTPS upstreams
+  // auto: https negotiates h2 or http/1.1 with ALPN, http is HTTP/1.1; h2 over http = h2c with
+  // prior knowledge.
+  UpstreamProtocol protocol = UpstreamProtocol::Auto;
+  int max_streams_per_connection = 100;  // HTTP/2: streams per connection (also bounded by the peer's setting)
+  Duration ping_interval{30'000};        // HTTP/2: an idle connection is PINGed this often; 0 = never
 };
 
 struct RouteConfig {

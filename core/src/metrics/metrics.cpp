@@ -1,5 +1,7 @@
 #include "metrics/metrics.hpp"
 
+#include <algorithm>
+
 #include <dirent.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,6 +66,10 @@ Metrics::Metrics(const std::vector<std::string>& route_prefixes)
   ttfb_ = &prometheus::BuildHistogram().Name("glmp_time_to_first_byte_seconds").Help("Time until the first response byte was flushed").Register(*registry_);
   tokens_ = &prometheus::BuildCounter().Name("glmp_tokens_total").Help("Tokens reported by upstreams, by direction, flavour and model").Register(*registry_);
   pool_ = &prometheus::BuildGauge().Name("glmp_upstream_pool").Help("Upstream connection pool figures at scrape time").Register(*registry_);
+  h2_connection_streams_ = &prometheus::BuildGauge()
+                                .Name("glmp_upstream_h2_connection_streams")
+                                .Help("HTTP/2 streams open now on each upstream connection (connection = its serial number)")
+                                .Register(*registry_);
   in_flight_ = &prometheus::BuildGauge().Name("glmp_requests_in_flight").Help("Requests being served (streams included)").Register(*registry_).Add({});
   active_streams_ = &prometheus::BuildGauge().Name("glmp_active_streams").Help("Event streams (SSE) being relayed to clients").Register(*registry_).Add({});
   auto& reloads = prometheus::BuildCounter().Name("glmp_plugin_reloads_total").Help("Plugin chain reloads by result").Register(*registry_);
@@ -179,12 +185,21 @@ void Metrics::request_finished(const pipeline::RequestContext& ctx) {
 void Metrics::refresh(const pipeline::Pools& pools, int active_streams) {
   std::lock_guard lock(refresh_mutex_);
   active_streams_->Set(active_streams);
+  std::vector<prometheus::Gauge*> h2_gauges;
   for (const auto& [name, pool] : pools) {
     const upstream::PoolStats s = pool->stats();
     auto set = [&](const char* figure, double v) { pool_->Add({{"upstream", name}, {"figure", figure}}).Set(v); };
     for (const auto& [figure, value] : s.figures()) set(figure, static_cast<double>(value));
     set("healthy", s.healthy ? 1 : 0);
+    for (const auto& [serial, streams] : s.h2_per_connection) {
+      prometheus::Gauge& g = h2_connection_streams_->Add({{"upstream", name}, {"connection", std::to_string(serial)}});
+      g.Set(static_cast<double>(streams));
+      h2_gauges.push_back(&g);
+    }
   }
+  for (prometheus::Gauge* g : h2_connection_gauges_)
+    if (std::find(h2_gauges.begin(), h2_gauges.end(), g) == h2_gauges.end()) h2_connection_streams_->Remove(g);
+  h2_connection_gauges_ = std::move(h2_gauges);
   const ProcStatus status = proc_status();
   rss_->Set(static_cast<double>(status.rss_kb) * 1024);
   peak_rss_->Set(static_cast<double>(status.peak_rss_kb) * 1024);

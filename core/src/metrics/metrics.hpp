@@ -82,6 +82,10 @@ private:
   };
   std::array<ByFlavour, 3> by_flavour_{};
   prometheus::Family<prometheus::Gauge>* pool_;
+  // HTTP/2: open streams per upstream connection; the series of closed connections are removed at
+  // the next scrape (the gauges set last time, under refresh_mutex_).
+  prometheus::Family<prometheus::Gauge>* h2_connection_streams_;
+  std::vector<prometheus::Gauge*> h2_connection_gauges_;
   prometheus::Gauge* in_flight_;
   prometheus::Gauge* active_streams_;
   prometheus::Counter* reload_ok_;

@@ -3,6 +3,11 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
+#include <charconv>
+
+#include <Poco/Net/HTTPResponse.h>
+#include <nghttp2/nghttp2.h>
+
 #include "pipeline/errors.hpp"
 #include "pipeline/headers.hpp"
 
@@ -14,6 +19,8 @@ namespace {
 constexpr size_t kHighWater = 256 * 1024;
 constexpr size_t kLowWater = 64 * 1024;
 constexpr uint32_t kReadable = EPOLLIN | EPOLLRDHUP;
+// HTTP/2: a request the upstream refused (REFUSED_STREAM, GOAWAY) is sent again at most this often.
+constexpr int kMaxRefusedRetries = 3;
 
 bool is_event_stream(std::string_view ct) { return ct.substr(0, 17) == "text/event-stream"; }
 
@@ -67,7 +74,8 @@ Exchange::~Exchange() {
   if (leading_) ctx_.recording->set_leader(nullptr, nullptr);
   if (follower_) ctx_.follow->recording->detach(follower_);
   if (waiting_) pool_.remove_waiter({loop_.index(), id_});
-  if (up_) pool_.discard(std::move(up_), false);
+  if (h2_waiting_) pool_.h2_unwait(loop_.index(), this);
+  drop_upstream(false);
   if (counted_stream_) proxy_.stream_ended();
   http::Headers::recycle(upstream_head_);
   util::give_string(request_bytes_);
@@ -239,6 +247,7 @@ void Exchange::go_upstream() {
 
 void Exchange::acquire() {
   state_ = State::Acquire;
+  if (pool_.h2()) return acquire_h2();
   if (attempt_ == 0) {
     if (auto c = pool_.take_idle(loop_.index())) return use(std::move(c));
   }
@@ -249,6 +258,105 @@ void Exchange::acquire() {
   waiting_ = true;
   pool_.add_waiter({loop_.index(), id_});
   arm_timer(pool_.config().acquire_timeout);
+}
+
+void Exchange::acquire_h2() {
+  std::string error;
+  if (upstream::H2Session* session = pool_.h2_session(loop_.index(), error)) return submit_h2(*session);
+  if (!error.empty()) return upstream_failed(502, error, false);
+  // Every connection is taken: wait for room on a session of this loop, or (none here) for a
+  // connection slot anywhere. One acquire_timeout deadline for the whole wait.
+  if (pool_.h2_has_usable(loop_.index())) {
+    h2_waiting_ = true;
+    pool_.h2_wait(loop_.index(), this);
+  } else {
+    waiting_ = true;
+    pool_.add_waiter({loop_.index(), id_});
+  }
+  if (!acquire_timed_) {
+    acquire_timed_ = true;
+    arm_timer(pool_.config().acquire_timeout);
+  }
+}
+
+void Exchange::h2_room() {
+  h2_waiting_ = false;
+  // After the event that freed the room (a session callback may be on the stack).
+  loop_.ev().arm(resume_, loop_.ev().now(), [this] {
+    if (state_ == State::Acquire && !waiting_ && !h2_waiting_) acquire();
+  });
+}
+
+void Exchange::submit_h2(upstream::H2Session& session) {
+  loop_.ev().cancel(timer_);
+  acquire_timed_ = false;
+  thread_local upstream::H2Request request;
+  proxy_.upstream_request_h2(ctx_, pool_, request);
+  h2_headers = &upstream_head_;
+  h2_body = ctx_.body;
+  upstream_head_.clear();
+  first_byte_ = false;
+  filled_ = used_ = 0;
+  state_ = State::AwaitHead;
+  ctx_.marks.upstream_ready = ctx_.since_start();
+  // One deadline for sending the request and for its response's head (read_timeout).
+  arm_timer(pool_.config().read_timeout);
+  std::string error;
+  // A session that fails while sending ends this stream through h2_end.
+  if (!session.submit(*this, request, error)) upstream_failed(502, error, false);
+}
+
+void Exchange::h2_head(int status) {
+  if (state_ != State::AwaitHead) return;
+  first_byte_ = true;
+  int64_t length = -1;
+  if (const std::string_view cl = upstream_head_.get("Content-Length"); !cl.empty()) {
+    int64_t v = 0;
+    const auto r = std::from_chars(cl.data(), cl.data() + cl.size(), v);
+    if (r.ec == std::errc() && r.ptr == cl.data() + cl.size() && v >= 0) length = v;
+  }
+  on_head_parsed(status, length, Poco::Net::HTTPResponse::getReasonForStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status)));
+}
+
+void Exchange::h2_data(std::string_view bytes) {
+  if (state_ != State::Relay) {
+    if (h2_session) h2_session->consume(*this, bytes.size());
+    return;
+  }
+  last_upstream_io_ = loop_.ev().now();
+  h2_unconsumed += bytes.size();
+  pieces_.push_back(bytes);
+  relay_pieces();
+  // The stream's window opens again only for bytes the client took (or queued below the high
+  // watermark): a slow client holds its own stream back, never its neighbours.
+  if (h2_session && !paused_ && h2_unconsumed > 0) {
+    h2_session->consume(*this, h2_unconsumed);
+    h2_unconsumed = 0;
+  }
+}
+
+void Exchange::h2_end(uint32_t error_code, bool refused, const std::string& why) {
+  const auto& name = pool_.config().name;
+  if (state_ == State::AwaitHead) {
+    if (error_code == NGHTTP2_NO_ERROR)
+      return upstream_failed(502, "upstream '" + name + "' ended the stream without a response", false);
+    // Refused streams were never processed: sent again, on another connection when this one goes away.
+    return upstream_failed(502, why, refused && attempt_ < kMaxRefusedRetries);
+  }
+  if (state_ != State::Relay) return;
+  if (error_code == NGHTTP2_NO_ERROR) {
+    upstream_done_ = true;
+    loop_.ev().cancel(timer_);
+  } else {
+    upstream_error_ = why;
+  }
+  after_relay();
+}
+
+void Exchange::drop_upstream(bool failure) {
+  if (up_) pool_.discard(std::move(up_), failure);
+  if (h2_session) h2_session->cancel(*this);
+  h2_unconsumed = 0;
 }
 
 void Exchange::on_delivered(std::unique_ptr<upstream::Connection> conn) {
@@ -278,6 +386,13 @@ void Exchange::use(std::unique_ptr<upstream::Connection> conn) {
 void Exchange::establish() {
   switch (up_->establish()) {
     case upstream::Connection::Io::Ok:
+      if (pool_.speaks_h2(*up_)) {
+        // "auto" over https: the upstream chose h2. The connection becomes a session of this loop.
+        loop_.ev().cancel(timer_);
+        upstream::H2Session* session = pool_.adopt_h2(std::move(up_));
+        if (!session) return upstream_failed(502, "upstream '" + pool_.config().name + "' HTTP/2 connection failed", false);
+        return submit_h2(*session);
+      }
       return send_request();
     case upstream::Connection::Io::WouldBlock:
       return;  // the next edge-triggered event continues
@@ -316,7 +431,7 @@ void Exchange::send_request() {
 }
 
 void Exchange::upstream_failed(int status, std::string failure, bool retryable) {
-  if (up_) pool_.discard(std::move(up_), !retryable);
+  drop_upstream(!retryable);
   if (retryable) {
     // Once, on a fresh connection: the upstream closed a kept-alive socket before reading the request.
     ++attempt_;
@@ -346,6 +461,14 @@ void Exchange::on_upstream_event(uint32_t events) {
 }
 
 void Exchange::read_upstream() {
+  if (h2_session || (pool_.h2() && !up_)) {
+    // HTTP/2: the session reads; resuming gives the stream's window back.
+    if (h2_session && !paused_ && h2_unconsumed > 0) {
+      h2_session->consume(*this, h2_unconsumed);
+      h2_unconsumed = 0;
+    }
+    return;
+  }
   const auto& name = pool_.config().name;
   for (int round = 0;; ++round) {
     if (parked_ || paused_ || (state_ != State::AwaitHead && state_ != State::Relay)) return;
@@ -381,7 +504,8 @@ void Exchange::read_upstream() {
         const auto ev = parser_->feed(buf_, filled_, used_);
         if (ev == http::ResponseParser::Event::Error)
           return upstream_failed(502, "invalid response from upstream '" + name + "': " + parser_->error(), false);
-        if (ev == http::ResponseParser::Event::HeadersDone) return on_head_parsed();
+        if (ev == http::ResponseParser::Event::HeadersDone)
+          return on_head_parsed(parser_->status(), parser_->content_length(), parser_->reason());
         continue;
       }
       relay_from(0);
@@ -429,7 +553,15 @@ void Exchange::on_timer() {
       resp().setKeepAlive(false);
       return fail({408, "request body not received within " + ms(proxy_.config().server.body_timeout)});
     case State::Acquire:
-      if (!waiting_ || !pool_.remove_waiter({loop_.index(), id_})) return;  // a delivery is on its way
+      acquire_timed_ = false;
+      if (h2_waiting_) {
+        pool_.h2_unwait(loop_.index(), this);
+        h2_waiting_ = false;
+      } else if (!waiting_ || !pool_.remove_waiter({loop_.index(), id_})) {
+        if (!pool_.h2()) return;  // a delivery is on its way
+        // HTTP/2: woken but not served yet (h2_room's retry is queued): the deadline has passed.
+        loop_.ev().cancel(resume_);
+      }
       waiting_ = false;
       pool_.count_timeout();
       return fail({503,
@@ -458,14 +590,15 @@ void Exchange::on_timer() {
 // ---------------------------------------------------------------------------------------------
 // Response side
 
-void Exchange::on_head_parsed() {
+void Exchange::on_head_parsed(int status, int64_t content_length, std::string_view reason) {
   const Clock::time_point now = Clock::now();
   ctx_.upstream_time += now - phase_start_;
   ctx_.marks.upstream_head = ctx_.since_start(now);
-  ctx_.upstream_status = parser_->status();
+  ctx_.upstream_status = status;
+  reason_ = reason;
   // Read before the headers move out of upstream_head_.
   sse_ = is_event_stream(upstream_head_.get("Content-Type"));
-  upstream_length_ = parser_->content_length();
+  upstream_length_ = content_length;
   map_response_headers(upstream_head_, ctx_.response_headers);
   ctx_.response_headers.erase("X-Request-ID");  // the client gets the proxy's (resp() stamps it)
   state_ = State::ResponseHooks;
@@ -487,7 +620,7 @@ void Exchange::begin_response() {
   const bool no_body = ctx_.method == "HEAD" || ctx_.upstream_status == 204 || ctx_.upstream_status == 304;
   known_length_ = upstream_length_ >= 0 && !hide_usage_chunk_;
   const ResponseHead head{ctx_.upstream_status,
-                          parser_->reason(),
+                          std::string(reason_),
                           &ctx_.response_headers,
                           ctx_.response_headers.has("Date"),
                           !no_body && !known_length_,
@@ -501,18 +634,20 @@ void Exchange::begin_response() {
     sink_.flush_head();
   }
   if (leading_) {
-    RecordedHead recorded{ctx_.upstream_status, std::string(parser_->reason()), http::Headers(), sse_, no_body, upstream_length_,
+    RecordedHead recorded{ctx_.upstream_status, std::string(reason_), http::Headers(), sse_, no_body, upstream_length_,
                           hide_usage_chunk_};
     recorded.headers = ctx_.response_headers;
     ctx_.recording->start(std::move(recorded));
   }
-  parser_->set_body_sink(
-      [](void* list, std::string_view bytes) { static_cast<std::vector<std::string_view>*>(list)->push_back(bytes); }, &pieces_);
+  if (parser_)
+    parser_->set_body_sink(
+        [](void* list, std::string_view bytes) { static_cast<std::vector<std::string_view>*>(list)->push_back(bytes); }, &pieces_);
   pieces_.reserve(8);
   state_ = State::Relay;
   last_upstream_io_ = Clock::now();
   // The headers' deadline stays armed and becomes the stall deadline, which moves lazily:
   // on_timer re-arms it from the last upstream read.
+  if (!parser_) return;  // HTTP/2: the body comes in h2_data
   relay_from(used_);  // the body bytes that came with the headers
   if (state_ == State::Relay) read_upstream();
 }
@@ -526,6 +661,10 @@ void Exchange::relay_from(size_t start) {
     upstream_error_ = "upstream '" + pool_.config().name + "' sent a broken response: " + parser_->error();
   else if (ev == http::ResponseParser::Event::MessageDone)
     upstream_done();  // released before the client sees the last byte: its next request finds it idle
+  relay_pieces();
+}
+
+void Exchange::relay_pieces() {
   // The pieces are views into buf_, relayed before the next read reuses it: gathered, then one
   // write for the whole read (the head too, when it came with body bytes of a stream). A
   // recording gets them as the upstream sent them (one chunk per read), after the own client.
@@ -629,7 +768,11 @@ void Exchange::client_gone(const std::string& why) {
     case State::AwaitHead:
       loop_.ev().cancel(timer_);
       if (waiting_ && pool_.remove_waiter({loop_.index(), id_})) waiting_ = false;
-      if (up_) pool_.discard(std::move(up_), false);  // it may have started: never reuse it
+      if (h2_waiting_) {
+        pool_.h2_unwait(loop_.index(), this);
+        h2_waiting_ = false;
+      }
+      drop_upstream(false);  // it may have started: never reuse it
       state_ = State::Completing;
       return complete();
     default:
@@ -796,12 +939,12 @@ void Exchange::end_relay() {
       ctx_.recording->fail(usage_->usage(), {502, upstream_error_.empty() ? std::string("the response being followed ended early") : upstream_error_});
   }
   if (ctx_.client_gone) {
-    if (up_) pool_.discard(std::move(up_), false);  // the upstream may still be sending: never reuse that socket
+    drop_upstream(false);  // the upstream may still be sending: never reuse that socket
     if (ctx_.error.empty()) ctx_.error = "client disconnected";
     return complete();
   }
   if (!upstream_error_.empty()) {
-    if (up_) pool_.discard(std::move(up_), true);
+    drop_upstream(true);
     ctx_.error = upstream_error_;
     // A stream gets the flavour's error event so SDKs raise instead of hanging; either way the
     // response ends without its terminating chunk (or short of its length) and the connection
@@ -890,7 +1033,11 @@ void Exchange::abort(const std::string& why) {
     default:
       loop_.ev().cancel(timer_);
       if (waiting_ && pool_.remove_waiter({loop_.index(), id_})) waiting_ = false;
-      if (up_) pool_.discard(std::move(up_), false);
+      if (h2_waiting_) {
+        pool_.h2_unwait(loop_.index(), this);
+        h2_waiting_ = false;
+      }
+      drop_upstream(false);
       if (!resp().sent()) return fail({503, why, "", "server_stopping"});
       return complete();
   }

@@ -55,6 +55,8 @@ struct ExchangeHost {
 
 class Exchange final : public server::Watcher,
                        public upstream::ConnectionUser,
+                       private upstream::H2Stream,
+                       private upstream::H2Waiter,
                        private SinkOwner,
                        private Recording::Reader,
                        private Recording::Leader {
@@ -106,10 +108,22 @@ private:
   void followers_left() override;
   void acquire();
   void use(std::unique_ptr<upstream::Connection> conn);
+  // HTTP/2: a stream on a session of this loop (or a wait for room), the request submitted.
+  void acquire_h2();
+  void submit_h2(upstream::H2Session& session);
+  void h2_head(int status) override;
+  void h2_data(std::string_view bytes) override;
+  void h2_end(uint32_t error_code, bool refused, const std::string& why) override;
+  void h2_room() override;
+  // The upstream side goes: an HTTP/1.1 connection is closed (a failure counts), an HTTP/2 stream
+  // is reset.
+  void drop_upstream(bool failure);
+  // The body pieces of one upstream read (pieces_), through usage, hooks, recording and client.
+  void relay_pieces();
   void establish();
   void send_request();
   void read_upstream();
-  void on_head_parsed();
+  void on_head_parsed(int status, int64_t content_length, std::string_view reason);
   void begin_response();
   void after_relay();
   void relay_from(size_t start);
@@ -167,6 +181,9 @@ private:
   std::string hidden_view_;    // a leader's view of one read without the usage-only chunk
   bool keep_ = false;
   bool waiting_ = false;  // in the pool's waiter queue
+  bool h2_waiting_ = false;      // waiting for room on an HTTP/2 session of this loop
+  bool acquire_timed_ = false;   // the acquire_timeout deadline is armed
+  std::string_view reason_;      // the upstream's reason phrase (HTTP/2: the status's standard one)
   bool draining_ = false;
   Clock::time_point wait_since_{};  // waiting for upstream bytes since
   bool sse_ = false, known_length_ = false;

@@ -210,43 +210,76 @@ void Proxy::map_headers(const server::Request& req, RequestContext& ctx) const {
   ctx.upstream_headers.add("X-Forwarded-For", req.connection().peer_host());
 }
 
-void Proxy::upstream_request(const RequestContext& ctx, const upstream::Pool& pool, std::string& out) const {
+template <class Target, class Field>
+void Proxy::upstream_fields(const RequestContext& ctx, const upstream::Pool& pool, Target target, Field field) const {
   const auto& ucfg = pool.config();
-  std::string query = remove_query_param(ctx.query, "api_key");
-  out.clear();
-  out.reserve(512 + ctx.body.size());
-  out += ctx.method;
-  out += ' ';
-  out += pool.base_path();
-  Router::append_upstream_path(out, *ctx.route, ctx.path);
-  if (!query.empty()) out.append(1, '?').append(query);
-  out += " HTTP/1.1\r\n";
+  target(remove_query_param(ctx.query, "api_key"));
   // The client's (mapped, plugin-edited) headers, minus the ones the proxy sets itself below;
   // written straight out, so ctx.upstream_headers never holds the upstream credential.
-  const auto header = [&out](std::string_view name, std::string_view value) {
-    out += name;
-    out += ": ";
-    out += value;
-    out += "\r\n";
-  };
   const bool with_length = !ctx.body.empty() || ctx.method == "POST" || ctx.method == "PUT" || ctx.method == "PATCH";
   for (const auto& [name, value] : ctx.upstream_headers) {
     if (iequals(name, "Host") || iequals(name, "X-Request-ID") || iequals(name, "Accept-Encoding") ||
         iequals(name, "Content-Length") || (!ucfg.auth_header.empty() && iequals(name, ucfg.auth_header)))
       continue;
-    header(name, value);
+    field(name, value);
   }
-  header("Host", pool.host_header());
-  header("X-Request-ID", ctx.request_id);
-  header("Accept-Encoding", "identity");
-  if (!ucfg.auth_header.empty()) header(ucfg.auth_header, ucfg.auth_value);
+  field("Host", pool.host_header());
+  field("X-Request-ID", ctx.request_id);
+  field("Accept-Encoding", "identity");
+  if (!ucfg.auth_header.empty()) field(ucfg.auth_header, ucfg.auth_value);
   if (with_length) {
     char len[24];
     const auto r = std::to_chars(len, len + sizeof len, ctx.body.size());
-    header("Content-Length", std::string_view(len, static_cast<size_t>(r.ptr - len)));
+    field("Content-Length", std::string_view(len, static_cast<size_t>(r.ptr - len)));
   }
+}
+
+void Proxy::upstream_request(const RequestContext& ctx, const upstream::Pool& pool, std::string& out) const {
+  out.clear();
+  out.reserve(512 + ctx.body.size());
+  upstream_fields(
+      ctx, pool,
+      [&](const std::string& query) {
+        out += ctx.method;
+        out += ' ';
+        out += pool.base_path();
+        Router::append_upstream_path(out, *ctx.route, ctx.path);
+        if (!query.empty()) out.append(1, '?').append(query);
+        out += " HTTP/1.1\r\n";
+      },
+      [&out](std::string_view name, std::string_view value) {
+        out += name;
+        out += ": ";
+        out += value;
+        out += "\r\n";
+      });
   out += "\r\n";
   out += ctx.body;
+}
+
+void Proxy::upstream_request_h2(const RequestContext& ctx, const upstream::Pool& pool, upstream::H2Request& out) const {
+  out.method = ctx.method;
+  size_t used = 0;
+  upstream_fields(
+      ctx, pool,
+      [&](const std::string& query) {
+        out.path.assign(pool.base_path());
+        Router::append_upstream_path(out.path, *ctx.route, ctx.path);
+        if (!query.empty()) out.path.append(1, '?').append(query);
+      },
+      [&](std::string_view name, std::string_view value) {
+        // RFC 9113 §8.2.2: no connection-specific fields; Host travels as :authority.
+        if (iequals(name, "Host") || iequals(name, "Connection") || iequals(name, "Keep-Alive") ||
+            iequals(name, "Proxy-Connection") || iequals(name, "Transfer-Encoding") || iequals(name, "Upgrade") ||
+            (iequals(name, "TE") && !iequals(value, "trailers")))
+          return;
+        if (used == out.fields.size()) out.fields.emplace_back();
+        auto& [n, v] = out.fields[used++];
+        n.assign(name);
+        for (char& c : n) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);  // field names are lowercase in HTTP/2
+        v.assign(value);
+      });
+  out.fields.resize(used);  // slots beyond keep nothing; their capacity is lost only when fewer fields come
 }
 
 }  // namespace glmp::core::pipeline

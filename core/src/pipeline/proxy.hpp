@@ -17,6 +17,7 @@
 #include "pipeline/request_context.hpp"
 #include "plugins/chain.hpp"
 #include "server/connection.hpp"
+#include "upstream/h2_session.hpp"
 #include "upstream/pool.hpp"
 
 namespace glmp::core::pipeline {
@@ -47,10 +48,19 @@ public:
   // The upstream request, head and body, as written on the connection, into `out` (replaced;
   // its capacity is reused).
   void upstream_request(const RequestContext& ctx, const upstream::Pool& pool, std::string& out) const;
+  // The same request for an HTTP/2 stream: method, path and lowercase fields (the body is sent
+  // from ctx.body). Same fields as HTTP/1.1 minus the connection-specific ones and Host
+  // (:authority); `out` is replaced, its capacity reused.
+  void upstream_request_h2(const RequestContext& ctx, const upstream::Pool& pool, upstream::H2Request& out) const;
 
   const config::Config& config() const { return cfg_; }
 
 private:
+  // The upstream request's target and fields, in order, for both protocols: `target(path)` once,
+  // then `field(name, value)` for each (the proxy's own last, the credential among them).
+  template <class Target, class Field>
+  void upstream_fields(const RequestContext& ctx, const upstream::Pool& pool, Target target, Field field) const;
+
   const config::Config& cfg_;
   Pools& pools_;
   std::atomic<int> active_streams_{0};

@@ -530,6 +530,16 @@ void Server::handle_health(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPSer
     if (!s.last_error.empty()) u.set("last_error", s.last_error);
     Poco::JSON::Object p;
     for (const auto& [figure, value] : s.figures()) p.set(figure, value);
+    if (s.h2) {
+      Poco::JSON::Array conns;  // HTTP/2: open streams on each connection
+      for (const auto& [serial, streams] : s.h2_per_connection) {
+        Poco::JSON::Object c;
+        c.set("connection", serial);
+        c.set("streams", streams);
+        conns.add(c);
+      }
+      p.set("h2_per_connection", conns);
+    }
     u.set("pool", p);
     ups.set(name, u);
   }

@@ -19,6 +19,7 @@
 #include <Poco/Net/StreamSocket.h>
 #include <Poco/URI.h>
 
+#include "upstream/h2_session.hpp"
 #include "util/openssl_errors.hpp"
 
 namespace glmp::core::upstream {
@@ -75,6 +76,14 @@ Connection::~Connection() {
 }
 
 bool Connection::buffered() const { return ssl_ && ::SSL_pending(ssl_) > 0; }
+
+bool Connection::alpn_h2() const {
+  if (!ssl_) return false;
+  const unsigned char* proto = nullptr;
+  unsigned int len = 0;
+  ::SSL_get0_alpn_selected(ssl_, &proto, &len);
+  return len == 2 && proto[0] == 'h' && proto[1] == '2';
+}
 
 void Connection::on_event(uint32_t events) {
   if (user) user->on_upstream_event(events);
@@ -247,7 +256,18 @@ Pool::Pool(const config::UpstreamConfig& cfg) : cfg_(cfg) {
     ssl_context_ = new Poco::Net::Context(Poco::Net::Context::TLS_CLIENT_USE, "", "", cfg.ca_file,
                                           Poco::Net::Context::VERIFY_RELAXED, 9, true);
     ssl_context_->requireMinimumProtocol(Poco::Net::Context::PROTO_TLSV1_2);
+    // ALPN (wire format: length-prefixed names): "auto" lets the upstream choose, "h2" insists.
+    static constexpr unsigned char kAuto[] = {2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    static constexpr unsigned char kH2[] = {2, 'h', '2'};
+    static constexpr unsigned char kHttp1[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    switch (cfg.protocol) {
+      case config::UpstreamProtocol::Auto: ::SSL_CTX_set_alpn_protos(ssl_context_->sslContext(), kAuto, sizeof kAuto); break;
+      case config::UpstreamProtocol::H2: ::SSL_CTX_set_alpn_protos(ssl_context_->sslContext(), kH2, sizeof kH2); break;
+      case config::UpstreamProtocol::Http1: ::SSL_CTX_set_alpn_protos(ssl_context_->sslContext(), kHttp1, sizeof kHttp1); break;
+    }
   }
+  // h2 is known up front; "auto" over https learns it from the first handshake.
+  h2_.store(cfg.protocol == config::UpstreamProtocol::H2, std::memory_order_relaxed);
   std::string ignored;
   resolve(ignored);  // a host that does not resolve yet is retried by the maintenance thread
 }
@@ -302,10 +322,17 @@ std::unique_ptr<Connection> Pool::take_idle(size_t loop) {
   return nullptr;
 }
 
+int Pool::max_connections() const {
+  // HTTP/2 sessions belong to an event loop (no thread hop per stream), so every loop needs a
+  // connection of its own: the bound is at least the number of loops (as Envoy's per-worker pools).
+  return h2() ? std::max(cfg_.max_connections, static_cast<int>(loops_)) : cfg_.max_connections;
+}
+
 std::unique_ptr<Connection> Pool::open(size_t loop, std::string& error) {
   int size = size_.load(std::memory_order_relaxed);
+  const int max = max_connections();
   do {
-    if (size >= cfg_.max_connections) return nullptr;
+    if (size >= max) return nullptr;
   } while (!size_.compare_exchange_weak(size, size + 1, std::memory_order_relaxed));
   Poco::Net::SocketAddress address;
   {
@@ -408,6 +435,10 @@ void Pool::release(std::unique_ptr<Connection> conn) {
 }
 
 void Pool::keep_idle(std::unique_ptr<Connection> conn) {
+  if (conn->established && speaks_h2(*conn)) {
+    adopt_h2(std::move(conn));  // a warmed-up (or waiter-less) HTTP/2 connection: a session with no stream yet
+    return;
+  }
   const size_t loop = conn->loop();
   conn->user = nullptr;
   conn->idle_since = Clock::now();
@@ -463,6 +494,20 @@ void Pool::pass_slot() {
 
 void Pool::close_loop(size_t loop) {
   if (loop >= per_loop_.size()) return;
+  auto sessions = std::move(per_loop_[loop].sessions);
+  per_loop_[loop].sessions.clear();
+  per_loop_[loop].h2_waiters.clear();
+  for (auto& session : sessions) {
+    {
+      std::lock_guard lock(h2_mutex_);
+      std::erase(h2_registry_, session.get());
+    }
+    if (auto conn = session->take_connection()) {
+      evs_[loop]->remove(conn->fd());
+      size_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  sessions.clear();
   auto& idle = per_loop_[loop].idle;
   for (auto& c : idle) {
     evs_[loop]->remove(c->fd());
@@ -493,15 +538,132 @@ void Pool::set_health(const std::string& error) {
   last_error_ = error;
 }
 
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 sessions
+
+H2Session* Pool::h2_session(size_t loop, std::string& error) {
+  auto& sessions = per_loop_[loop].sessions;
+  // The busiest session with room first: streams pack onto few connections.
+  H2Session* best = nullptr;
+  for (const auto& s : sessions)
+    if (s->can_take() && (!best || s->open_streams() > best->open_streams())) best = s.get();
+  if (best) return best;
+  auto conn = open(loop, error);
+  if (!conn) return nullptr;
+  auto session = std::make_unique<H2Session>(*this, std::move(conn), *evs_[loop]);
+  H2Session* raw = session.get();
+  {
+    std::lock_guard lock(h2_mutex_);
+    h2_registry_.push_back(raw);
+  }
+  sessions.push_back(std::move(session));
+  raw->start();
+  if (raw->dead()) {
+    error = raw->error();  // failed at once (it is closed and freed after this event)
+    return nullptr;
+  }
+  return raw;
+}
+
+H2Session* Pool::adopt_h2(std::unique_ptr<Connection> conn) {
+  h2_.store(true, std::memory_order_relaxed);  // "auto": the upstream chose h2
+  const size_t loop = conn->loop();
+  conn->user = nullptr;
+  auto session = std::make_unique<H2Session>(*this, std::move(conn), *evs_[loop]);
+  H2Session* raw = session.get();
+  {
+    std::lock_guard lock(h2_mutex_);
+    h2_registry_.push_back(raw);
+  }
+  per_loop_[loop].sessions.push_back(std::move(session));
+  raw->start();
+  wake_h2_waiters(loop, true);
+  return raw->dead() ? nullptr : raw;
+}
+
+bool Pool::h2_has_usable(size_t loop) const {
+  for (const auto& s : per_loop_[loop].sessions)
+    if (s->usable()) return true;
+  return false;
+}
+
+void Pool::h2_wait(size_t loop, H2Waiter* w) { per_loop_[loop].h2_waiters.push_back(w); }
+
+void Pool::h2_unwait(size_t loop, H2Waiter* w) {
+  auto& q = per_loop_[loop].h2_waiters;
+  if (auto it = std::find(q.begin(), q.end(), w); it != q.end()) q.erase(it);
+}
+
+void Pool::wake_h2_waiters(size_t loop, bool all) {
+  auto& q = per_loop_[loop].h2_waiters;
+  if (q.empty()) return;
+  if (!all) {
+    H2Waiter* w = q.front();
+    q.erase(q.begin());
+    w->h2_room();
+    return;
+  }
+  std::vector<H2Waiter*> woken;
+  woken.swap(q);
+  for (H2Waiter* w : woken) w->h2_room();
+}
+
+void Pool::h2_stream_opened(H2Session&) { h2_streams_total_.fetch_add(1, std::memory_order_relaxed); }
+
+void Pool::h2_stream_closed(H2Session& s) {
+  if (s.can_take()) wake_h2_waiters(s.loop(), false);
+}
+
+void Pool::h2_going_away(H2Session& s) {
+  h2_goaways_.fetch_add(1, std::memory_order_relaxed);
+  // Waiters of the loop look again: they may open a new connection instead.
+  wake_h2_waiters(s.loop(), true);
+}
+
+void Pool::h2_close(H2Session& s) {
+  const size_t loop = s.loop();
+  auto& sessions = per_loop_[loop].sessions;
+  auto it = std::find_if(sessions.begin(), sessions.end(), [&](const auto& p) { return p.get() == &s; });
+  if (it == sessions.end()) return;
+  std::unique_ptr<H2Session> owned = std::move(*it);
+  sessions.erase(it);
+  {
+    std::lock_guard lock(h2_mutex_);
+    std::erase(h2_registry_, owned.get());
+  }
+  discard(owned->take_connection(), false);  // frees its slot (a global waiter may open one)
+  evs_[loop]->retire(std::move(owned));       // its code may be on the stack: freed after this batch
+  wake_h2_waiters(loop, true);
+}
+
+bool Pool::h2_alive(size_t loop, const H2Session* s, uint64_t serial) const {
+  for (const auto& p : per_loop_[loop].sessions)
+    if (p.get() == s && p->serial() == serial) return true;
+  return false;
+}
+
 PoolStats Pool::stats() const {
   PoolStats s;
+  s.h2 = h2();
+  s.h2_streams_total = h2_streams_total_.load(std::memory_order_relaxed);
+  s.h2_goaways = h2_goaways_.load(std::memory_order_relaxed);
+  {
+    std::lock_guard lock(h2_mutex_);
+    s.h2_connections = h2_registry_.size();
+    for (const H2Session* session : h2_registry_) {
+      const uint64_t n = session->open_streams_now();
+      s.h2_streams += n;
+      s.h2_max_streams = std::max(s.h2_max_streams, n);
+      s.h2_per_connection.emplace_back(session->serial(), n);
+    }
+  }
   const int size = std::max(0, size_.load(std::memory_order_relaxed));
   const int idle = std::max(0, idle_count_.load(std::memory_order_relaxed));
   s.size = static_cast<size_t>(size);
   s.idle = static_cast<size_t>(idle);
   s.in_use = size > idle ? static_cast<size_t>(size - idle) : 0;
   s.waiting = static_cast<size_t>(std::max(0, waiting_.load(std::memory_order_relaxed)));
-  s.max = static_cast<size_t>(cfg_.max_connections);
+  s.max = static_cast<size_t>(max_connections());
   s.created = created_.load(std::memory_order_relaxed);
   s.reused = reused_.load(std::memory_order_relaxed);
   s.failed = failed_.load(std::memory_order_relaxed);

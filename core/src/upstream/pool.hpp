@@ -51,16 +51,32 @@ struct PoolStats {
   uint64_t timeouts = 0;// acquisitions that gave up after acquire_timeout
   bool healthy = true;
   std::string last_error;  // last health-check failure ("" when healthy)
+  // HTTP/2: connections carrying streams, streams open now, the most on one connection now,
+  // streams ever opened, GOAWAYs received; and each connection's open streams (by serial).
+  bool h2 = false;
+  uint64_t h2_connections = 0, h2_streams = 0, h2_max_streams = 0, h2_streams_total = 0, h2_goaways = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> h2_per_connection;
 
   // The numeric figures by name, in one place for /health and /metrics.
   std::vector<std::pair<const char*, uint64_t>> figures() const {
     return {{"size", size},       {"idle", idle},       {"in_use", in_use}, {"waiting", waiting},
             {"max", max},         {"created", created}, {"reused", reused}, {"failed", failed},
-            {"expired", expired}, {"timeouts", timeouts}};
+            {"expired", expired}, {"timeouts", timeouts}, {"h2_connections", h2_connections},
+            {"h2_streams", h2_streams}, {"h2_max_streams_per_connection", h2_max_streams},
+            {"h2_streams_total", h2_streams_total}, {"h2_goaways", h2_goaways}};
   }
 };
 
 class Pool;
+class H2Session;
+
+// An exchange waiting for room on an HTTP/2 connection of its loop.
+class H2Waiter {
+public:
+  virtual ~H2Waiter() = default;
+  // A stream closed or a connection went away on the waiter's loop: try again (after this event).
+  virtual void h2_room() = 0;
+};
 
 // Whoever uses a connection gets its events.
 class ConnectionUser {
@@ -86,6 +102,8 @@ public:
   // Writes from `data` (`sent` bytes taken; may be fewer than `len`).
   Io write(const char* data, size_t len, size_t& sent);
   bool clean_eof() const { return clean_eof_; }
+  // TLS: ALPN selected "h2".
+  bool alpn_h2() const;
   // Decrypted bytes OpenSSL holds that epoll cannot report.
   bool buffered() const;
   bool tls() const { return ssl_ != nullptr; }
@@ -156,6 +174,31 @@ public:
   // Closes every idle connection of `loop` (the loop is stopping).
   void close_loop(size_t loop);
   void count_timeout() { timeouts_.fetch_add(1, std::memory_order_relaxed); }
+
+  // ---- HTTP/2 (loop thread unless noted) ----
+  // Requests go to HTTP/2 sessions: protocol "h2", or "auto" once ALPN chose h2 (any thread).
+  bool h2() const { return h2_.load(std::memory_order_relaxed); }
+  // The bound on connections: max_connections, but with HTTP/2 at least one per event loop.
+  int max_connections() const;
+  // An established connection speaks HTTP/2: ALPN chose h2, or h2c with prior knowledge.
+  bool speaks_h2(const Connection& conn) const {
+    return conn.tls() ? conn.alpn_h2() : cfg_.protocol == config::UpstreamProtocol::H2;
+  }
+  // A session of `loop` with room for one more stream, else a new one (connecting) if a slot is
+  // free. Null: every slot is taken (error empty) or the connect failed at once (error set).
+  H2Session* h2_session(size_t loop, std::string& error);
+  // An established connection that ALPN made HTTP/2 becomes a session of its loop.
+  H2Session* adopt_h2(std::unique_ptr<Connection> conn);
+  // The loop has a session that may have room later (so waiting on the loop makes sense).
+  bool h2_has_usable(size_t loop) const;
+  void h2_wait(size_t loop, H2Waiter* w);
+  void h2_unwait(size_t loop, H2Waiter* w);
+  // From sessions.
+  void h2_stream_opened(H2Session& s);
+  void h2_stream_closed(H2Session& s);
+  void h2_going_away(H2Session& s);
+  void h2_close(H2Session& s);
+  bool h2_alive(size_t loop, const H2Session* s, uint64_t serial) const;
   // Warm-up and health check: "" = healthy, else the last failure.
   void set_health(const std::string& error);
 
@@ -174,7 +217,10 @@ private:
   friend class Connection;
   struct LoopIdle {
     std::vector<std::unique_ptr<Connection>> idle;  // back = most recently used
+    std::vector<std::unique_ptr<H2Session>> sessions;
+    std::vector<H2Waiter*> h2_waiters;  // first come, first served
   };
+  void wake_h2_waiters(size_t loop, bool all);
   void free_slot(bool failure);
   // An idle connection taken out of its loop's list because it is too old or unusable: closed.
   void close_expired(std::unique_ptr<Connection> conn);
@@ -201,6 +247,10 @@ private:
   std::atomic<int> size_{0};
   std::atomic<int> idle_count_{0};
   std::atomic<uint64_t> created_{0}, reused_{0}, failed_{0}, expired_{0}, timeouts_{0};
+  std::atomic<bool> h2_{false};
+  std::atomic<uint64_t> h2_streams_total_{0}, h2_goaways_{0};
+  mutable std::mutex h2_mutex_;                 // the registry below; touched when a session opens or closes
+  std::vector<const H2Session*> h2_registry_;
 
   mutable std::mutex waiters_mutex_;
   std::deque<Waiter> waiters_;
