@@ -463,6 +463,13 @@ IssuedCert issue_cert(const TempDir& dir, const std::string& name, const std::st
   return c;
 }
 
+std::string openai_error_event(const std::string& body) {
+  const auto pos = body.rfind("data: {\"error\":");
+  if (pos == std::string::npos) return "";
+  const auto end = body.find("\n\n", pos);
+  return body.substr(pos + 6, end == std::string::npos ? std::string::npos : end - pos - 6);
+}
+
 std::string json_get(const std::string& json, const std::string& path) {
   Poco::Dynamic::Var v = Poco::JSON::Parser().parse(json);
   Poco::StringTokenizer parts(path, ".");

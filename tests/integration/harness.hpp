@@ -182,6 +182,8 @@ IssuedCert issue_cert(const TempDir& dir, const std::string& name, const std::st
 
 // JSON helpers (Poco::JSON): value at a dotted path like "usage.prompt_tokens" or "error.type".
 std::string json_get(const std::string& json, const std::string& path);
+// The JSON of the last OpenAI error event (`data: {"error":…}`) of a stream body; "" without one.
+std::string openai_error_event(const std::string& body);
 // The same, but a body that is not JSON reads as "<unparsable>" instead of throwing.
 std::string jget(const std::string& json, const std::string& path);
 // A whole decimal integer, or `fallback` when `text` is anything else.

@@ -239,9 +239,8 @@ TEST_F(H2Upstream, RstStreamMidStreamIsTheFlavoursErrorEvent) {
   const std::string body = s.body();
   EXPECT_NE(body.find("tok1"), std::string::npos);
   EXPECT_EQ(body.find("tok5"), std::string::npos);
-  const auto pos = body.rfind("data: {\"error\":");
-  ASSERT_NE(pos, std::string::npos) << body;
-  const std::string event = body.substr(pos + 6, body.find("\n\n", pos) - pos - 6);
+  const std::string event = openai_error_event(body);
+  ASSERT_FALSE(event.empty()) << body;
   EXPECT_EQ(json_get(event, "error.type"), "server_error");
   EXPECT_NE(json_get(event, "error.message").find("mid-response"), std::string::npos) << event;
   EXPECT_NE(json_get(event, "error.message").find("INTERNAL_ERROR"), std::string::npos) << event;
@@ -403,6 +402,35 @@ TEST_F(H2Upstream, CacheAndCoalescingWorkOverH2) {
   // Usage of the one upstream response, recorded over h2, is what the followers and the hit report.
   EXPECT_NO_THROW(proxy->wait_log({"\"origin\":\"coalesced\"", "\"tokens_out\":5"}));
   EXPECT_NO_THROW(proxy->wait_log({"\"origin\":\"cache\"", "\"tokens_out\":5"}));
+}
+
+TEST_F(H2Upstream, OversizedResponseHeadIsA502AndOnlyThatStreamIsReset) {
+  start({.upstream = "protocol = \"h2\"\nmax_connections = 1\n"});
+  // A neighbour streams on the same (only) connection meanwhile.
+  StreamedResponse neighbour;
+  std::thread t([&] {
+    neighbour = http_stream(port(), "POST", "/v1/chat/completions", openai_body(true), {{"x-mock-chunks", "4"}, {"x-mock-delay-ms", "150"}});
+  });
+  std::this_thread::sleep_for(100ms);
+  const Response big = http(port(), "POST", "/v1/chat/completions", openai_body(false), {{"x-mock-header-bytes", "300000"}});
+  EXPECT_EQ(big.status, 502) << big.body;
+  EXPECT_NE(json_get(big.body, "error.message").find("headers larger than 262144 bytes"), std::string::npos) << big.body;
+  // (The mock repeats one field: HPACK indexes it, so the 300 000 bytes took a few KiB on the wire,
+  // the shape of a decompression bomb.) Under the bound, the fields are relayed.
+  const Response fine = http(port(), "POST", "/v1/chat/completions", openai_body(false), {{"x-mock-header-bytes", "40000"}});
+  EXPECT_EQ(fine.status, 200) << fine.body;
+  EXPECT_EQ(fine.header("x-mock-filler").substr(0, 3000), std::string(3000, 'a'));
+  t.join();
+  EXPECT_EQ(openai_content(neighbour.body()), "tok0 tok1 tok2 tok3 ");
+  EXPECT_EQ(mock_stat("h2_connections"), 1) << "the reset did not cost the connection";
+}
+
+TEST_F(H2Upstream, OversizedResponseHeadOverHttp1IsThe502Too) {
+  start({.upstream = "protocol = \"http1\"\n"});
+  const Response big = http(port(), "POST", "/v1/chat/completions", openai_body(false), {{"x-mock-header-bytes", "300000"}});
+  EXPECT_EQ(big.status, 502) << big.body;
+  EXPECT_NE(json_get(big.body, "error.message").find("headers larger than 262144 bytes"), std::string::npos) << big.body;
+  EXPECT_EQ(http(port(), "POST", "/v1/chat/completions", openai_body(false), {{"x-mock-header-bytes", "40000"}}).status, 200);
 }
 
 TEST_F(H2Upstream, IdleConnectionWithPingsIsKept) {

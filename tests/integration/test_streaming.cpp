@@ -48,9 +48,8 @@ TEST_F(Streaming, UpstreamResetMidStreamEndsWithOpenAIErrorEvent) {
   const std::string body = s.body();
   EXPECT_NE(body.find("tok1"), std::string::npos);
   EXPECT_EQ(body.find("tok5"), std::string::npos);
-  const auto pos = body.rfind("data: {\"error\":");
-  ASSERT_NE(pos, std::string::npos) << body;
-  const std::string event = body.substr(pos + 6, body.find("\n\n", pos) - pos - 6);
+  const std::string event = openai_error_event(body);
+  ASSERT_FALSE(event.empty()) << body;
   EXPECT_EQ(json_get(event, "error.type"), "server_error");
   EXPECT_NE(json_get(event, "error.message").find("mid-response"), std::string::npos);
   // The proxy is still healthy afterwards.

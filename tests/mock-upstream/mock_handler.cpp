@@ -89,6 +89,7 @@ struct Controls {
   std::optional<std::uint64_t> cache_read;
   std::optional<std::uint64_t> cache_creation;
   std::optional<std::uint64_t> goaway_after;  // HTTP/2 only
+  std::optional<std::uint64_t> header_bytes;  // an x-mock-filler response header this long
   std::optional<std::string> error_message;
   bool garbage = false;
   bool echo = false;
@@ -128,7 +129,7 @@ std::optional<std::string> parse_controls(const Request& req, Controls& c) {
         {"status", &Controls::status},           {"reset-after", &Controls::reset_after},
         {"large-bytes", &Controls::large_bytes}, {"stall-ms", &Controls::stall_ms},
         {"cache-read", &Controls::cache_read},   {"cache-creation", &Controls::cache_creation},
-        {"goaway-after", &Controls::goaway_after},
+        {"goaway-after", &Controls::goaway_after}, {"header-bytes", &Controls::header_bytes},
     };
     static constexpr std::pair<std::string_view, FlagField> kFlags[] = {
         {"garbage", &Controls::garbage},
@@ -481,6 +482,15 @@ class MockHandler final : public Handler {
     out += "\r\nDate: ";
     out += http_date();
     out += keep_alive_ ? "\r\nConnection: Keep-Alive\r\n" : "\r\nConnection: Close\r\n";
+    // x-mock-filler fields of up to 3000 bytes, the same name and value over and over: HPACK
+    // indexes them, so over HTTP/2 a few KiB on the wire decode to N bytes of fields.
+    for (std::uint64_t left = ctl_.header_bytes.value_or(0); left > 0;) {
+      const std::uint64_t n = std::min<std::uint64_t>(left, 3000);
+      out += "x-mock-filler: ";
+      out.append(n, 'a');
+      out += "\r\n";
+      left -= n;
+    }
   }
 
   // A whole response with a Content-Length (Poco's sendBuffer: no body for HEAD).

@@ -3,7 +3,6 @@
 namespace glmp::core::http {
 namespace {
 
-constexpr size_t kMaxHeadBytes = 256 * 1024;  // an upstream's header block; beyond it is garbage
 
 ResponseParser& self(llhttp_t* p) { return *static_cast<ResponseParser*>(p->data); }
 
@@ -44,8 +43,8 @@ ResponseParser::Event ResponseParser::feed(const char* data, size_t len, size_t&
   }
   if (!was_headers_done) {
     head_bytes_ += consumed;
-    if (!headers_done_ && head_bytes_ > kMaxHeadBytes) {
-      error_ = "malformed response: headers larger than " + std::to_string(kMaxHeadBytes) + " bytes";
+    if (!headers_done_ && head_bytes_ > kMaxResponseHeadBytes) {
+      error_ = "malformed response: headers larger than " + std::to_string(kMaxResponseHeadBytes) + " bytes";
       return Event::Error;
     }
     if (headers_done_) return Event::HeadersDone;

@@ -15,6 +15,10 @@
 
 namespace glmp::core::http {
 
+// An upstream's response head (status line and fields, or HTTP/2's decoded fields) beyond this is
+// refused as garbage, whatever the protocol.
+inline constexpr size_t kMaxResponseHeadBytes = 256 * 1024;
+
 class ResponseParser {
 public:
   enum class Event { NeedMore, HeadersDone, MessageDone, Error };

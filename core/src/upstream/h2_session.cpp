@@ -7,6 +7,8 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "http/response_parser.hpp"
+
 namespace glmp::core::upstream {
 namespace {
 
@@ -39,6 +41,7 @@ struct H2Session::Access {
     if (H2Stream* s = stream(ng, frame->hd.stream_id); s && !s->h2_head_seen && s->h2_headers) {
       s->h2_headers->clear();
       s->h2_status = 0;
+      s->h2_head_bytes = 0;
     }
     return 0;
   }
@@ -50,6 +53,12 @@ struct H2Session::Access {
     if (!s || s->h2_head_seen || !s->h2_headers) return 0;
     const std::string_view n(reinterpret_cast<const char*>(name), namelen);
     const std::string_view v(reinterpret_cast<const char*>(value), valuelen);
+    // The same bound as an HTTP/1.1 head (name, value and ": " CRLF each): the stream is reset.
+    s->h2_head_bytes += namelen + valuelen + 4;
+    if (s->h2_head_bytes > http::kMaxResponseHeadBytes) {
+      s->h2_head_too_large = true;
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
     if (n == ":status") {
       int status = 0;
       for (char c : v) status = status * 10 + (c - '0');  // nghttp2 checked it: three digits
@@ -152,6 +161,7 @@ H2Session::H2Session(Pool& pool, std::unique_ptr<Connection> conn, server::Event
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<uint32_t>(http::kMaxResponseHeadBytes)},
   };
   nghttp2_submit_settings(ng_, NGHTTP2_FLAG_NONE, settings, sizeof settings / sizeof settings[0]);
   nghttp2_session_set_local_window_size(ng_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
@@ -196,6 +206,8 @@ bool H2Session::submit(H2Stream& s, const H2Request& req, std::string& error) {
   s.h2_unconsumed = 0;
   s.h2_head_seen = false;
   s.h2_status = 0;
+  s.h2_head_bytes = 0;
+  s.h2_head_too_large = false;
   nghttp2_data_provider body{};
   body.read_callback = &Access::read_body;
   const bool with_body = !s.h2_body.empty();
@@ -243,7 +255,9 @@ void H2Session::stream_closed(H2Stream* s, int32_t id, uint32_t error_code) {
   const bool refused = error_code == NGHTTP2_REFUSED_STREAM || (going_away_ && id > goaway_last_id_);
   const std::string& name = pool_.config().name;
   std::string why;
-  if (s->h2_head_seen && error_code != NGHTTP2_NO_ERROR)
+  if (s->h2_head_too_large)
+    why = "invalid response from upstream '" + name + "': headers larger than " + std::to_string(http::kMaxResponseHeadBytes) + " bytes";
+  else if (s->h2_head_seen && error_code != NGHTTP2_NO_ERROR)
     why = "upstream '" + name + "' failed mid-response: the stream was reset (HTTP/2 " + code_text(error_code) + ")";
   else if (refused)
     why = "upstream '" + name + "' refused the stream (HTTP/2 " + code_text(error_code) + ")";

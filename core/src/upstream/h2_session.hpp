@@ -57,6 +57,8 @@ public:
   size_t h2_slot = 0;        // index in the session's list of open streams
   bool h2_head_seen = false;  // the final head was delivered (h2_head)
   int h2_status = 0;          // the :status of the HEADERS block being read
+  size_t h2_head_bytes = 0;   // decoded field bytes of the head so far (http::kMaxResponseHeadBytes)
+  bool h2_head_too_large = false;
 };
 
 // The request to submit: pseudo-headers and fields, lowercase names.
