@@ -131,10 +131,10 @@ class Child {
   }
 }
 
-function proxyConfig(mockPort, accessLog, plugins, adminToken, tls) {
+function proxyConfig(mockPort, accessLog, plugins, adminToken, tls, serverExtra) {
   return `[server]
 listen = "127.0.0.1:0"
-${tls ? `tls_cert = "${tls.cert}"\ntls_key = "${tls.key}"\n` : ''}
+${tls ? `tls_cert = "${tls.cert}"\ntls_key = "${tls.key}"\n` : ''}${serverExtra ? `${serverExtra}\n` : ''}
 [store]
 path = "${join(dirname(accessLog), 'state.db')}"
 
@@ -176,7 +176,8 @@ ${plugins ? `\n${plugins}\n` : ''}`;
 // `adminToken`: adds `[admin] token = "…"` (without one, admin routes answer 403).
 // `tls`: `{ cert, key }` (PEM paths, e.g. from makePki): the proxy listens with TLS only, and
 // proxyURL is https://.
-export async function startStack({ plugins = '', adminToken = '', tls = null } = {}) {
+// `serverExtra`: lines added to the [server] table (e.g. "max_concurrent_streams = 8").
+export async function startStack({ plugins = '', adminToken = '', tls = null, serverExtra = '' } = {}) {
   const proxyBin = binary('GLMP_PROXY_BIN', 'glm-proxy');
   const mockBin = binary('GLMP_MOCK_BIN', 'mock-upstream');
   const dir = mkdtempSync(join(tmpdir(), 'glmp-e2e-'));
@@ -199,7 +200,7 @@ export async function startStack({ plugins = '', adminToken = '', tls = null } =
     mock = new Child('mock-upstream', mockBin, ['--host', '127.0.0.1', '--port', '0', '--api-key', UPSTREAM_KEY]);
     const mockPort = Number((await mock.waitFor(/^LISTENING (\d+)$/m, 'LISTENING line'))[1]);
 
-    writeFileSync(configPath, proxyConfig(mockPort, accessLogPath, plugins, adminToken, tls));
+    writeFileSync(configPath, proxyConfig(mockPort, accessLogPath, plugins, adminToken, tls, serverExtra));
     proxy = new Child('glm-proxy', proxyBin, ['--config', configPath]);
     const proxyPort = Number((await proxy.waitFor(/listening on 127\.0\.0\.1:(\d+)/, '"listening on" line'))[1]);
 

@@ -480,30 +480,34 @@ TEST_F(TlsListener, AuthPluginWithAProxyKey) {
 // that offers only protocols the proxy does not speak gets no ALPN answer and the handshake goes
 // on (RFC 7301 allows either; a client that insists on h2 gives up by itself, one that tries
 // HTTP/1.1 anyway is served).
-TEST_F(TlsListener, AlpnSelectsHttp11AndNeverH2) {
+TEST_F(TlsListener, AlpnPrefersH2ThenHttp11) {
   start();
   {
-    TlsClient both(port(), pki.ca_cert, {.alpn = {"h2", "http/1.1"}});
+    TlsClient both(port(), pki.ca_cert, {.alpn = {"http/1.1", "h2"}});
     ASSERT_TRUE(both.ok()) << both.error();
-    EXPECT_EQ(both.alpn(), "http/1.1");
-    EXPECT_EQ(both.request("POST", "/v1/chat/completions", openai_body(false)).status, 200);
+    EXPECT_EQ(both.alpn(), "h2") << "the server's preference decides (HTTP/2 clients: tests/e2e/h2.test.mjs)";
   }
   {
-    TlsClient only_h2(port(), pki.ca_cert, {.alpn = {"h2"}});
-    ASSERT_TRUE(only_h2.ok()) << "a client offering only h2 still completes the handshake: " << only_h2.error();
-    EXPECT_EQ(only_h2.alpn(), "");
-    EXPECT_EQ(only_h2.request("GET", "/health").status, 200);
+    TlsClient http11(port(), pki.ca_cert, {.alpn = {"http/1.1"}});
+    ASSERT_TRUE(http11.ok()) << http11.error();
+    EXPECT_EQ(http11.alpn(), "http/1.1");
+    EXPECT_EQ(http11.request("POST", "/v1/chat/completions", openai_body(false)).status, 200);
   }
   {
     TlsClient none(port(), pki.ca_cert, {.alpn = {}});
     ASSERT_TRUE(none.ok()) << none.error();
     EXPECT_EQ(none.alpn(), "");
-    EXPECT_EQ(none.request("GET", "/health").status, 200);
+    EXPECT_EQ(none.request("GET", "/health").status, 200) << "no ALPN: HTTP/1.1";
   }
   {
     TlsClient odd(port(), pki.ca_cert, {.alpn = {"spdy/3", "http/1.0", "http/1.1"}});
     ASSERT_TRUE(odd.ok()) << odd.error();
     EXPECT_EQ(odd.alpn(), "http/1.1");
+  }
+  {
+    TlsClient unknown(port(), pki.ca_cert, {.alpn = {"spdy/3"}});
+    ASSERT_TRUE(unknown.ok()) << "nothing in common: the handshake goes on without ALPN: " << unknown.error();
+    EXPECT_EQ(unknown.alpn(), "");
   }
   EXPECT_EQ(handshakes("failed"), 0);
 }

@@ -765,6 +765,16 @@ TEST(ConfigTls, OffByDefault) {
   const cfg::Config c = cfg::parse_config(kMinimal, "min.toml");
   EXPECT_EQ(c.server.tls_cert, "");
   EXPECT_EQ(c.server.tls_key, "");
+  EXPECT_TRUE(c.server.http2);
+  EXPECT_EQ(c.server.max_concurrent_streams, 128);
+}
+
+TEST(ConfigTls, Http2Settings) {
+  const cfg::Config c = cfg::parse_config("[server]\nhttp2 = false\nmax_concurrent_streams = 16\n" + kMinimal, "t.toml");
+  EXPECT_FALSE(c.server.http2);
+  EXPECT_EQ(c.server.max_concurrent_streams, 16);
+  expect_error("[server]\nmax_concurrent_streams = 0\n" + kMinimal, {"t.toml:2:", "server.max_concurrent_streams"});
+  expect_error("[server]\nhttp2 = \"yes\"\n" + kMinimal, {"t.toml:2:", "server.http2"});
 }
 
 TEST(ConfigTls, BothReadableFilesAreTaken) {

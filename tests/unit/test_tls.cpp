@@ -29,15 +29,18 @@ std::string wire(std::initializer_list<std::string> protocols) {
   return out;
 }
 
-TEST(TlsAlpn, SelectsHttp11FromWhatTheClientOffers) {
+TEST(TlsAlpn, ServerPreferenceH2ThenHttp11) {
   EXPECT_EQ(select_alpn(wire({"http/1.1"})), "http/1.1");
-  EXPECT_EQ(select_alpn(wire({"h2", "http/1.1"})), "http/1.1");
-  EXPECT_EQ(select_alpn(wire({"spdy/3", "http/1.0", "http/1.1", "h2"})), "http/1.1");
+  EXPECT_EQ(select_alpn(wire({"h2", "http/1.1"})), "h2");
+  EXPECT_EQ(select_alpn(wire({"http/1.1", "h2"})), "h2") << "the server's order decides";
+  EXPECT_EQ(select_alpn(wire({"spdy/3", "http/1.0", "http/1.1"})), "http/1.1");
+  EXPECT_EQ(select_alpn(wire({"h2"})), "h2");
 }
 
-TEST(TlsAlpn, NeverH2UntilTheServerSpeaksIt) {
-  EXPECT_EQ(select_alpn(wire({"h2"})), "");
-  EXPECT_EQ(glmp::core::server::kAlpnProtocols.find("h2"), std::string_view::npos);
+TEST(TlsAlpn, Http2OffHttp11Only) {
+  using glmp::core::server::kAlpnHttp1Only;
+  EXPECT_EQ(select_alpn(wire({"h2", "http/1.1"}), kAlpnHttp1Only), "http/1.1");
+  EXPECT_EQ(select_alpn(wire({"h2"}), kAlpnHttp1Only), "");
 }
 
 TEST(TlsAlpn, NoOverlapOrMalformedListsSelectNothing) {

@@ -150,7 +150,8 @@ private:
 void read_server(const TableReader& r, ServerConfig& s) {
   r.allow_only({"listen", "workers", "max_threads", "thread_stack_size", "max_queued", "max_request_body", "header_timeout",
                 "keepalive_timeout", "drain_timeout", "max_connections", "max_header_bytes", "max_headers",
-                "max_uri_bytes", "body_timeout", "send_timeout", "tls_cert", "tls_key"});
+                "max_uri_bytes", "body_timeout", "send_timeout", "tls_cert", "tls_key", "http2",
+                "max_concurrent_streams"});
   std::string listen;
   if (r.get_string("listen", listen)) {
     auto colon = listen.rfind(':');
@@ -200,6 +201,8 @@ void read_server(const TableReader& r, ServerConfig& s) {
   if (s.tls_key.empty() && !s.tls_cert.empty()) r.fail(r.node("tls_cert"), "tls_key", "is required with tls_cert (TLS needs both)");
   if (!s.tls_cert.empty() && !std::ifstream(s.tls_cert)) r.fail(r.node("tls_cert"), "tls_cert", "cannot read \"" + s.tls_cert + "\"");
   if (!s.tls_key.empty() && !std::ifstream(s.tls_key)) r.fail(r.node("tls_key"), "tls_key", "cannot read \"" + s.tls_key + "\"");
+  r.get_bool("http2", s.http2);
+  r.get_int("max_concurrent_streams", s.max_concurrent_streams, 1, 10000);
 }
 
 void read_proxy(const TableReader& r, ProxyConfig& p) {

@@ -43,6 +43,8 @@ struct ServerConfig {
   // HTTP. PEM files, read at start and again on SIGHUP (or POST /admin/reload).
   std::string tls_cert;
   std::string tls_key;
+  bool http2 = true;                    // TLS: ALPN offers h2 (then http/1.1)
+  int max_concurrent_streams = 128;     // HTTP/2 clients: streams one connection may have open
 };
 
 struct ProxyConfig {

@@ -138,6 +138,10 @@ public:
   }
   // The protocol ALPN selected ("" when none).
   std::string_view alpn() const;
+  // The transport itself, for a protocol that runs over the connection instead of its HTTP/1.1
+  // parser (HTTP/2: server::H2Front). recv(2)/send(2) contract, as read_some/write_some.
+  ssize_t transport_read(char* buf, size_t len) { return read_some(buf, len); }
+  ssize_t transport_write(const char* data, size_t len) { return write_some(data, len); }
 
   int fd() const { return fd_; }
   const Poco::Net::SocketAddress& peer() const { return peer_; }

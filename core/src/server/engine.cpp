@@ -111,6 +111,7 @@ void Loop::run() {
     }
   });
   closing_ = true;  // the slots go with their connections, in one sweep
+  fronts_.clear();
   for (auto& [p, s] : slots_) s->conn.reset();
   slots_.clear();
 }
@@ -133,6 +134,9 @@ void Loop::close_idle() {
   for (const auto& [p, s] : slots_)
     if (s->conn && !s->lingering) idle.push_back(p);
   for (Slot* s : idle) s->conn.reset();  // the connection closes here (and its slot with it)
+  std::vector<H2Front*> fronts;
+  for (const auto& [p, f] : fronts_) fronts.push_back(p);
+  for (H2Front* f : fronts) f->drain();  // GOAWAY: their streams finish, then they close
 }
 
 void Loop::accept_all() {
@@ -302,6 +306,10 @@ bool Loop::handshake(Slot& s) {
       return false;
     case ClientConnection::Handshake::Done:
       engine_.tls_outcome(TlsOutcome::Ok);
+      if (s.conn->alpn() == "h2") [[unlikely]] {
+        start_h2(s);
+        return false;
+      }
       return true;
     case ClientConnection::Handshake::PlainHttp: {
       // As nginx does: a plain answer that says so, then the connection closes.
@@ -323,6 +331,23 @@ bool Loop::handshake(Slot& s) {
       return false;
   }
   return false;
+}
+
+void Loop::start_h2(Slot& s) {
+  std::unique_ptr<ClientConnection> conn = take(s);
+  ClientConnection& c = *conn;
+  auto front = std::make_unique<H2Front>(*this, std::move(conn), engine_.options_.h2);
+  H2Front* raw = front.get();
+  attach(c, raw);  // the socket's events go to the front from now on
+  fronts_.emplace(raw, std::move(front));
+  raw->start();
+}
+
+void Loop::front_closed(H2Front& front) {
+  auto it = fronts_.find(&front);
+  if (it == fronts_.end() || closing_) return;
+  ev_.retire(std::move(it->second));  // its code is on the stack
+  fronts_.erase(it);
 }
 
 void Loop::sweep() {

@@ -32,6 +32,7 @@
 
 #include "server/connection.hpp"
 #include "server/event_loop.hpp"
+#include "server/h2_front.hpp"
 #include "server/tls.hpp"
 
 namespace glmp::core::server {
@@ -44,6 +45,7 @@ struct EngineOptions {
   int max_queued = 1024;     // tasks waiting for a worker
   size_t thread_stack_size = 256 * 1024;
   std::shared_ptr<const TlsContext> tls;  // set: the listener speaks TLS only
+  H2FrontOptions h2;                       // clients whose ALPN chose h2
   std::function<void(TlsOutcome)> on_tls;  // every TLS connection's start, counted (any loop thread)
 };
 
@@ -73,6 +75,8 @@ public:
   // Loop thread. Sends the events of a connection being served to `handler` (an exchange) and
   // returns those that arrived since it was taken from the loop.
   uint32_t attach(ClientConnection& conn, Watcher* handler);
+  // Loop thread. An HTTP/2 front is done (its connection closed): freed after this event.
+  void front_closed(H2Front& front);
 
 private:
   friend class Engine;
@@ -88,12 +92,15 @@ private:
   void close_idle();
   // A TLS connection's handshake moved on; true when it is done and the request can be read.
   bool handshake(Slot& s);
+  // The connection's ALPN chose h2: an H2Front serves it from now on.
+  void start_h2(Slot& s);
 
   Engine& engine_;
   size_t index_;
   EventLoop ev_;
   std::thread thread_;
   std::unordered_map<Slot*, std::unique_ptr<Slot>> slots_;
+  std::unordered_map<H2Front*, std::unique_ptr<H2Front>> fronts_;
   std::unique_ptr<Acceptor> acceptor_;
   bool listening_ = false;
   bool accept_paused_ = false;
@@ -125,6 +132,7 @@ public:
   int open_connections() const { return open_.load(std::memory_order_relaxed); }
   bool accepting() const { return accepting_.load(std::memory_order_relaxed); }
   const std::atomic<bool>& stopping() const { return stopping_; }
+  std::atomic<int>* open_counter() { return &open_; }
   size_t loop_count() const { return loops_.size(); }
   Loop& loop(size_t i) { return *loops_[i]; }
   int worker_threads() const { return running_now_.load(std::memory_order_relaxed); }

@@ -32,7 +32,7 @@ EventLoop::EventLoop() {
 }
 
 EventLoop::~EventLoop() {
-  graveyard_.clear();
+  bury();
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (wake_fd_ >= 0) ::close(wake_fd_);
 }
@@ -149,11 +149,20 @@ void EventLoop::run(const std::function<void()>& tick) {
     if (woken || wake_pending_.load(std::memory_order_acquire)) drain_posted();
     run_timers();
     tick();
-    graveyard_.clear();
+    bury();
   }
   // Whatever was posted last (hand-backs from workers) is run, so nothing is leaked.
   drain_posted();
-  graveyard_.clear();
+  bury();
+}
+
+// A watcher freed here may retire others (a connection its slot): until none is left.
+void EventLoop::bury() {
+  while (!graveyard_.empty()) {
+    std::vector<std::unique_ptr<Watcher>> dead;
+    dead.swap(graveyard_);
+    dead.clear();
+  }
 }
 
 }  // namespace glmp::core::server

@@ -64,6 +64,7 @@ private:
   void drain_posted();
   void run_timers();
   void recycle(TimerMap::node_type node);
+  void bury();
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};

@@ -89,7 +89,7 @@ bool is_unsafe_path(const std::string& path) {
 
 Server::Server(config::Config cfg)
     : cfg_(std::move(cfg)),
-      tls_(cfg_.server.tls_cert.empty() ? nullptr : TlsContext::load(cfg_.server.tls_cert, cfg_.server.tls_key)),  // throws TlsError
+      tls_(cfg_.server.tls_cert.empty() ? nullptr : TlsContext::load(cfg_.server.tls_cert, cfg_.server.tls_key, cfg_.server.http2)),  // throws TlsError
       metrics_([this] {
         std::vector<std::string> prefixes;
         for (const auto& r : cfg_.routes) prefixes.push_back(r.prefix);
@@ -157,7 +157,7 @@ void Server::reload_tls(ReloadResult& result) {
   result.tls = true;
   auto& log = Poco::Logger::get("glm-proxy");
   try {
-    auto fresh = TlsContext::load(cfg_.server.tls_cert, cfg_.server.tls_key);
+    auto fresh = TlsContext::load(cfg_.server.tls_cert, cfg_.server.tls_key, cfg_.server.http2);
     tls_ = fresh;
     if (engine_) engine_->set_tls(fresh);  // new connections; open ones keep theirs
     metrics_.set_tls_certificate(fresh->certificate().not_after);
@@ -226,6 +226,7 @@ void Server::start() {
   options.max_queued = sc.max_queued;
   options.thread_stack_size = sc.thread_stack_size;
   options.tls = tls_;
+  options.h2.max_concurrent_streams = static_cast<uint32_t>(sc.max_concurrent_streams);
   options.on_tls = [this](TlsOutcome outcome) { metrics_.tls_handshake(outcome); };
   if (tls_) {
     auto& log = Poco::Logger::get("glm-proxy");

@@ -84,8 +84,10 @@ TlsCertificateInfo describe(X509* cert) {
   return info;
 }
 
-int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen, void*) {
-  const std::string_view picked = select_alpn(std::string_view(reinterpret_cast<const char*>(in), inlen));
+// `arg`: the server's list (a static std::string_view).
+int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen, void* arg) {
+  const std::string_view picked =
+      select_alpn(std::string_view(reinterpret_cast<const char*>(in), inlen), *static_cast<const std::string_view*>(arg));
   if (picked.empty()) return SSL_TLSEXT_ERR_NOACK;  // no protocol in common: go on without ALPN
   *out = reinterpret_cast<const unsigned char*>(picked.data());
   *outlen = static_cast<unsigned char>(picked.size());
@@ -123,7 +125,7 @@ std::string_view select_alpn(std::string_view client, std::string_view server) {
 TlsContext::TlsContext(Poco::Net::Context::Ptr context, TlsCertificateInfo info, std::string cert_file, std::string key_file)
     : context_(std::move(context)), info_(std::move(info)), cert_file_(std::move(cert_file)), key_file_(std::move(key_file)) {}
 
-std::shared_ptr<const TlsContext> TlsContext::load(const std::string& cert_file, const std::string& key_file) {
+std::shared_ptr<const TlsContext> TlsContext::load(const std::string& cert_file, const std::string& key_file, bool http2) {
   ::ERR_clear_error();
   // Read both files first, with OpenSSL directly: an error names the file and what is wrong with
   // it, and an encrypted key fails here instead of reaching Poco's passphrase prompt.
@@ -177,7 +179,7 @@ std::shared_ptr<const TlsContext> TlsContext::load(const std::string& cert_file,
   // follows) instead of two per record; the connection checks SSL_has_pending wherever epoll
   // would not report those bytes.
   ::SSL_CTX_set_read_ahead(ctx, 1);
-  ::SSL_CTX_set_alpn_select_cb(ctx, alpn_select, nullptr);
+  ::SSL_CTX_set_alpn_select_cb(ctx, alpn_select, const_cast<std::string_view*>(http2 ? &kAlpnProtocols : &kAlpnHttp1Only));
   TlsCertificateInfo info;
   if (X509* leaf = ::SSL_CTX_get0_certificate(ctx)) info = describe(leaf);
   ::ERR_clear_error();

@@ -24,8 +24,10 @@ namespace glmp::core::server {
 enum class TlsOutcome { Ok, Failed, PlainHttp };
 
 // The application protocols the listener selects with ALPN, most preferred first, in ALPN wire
-// format (length-prefixed). The one place to add "h2" once the HTTP/2 server exists.
-inline constexpr std::string_view kAlpnProtocols{"\x08http/1.1", 9};
+// format (length-prefixed): h2 (served by server::H2Front), then http/1.1.
+inline constexpr std::string_view kAlpnProtocols{"\x02h2\x08http/1.1", 12};
+// [server] http2 = false: HTTP/1.1 only.
+inline constexpr std::string_view kAlpnHttp1Only{"\x08http/1.1", 9};
 
 // ALPN selection, server preference: the first of `server` (wire format) that the client's list
 // `client` (wire format, as received) offers. Empty when there is none or the client's list is
@@ -50,8 +52,8 @@ public:
 class TlsContext {
 public:
   // Reads the PEM certificate chain and private key. Throws TlsError when a file cannot be read
-  // or parsed, or the key does not belong to the certificate.
-  static std::shared_ptr<const TlsContext> load(const std::string& cert_file, const std::string& key_file);
+  // or parsed, or the key does not belong to the certificate. `http2`: ALPN offers h2 as well.
+  static std::shared_ptr<const TlsContext> load(const std::string& cert_file, const std::string& key_file, bool http2 = true);
 
   SSL_CTX* ssl_ctx() const { return context_->sslContext(); }
   const TlsCertificateInfo& certificate() const { return info_; }

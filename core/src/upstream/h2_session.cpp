@@ -8,6 +8,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "http/response_parser.hpp"
+#include "util/scratch.hpp"
 
 namespace glmp::core::upstream {
 namespace {
@@ -16,7 +17,6 @@ namespace {
 // order as HTTP/1.1's high watermark). The connection's window is large and given back at once.
 constexpr int32_t kStreamWindow = 256 * 1024;
 constexpr int32_t kConnectionWindow = 64 * 1024 * 1024;
-constexpr size_t kReadSize = 64 * 1024;
 constexpr size_t kWriteBatch = 64 * 1024;  // frames gathered into one write
 constexpr int kMaxReadRounds = 16;         // then the loop's other events go first
 
@@ -300,7 +300,7 @@ void H2Session::establish() {
 }
 
 void H2Session::read_all() {
-  static thread_local char buf[kReadSize];
+  char* const buf = util::scratch();  // util::kScratchSize bytes
   for (int round = 0; !dead_; ++round) {
     if (!readable_ && !conn_->tls()) return;
     if (round >= kMaxReadRounds) {
@@ -316,7 +316,7 @@ void H2Session::read_all() {
       return;
     }
     size_t got = 0;
-    const auto io = conn_->read(buf, sizeof buf, got);
+    const auto io = conn_->read(buf, util::kScratchSize, got);
     if (io == Connection::Io::WouldBlock) {
       readable_ = false;
       return;
@@ -327,7 +327,7 @@ void H2Session::read_all() {
                        false);
     }
     if (io == Connection::Io::Error) return terminate("upstream '" + pool_.config().name + "' HTTP/2 connection failed: " + conn_->error(), false);
-    if (got < sizeof buf && !conn_->tls()) readable_ = false;
+    if (got < util::kScratchSize && !conn_->tls()) readable_ = false;
     const ssize_t rc = nghttp2_session_mem_recv(ng_, reinterpret_cast<const uint8_t*>(buf), got);
     if (rc < 0) {
       return terminate("upstream '" + pool_.config().name + "' broke the HTTP/2 protocol: " + nghttp2_strerror(static_cast<int>(rc)),
