@@ -10,7 +10,9 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "http/nghttp2_io.hpp"
 #include "pipeline/errors.hpp"
+#include "pipeline/headers.hpp"
 #include "pipeline/router.hpp"
 #include "server/engine.hpp"
 #include "util/scratch.hpp"
@@ -18,7 +20,6 @@
 namespace glmp::core::server {
 namespace {
 
-constexpr size_t kWriteBatch = 64 * 1024;  // frames gathered into one write
 constexpr int kMaxReadRounds = 16;         // then the loop's other events go first
 // A stream's response bytes waiting for the client (its window, the socket): past the high
 // watermark its lane is no longer read, below the low one again.
@@ -26,12 +27,6 @@ constexpr size_t kHighWater = 256 * 1024;
 constexpr size_t kLowWater = 64 * 1024;
 constexpr uint32_t kLaneEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 constexpr auto kTick = std::chrono::seconds(1);
-
-bool hop_by_hop(std::string_view name) {
-  // HTTP/1.1 connection-specific fields, which HTTP/2 forbids (RFC 9113 §8.2.2).
-  return name == "connection" || name == "keep-alive" || name == "proxy-connection" || name == "transfer-encoding" ||
-         name == "upgrade" || name == "te";
-}
 
 void append_lower(std::string& out, std::string_view s) {
   for (char c : s) out.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c);
@@ -97,6 +92,7 @@ public:
   int fd;
   int32_t stream_id = 0;  // 0: idle
   bool readable = false;  // edge-triggered: the socket may hold bytes
+  bool paused = false;    // not read past the high watermark (counted in paused_lanes_)
   bool broken = false;    // never reused (EOF, error, a stream cut)
   // The request, as it arrives.
   std::string method, path, authority;
@@ -276,40 +272,13 @@ struct H2Front::Access {
   }
 };
 
-namespace {
-
-struct Callbacks {
-  nghttp2_session_callbacks* cb = nullptr;
-  nghttp2_option* opt = nullptr;
-  Callbacks() {
-    nghttp2_session_callbacks_new(&cb);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, &H2Front::Access::on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, &H2Front::Access::on_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &H2Front::Access::on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &H2Front::Access::on_data_chunk);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, &H2Front::Access::on_stream_close);
-    nghttp2_option_new(&opt);
-    nghttp2_option_set_no_auto_window_update(opt, 1);
-    nghttp2_option_set_no_closed_streams(opt, 1);
-  }
-  ~Callbacks() {
-    nghttp2_session_callbacks_del(cb);
-    nghttp2_option_del(opt);
-  }
-};
-
-const Callbacks& callbacks() {
-  static const Callbacks c;
-  return c;
-}
-
-}  // namespace
+using Callbacks = http::H2Callbacks<H2Front::Access, true>;
 
 // ---------------------------------------------------------------------------------------------
 
 H2Front::H2Front(Loop& loop, std::unique_ptr<ClientConnection> conn, const H2FrontOptions& options)
     : loop_(loop), conn_(std::move(conn)), options_(options) {
-  const Callbacks& c = callbacks();
+  const Callbacks& c = Callbacks::get();
   nghttp2_session_server_new2(&ng_, c.cb, this, c.opt);
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, options_.max_concurrent_streams},
@@ -382,15 +351,8 @@ void H2Front::flush() {
   if (closed_) return;
   for (;;) {
     if (out_off_ == out_.size()) {
-      out_.clear();
       out_off_ = 0;
-      while (out_.size() < kWriteBatch) {
-        const uint8_t* data = nullptr;
-        const ssize_t n = nghttp2_session_mem_send(ng_, &data);
-        if (n < 0) return close("HTTP/2 error");
-        if (n == 0) break;
-        out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
-      }
+      if (http::gather_frames(ng_, out_) < 0) return close("HTTP/2 error");
       if (out_.empty()) return;
     }
     const ssize_t n = conn_->transport_write(out_.data() + out_off_, out_.size() - out_off_);
@@ -406,14 +368,19 @@ void H2Front::flush() {
 
 void H2Front::after_io() {
   if (depth_ > 0 || closed_) return;
-  // Lanes paused by a full stream whose client took some of it meanwhile read on.
-  for (auto& l : lanes_)
-    if (l->stream_id != 0 && l->readable && l->body_queued() <= kLowWater && !l->response_done) {
+  // Lanes paused by a full stream whose client took some of it meanwhile read on (looked for
+  // only while there are any).
+  if (paused_lanes_ > 0) {
+    for (auto& l : lanes_) {
+      if (!l->paused || l->body_queued() > kLowWater) continue;
+      l->paused = false;
+      --paused_lanes_;
       ++depth_;
       lane_readable(*l);
       --depth_;
       if (closed_) return;
     }
+  }
   flush();
   if (closed_) return;
   if (nghttp2_session_want_read(ng_) == 0 && nghttp2_session_want_write(ng_) == 0 && out_off_ == out_.size())
@@ -472,7 +439,13 @@ void H2Front::lane_writable(Lane& l) {
 void H2Front::lane_readable(Lane& l) {
   char* const buf = util::scratch();  // util::kScratchSize bytes
   while (l.readable && l.stream_id != 0 && !l.response_done) {
-    if (l.body_queued() > kHighWater) return;  // the client is slow on this stream: its lane waits
+    if (l.body_queued() > kHighWater) {  // the client is slow on this stream: its lane waits
+      if (!l.paused) {
+        l.paused = true;
+        ++paused_lanes_;
+      }
+      return;
+    }
     const ssize_t n = ::recv(l.fd, buf, util::kScratchSize, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -519,10 +492,11 @@ void H2Front::lane_readable(Lane& l) {
         names.clear();
         nv.clear();
         const std::string status = std::to_string(l.response->status());
+        // Connection-specific fields (RFC 9113 §8.2.2) are the proxy's hop-by-hop list.
         for (const auto& [name, value] : l.response_headers) {
           std::string lower;
-          append_lower(lower, name);
-          names.push_back(hop_by_hop(lower) ? std::string() : std::move(lower));
+          if (!pipeline::is_hop_by_hop(name)) append_lower(lower, name);
+          names.push_back(std::move(lower));
         }
         nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(":status")), reinterpret_cast<uint8_t*>(const_cast<char*>(status.data())), 7,
                       status.size(), NGHTTP2_NV_FLAG_NONE});
@@ -558,6 +532,10 @@ void H2Front::lane_readable(Lane& l) {
 
 void H2Front::lane_done(Lane& l, bool reusable) {
   l.stream_id = 0;
+  if (l.paused) {
+    l.paused = false;
+    --paused_lanes_;
+  }
   l.response.reset();
   if (reusable && !l.broken && !draining_ && !closed_) {
     l.to_inner.clear();

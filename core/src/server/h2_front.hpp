@@ -86,6 +86,7 @@ private:
   bool closed_ = false;
   bool draining_ = false;
   size_t open_streams_ = 0;
+  size_t paused_lanes_ = 0;  // lanes at their stream's high watermark, resumed by after_io
   Clock::time_point last_activity_{}, last_write_progress_{};
   EventLoop::Timer tick_;
 };

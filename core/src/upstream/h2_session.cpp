@@ -7,6 +7,7 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "http/nghttp2_io.hpp"
 #include "http/response_parser.hpp"
 #include "util/scratch.hpp"
 
@@ -17,7 +18,6 @@ namespace {
 // order as HTTP/1.1's high watermark). The connection's window is large and given back at once.
 constexpr int32_t kStreamWindow = 256 * 1024;
 constexpr int32_t kConnectionWindow = 64 * 1024 * 1024;
-constexpr size_t kWriteBatch = 64 * 1024;  // frames gathered into one write
 constexpr int kMaxReadRounds = 16;         // then the loop's other events go first
 
 std::atomic<uint64_t> next_serial{1};
@@ -122,33 +122,7 @@ struct H2Session::Access {
   }
 };
 
-namespace {
-
-struct Callbacks {
-  nghttp2_session_callbacks* cb = nullptr;
-  nghttp2_option* opt = nullptr;
-  Callbacks() {
-    nghttp2_session_callbacks_new(&cb);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, &H2Session::Access::on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, &H2Session::Access::on_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &H2Session::Access::on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &H2Session::Access::on_data_chunk);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, &H2Session::Access::on_stream_close);
-    nghttp2_option_new(&opt);
-    nghttp2_option_set_no_auto_window_update(opt, 1);
-  }
-  ~Callbacks() {
-    nghttp2_session_callbacks_del(cb);
-    nghttp2_option_del(opt);
-  }
-};
-
-const Callbacks& callbacks() {
-  static const Callbacks c;
-  return c;
-}
-
-}  // namespace
+using Callbacks = http::H2Callbacks<H2Session::Access, false>;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -156,7 +130,7 @@ H2Session::H2Session(Pool& pool, std::unique_ptr<Connection> conn, server::Event
     : pool_(pool), conn_(std::move(conn)), ev_(ev), serial_(next_serial.fetch_add(1, std::memory_order_relaxed)) {
   conn_->user = this;
   created_ = idle_since_ = Clock::now();
-  const auto& c = callbacks();
+  const auto& c = Callbacks::get();
   nghttp2_session_client_new2(&ng_, c.cb, this, c.opt);
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
@@ -340,18 +314,9 @@ void H2Session::flush() {
   if (dead_ || !established_) return;
   for (;;) {
     if (out_off_ == out_.size()) {
-      out_.clear();
       out_off_ = 0;
-      // Gather what nghttp2 has into one write.
-      while (out_.size() < kWriteBatch) {
-        const uint8_t* data = nullptr;
-        const ssize_t n = nghttp2_session_mem_send(ng_, &data);
-        if (n < 0) {
-          return terminate("upstream '" + pool_.config().name + "' HTTP/2: " + nghttp2_strerror(static_cast<int>(n)), false);
-        }
-        if (n == 0) break;
-        out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
-      }
+      if (const ssize_t rc = http::gather_frames(ng_, out_); rc < 0)
+        return terminate("upstream '" + pool_.config().name + "' HTTP/2: " + nghttp2_strerror(static_cast<int>(rc)), false);
       if (out_.empty()) return;
     }
     size_t sent = 0;

@@ -498,10 +498,7 @@ void Pool::close_loop(size_t loop) {
   per_loop_[loop].sessions.clear();
   per_loop_[loop].h2_waiters.clear();
   for (auto& session : sessions) {
-    {
-      std::lock_guard lock(h2_mutex_);
-      std::erase(h2_registry_, session.get());
-    }
+    unregister(session.get());
     if (auto conn = session->take_connection()) {
       evs_[loop]->remove(conn->fd());
       size_.fetch_sub(1, std::memory_order_relaxed);
@@ -550,14 +547,7 @@ H2Session* Pool::h2_session(size_t loop, std::string& error) {
   if (best) return best;
   auto conn = open(loop, error);
   if (!conn) return nullptr;
-  auto session = std::make_unique<H2Session>(*this, std::move(conn), *evs_[loop]);
-  H2Session* raw = session.get();
-  {
-    std::lock_guard lock(h2_mutex_);
-    h2_registry_.push_back(raw);
-  }
-  sessions.push_back(std::move(session));
-  raw->start();
+  H2Session* raw = add_session(loop, std::move(conn));
   if (raw->dead()) {
     error = raw->error();  // failed at once (it is closed and freed after this event)
     return nullptr;
@@ -569,6 +559,12 @@ H2Session* Pool::adopt_h2(std::unique_ptr<Connection> conn) {
   h2_.store(true, std::memory_order_relaxed);  // "auto": the upstream chose h2
   const size_t loop = conn->loop();
   conn->user = nullptr;
+  H2Session* raw = add_session(loop, std::move(conn));
+  wake_h2_waiters(loop, true);
+  return raw->dead() ? nullptr : raw;
+}
+
+H2Session* Pool::add_session(size_t loop, std::unique_ptr<Connection> conn) {
   auto session = std::make_unique<H2Session>(*this, std::move(conn), *evs_[loop]);
   H2Session* raw = session.get();
   {
@@ -576,9 +572,13 @@ H2Session* Pool::adopt_h2(std::unique_ptr<Connection> conn) {
     h2_registry_.push_back(raw);
   }
   per_loop_[loop].sessions.push_back(std::move(session));
-  raw->start();
-  wake_h2_waiters(loop, true);
-  return raw->dead() ? nullptr : raw;
+  raw->start();  // may fail, and close, at once (freed after this event)
+  return raw;
+}
+
+void Pool::unregister(const H2Session* s) {
+  std::lock_guard lock(h2_mutex_);
+  std::erase(h2_registry_, s);
 }
 
 bool Pool::h2_has_usable(size_t loop) const {
@@ -627,10 +627,7 @@ void Pool::h2_close(H2Session& s) {
   if (it == sessions.end()) return;
   std::unique_ptr<H2Session> owned = std::move(*it);
   sessions.erase(it);
-  {
-    std::lock_guard lock(h2_mutex_);
-    std::erase(h2_registry_, owned.get());
-  }
+  unregister(owned.get());
   discard(owned->take_connection(), false);  // frees its slot (a global waiter may open one)
   evs_[loop]->retire(std::move(owned));       // its code may be on the stack: freed after this batch
   wake_h2_waiters(loop, true);

@@ -221,6 +221,9 @@ private:
     std::vector<H2Waiter*> h2_waiters;  // first come, first served
   };
   void wake_h2_waiters(size_t loop, bool all);
+  // A session for `conn` on `loop`: registered (stats), listed, started.
+  H2Session* add_session(size_t loop, std::unique_ptr<Connection> conn);
+  void unregister(const H2Session* s);
   void free_slot(bool failure);
   // An idle connection taken out of its loop's list because it is too old or unusable: closed.
   void close_expired(std::unique_ptr<Connection> conn);
