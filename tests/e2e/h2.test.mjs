@@ -48,9 +48,9 @@ const openaiBody = (stream, text = 'hi') => JSON.stringify({ model: MODEL, messa
 const anthropicBody = (stream) => JSON.stringify({ model: MODEL, max_tokens: 64, messages: [{ role: 'user', content: 'hi' }], stream });
 
 // One request on `session`: resolves { status, headers, body, chunks: [{ at, text }] }.
-function request(session, path, { body = '', headers = {}, contentLength = true } = {}) {
+function request(session, path, { body = '', headers = {}, contentLength = true, method = 'POST' } = {}) {
   return new Promise((resolve, reject) => {
-    const h = { ':method': 'POST', ':path': path, 'content-type': 'application/json', ...headers };
+    const h = { ':method': method, ':path': path, 'content-type': 'application/json', ...headers };
     if (contentLength && body) h['content-length'] = Buffer.byteLength(body);
     const req = session.request(h);
     let head = null;
@@ -160,6 +160,42 @@ describe('HTTP/2 clients on the TLS listener', () => {
     assert.equal(JSON.parse(seen.body).messages[0].content.length, 100_000, 'the whole body reached the upstream');
     const sized = await request(session, '/v1/chat/completions', { body: openaiBody(false, 'sized') });
     assert.equal(sized.status, 200, sized.body);
+    session.close();
+  });
+
+  test('a body of megabytes without content-length reaches the upstream whole (the window follows the lane)', TIMEOUT, async () => {
+    const session = connect();
+    const text = 'y'.repeat(3_000_000);  // many times the 256 KiB a lane holds unacknowledged
+    const echoed = await request(session, '/v1/chat/completions', {
+      body: openaiBody(false, text), contentLength: false, headers: { 'x-mock-echo': '1' },
+    });
+    assert.equal(echoed.status, 200);
+    assert.equal(JSON.parse(JSON.parse(echoed.body).body).messages[0].content, text);
+    session.close();
+  });
+
+  test('routes a worker serves (health, metrics, an unknown path) share a connection with proxied streams', TIMEOUT, async () => {
+    // Proxied streams are served on the loop through in-memory lanes; these routes go to a worker,
+    // which reads and writes its lane's socket instead. Both at once, on one connection, twice
+    // (the second round reuses the lanes the first left).
+    const session = await connected();
+    for (let round = 0; round < 2; round += 1) {
+      const proxied = Array.from({ length: 5 }, () =>
+        request(session, '/v1/chat/completions', { body: openaiBody(true), headers: { 'x-mock-chunks': '3' } }));
+      const [health, metrics, unknown, ...answers] = await Promise.all([
+        request(session, '/health', { method: 'GET' }),
+        request(session, '/metrics', { method: 'GET' }),
+        request(session, '/v2/nothing-here', { body: 'z'.repeat(400_000) }),  // a body the worker never reads
+        ...proxied,
+      ]);
+      assert.equal(health.status, 200, health.body);
+      assert.ok(JSON.parse(health.body).status, health.body);
+      assert.equal(metrics.status, 200);
+      assert.match(metrics.body, /^glmp_requests_total/m);
+      assert.equal(unknown.status, 404, unknown.body);
+      assert.match(JSON.parse(unknown.body).error.message, /no route/);
+      for (const r of answers) assert.equal(openaiContent(r.body), 'tok0 tok1 tok2 ', `round ${round}`);
+    }
     session.close();
   });
 

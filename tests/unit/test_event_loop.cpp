@@ -1,10 +1,15 @@
 // EventLoop timers: due order, cancel, re-arm, and timers armed and cancelled from callbacks —
 // also once their map nodes are recycled (arm() reuses the nodes of cancelled and fired timers).
+// EventLoop::notify: events delivered after the work at hand, chained deliveries in the same
+// batch, never to a retired watcher.
 #include "server/event_loop.hpp"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -87,3 +92,82 @@ TEST(EventLoopTimers, RearmMovesTheDeadlineAndCallbacksMayArmAndCancel) {
 }
 
 }  // namespace
+
+namespace notify_tests {
+
+using glmp::core::server::Watcher;
+
+struct Recorder final : Watcher {
+  Recorder(std::vector<std::string>& log, std::string name, bool* freed = nullptr) : log_(log), name_(std::move(name)), freed_(freed) {}
+  ~Recorder() override {
+    if (freed_) *freed_ = true;
+  }
+  void on_event(uint32_t events) override {
+    log_.push_back(name_ + ":" + std::to_string(events));
+    if (then) then();
+  }
+  std::function<void()> then;
+
+private:
+  std::vector<std::string>& log_;
+  std::string name_;
+  bool* freed_;
+};
+
+// A notification waits for the work at hand (here the posted function), deliveries chain within
+// the same batch (a pipe's reader tells its writer), and a watcher retired before its turn is
+// skipped, yet alive until the batch ends.
+TEST(EventLoopNotify, DeliversAfterTheWorkAtHandChainsAndSkipsRetiredWatchers) {
+  EventLoop ev;
+  std::vector<std::string> log;
+  bool c_freed = false, c_freed_at_tick = true;
+  Recorder a(log, "a"), b(log, "b");
+  auto c = std::make_unique<Recorder>(log, "c", &c_freed);
+  Recorder* c_raw = c.get();
+  a.then = [&] { ev.notify(&b, 4); };  // chained: delivered in the same batch
+  b.then = [&] { log.push_back("b-done"); };
+  int ticks = 0;
+  bool done = false;
+  ev.post([&] {
+    ev.notify(&a, 1);
+    ev.notify(c_raw, 1);
+    ev.retire(std::move(c));  // retired before its turn: never delivered
+    log.push_back("posted-end");
+  });
+  ev.run([&] {
+    if (!log.empty() && !done) {
+      done = true;
+      c_freed_at_tick = c_freed;  // bury() runs after the tick: still alive here
+    }
+    if (done || ++ticks > 50) ev.stop();
+  });
+  EXPECT_EQ(log, (std::vector<std::string>{"posted-end", "a:1", "b:4", "b-done"}));
+  EXPECT_FALSE(c_freed_at_tick);
+  EXPECT_TRUE(c_freed);
+}
+
+// Notifying the same watcher twice delivers twice (each is an event, as epoll's are); a delivery
+// that notifies itself again is still part of the batch, until it stops.
+TEST(EventLoopNotify, RepeatsAndSelfNotificationsAreDeliveredInTheBatch) {
+  EventLoop ev;
+  std::vector<std::string> log;
+  Recorder a(log, "a");
+  int left = 3;
+  a.then = [&] {
+    if (--left > 0) ev.notify(&a, 2);
+  };
+  bool seen_at_tick = false;
+  ev.post([&] {
+    ev.notify(&a, 1);
+  });
+  ev.run([&] {
+    if (!log.empty()) {
+      seen_at_tick = log.size() == 3;
+      ev.stop();
+    }
+  });
+  EXPECT_TRUE(seen_at_tick) << "every delivery before the tick of its batch";
+  EXPECT_EQ(log, (std::vector<std::string>{"a:1", "a:2", "a:2"}));
+}
+
+}  // namespace notify_tests

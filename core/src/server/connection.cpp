@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <ctime>
@@ -86,6 +87,7 @@ ClientConnection::ClientConnection(int fd, const Poco::Net::SocketAddress& peer,
 }
 
 ClientConnection::~ClientConnection() {
+  if (pipe_) pipe_->inner = nullptr;  // its slot goes now
   if (on_destroy) on_destroy(slot);
   request_.reset();
   if (ssl_) {
@@ -94,6 +96,45 @@ ClientConnection::~ClientConnection() {
   }
   ::close(fd_);
   if (open_count_) open_count_->fetch_sub(1, std::memory_order_relaxed);
+}
+
+// ---- An HTTP/2 stream's lane ----
+
+ssize_t ClientConnection::pipe_read(char* buf, size_t len) {
+  LanePipe& p = *pipe_;
+  const size_t n = std::min(len, p.pending());
+  if (n == 0) {
+    if (!p.front) return 0;  // the lane closed
+    errno = EAGAIN;
+    return -1;
+  }
+  std::memcpy(buf, p.request.data() + p.request_off, n);
+  p.request_off += n;
+  if (p.request_off == p.request.size()) {
+    p.request.clear();
+    p.request_off = 0;
+  }
+  if (p.front) p.front->request_taken();
+  return static_cast<ssize_t>(n);
+}
+
+ssize_t ClientConnection::pipe_write(const iovec* iov, int count) {
+  if (!pipe_->front) {
+    errno = EPIPE;
+    return -1;
+  }
+  // Only a loop-mode writer waits for EPOLLOUT; any other write is a small answer, taken whole.
+  return pipe_->front->take_response(iov, count, loop_writes_);
+}
+
+void ClientConnection::leave_pipe() {
+  if (!piped_) return;
+  piped_ = false;
+  LanePipe& p = *pipe_;
+  if (p.pending() > 0) in_.append(p.request, p.request_off);
+  p.request.clear();
+  p.request_off = 0;
+  p.lent = true;
 }
 
 // ---- TLS ----
@@ -306,13 +347,36 @@ ClientConnection::Progress ClientConnection::feed_read(const char* data, size_t 
   return ev == http::RequestParser::Event::HeadersDone ? Progress::HeadersDone : Progress::NeedMore;
 }
 
+// h2c with prior knowledge (RFC 9113 §3.3): the connection starts with the client preface. The
+// first bytes are kept until they differ from it (then they are HTTP/1.1's, parsed as usual) or
+// match it whole.
+ClientConnection::Progress ClientConnection::first_bytes(const char* data, size_t len) {
+  static constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  in_.append(data, len);
+  const size_t k = std::min(in_.size() - in_off_, kPreface.size());
+  if (std::string_view(in_).substr(in_off_, k) != kPreface.substr(0, k)) {
+    h2c_check_ = false;
+    return feed_buffered();
+  }
+  if (k < kPreface.size()) return Progress::NeedMore;
+  h2c_check_ = false;
+  return Progress::Http2;
+}
+
+std::string ClientConnection::take_buffered() {
+  std::string out = in_.substr(in_off_);
+  in_.clear();
+  in_off_ = 0;
+  return out;
+}
+
 ClientConnection::Progress ClientConnection::advance_buffered() {
-  if (in_.empty()) return Progress::NeedMore;
+  if (in_.empty() || h2c_check_) return Progress::NeedMore;
   return feed_buffered();
 }
 
 ClientConnection::Progress ClientConnection::advance_nonblocking() {
-  if (!in_.empty()) {
+  if (!in_.empty() && !h2c_check_) {  // the start of a preface waits for the rest
     const Progress p = feed_buffered();
     if (p != Progress::NeedMore) return p;
   }
@@ -322,7 +386,7 @@ ClientConnection::Progress ClientConnection::advance_nonblocking() {
   for (;;) {
     const ssize_t n = read_some(buf, sizeof buf);
     if (n > 0) {
-      const Progress p = feed_read(buf, static_cast<size_t>(n));
+      const Progress p = h2c_check_ ? first_bytes(buf, static_cast<size_t>(n)) : feed_read(buf, static_cast<size_t>(n));
       if (p != Progress::NeedMore) return p;
       continue;
     }

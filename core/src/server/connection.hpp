@@ -37,6 +37,7 @@
 
 #include "http/headers.hpp"
 #include "http/request_parser.hpp"
+#include "server/lane_pipe.hpp"
 
 namespace glmp::core::server {
 
@@ -63,7 +64,9 @@ public:
   ClientConnection(const ClientConnection&) = delete;
   ClientConnection& operator=(const ClientConnection&) = delete;
 
-  enum class Progress { NeedMore, HeadersDone, Error, Closed };
+  // Http2: the connection opened with HTTP/2's client preface (h2c with prior knowledge, only
+  // after expect_h2c()); the preface and what followed it are buffered (take_buffered()).
+  enum class Progress { NeedMore, HeadersDone, Error, Closed, Http2 };
 
   // Starts parsing the next request (a fresh Request object).
   void begin_request();
@@ -72,6 +75,11 @@ public:
   Progress advance_nonblocking();
   // Feeds only what is already buffered (pipelined bytes after a response).
   Progress advance_buffered();
+  // A plain connection's first bytes are compared with HTTP/2's client preface before they reach
+  // the HTTP/1.1 parser ([server] http2 on the plain listener).
+  void expect_h2c() { h2c_check_ = true; }
+  // The bytes read but not parsed (the HTTP/2 front takes the preface and what followed).
+  std::string take_buffered();
 
   // Worker side, after HeadersDone: reads the body into `out` (grows with the bytes that arrive,
   // never sized from Content-Length). Sends 100 Continue first when the client asked for it.
@@ -143,6 +151,18 @@ public:
   ssize_t transport_read(char* buf, size_t len) { return read_some(buf, len); }
   ssize_t transport_write(const char* data, size_t len) { return write_some(data, len); }
 
+  // ---- An HTTP/2 stream's lane (server/lane_pipe.hpp) ----
+  // The inner end of a lane: reads and writes go through `pipe` while the connection is on its
+  // loop; the descriptor stays for events and for a worker.
+  void set_pipe(std::shared_ptr<LanePipe> pipe) {
+    pipe_ = std::move(pipe);
+    piped_ = true;
+  }
+  LanePipe* pipe() const { return pipe_.get(); }
+  // Loop thread, before the connection goes to a worker: the request bytes still in the pipe are
+  // buffered here, and from now on the lane's socket carries the bytes (the front sees `lent`).
+  void leave_pipe();
+
   int fd() const { return fd_; }
   const Poco::Net::SocketAddress& peer() const { return peer_; }
   // The peer's address as text ("127.0.0.1", "::1"), formatted once per connection.
@@ -168,6 +188,7 @@ public:
 private:
   Progress feed_buffered();
   Progress feed_read(const char* data, size_t len);
+  Progress first_bytes(const char* data, size_t len);
   enum class Wait { Ready, Timeout, Stopped };
   Wait wait_readable(Clock::time_point deadline);
 
@@ -176,6 +197,7 @@ private:
   // want-write). Plain: the system call itself, behind one branch.
   ssize_t read_some(char* buf, size_t len) {
     if (ssl_) [[unlikely]] return tls_read(buf, len);
+    if (piped_) return pipe_read(buf, len);
     return ::recv(fd_, buf, len, 0);
   }
   // > 0 bytes taken, -1 with errno (EAGAIN: the socket is full). TLS: the iovecs are gathered
@@ -183,6 +205,7 @@ private:
   // first (the queue keeps them), as OpenSSL requires.
   ssize_t write_some(const iovec* iov, int count) {
     if (ssl_) [[unlikely]] return tls_write(iov, count);
+    if (piped_) return pipe_write(iov, count);
     msghdr m{};
     m.msg_iov = const_cast<iovec*>(iov);
     m.msg_iovlen = static_cast<size_t>(count);
@@ -193,8 +216,14 @@ private:
       const iovec v{const_cast<char*>(data), len};
       return tls_write(&v, 1);
     }
+    if (piped_) {
+      const iovec v{const_cast<char*>(data), len};
+      return pipe_write(&v, 1);
+    }
     return ::send(fd_, data, len, MSG_NOSIGNAL);
   }
+  ssize_t pipe_read(char* buf, size_t len);
+  ssize_t pipe_write(const iovec* iov, int count);
   bool tls_has_pending() const;
   void send_close_notify();
   ssize_t tls_read(char* buf, size_t len);
@@ -229,6 +258,9 @@ private:
   bool tls_broken_ = false;    // a fatal TLS error or an unclean EOF: no close_notify
   bool tls_notified_ = false;  // close_notify sent
   uint8_t tls_wants_ = 0;      // kWantRead / kWantWrite: what the last TLS operation waits for
+  std::shared_ptr<LanePipe> pipe_;  // an HTTP/2 lane's inner end (shared with the lane)
+  bool piped_ = false;              // reads and writes go through pipe_ (on the loop)
+  bool h2c_check_ = false;          // the first bytes may be HTTP/2's client preface
 };
 
 // The request as the pipeline sees it. stream() reads the body through the connection.

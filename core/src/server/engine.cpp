@@ -185,6 +185,7 @@ void Loop::accept_all() {
       continue;  // closed at once: never queued
     }
     conn->deadline = ev_.now() + options.limits.header_timeout;
+    if (!tls_ && options.h2c) conn->expect_h2c();
     watch(std::move(conn), false);
   }
 }
@@ -197,6 +198,7 @@ void Loop::watch(std::unique_ptr<ClientConnection> conn, bool lingering) {
     s = slot.get();
     conn->slot = s;
     conn->on_destroy = &Loop::forget;
+    if (LanePipe* pipe = conn->pipe()) pipe->inner = s;  // an HTTP/2 lane tells it of its bytes
     slots_.emplace(s, std::move(slot));
   }
   s->handler = nullptr;
@@ -235,6 +237,7 @@ void Loop::keep(std::unique_ptr<ClientConnection> conn) {
       engine_.dispatch_(*this, std::move(conn));
       return;
     case ClientConnection::Progress::Error:
+    case ClientConnection::Progress::Http2:  // only a connection's first bytes are compared with the preface
       return reject_malformed(std::move(conn));
     case ClientConnection::Progress::Closed:
       return;  // the connection closes here
@@ -296,6 +299,8 @@ void Loop::on_slot_event(Slot& s, uint32_t events) {
     case ClientConnection::Progress::Closed:
       s.conn.reset();
       return;
+    case ClientConnection::Progress::Http2:
+      return start_h2(s);
   }
 }
 
@@ -466,6 +471,7 @@ bool Engine::submit(std::function<void()> task) {
 }
 
 bool Engine::lend(Loop& loop, std::unique_ptr<ClientConnection> conn, std::function<bool(ClientConnection&)> serve) {
+  conn->leave_pipe();  // a worker reads and writes an HTTP/2 lane's socket, never its pipe
   ClientConnection* raw = conn.release();
   {
     std::lock_guard lock(work_mutex_);

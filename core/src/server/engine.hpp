@@ -46,6 +46,7 @@ struct EngineOptions {
   size_t thread_stack_size = 256 * 1024;
   std::shared_ptr<const TlsContext> tls;  // set: the listener speaks TLS only
   H2FrontOptions h2;                       // clients whose ALPN chose h2
+  bool h2c = false;                        // plain listener: a connection opening with HTTP/2's preface is served as h2c
   std::function<void(TlsOutcome)> on_tls;  // every TLS connection's start, counted (any loop thread)
 };
 
@@ -92,7 +93,8 @@ private:
   void close_idle();
   // A TLS connection's handshake moved on; true when it is done and the request can be read.
   bool handshake(Slot& s);
-  // The connection's ALPN chose h2: an H2Front serves it from now on.
+  // The connection's ALPN chose h2 (or it opened with HTTP/2's preface): an H2Front serves it
+  // from now on.
   void start_h2(Slot& s);
 
   Engine& engine_;

@@ -146,14 +146,29 @@ void EventLoop::run(const std::function<void()>& tick) {
       }
       if (!w->retired) w->on_event(events[i].events);
     }
+    run_notified();
     if (woken || wake_pending_.load(std::memory_order_acquire)) drain_posted();
+    run_notified();
     run_timers();
     tick();
+    run_notified();  // before bury(): a notified watcher is alive until then (retired at worst)
     bury();
   }
   // Whatever was posted last (hand-backs from workers) is run, so nothing is leaked.
   drain_posted();
+  run_notified();
   bury();
+}
+
+// Until none is left: a delivery may notify others (a pipe's write tells its reader, whose read
+// tells the writer there is room), which are still part of this batch.
+void EventLoop::run_notified() {
+  while (!notified_.empty()) {
+    notifying_.swap(notified_);
+    for (const Notified& n : notifying_)
+      if (!n.w->retired) n.w->on_event(n.events);
+    notifying_.clear();
+  }
 }
 
 // A watcher freed here may retire others (a connection its slot): until none is left.

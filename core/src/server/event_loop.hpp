@@ -46,6 +46,12 @@ public:
   // Thread-safe: runs `fn` on the loop thread, soon.
   void post(std::function<void()> fn);
 
+  // Loop thread: delivers `events` to `w` as epoll would, once the current batch of events (or
+  // posted work, or timers) is handled, unless `w` is retired by then. For readiness that no
+  // descriptor reports: an in-memory pipe (server/lane_pipe.hpp) or work a watcher defers to the
+  // end of the batch. `w` must be freed only through retire().
+  void notify(Watcher* w, uint32_t events) { notified_.push_back({w, events}); }
+
   // Timers, loop thread only. A Timer is its own handle: cancel() and re-arming need nothing else.
   struct Timer {
     Clock::time_point at{};
@@ -63,6 +69,7 @@ private:
   using TimerMap = std::map<std::pair<Clock::time_point, uint64_t>, std::function<void()>>;
   void drain_posted();
   void run_timers();
+  void run_notified();
   void recycle(TimerMap::node_type node);
   void bury();
   int epoll_fd_ = -1;
@@ -82,6 +89,11 @@ private:
   static constexpr size_t kSpareTimers = 64;
   std::vector<TimerMap::node_type> spare_timers_;
   std::vector<std::unique_ptr<Watcher>> graveyard_;
+  struct Notified {
+    Watcher* w;
+    uint32_t events;
+  };
+  std::vector<Notified> notified_, notifying_;  // two, swapped: no allocation once warm
 };
 
 }  // namespace glmp::core::server

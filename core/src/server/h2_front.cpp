@@ -44,13 +44,21 @@ void append_hex(std::string& out, size_t n) {
 
 }  // namespace
 
-// One socket pair to the loop's HTTP/1.1 server; carries one stream at a time.
-class H2Front::Lane final : public Watcher {
+// One lane to the loop's HTTP/1.1 server (a socket pair and its in-memory pipe); carries one
+// stream at a time.
+class H2Front::Lane final : public Watcher, public LaneEnd {
 public:
-  Lane(H2Front& front, int socket) : front_(front), fd(socket) {}
+  Lane(H2Front& front, int socket) : front_(front), fd(socket), pipe(std::make_shared<LanePipe>()) { pipe->front = this; }
   ~Lane() override {
+    pipe->front = nullptr;
     if (fd >= 0) ::close(fd);
   }
+  ssize_t take_response(const iovec* iov, int count, bool may_refuse) override {
+    return front_.lane_take(*this, iov, count, may_refuse);
+  }
+  void request_taken() override { front_.lane_taken(*this); }
+  // The inner connection reads the pipe (it is on the loop), not the socket (it is on a worker).
+  bool piped() const { return !pipe->lent; }
   void on_event(uint32_t events) override {
     if (front_.closed_) return;
     ++front_.depth_;
@@ -90,6 +98,7 @@ public:
 
   H2Front& front_;
   int fd;
+  std::shared_ptr<LanePipe> pipe;  // shared with the inner connection
   int32_t stream_id = 0;  // 0: idle
   bool readable = false;  // edge-triggered: the socket may hold bytes
   bool paused = false;    // not read past the high watermark (counted in paused_lanes_)
@@ -101,7 +110,7 @@ public:
   size_t field_bytes = 0;
   std::string to_inner;  // HTTP/1.1 bytes not written into the lane yet
   size_t to_inner_off = 0;
-  size_t unacked = 0;  // DATA bytes in to_inner, acknowledged to the client once written
+  size_t unacked = 0;  // DATA bytes not acknowledged to the client: once written into the socket, or read from the pipe
   bool chunked = false;
   bool has_length = false;  // the request came with a content-length field
   bool request_done = false;
@@ -300,12 +309,21 @@ H2Front::~H2Front() {
 void H2Front::start() {
   arm_tick();
   ++depth_;
+  // h2c: the preface (and what followed) was read by the HTTP/1.1 side, which recognised it.
+  if (const std::string early = conn_->take_buffered(); !early.empty()) {
+    if (nghttp2_session_mem_recv(ng_, reinterpret_cast<const uint8_t*>(early.data()), early.size()) < 0) {
+      flush();
+      --depth_;
+      return close("protocol error");
+    }
+  }
   read_client();  // the client's preface may have come with the handshake's last flight
   --depth_;
   after_io();
 }
 
 void H2Front::on_event(uint32_t events) {
+  flush_scheduled_ = false;
   if (closed_) return;
   ++depth_;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_client();
@@ -375,6 +393,9 @@ void H2Front::after_io() {
       if (!l->paused || l->body_queued() > kLowWater) continue;
       l->paused = false;
       --paused_lanes_;
+      // A piped inner connection writes its queue on EPOLLOUT; the socket is read in any case
+      // (a worker's bytes, or the close).
+      if (l->piped() && l->pipe->inner) loop_.ev().notify(l->pipe->inner, EPOLLOUT);
       ++depth_;
       lane_readable(*l);
       --depth_;
@@ -404,6 +425,7 @@ H2Front::Lane* H2Front::lane_for(int32_t stream_id) {
     Engine& engine = loop_.engine();
     auto inner = std::make_unique<ClientConnection>(fds[1], conn_->peer(), conn_->local(), conn_->limits(), engine.open_counter(),
                                                     &engine.stopping(), nullptr);
+    inner->set_pipe(lane->pipe);
     inner->deadline = loop_.ev().now() + conn_->limits().keepalive_timeout;
     loop_.keep(std::move(inner));
     l = lane.get();
@@ -414,6 +436,27 @@ H2Front::Lane* H2Front::lane_for(int32_t stream_id) {
 }
 
 void H2Front::lane_writable(Lane& l) {
+  if (l.piped()) {
+    LanePipe& p = *l.pipe;
+    if (!l.discard && l.to_inner_off < l.to_inner.size()) {
+      if (!p.inner) {
+        l.broken = true;  // the inner connection is gone: the rest of the request is dropped
+        l.discard = true;
+      } else {
+        if (p.pending() == 0 && l.to_inner_off == 0) {
+          p.request.swap(l.to_inner);  // no copy; to_inner keeps the pipe's spent buffer
+          p.request_off = 0;
+        } else {
+          p.request.append(l.to_inner, l.to_inner_off);
+        }
+        loop_.ev().notify(p.inner, EPOLLIN);
+      }
+    }
+    l.to_inner.clear();
+    l.to_inner_off = 0;
+    lane_taken(l);
+    return;
+  }
   while (!l.discard && l.to_inner_off < l.to_inner.size()) {
     const ssize_t n = ::send(l.fd, l.to_inner.data() + l.to_inner_off, l.to_inner.size() - l.to_inner_off, MSG_NOSIGNAL);
     if (n < 0) {
@@ -439,13 +482,7 @@ void H2Front::lane_writable(Lane& l) {
 void H2Front::lane_readable(Lane& l) {
   char* const buf = util::scratch();  // util::kScratchSize bytes
   while (l.readable && l.stream_id != 0 && !l.response_done) {
-    if (l.body_queued() > kHighWater) {  // the client is slow on this stream: its lane waits
-      if (!l.paused) {
-        l.paused = true;
-        ++paused_lanes_;
-      }
-      return;
-    }
+    if (l.body_queued() > kHighWater) return pause(l);  // the client is slow on this stream: its lane waits
     const ssize_t n = ::recv(l.fd, buf, util::kScratchSize, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -474,60 +511,129 @@ void H2Front::lane_readable(Lane& l) {
       }
       return;
     }
-    if (!l.response) continue;  // bytes before any request: dropped (never happens)
-    size_t off = 0;
-    while (off < static_cast<size_t>(n) && !l.response_done) {
-      size_t used = 0;
-      const auto ev = l.response->feed(buf + off, static_cast<size_t>(n) - off, used);
-      off += used;
-      if (ev == http::ResponseParser::Event::Error) {
-        l.broken = true;
-        nghttp2_submit_rst_stream(ng_, NGHTTP2_FLAG_NONE, l.stream_id, NGHTTP2_INTERNAL_ERROR);
-        return;
-      }
-      if (ev == http::ResponseParser::Event::HeadersDone) {
-        // HEADERS: the status and the fields, lowercase, without the connection-specific ones.
-        thread_local std::vector<std::string> names;
-        thread_local std::vector<nghttp2_nv> nv;
-        names.clear();
-        nv.clear();
-        const std::string status = std::to_string(l.response->status());
-        // Connection-specific fields (RFC 9113 §8.2.2) are the proxy's hop-by-hop list.
-        for (const auto& [name, value] : l.response_headers) {
-          std::string lower;
-          if (!pipeline::is_hop_by_hop(name)) append_lower(lower, name);
-          names.push_back(std::move(lower));
-        }
-        nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(":status")), reinterpret_cast<uint8_t*>(const_cast<char*>(status.data())), 7,
-                      status.size(), NGHTTP2_NV_FLAG_NONE});
-        size_t k = 0;
-        for (const auto& [name, value] : l.response_headers) {
-          const std::string& lower = names[k++];
-          if (lower.empty()) continue;
-          nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(lower.data())), reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())),
-                        lower.size(), value.size(), NGHTTP2_NV_FLAG_NONE});  // copied by nghttp2
-        }
-        nghttp2_data_provider provider{};
-        provider.source.ptr = &l;
-        provider.read_callback = &Access::read_body;
-        l.response_started = true;
-        if (nghttp2_submit_response(ng_, l.stream_id, nv.data(), nv.size(), &provider) != 0) {
-          l.broken = true;
-          nghttp2_submit_rst_stream(ng_, NGHTTP2_FLAG_NONE, l.stream_id, NGHTTP2_INTERNAL_ERROR);
-          return;
-        }
-        continue;
-      }
-      if (ev == http::ResponseParser::Event::MessageDone) {
-        l.response_done = true;
-        if (!l.response->keep_alive()) l.broken = true;
-      }
+    if (!lane_bytes(l, buf, static_cast<size_t>(n))) return;
+  }
+}
+
+// Response bytes of a lane's inner connection (from its pipe or its socket) become the stream's
+// HEADERS and DATA. False when the response is broken (the stream is reset; the parser dropped).
+bool H2Front::lane_bytes(Lane& l, const char* data, size_t len) {
+  if (!l.response) return true;  // bytes without a request to answer: dropped
+  size_t off = 0;
+  while (off < len && !l.response_done) {
+    size_t used = 0;
+    const auto ev = l.response->feed(data + off, len - off, used);
+    off += used;
+    if (ev == http::ResponseParser::Event::Error) {
+      l.broken = true;
+      l.response.reset();
+      nghttp2_submit_rst_stream(ng_, NGHTTP2_FLAG_NONE, l.stream_id, NGHTTP2_INTERNAL_ERROR);
+      return false;
     }
-    if (l.deferred && (l.body_queued() > 0 || l.response_done)) {
-      l.deferred = false;
-      nghttp2_session_resume_data(ng_, l.stream_id);
+    if (ev == http::ResponseParser::Event::HeadersDone) {
+      // HEADERS: the status and the fields, lowercase, without the connection-specific ones.
+      thread_local std::vector<std::string> names;
+      thread_local std::vector<nghttp2_nv> nv;
+      names.clear();
+      nv.clear();
+      const std::string status = std::to_string(l.response->status());
+      // Connection-specific fields (RFC 9113 §8.2.2) are the proxy's hop-by-hop list.
+      for (const auto& [name, value] : l.response_headers) {
+        std::string lower;
+        if (!pipeline::is_hop_by_hop(name)) append_lower(lower, name);
+        names.push_back(std::move(lower));
+      }
+      nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(":status")), reinterpret_cast<uint8_t*>(const_cast<char*>(status.data())), 7,
+                    status.size(), NGHTTP2_NV_FLAG_NONE});
+      size_t k = 0;
+      for (const auto& [name, value] : l.response_headers) {
+        const std::string& lower = names[k++];
+        if (lower.empty()) continue;
+        nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(lower.data())), reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())),
+                      lower.size(), value.size(), NGHTTP2_NV_FLAG_NONE});  // copied by nghttp2
+      }
+      nghttp2_data_provider provider{};
+      provider.source.ptr = &l;
+      provider.read_callback = &Access::read_body;
+      l.response_started = true;
+      if (nghttp2_submit_response(ng_, l.stream_id, nv.data(), nv.size(), &provider) != 0) {
+        l.broken = true;
+        l.response.reset();
+        nghttp2_submit_rst_stream(ng_, NGHTTP2_FLAG_NONE, l.stream_id, NGHTTP2_INTERNAL_ERROR);
+        return false;
+      }
+      continue;
+    }
+    if (ev == http::ResponseParser::Event::MessageDone) {
+      l.response_done = true;
+      if (!l.response->keep_alive()) l.broken = true;
     }
   }
+  if (l.deferred && (l.body_queued() > 0 || l.response_done)) {
+    l.deferred = false;
+    nghttp2_session_resume_data(ng_, l.stream_id);
+  }
+  return true;
+}
+
+void H2Front::pause(Lane& l) {
+  if (l.paused) return;
+  l.paused = true;
+  ++paused_lanes_;
+}
+
+// Response bytes written by a piped inner connection (LaneEnd::take_response).
+ssize_t H2Front::lane_take(Lane& l, const iovec* iov, int count, bool may_refuse) {
+  size_t total = 0;
+  for (int i = 0; i < count; ++i) total += iov[i].iov_len;
+  if (closed_) {
+    errno = EPIPE;
+    return -1;
+  }
+  // Past the high watermark the inner connection keeps its bytes (its exchange stops reading
+  // the upstream) until after_io finds room and tells it EPOLLOUT.
+  if (may_refuse && l.body_queued() > kHighWater && l.response && !l.response_done) {
+    pause(l);
+    errno = EAGAIN;
+    return -1;
+  }
+  size_t done = 0;
+  for (int i = 0; i < count && l.response && !l.response_done; ++i) {
+    const char* p = static_cast<const char*>(iov[i].iov_base);
+    size_t len = iov[i].iov_len;
+    while (len > 0 && l.response && !l.response_done) {
+      if (may_refuse && done > 0 && l.body_queued() > kHighWater) {
+        pause(l);
+        schedule_flush();
+        return static_cast<ssize_t>(done);
+      }
+      const size_t step = std::min(len, util::kScratchSize);
+      lane_bytes(l, p, step);
+      p += step;
+      len -= step;
+      done += step;
+    }
+  }
+  schedule_flush();
+  return static_cast<ssize_t>(total);  // bytes past the response's end (or a broken one) are dropped
+}
+
+// A piped inner connection read request bytes: DATA it has taken reopens the stream's window
+// while the pipe holds at most the high watermark.
+void H2Front::lane_taken(Lane& l) {
+  if (l.unacked == 0 || l.stream_id == 0) return;
+  if (!l.discard && l.piped() && l.pipe->pending() > kHighWater) return;
+  nghttp2_session_consume_stream(ng_, l.stream_id, l.unacked);
+  l.unacked = 0;
+  schedule_flush();
+}
+
+// Frames waiting because of another watcher's work (a piped inner connection's response) go out
+// once this batch of events is handled: the responses of many streams share a TLS write.
+void H2Front::schedule_flush() {
+  if (flush_scheduled_ || closed_ || depth_ > 0) return;
+  flush_scheduled_ = true;
+  loop_.ev().notify(this, EPOLLOUT);
 }
 
 void H2Front::lane_done(Lane& l, bool reusable) {
@@ -537,13 +643,17 @@ void H2Front::lane_done(Lane& l, bool reusable) {
     --paused_lanes_;
   }
   l.response.reset();
-  if (reusable && !l.broken && !draining_ && !closed_) {
+  // A lane whose inner connection went to a worker is not reused: its socket carries its bytes
+  // from then on (server/lane_pipe.hpp), which the pipe spares every other stream.
+  if (reusable && !l.broken && l.piped() && !draining_ && !closed_) {
     l.to_inner.clear();
     l.body.clear();
     idle_.push_back(&l);
     return;
   }
-  // Closed: the inner connection sees its client gone (or its keep-alive end).
+  // Closed: the inner connection sees its client gone (or its keep-alive end): its pipe reads EOF,
+  // its socket the close.
+  l.pipe->front = nullptr;
   loop_.ev().remove(l.fd);
   ::shutdown(l.fd, SHUT_RDWR);
   ::close(l.fd);

@@ -227,6 +227,7 @@ void Server::start() {
   options.thread_stack_size = sc.thread_stack_size;
   options.tls = tls_;
   options.h2.max_concurrent_streams = static_cast<uint32_t>(sc.max_concurrent_streams);
+  options.h2c = sc.http2 && sc.tls_cert.empty();  // h2c with prior knowledge on the plain listener
   options.on_tls = [this](TlsOutcome outcome) { metrics_.tls_handshake(outcome); };
   if (tls_) {
     auto& log = Poco::Logger::get("glm-proxy");
