@@ -128,8 +128,7 @@ ssize_t ClientConnection::pipe_write(const iovec* iov, int count) {
 }
 
 void ClientConnection::leave_pipe() {
-  if (!piped_) return;
-  piped_ = false;
+  if (!piped()) return;
   LanePipe& p = *pipe_;
   if (p.pending() > 0) in_.append(p.request, p.request_off);
   p.request.clear();

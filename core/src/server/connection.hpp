@@ -154,10 +154,7 @@ public:
   // ---- An HTTP/2 stream's lane (server/lane_pipe.hpp) ----
   // The inner end of a lane: reads and writes go through `pipe` while the connection is on its
   // loop; the descriptor stays for events and for a worker.
-  void set_pipe(std::shared_ptr<LanePipe> pipe) {
-    pipe_ = std::move(pipe);
-    piped_ = true;
-  }
+  void set_pipe(std::shared_ptr<LanePipe> pipe) { pipe_ = std::move(pipe); }
   LanePipe* pipe() const { return pipe_.get(); }
   // Loop thread, before the connection goes to a worker: the request bytes still in the pipe are
   // buffered here, and from now on the lane's socket carries the bytes (the front sees `lent`).
@@ -197,7 +194,7 @@ private:
   // want-write). Plain: the system call itself, behind one branch.
   ssize_t read_some(char* buf, size_t len) {
     if (ssl_) [[unlikely]] return tls_read(buf, len);
-    if (piped_) return pipe_read(buf, len);
+    if (piped()) return pipe_read(buf, len);
     return ::recv(fd_, buf, len, 0);
   }
   // > 0 bytes taken, -1 with errno (EAGAIN: the socket is full). TLS: the iovecs are gathered
@@ -205,7 +202,7 @@ private:
   // first (the queue keeps them), as OpenSSL requires.
   ssize_t write_some(const iovec* iov, int count) {
     if (ssl_) [[unlikely]] return tls_write(iov, count);
-    if (piped_) return pipe_write(iov, count);
+    if (piped()) return pipe_write(iov, count);
     msghdr m{};
     m.msg_iov = const_cast<iovec*>(iov);
     m.msg_iovlen = static_cast<size_t>(count);
@@ -216,12 +213,15 @@ private:
       const iovec v{const_cast<char*>(data), len};
       return tls_write(&v, 1);
     }
-    if (piped_) {
+    if (piped()) {
       const iovec v{const_cast<char*>(data), len};
       return pipe_write(&v, 1);
     }
     return ::send(fd_, data, len, MSG_NOSIGNAL);
   }
+  // Reads and writes go through pipe_: an HTTP/2 lane whose inner connection is on its loop (a
+  // worker's thread reads `lent`, set before the hand-over and never changed after).
+  bool piped() const { return pipe_ && !pipe_->lent; }
   ssize_t pipe_read(char* buf, size_t len);
   ssize_t pipe_write(const iovec* iov, int count);
   bool tls_has_pending() const;
@@ -259,7 +259,6 @@ private:
   bool tls_notified_ = false;  // close_notify sent
   uint8_t tls_wants_ = 0;      // kWantRead / kWantWrite: what the last TLS operation waits for
   std::shared_ptr<LanePipe> pipe_;  // an HTTP/2 lane's inner end (shared with the lane)
-  bool piped_ = false;              // reads and writes go through pipe_ (on the loop)
   bool h2c_check_ = false;          // the first bytes may be HTTP/2's client preface
 };
 

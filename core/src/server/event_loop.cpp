@@ -146,9 +146,7 @@ void EventLoop::run(const std::function<void()>& tick) {
       }
       if (!w->retired) w->on_event(events[i].events);
     }
-    run_notified();
     if (woken || wake_pending_.load(std::memory_order_acquire)) drain_posted();
-    run_notified();
     run_timers();
     tick();
     run_notified();  // before bury(): a notified watcher is alive until then (retired at worst)

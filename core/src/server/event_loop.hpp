@@ -46,8 +46,8 @@ public:
   // Thread-safe: runs `fn` on the loop thread, soon.
   void post(std::function<void()> fn);
 
-  // Loop thread: delivers `events` to `w` as epoll would, once the current batch of events (or
-  // posted work, or timers) is handled, unless `w` is retired by then. For readiness that no
+  // Loop thread: delivers `events` to `w` as epoll would, once the current batch (its events,
+  // posted work, timers and tick) is handled, unless `w` is retired by then. For readiness that no
   // descriptor reports: an in-memory pipe (server/lane_pipe.hpp) or work a watcher defers to the
   // end of the batch. `w` must be freed only through retire().
   void notify(Watcher* w, uint32_t events) { notified_.push_back({w, events}); }

@@ -310,14 +310,8 @@ void H2Front::start() {
   arm_tick();
   ++depth_;
   // h2c: the preface (and what followed) was read by the HTTP/1.1 side, which recognised it.
-  if (const std::string early = conn_->take_buffered(); !early.empty()) {
-    if (nghttp2_session_mem_recv(ng_, reinterpret_cast<const uint8_t*>(early.data()), early.size()) < 0) {
-      flush();
-      --depth_;
-      return close("protocol error");
-    }
-  }
-  read_client();  // the client's preface may have come with the handshake's last flight
+  if (const std::string early = conn_->take_buffered(); early.empty() || receive(early.data(), early.size()))
+    read_client();  // the client's preface may have come with the handshake's last flight
   --depth_;
   after_io();
 }
@@ -353,16 +347,20 @@ void H2Front::read_client() {
       if (errno == EINTR) continue;
       return close("read error");
     }
-    last_activity_ = loop_.ev().now();
-    const ssize_t rc = nghttp2_session_mem_recv(ng_, reinterpret_cast<const uint8_t*>(buf), static_cast<size_t>(n));
-    if (rc < 0) {
-      // nghttp2 has queued the GOAWAY that says why (a protocol error): sent, then closed.
-      flush();
-      return close("protocol error");
-    }
+    if (!receive(buf, static_cast<size_t>(n))) return;
     // Read on until EAGAIN: a TLS read returns one record at most, so a short read does not mean
     // the socket is empty (edge-triggered: stopping early would wait for the next event).
   }
+}
+
+// The client's bytes to nghttp2. False once the connection is closed: nghttp2 queued the GOAWAY
+// that says why (a protocol error), which is sent first.
+bool H2Front::receive(const char* data, size_t len) {
+  last_activity_ = loop_.ev().now();
+  if (nghttp2_session_mem_recv(ng_, reinterpret_cast<const uint8_t*>(data), len) >= 0) return true;
+  flush();
+  close("protocol error");
+  return false;
 }
 
 void H2Front::flush() {
@@ -438,22 +436,22 @@ H2Front::Lane* H2Front::lane_for(int32_t stream_id) {
 void H2Front::lane_writable(Lane& l) {
   if (l.piped()) {
     LanePipe& p = *l.pipe;
-    if (!l.discard && l.to_inner_off < l.to_inner.size()) {
+    // (to_inner_off moves only on the socket, which a lane never leaves once it takes it.)
+    if (!l.discard && !l.to_inner.empty()) {
       if (!p.inner) {
         l.broken = true;  // the inner connection is gone: the rest of the request is dropped
         l.discard = true;
       } else {
-        if (p.pending() == 0 && l.to_inner_off == 0) {
+        if (p.pending() == 0) {
           p.request.swap(l.to_inner);  // no copy; to_inner keeps the pipe's spent buffer
           p.request_off = 0;
         } else {
-          p.request.append(l.to_inner, l.to_inner_off);
+          p.request.append(l.to_inner);
         }
         loop_.ev().notify(p.inner, EPOLLIN);
       }
     }
     l.to_inner.clear();
-    l.to_inner_off = 0;
     lane_taken(l);
     return;
   }
@@ -586,10 +584,7 @@ void H2Front::pause(Lane& l) {
 ssize_t H2Front::lane_take(Lane& l, const iovec* iov, int count, bool may_refuse) {
   size_t total = 0;
   for (int i = 0; i < count; ++i) total += iov[i].iov_len;
-  if (closed_) {
-    errno = EPIPE;
-    return -1;
-  }
+  // (A closed front has cleared every pipe's `front`: its inner connections get EPIPE before this.)
   // Past the high watermark the inner connection keeps its bytes (its exchange stops reading
   // the upstream) until after_io finds room and tells it EPOLLOUT.
   if (may_refuse && l.body_queued() > kHighWater && l.response && !l.response_done) {

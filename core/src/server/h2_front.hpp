@@ -65,6 +65,7 @@ private:
   friend struct Access;
   friend class Lane;
   void read_client();
+  bool receive(const char* data, size_t len);
   void flush();
   // After our own event handling: write what nghttp2 produced, close a finished session.
   void after_io();
